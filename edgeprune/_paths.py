@@ -1,0 +1,64 @@
+"""Where edgeprune finds its shipped data and keeps its cache.
+
+In a wheel, ``targets/`` and ``device_profiles/`` live under
+``edgeprune/_data/``; in a source checkout (editable install) they are the
+repository's top-level folders. Everything else is user state:
+
+- config: ``$EDGEPRUNE_CONFIG`` or ``~/.config/edgeprune/config.toml``
+- cache:  ``$EDGEPRUNE_CACHE_DIR`` or ``$XDG_CACHE_HOME/edgeprune`` (``~/.cache/edgeprune``)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+
+
+def data_dir(name: str) -> Path:
+    """The shipped folder ``name`` ('targets' or 'device_profiles')."""
+    packaged = _PKG / "_data" / name
+    if packaged.is_dir():
+        return packaged
+    return _PKG.parent / name
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "edgeprune"
+
+
+def config_file() -> Path:
+    env = os.environ.get("EDGEPRUNE_CONFIG")
+    return Path(env).expanduser() if env else config_dir() / "config.toml"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("EDGEPRUNE_CACHE_DIR")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "edgeprune"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

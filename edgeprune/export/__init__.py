@@ -1,0 +1,1 @@
+"""Export stage: PyTorch -> ONNX -> (TFLite), quantization, and the artifact record."""
