@@ -65,9 +65,11 @@ class _Num:
 
 class _Int(_Num):
     def describe(self) -> str:
-        return "a positive integer"
+        return "a positive integer" + (' or "measure"' if self.allow_measure else "")
 
     def check(self, value: Any) -> bool:
+        if self.allow_measure and value == MEASURE:
+            return True
         return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
@@ -103,7 +105,7 @@ SCHEMA: dict[str, Any] = {
     "cpu": (
         {
             "model": (_Str(), True),
-            "cores": (_Int(), True),
+            "cores": (_Int(allow_measure=True), True),
             "max_ghz": (_Num(allow_measure=True), True),
             "source": (_Str(), True),
         },
@@ -132,7 +134,7 @@ SCHEMA: dict[str, Any] = {
     "memory": (
         {
             "size_gb": (_Num(allow_measure=True), True),
-            "bandwidth_gbps": (_Num(allow_measure=True), True),
+            "bandwidth_gbps": (_Num(allow_measure=True), False),
             "source": (_Str(), True),
         },
         True,
@@ -237,8 +239,11 @@ class Profile:
             return probe_local()["fp32_gflops"]
         return None if value is None else float(value)
 
-    def bandwidth_gbps(self) -> float:
-        value = self.data["memory"]["bandwidth_gbps"]
+    def bandwidth_gbps(self) -> float | None:
+        """Memory bandwidth in GB/s (None where no public figure exists)."""
+        value = self.data["memory"].get("bandwidth_gbps")
+        if value is None:
+            return None
         if value == MEASURE:
             from edgeprune.probe import probe_local
 
@@ -266,6 +271,7 @@ class Profile:
 
         probe = probe_local()
         fills = {
+            ("cpu", "cores"): probe["cores"],
             ("cpu", "max_ghz"): probe.get("max_ghz"),
             ("peak", "fp32_gflops"): probe["fp32_gflops"],
             ("memory", "bandwidth_gbps"): probe["copy_gbps"],

