@@ -1,0 +1,209 @@
+"""Measure a model on boards: upload the agent and the model, run it, parse what comes back.
+
+One board: :func:`bench_target`. Several at once: :func:`bench_many` (one
+thread per board; boards are measured concurrently, results come back in the
+order asked, each a :class:`BenchResult` or the error that board gave).
+
+The agent (``targets/agent.py``) and the model are uploaded only when the
+board's copy differs (sha256). The model is stored on the board under a name
+made from its hash, so a hostile local file name never reaches a remote shell
+or path. Results are cached on this computer, keyed by model sha256, board
+address, runtime, settings and agent version; a cached result says so
+(``cached=True``) and ``use_cache=False`` (CLI ``--no-cache``) measures again.
+
+Example::
+
+    reach = resolve_target("lab-pi")
+    result = bench_target(reach, Path("model.tflite"), settings=BenchSettings(runs=200))
+    print(result.latency_ms["p50"], result.throttled)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgeprune.bench.result import BenchResult, parse_agent_output
+from edgeprune.errors import AgentError, EdgePruneError, ModelError
+
+FORMAT_RUNTIMES = {".onnx": ("onnxruntime", "tensorrt"), ".tflite": ("litert", "edgetpu")}
+AGENT_NAME = "agent.py"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    runs: int = 100
+    warmup: int = 10
+    threads: int = 0
+    profile_ops: bool = False
+    max_warmup_s: float = 10.0
+    timeout_s: float = 600.0
+
+
+def agent_path() -> Path:
+    from edgeprune._paths import data_dir
+
+    return data_dir("targets") / AGENT_NAME
+
+
+def choose_runtime(profile, model: Path) -> str:
+    """The profile's default runtime when it takes this format, else its first one that does."""
+    ext = model.suffix.lower()
+    if ext not in FORMAT_RUNTIMES:
+        raise ModelError(
+            f"{model}: bench takes .onnx or .tflite files, got '{ext or 'no extension'}'"
+        )
+    fits = FORMAT_RUNTIMES[ext]
+    if profile.runtime in fits:
+        return profile.runtime
+    for rt in profile.runtimes:
+        if rt in fits:
+            return rt
+    want = " or ".join(sorted({e for e, rts in FORMAT_RUNTIMES.items() if profile.runtime in rts}))
+    raise ModelError(
+        f"{model.name}: {profile.name} runs {', '.join(profile.runtimes)}, which take {want} "
+        f"files; export one with: edgeprune export --target {profile.name}"
+    )
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_file(key: dict) -> Path:
+    from edgeprune._paths import cache_dir
+
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_dir() / "bench" / f"{name}.json"
+
+
+def bench_target(
+    reach,
+    model: str | Path,
+    *,
+    settings: BenchSettings = BenchSettings(),  # frozen: safe as a default
+    use_cache: bool = True,
+    accept_new_host_key: bool = False,
+    agent: str | Path | None = None,
+) -> BenchResult:
+    """Measure ``model`` on the board ``reach`` describes (see module docstring)."""
+    from edgeprune.transport import open_transport
+
+    model = Path(model)
+    if not model.is_file():
+        raise ModelError(f"{model}: model file not found")
+    runtime = choose_runtime(reach.profile, model)
+    agent = Path(agent) if agent else agent_path()
+    model_sha = _digest(model)
+    remote_model = f"model-{model_sha[:24]}{model.suffix.lower()}"
+    transport = open_transport(reach, accept_new_host_key=accept_new_host_key)
+    python = reach.python or transport.default_python
+    key = {
+        "model": model_sha,
+        "board": transport.identity,
+        "profile": reach.profile.name,
+        "runtime": runtime,
+        "settings": asdict(settings),
+        "agent": _digest(agent),
+        "python": python,
+    }
+    cache = _cache_file(key)
+    if use_cache and cache.is_file():
+        try:
+            data = json.loads(cache.read_text(encoding="utf-8"))
+            result = BenchResult.from_dict(data)
+            result.cached, result.target = True, reach.name
+            return result
+        except (ValueError, TypeError):
+            cache.unlink(missing_ok=True)  # a damaged cache entry is measured again
+    argv = [
+        python,
+        AGENT_NAME,
+        "bench",
+        remote_model,
+        "--runtime",
+        runtime,
+        "--runs",
+        str(settings.runs),
+        "--warmup",
+        str(settings.warmup),
+        "--threads",
+        str(settings.threads),
+        "--max-warmup-s",
+        str(settings.max_warmup_s),
+        "--deadline-s",
+        str(int(settings.timeout_s) + 5),
+    ]
+    if settings.profile_ops:
+        argv.append("--profile-ops")
+    with transport:
+        transport.ensure_workdir()
+        transport.upload(agent, AGENT_NAME)
+        transport.upload(model, remote_model)
+        res = transport.run(argv, timeout=settings.timeout_s)
+    where = f"agent on {reach.name}"
+    if res.overflow:
+        raise AgentError(
+            f"{where}: output passed the {16} MiB limit; refused, and the agent was stopped"
+        )
+    if not res.stdout.strip() and res.rc not in (0, 2, 3):
+        tail = res.stderr.decode("utf-8", "replace").strip()[-300:]
+        if res.rc in (126, 127):
+            raise AgentError(
+                f"{where}: cannot run '{python}' on the board ({tail}); "
+                f'set python = "/path/to/python3" in [{reach.name}] of your targets file'
+            )
+        if res.rc is not None and res.rc < 0:
+            raise AgentError(
+                f"{where}: was killed by a signal (out of memory? a deadline?) and sent no "
+                f"result: {tail or '(no stderr)'}"
+            )
+        raise AgentError(
+            f"{where}: exited with status {res.rc} and no result: {tail or '(no stderr)'}"
+        )
+    result = parse_agent_output(res.stdout, target=reach.name, host=reach.address)
+    result.model["name"] = model.name
+    from edgeprune._paths import atomic_write_text
+
+    data = result.to_dict()
+    data["cached_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_text(cache, json.dumps(data))
+    return result
+
+
+def bench_many(
+    reaches: list,
+    model: str | Path,
+    *,
+    settings: BenchSettings = BenchSettings(),
+    use_cache: bool = True,
+    accept_new_host_key: bool = False,
+    agent: str | Path | None = None,
+) -> list[BenchResult | EdgePruneError]:
+    """:func:`bench_target` on every board at once; each item is a result or that board's error."""
+
+    def one(reach) -> BenchResult | EdgePruneError:
+        try:
+            return bench_target(
+                reach,
+                model,
+                settings=settings,
+                use_cache=use_cache,
+                accept_new_host_key=accept_new_host_key,
+                agent=agent,
+            )
+        except EdgePruneError as exc:
+            return exc
+
+    if len(reaches) == 1:
+        return [one(reaches[0])]
+    with ThreadPoolExecutor(max_workers=len(reaches), thread_name_prefix="edgeprune-bench") as pool:
+        return list(pool.map(one, reaches))

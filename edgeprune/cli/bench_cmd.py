@@ -1,0 +1,187 @@
+import click
+
+from edgeprune.cli._common import emit, host_option, json_option
+
+
+@click.command()
+@click.option(
+    "--target",
+    "-t",
+    "targets",
+    multiple=True,
+    required=True,
+    metavar="NAME",
+    help="Board to measure on (a targets-file entry or a profile; repeat for several, "
+    "measured at the same time), e.g. -t local -t lab-pi.",
+)
+@host_option
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 100000),
+    default=100,
+    show_default=True,
+    help="Timed runs after warm-up.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(0, 100000),
+    default=10,
+    show_default=True,
+    help="Minimum warm-up runs; warm-up goes on until the timings settle.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(0, 256),
+    default=0,
+    show_default=True,
+    help="Runtime threads (0 = the runtime's default).",
+)
+@click.option("--profile-ops", is_flag=True, help="Also report time per operator type.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(5, 86400),
+    default=600,
+    show_default=True,
+    metavar="S",
+    help="Give up on a board after this many seconds (the agent is stopped).",
+)
+@click.option("--no-cache", is_flag=True, help="Measure again even when a cached result exists.")
+@click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Record the key of an SSH board seen for the first time in known_hosts "
+    "(a CHANGED key is always refused).",
+)
+@json_option
+def bench(
+    targets,
+    host,
+    model,
+    runs,
+    warmup,
+    threads,
+    profile_ops,
+    timeout,
+    no_cache,
+    accept_new_host_key,
+    as_json,
+):
+    """Measure MODEL (.onnx or .tflite) on one or more boards.
+
+    \b
+    Examples:
+      edgeprune bench --target local model.onnx
+      edgeprune bench --target raspberry-pi-5 --host pi@192.168.1.20 model.tflite
+      edgeprune bench -t lab-nano -t lab-pi -t local model.onnx --runs 200 --json
+    """
+    from pathlib import Path
+
+    from edgeprune.bench.runner import BenchSettings, bench_many
+    from edgeprune.errors import EdgePruneError, ProfileError
+    from edgeprune.reach import resolve_target
+
+    if host and len(targets) > 1:
+        raise ProfileError(
+            "--host names one board; with several --target, put each in your targets file"
+        )
+    reaches = [resolve_target(t, host=host) for t in targets]
+    settings = BenchSettings(
+        runs=runs, warmup=warmup, threads=threads, profile_ops=profile_ops, timeout_s=timeout
+    )
+    outcomes = bench_many(
+        reaches,
+        Path(model),
+        settings=settings,
+        use_cache=not no_cache,
+        accept_new_host_key=accept_new_host_key,
+    )
+    failed = [
+        (r.name, o) for r, o in zip(reaches, outcomes, strict=True) if isinstance(o, EdgePruneError)
+    ]
+    if len(reaches) == 1 and failed:
+        raise failed[0][1]
+    docs = [
+        {"target": r.name, "error": str(o)} if isinstance(o, EdgePruneError) else o.to_dict()
+        for r, o in zip(reaches, outcomes, strict=True)
+    ]
+    emit(
+        docs[0] if len(docs) == 1 else {"results": docs},
+        as_json=as_json,
+        human=lambda _: _table(reaches, outcomes, profile_ops),
+    )
+    if failed:
+        for name, exc in failed:
+            click.echo(
+                f"error: {exc}" if str(exc).startswith(name) else f"error: {name}: {exc}", err=True
+            )
+        raise click.exceptions.Exit(1)
+
+
+def _table(reaches, outcomes, profile_ops) -> None:
+    from rich.table import Table
+
+    from edgeprune.cli._common import console
+    from edgeprune.errors import EdgePruneError
+
+    ok = [
+        (r, o) for r, o in zip(reaches, outcomes, strict=True) if not isinstance(o, EdgePruneError)
+    ]
+    if not ok:
+        return
+    table = Table(title="Latency (ms)")
+    table.add_column("")
+    for r, o in ok:
+        table.add_column(r.name + (" (cached)" if o.cached else ""), justify="right")
+
+    def row(label, fn):
+        table.add_row(label, *[fn(o) for _, o in ok])
+
+    def thr(o):
+        return "unknown" if o.throttled is None else ("YES" if o.throttled else "no")
+
+    row("board", lambda o: f"{o.board.get('hostname')} ({o.board.get('machine')})")
+    row("cpu", lambda o: f"{o.board.get('cpu_model')} x{o.board.get('cores')}")
+    row("runtime", lambda o: f"{o.runtime} {o.runtime_version}")
+    for k in ("p50", "p90", "p99", "min"):
+        row(k, lambda o, k=k: f"{o.latency_ms[k]:.3f}")
+    row("mean ± std", lambda o: f"{o.latency_ms['mean']:.3f} ± {o.latency_ms['std']:.3f}")
+    row(
+        "runs / warm-up",
+        lambda o: f"{o.runs} / {o.warmup_runs}{'' if o.warmup_settled else ' (not settled)'}",
+    )
+    row("model load", lambda o: f"{o.load_ms:.1f}")
+    row("first inference", lambda o: f"{o.first_inference_ms:.3f}")
+    row("peak memory", lambda o: "?" if o.peak_memory_mb is None else f"{o.peak_memory_mb:.0f} MB")
+    row("throttled", thr)
+    row(
+        "CPU busy by others",
+        lambda o: "?" if o.other_busy_cores is None else f"{o.other_busy_cores:.2f} cores",
+    )
+    con = console()
+    con.print(table)
+    for r, o in ok:
+        if o.other_busy_cores is not None and o.other_busy_cores > 0.5:
+            con.print(
+                f"note: other processes kept {o.other_busy_cores:.1f} CPU cores busy on {r.name} "
+                "while it was measured: its timings are contended"
+            )
+    if profile_ops:
+        for r, o in ok:
+            ops = (o.op_profile or {}).get("by_op_type") or []
+            if not ops:
+                con.print(
+                    f"{r.name}: no per-op profile ({(o.op_profile or {}).get('reason', 'not offered')})"
+                )
+                continue
+            t = Table(title=f"{r.name}: time per operator type")
+            for c in ("op type", "ms/run", "calls/run", "share"):
+                t.add_column(c, justify="right" if c != "op type" else "left")
+            for op in ops[:15]:
+                t.add_row(
+                    str(op["op_type"]),
+                    f"{op['ms_per_run']:.3f}",
+                    f"{op['calls_per_run']:.0f}",
+                    f"{100 * op['share']:.1f} %",
+                )
+            con.print(t)

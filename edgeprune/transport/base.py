@@ -1,0 +1,203 @@
+"""The transport interface: run a command on a board, put a file there, safely.
+
+Every transport works inside one per-board working folder (``workdir``) and
+offers the same four things:
+
+- ``run(argv, timeout=)``: run ``argv`` in the workdir; the output is capped
+  (:data:`MAX_OUTPUT`) and read against a deadline; on timeout or overflow the
+  process is stopped on the board, not just abandoned.
+- ``upload(local, name)``: put a file at ``workdir/name`` atomically: skipped
+  when the board's copy has the same sha256, otherwise written to a temporary
+  name, checked by size and sha256, then renamed over the old copy. A failed
+  upload leaves the previous file as it was.
+- ``ensure_workdir()`` (creates it, returns its absolute path) and ``close()``.
+
+Subclasses supply the primitives (``_exec``, ``_put``, ``_rename``,
+``_discard``); the upload protocol itself lives here, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeprune.errors import TransportError
+
+MAX_OUTPUT = 16 * 1024 * 1024
+# Prints its PID (the process group the board's sshd gave it), enters the
+# workdir, then becomes the command: killing that PID/group stops the command.
+WRAPPER = 'echo "$$"; cd -- "$1" || exit 125; shift; exec "$@"'
+
+
+@dataclass
+class RunResult:
+    rc: int | None
+    stdout: bytes
+    stderr: bytes
+    overflow: bool = False  # stdout or stderr passed the cap: the process was stopped
+    seconds: float = 0.0
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_name(name: str) -> str:
+    """A file name inside the workdir: any characters but '/' and NUL, not '.' or '..'."""
+    if not name or "/" in name or "\x00" in name or name in (".", ".."):
+        raise TransportError(f"remote file name {name!r} is not a plain file name")
+    return name
+
+
+class Transport(ABC):
+    """One connection to one board. Use as a context manager."""
+
+    kind = ""
+
+    def __init__(self, reach, *, accept_new_host_key: bool = False) -> None:
+        self.reach = reach
+        self.accept_new_host_key = accept_new_host_key
+        self.workdir: str | None = None  # absolute, after ensure_workdir()
+
+    # -- what subclasses provide ---------------------------------------------
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """A stable string naming this board's address (used in cache keys)."""
+
+    @property
+    def default_python(self) -> str:
+        return "python3"
+
+    def connect(self) -> None:  # noqa: B027 - optional hook: local needs no connection
+        """Open the connection (no-op where there is none)."""
+
+    @abstractmethod
+    def run(self, argv: list[str], *, timeout: float, max_output: int = MAX_OUTPUT) -> RunResult:
+        """Run ``argv`` in the workdir (or the home folder before ``ensure_workdir``)."""
+
+    @abstractmethod
+    def ensure_workdir(self) -> str:
+        """Create the workdir if needed; return its absolute path."""
+
+    @abstractmethod
+    def _put(self, local: Path, remote_tmp: str, size: int) -> None:
+        """Copy ``local`` to the absolute path ``remote_tmp``."""
+
+    @abstractmethod
+    def _rename(self, src: str, dst: str) -> None:
+        """Atomically rename ``src`` over ``dst`` (absolute paths on the board)."""
+
+    @abstractmethod
+    def _discard(self, path: str) -> None:
+        """Remove ``path`` if it exists; best effort, never raises."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Close the connection (no-op where there is none)."""
+
+    # -- shared logic -------------------------------------------------------
+    def path(self, name: str) -> str:
+        if self.workdir is None:
+            self.ensure_workdir()
+        return f"{self.workdir}/{check_name(name)}"
+
+    def remote_digest(self, path: str) -> tuple[int, str] | None:
+        """(size, sha256) of a file on the board, or None when it does not exist."""
+        script = (
+            'test -f "$1" || exit 3; wc -c < "$1"; '
+            'sha256sum -- "$1" 2>/dev/null || "$2" -c '
+            '"import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],\'rb\').read()).hexdigest())" "$1"'
+        )
+        python = self.reach.python or self.default_python
+        res = self.run(["sh", "-c", script, "edgeprune-sha", path, python], timeout=120)
+        if res.rc == 3:
+            return None
+        lines = res.stdout.decode("utf-8", "replace").split()
+        if res.rc != 0 or len(lines) < 2 or not lines[0].isdigit() or len(lines[1]) != 64:
+            raise TransportError(
+                f"{self.reach.address}: cannot checksum {path} on the board "
+                f"(rc {res.rc}: {res.stderr.decode('utf-8', 'replace').strip()[:200]})"
+            )
+        return int(lines[0]), lines[1]
+
+    def upload(self, local: str | os.PathLike[str], name: str) -> bool:
+        """Put ``local`` at ``workdir/name``; False when the board already had it.
+
+        Example::
+
+            with open_transport(reach) as t:
+                t.upload("model.onnx", "3f2a...onnx")
+        """
+        local = Path(local)
+        size = local.stat().st_size
+        digest = sha256_file(local)
+        final = self.path(name)
+        if self.remote_digest(final) == (size, digest):
+            return False
+        tmp = self.path(f".{name[:80]}.part-{secrets.token_hex(4)}")
+        try:
+            self._put(local, tmp, size)
+            got = self.remote_digest(tmp)
+            if got != (size, digest):
+                raise TransportError(
+                    f"{self.reach.address}: {local.name} arrived damaged (board has size/sha256 {got}, "
+                    f"sent {size}/{digest[:16]}); the previous copy was kept"
+                )
+            self._rename(tmp, final)
+        except BaseException:
+            self._discard(tmp)
+            raise
+        return True
+
+    def __enter__(self) -> Transport:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Watchdog:
+    """Calls ``on_stall`` when ``poke()`` was not called for ``stall_s`` seconds.
+
+    Used around transfers: a dead link can make a blocking write hang for
+    minutes; closing the connection from here makes it fail at once.
+    """
+
+    def __init__(self, stall_s: float, on_stall: Callable[[], None]) -> None:
+        self.stall_s = stall_s
+        self.on_stall = on_stall
+        self.last = time.monotonic()
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="edgeprune-watchdog")
+
+    def poke(self, *_: Any) -> None:
+        self.last = time.monotonic()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            if time.monotonic() - self.last > self.stall_s:
+                self.fired = True
+                self.on_stall()
+                return
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)

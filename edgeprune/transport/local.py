@@ -1,0 +1,66 @@
+"""The local transport: the agent runs as a subprocess of this machine's Python.
+
+The "board" is this computer; its workdir defaults to ``<cache>/local-board``.
+Files are copied there with the same atomic, checked protocol as on a real
+board, so ``--target local`` exercises the same path as SSH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from edgeprune.transport._proc import run_process
+from edgeprune.transport.base import MAX_OUTPUT, RunResult, Transport, sha256_file
+
+
+class LocalTransport(Transport):
+    kind = "local"
+
+    @property
+    def identity(self) -> str:
+        return f"local:{socket.gethostname()}"
+
+    @property
+    def default_python(self) -> str:
+        return sys.executable
+
+    def ensure_workdir(self) -> str:
+        if self.workdir is None:
+            if self.reach.workdir:
+                path = Path(self.reach.workdir).expanduser()
+            else:
+                from edgeprune._paths import cache_dir
+
+                path = cache_dir() / "local-board"
+            path.mkdir(parents=True, exist_ok=True)
+            self.workdir = str(path.resolve())
+        return self.workdir
+
+    def run(self, argv: list[str], *, timeout: float, max_output: int = MAX_OUTPUT) -> RunResult:
+        return run_process(
+            list(argv),
+            cwd=self.workdir,
+            timeout=timeout,
+            max_output=max_output,
+            what=f"{self.reach.name} (local)",
+        )
+
+    def remote_digest(self, path: str) -> tuple[int, str] | None:
+        p = Path(path)
+        return (p.stat().st_size, sha256_file(p)) if p.is_file() else None
+
+    def _put(self, local: Path, remote_tmp: str, size: int) -> None:
+        shutil.copyfile(local, remote_tmp)
+
+    def _rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def _discard(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

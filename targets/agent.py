@@ -1,0 +1,831 @@
+#!/usr/bin/env python3
+"""edgeprune's on-device benchmark agent: one file, standard library only.
+
+It runs on the board (Python 3.6 to 3.12; JetPack 4.6 ships 3.6), loads a
+model with whichever runtime the board has, measures it, and prints ONE JSON
+document on stdout. The document's format is specified in PROTOCOL.md next to
+this file (the only place it is written down); the host parses it as untrusted
+input and never imports this file.
+
+Usage (the host uploads this file and runs it; you can run it by hand too)::
+
+    python3 agent.py bench MODEL.onnx [--runs 100] [--warmup 10] [--threads 4]
+                     [--runtime onnxruntime|litert|tensorrt|edgetpu]
+                     [--profile-ops] [--max-warmup-s 10] [--deadline-s 600]
+    python3 agent.py probe      # board facts and which runtimes import
+
+Design:
+
+- Runtimes are backends in a registry (``BACKENDS``), found by name. Each
+  imports its runtime lazily, so a board without it gets a JSON error naming
+  the package to install, never a traceback.
+- LiteRT is tried as ``ai_edge_litert``, then ``tflite_runtime``, then
+  ``tensorflow.lite``. TensorRT builds its engine here, on the board (engines
+  are not portable), and caches it by the ONNX file's sha256 next to the
+  model. The Edge TPU is LiteRT plus the ``libedgetpu`` delegate.
+- Timing: load (session/interpreter creation), first inference, then warm-up:
+  at least ``--warmup`` runs, then batches until the median of a batch moves
+  by less than ``--settle`` (2 %) from the previous batch's, bounded by
+  ``--max-warmup-s``. Then ``--runs`` timed runs, each timed alone with
+  ``time.perf_counter`` around the runtime call only.
+- The per-op profile (``--profile-ops``) runs in a second session AFTER the
+  timed runs so that profiling never slows the reported numbers.
+- Throttling: ``vcgencmd get_throttled`` (Raspberry Pi), thermal zones with a
+  passive/hot trip point, read before and after the runs. ``throttled`` is
+  null when the board offers no signal.
+- Safety: the real stdout is kept for the JSON alone (runtimes that print go
+  to stderr); ``--deadline-s`` arms SIGALRM with its default action, so the
+  kernel ends the agent even if a runtime call never returns.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+
+PROTOCOL = 1
+AGENT_VERSION = "1.0.0"
+
+
+class AgentFailure(Exception):
+    """A failure reported in the JSON ``error`` object (kind, message, install)."""
+
+    def __init__(self, kind, message, install=None):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.install = install
+
+
+# --------------------------------------------------------------------------
+# board facts
+
+
+def _read(path, default=None):
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except (OSError, IOError, ValueError):
+        return default
+
+
+def _run_cmd(argv, timeout=3.0):
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError:
+        return None
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    if proc.returncode != 0:
+        return None
+    return out.decode("utf-8", "replace").strip()
+
+
+def _cpu_model():
+    text = _read("/proc/cpuinfo", "") or ""
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        for line in text.splitlines():
+            if line.split(":")[0].strip() == key and ":" in line:
+                return line.split(":", 1)[1].strip()
+    dt = _read("/proc/device-tree/model")
+    if dt:
+        return dt.strip("\x00")
+    return platform.processor() or platform.machine()
+
+
+def _cpu_quota():
+    """The CFS quota of this process's cgroup as a fraction of one CPU, or None."""
+    text = _read("/proc/self/cgroup", "") or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        ctrls, path = parts[1].split(","), parts[2]
+        if parts[0] == "0" and parts[1] == "":  # cgroup v2
+            raw = _read("/sys/fs/cgroup" + path + "/cpu.max")
+            if raw and not raw.startswith("max"):
+                q, p = raw.split()
+                return float(q) / float(p)
+        elif "cpu" in ctrls:
+            for base in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
+                q = _read(base + path + "/cpu.cfs_quota_us")
+                p = _read(base + path + "/cpu.cfs_period_us")
+                if q is not None and p:
+                    return None if int(q) < 0 else float(q) / float(p)
+    return None
+
+
+def _cgroup_throttled_periods():
+    text = _read("/proc/self/cgroup", "") or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and "cpu" in parts[1].split(","):
+            stat = _read("/sys/fs/cgroup/cpu" + parts[2] + "/cpu.stat")
+            if stat:
+                for row in stat.splitlines():
+                    if row.startswith("nr_throttled"):
+                        return int(row.split()[1])
+    return None
+
+
+def _meminfo():
+    out = {}
+    for line in (_read("/proc/meminfo", "") or "").splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("MemTotal", "MemAvailable"):
+            out[key] = int(rest.split()[0]) / 1024.0
+    return out
+
+
+def _thermal():
+    """[(zone type, temp C, passive/hot trip C or None)] from /sys/class/thermal."""
+    zones = []
+    base = "/sys/class/thermal"
+    try:
+        names = sorted(n for n in os.listdir(base) if n.startswith("thermal_zone"))
+    except OSError:
+        return zones
+    for name in names:
+        raw = _read(os.path.join(base, name, "temp"))
+        try:
+            temp = int(raw) / 1000.0
+        except (TypeError, ValueError):
+            continue
+        trip = None
+        for i in range(16):
+            ttype = _read(os.path.join(base, name, "trip_point_%d_type" % i))
+            if ttype is None:
+                break
+            if ttype in ("passive", "hot"):
+                try:
+                    t = int(_read(os.path.join(base, name, "trip_point_%d_temp" % i))) / 1000.0
+                except (TypeError, ValueError):
+                    continue
+                if t > 0 and (trip is None or t < trip):
+                    trip = t
+        zones.append((_read(os.path.join(base, name, "type"), name), temp, trip))
+    return zones
+
+
+def _cpufreq():
+    base = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    cur = _read(base + "scaling_cur_freq")
+    mx = _read(base + "cpuinfo_max_freq")
+    return {
+        "governor": _read(base + "scaling_governor"),
+        "freq_mhz": int(cur) / 1000.0 if cur and cur.isdigit() else None,
+        "max_freq_mhz": int(mx) / 1000.0 if mx and mx.isdigit() else None,
+    }
+
+
+def throttle_state():
+    """A snapshot of every throttling signal this board offers."""
+    state = {"vcgencmd": None, "thermal": [], "cgroup_throttled_periods": _cgroup_throttled_periods()}
+    out = _run_cmd(["vcgencmd", "get_throttled"])
+    if out and "=" in out:
+        try:
+            state["vcgencmd"] = int(out.split("=", 1)[1], 16)
+        except ValueError:
+            pass
+    state["thermal"] = [{"zone": z, "temp_c": t, "trip_c": trip} for z, t, trip in _thermal()]
+    state.update(_cpufreq())
+    return state
+
+
+def judge_throttle(before, after):
+    """(throttled true/false/None, reasons) from two snapshots."""
+    reasons = []
+    have_signal = False
+    vb, va = before.get("vcgencmd"), after.get("vcgencmd")
+    if va is not None:
+        have_signal = True
+        if va & 0xE:  # bit 1 freq capped, 2 throttled now, 3 soft temp limit
+            reasons.append("vcgencmd get_throttled=0x%x (capped/throttled now)" % va)
+        new_sticky = ((va >> 16) & ~((vb or 0) >> 16)) & 0xE
+        if new_sticky:
+            reasons.append("vcgencmd: throttling occurred during the run (0x%x)" % va)
+    for snap in (before, after):
+        for z in snap.get("thermal") or []:
+            if z.get("trip_c"):
+                have_signal = True
+                if z["temp_c"] >= z["trip_c"]:
+                    reasons.append("%s at %.1f C >= trip %.1f C" % (z["zone"], z["temp_c"], z["trip_c"]))
+    if not have_signal:
+        return None, ["no throttling signal on this board (no vcgencmd, no thermal trip points)"]
+    return bool(reasons), reasons
+
+
+def _tegrastats_line():
+    try:
+        proc = subprocess.Popen(["tegrastats", "--interval", "200"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+    try:
+        line = proc.stdout.readline().decode("utf-8", "replace").strip()
+    finally:
+        proc.kill()
+        proc.wait()
+    return line or None
+
+
+def board_facts():
+    mem = _meminfo()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    machine_id = _read("/etc/machine-id") or ""
+    host = socket.gethostname()
+    ident = hashlib.sha256((machine_id + "|" + host + "|" + platform.machine()).encode()).hexdigest()[:16]
+    facts = {
+        "id": ident,
+        "hostname": host,
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "model": (_read("/proc/device-tree/model") or "").strip("\x00") or None,
+        "cpu_model": _cpu_model(),
+        "cores": cores,
+        "cpu_quota": _cpu_quota(),
+        "memory_total_mb": mem.get("MemTotal"),
+        "memory_available_mb": mem.get("MemAvailable"),
+        "temperatures_c": dict((z, t) for z, t, _ in _thermal()),
+        "tegrastats": _tegrastats_line(),
+        "python": platform.python_version(),
+    }
+    facts.update(_cpufreq())
+    return facts
+
+
+def _cpu_snapshot():
+    """(wall s, busy CPU s of the whole machine, CPU s of this process) for contention."""
+    busy = None
+    line = (_read("/proc/stat", "") or "").split("\n", 1)[0].split()
+    if line and line[0] == "cpu":
+        vals = [int(v) for v in line[1:9]]  # user nice system idle iowait irq softirq steal
+        hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+        busy = (sum(vals) - vals[3] - vals[4]) / hz
+    t = os.times()
+    return time.time(), busy, t[0] + t[1]
+
+
+def contention(before, after):
+    """CPU cores that OTHER processes kept busy while we measured (None when unknown)."""
+    wall = after[0] - before[0]
+    if before[1] is None or after[1] is None or wall <= 0:
+        return None
+    others = ((after[1] - before[1]) - (after[2] - before[2])) / wall
+    return round(max(others, 0.0), 3)
+
+
+def _rss_mb():
+    for line in (_read("/proc/self/status", "") or "").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
+def _peak_rss_mb():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+# --------------------------------------------------------------------------
+# runtime backends
+
+
+def _np():
+    try:
+        import numpy
+    except ImportError:
+        raise AgentFailure("missing_runtime", "numpy is not installed on this board",
+                           "pip install numpy")
+    return numpy
+
+
+def _random_input(np, shape, dtype, rng):
+    shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else 224) for i, d in enumerate(shape)]
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == np.bool_:
+        return rng.randint(0, 2, shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.randint(max(info.min, -128), min(info.max, 127) + 1, shape).astype(dtype)
+
+
+class Backend(object):
+    """One runtime: load a model, run it once, optionally profile its ops."""
+
+    name = ""
+    install = ""
+
+    def __init__(self, model_path, threads):
+        self.model_path = model_path
+        self.threads = threads
+        self.inputs = []  # [{"name", "shape", "dtype"}]
+        self.outputs = []
+
+    def version(self):
+        raise NotImplementedError
+
+    def load(self):
+        raise NotImplementedError
+
+    def run(self):
+        raise NotImplementedError
+
+    def profile_ops(self, n):
+        return {"source": self.name, "available": False,
+                "reason": "this runtime's Python API offers no per-op profile"}
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    install = "pip install onnxruntime (on Jetson: the onnxruntime-gpu wheel for your JetPack)"
+
+    def _ort(self):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise AgentFailure("missing_runtime", "ONNX Runtime is not installed on this board "
+                               "(python: %s)" % sys.executable, self.install)
+        return onnxruntime
+
+    def version(self):
+        return self._ort().__version__
+
+    def _session(self, profile_prefix=None):
+        ort = self._ort()
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
+        return ort.InferenceSession(self.model_path, sess_options=so, providers=["CPUExecutionProvider"])
+
+    def load(self):
+        np = _np()
+        self.sess = self._session()
+        rng = np.random.RandomState(0)
+        self.feeds = {}
+        for i in self.sess.get_inputs():
+            dtype = np.dtype(_ORT_TYPES.get(i.type, "float32"))
+            self.feeds[i.name] = _random_input(np, i.shape, dtype, rng)
+            self.inputs.append({"name": i.name, "shape": list(self.feeds[i.name].shape), "dtype": str(dtype)})
+        for o in self.sess.get_outputs():
+            self.outputs.append({"name": o.name, "shape": [d if isinstance(d, int) else -1 for d in o.shape],
+                                 "dtype": _ORT_TYPES.get(o.type, o.type)})
+        self.providers = self.sess.get_providers()
+
+    def run(self):
+        self.sess.run(None, self.feeds)
+
+    def profile_ops(self, n):
+        prefix = os.path.join(os.path.dirname(os.path.abspath(self.model_path)), ".ep-ortprof-%d" % os.getpid())
+        sess = self._session(profile_prefix=prefix)
+        for _ in range(n):
+            sess.run(None, self.feeds)
+        path = sess.end_profiling()
+        try:
+            with open(path) as fh:
+                events = json.load(fh)
+        finally:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        by_type, by_node = {}, {}
+        for ev in events:
+            if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
+                continue
+            args = ev.get("args") or {}
+            op = args.get("op_name", "?")
+            node = ev["name"][: -len("_kernel_time")]
+            us = float(ev.get("dur", 0))
+            t = by_type.setdefault(op, [0.0, 0])
+            t[0] += us
+            t[1] += 1
+            nd = by_node.setdefault(node, [0.0, op])
+            nd[0] += us
+        total = sum(v[0] for v in by_type.values()) or 1.0
+        ops = [{"op_type": k, "ms_per_run": v[0] / n / 1000.0, "calls_per_run": v[1] / float(n),
+                "share": v[0] / total} for k, v in by_type.items()]
+        ops.sort(key=lambda r: -r["ms_per_run"])
+        nodes = [{"node": k, "op_type": v[1], "ms_per_run": v[0] / n / 1000.0} for k, v in by_node.items()]
+        nodes.sort(key=lambda r: -r["ms_per_run"])
+        return {"source": "onnxruntime enable_profiling", "available": True, "runs": n,
+                "by_op_type": ops, "top_nodes": nodes[:20]}
+
+
+def _litert_module():
+    """(Interpreter class, load_delegate, package name, version) of the first LiteRT found."""
+    try:
+        from ai_edge_litert import interpreter as mod
+        import ai_edge_litert
+        return mod.Interpreter, mod.load_delegate, "ai_edge_litert", getattr(ai_edge_litert, "__version__", "?")
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as mod
+        import tflite_runtime
+        return mod.Interpreter, mod.load_delegate, "tflite_runtime", getattr(tflite_runtime, "__version__", "?")
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+        return tf.lite.Interpreter, tf.lite.experimental.load_delegate, "tensorflow.lite", tf.__version__
+    except ImportError:
+        pass
+    raise AgentFailure("missing_runtime", "no LiteRT runtime on this board (tried ai_edge_litert, "
+                       "tflite_runtime, tensorflow.lite; python: %s)" % sys.executable, LiteRTBackend.install)
+
+
+class LiteRTBackend(Backend):
+    name = "litert"
+    install = "pip install ai-edge-litert (Python 3.10-3.13; else tflite-runtime with numpy<2)"
+    delegate = None
+
+    def version(self):
+        _, _, pkg, ver = _litert_module()
+        return "%s %s" % (pkg, ver)
+
+    def _delegates(self, load_delegate):
+        return []
+
+    def load(self):
+        np = _np()
+        interp_cls, load_delegate, _, _ = _litert_module()
+        kwargs = {"model_path": self.model_path, "experimental_delegates": self._delegates(load_delegate)}
+        if self.threads:
+            kwargs["num_threads"] = self.threads
+        self.interp = interp_cls(**kwargs)
+        self.interp.allocate_tensors()
+        rng = np.random.RandomState(0)
+        for d in self.interp.get_input_details():
+            arr = _random_input(np, [int(x) for x in d["shape"]], np.dtype(d["dtype"]), rng)
+            self.interp.set_tensor(d["index"], arr)
+            self.inputs.append({"name": d["name"], "shape": list(arr.shape), "dtype": str(arr.dtype)})
+        for d in self.interp.get_output_details():
+            self.outputs.append({"name": d["name"], "shape": [int(x) for x in d["shape"]],
+                                 "dtype": str(np.dtype(d["dtype"]))})
+        self.providers = [self.delegate or "cpu (XNNPACK where the runtime applies it)"]
+
+    def run(self):
+        # Inputs are set once at load: like benchmark_model, only invoke() is timed.
+        self.interp.invoke()
+
+
+class EdgeTPUBackend(LiteRTBackend):
+    name = "edgetpu"
+    install = "libedgetpu1-std from Google's Coral apt repository (https://coral.ai/software/)"
+    delegate = "libedgetpu.so.1"
+
+    def _delegates(self, load_delegate):
+        try:
+            return [load_delegate(self.delegate)]
+        except (ValueError, OSError) as exc:
+            raise AgentFailure("missing_runtime", "cannot load the Edge TPU delegate %s: %s"
+                               % (self.delegate, exc), self.install)
+
+
+class TensorRTBackend(Backend):
+    """TensorRT 8.x/10.x with device memory through ctypes + libcudart (no pycuda needed).
+
+    Not run here (no GPU); written to TensorRT's documented Python API.
+    """
+
+    name = "tensorrt"
+    install = "TensorRT comes with JetPack: sudo apt install python3-libnvinfer"
+
+    def _trt(self):
+        try:
+            import tensorrt
+        except ImportError:
+            raise AgentFailure("missing_runtime", "TensorRT's Python bindings are not installed "
+                               "(python: %s)" % sys.executable, self.install)
+        return tensorrt
+
+    def version(self):
+        return self._trt().__version__
+
+    def _cuda(self):
+        import ctypes
+        for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so.10.2"):
+            try:
+                return ctypes.CDLL(name)
+            except OSError:
+                continue
+        raise AgentFailure("missing_runtime", "libcudart (the CUDA runtime) cannot be loaded", self.install)
+
+    def _engine_bytes(self, trt, logger):
+        h = hashlib.sha256()
+        with open(self.model_path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        cache = os.path.join(os.path.dirname(os.path.abspath(self.model_path)), "engines")
+        if not os.path.isdir(cache):
+            os.makedirs(cache)
+        path = os.path.join(cache, "%s-trt%s.engine" % (h.hexdigest()[:32], trt.__version__))
+        self.engine_cached = os.path.exists(path)
+        if self.engine_cached:
+            with open(path, "rb") as fh:
+                return fh.read()
+        builder = trt.Builder(logger)
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        with open(self.model_path, "rb") as fh:
+            if not parser.parse(fh.read()):
+                errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise AgentFailure("bad_model", "TensorRT cannot parse the ONNX file: " + errs)
+        config = builder.create_builder_config()
+        if builder.platform_has_fast_fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if hasattr(builder, "build_serialized_network"):
+            data = builder.build_serialized_network(network, config)
+        else:
+            data = builder.build_engine(network, config).serialize()
+        if data is None:
+            raise AgentFailure("runtime_error", "TensorRT failed to build an engine for this model")
+        data = bytes(data)
+        tmp = path + ".tmp-%d" % os.getpid()
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.rename(tmp, path)
+        return data
+
+    def load(self):
+        import ctypes
+        np = _np()
+        trt = self._trt()
+        cuda = self._cuda()
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        self.engine = runtime.deserialize_cuda_engine(self._engine_bytes(trt, logger))
+        self.ctx = self.engine.create_execution_context()
+        self.cuda = cuda
+        rng = np.random.RandomState(0)
+        self.v3 = hasattr(self.engine, "num_io_tensors")
+        names = ([self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)] if self.v3
+                 else [self.engine.get_binding_name(i) for i in range(self.engine.num_bindings)])
+        self.ptrs = []
+        for i, name in enumerate(names):
+            if self.v3:
+                shape = [int(d) for d in self.engine.get_tensor_shape(name)]
+                dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+                is_in = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            else:
+                shape = [int(d) for d in self.engine.get_binding_shape(i)]
+                dtype = np.dtype(trt.nptype(self.engine.get_binding_dtype(i)))
+                is_in = self.engine.binding_is_input(i)
+            host = _random_input(np, shape, dtype, rng) if is_in else np.zeros([max(d, 1) for d in shape], dtype)
+            ptr = ctypes.c_void_p()
+            if cuda.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(host.nbytes)) != 0:
+                raise AgentFailure("runtime_error", "cudaMalloc failed for %s" % name)
+            if is_in:
+                cuda.cudaMemcpy(ptr, host.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(host.nbytes), 1)
+                self.inputs.append({"name": name, "shape": list(host.shape), "dtype": str(dtype)})
+            else:
+                self.outputs.append({"name": name, "shape": list(host.shape), "dtype": str(dtype)})
+            self.ptrs.append(ptr.value)
+            if self.v3:
+                self.ctx.set_tensor_address(name, ptr.value)
+        self.stream = ctypes.c_void_p()
+        cuda.cudaStreamCreate(ctypes.byref(self.stream))
+        self.providers = ["tensorrt (engine %s)" % ("cached" if self.engine_cached else "built now")]
+
+    def run(self):
+        if self.v3:
+            self.ctx.execute_async_v3(self.stream.value)
+            self.cuda.cudaStreamSynchronize(self.stream)
+        else:
+            self.ctx.execute_v2(self.ptrs)
+
+
+BACKENDS = {b.name: b for b in (OnnxRuntimeBackend, LiteRTBackend, TensorRTBackend, EdgeTPUBackend)}
+DEFAULT_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert"}
+FORMAT_OF = {"onnxruntime": ".onnx", "tensorrt": ".onnx", "litert": ".tflite", "edgetpu": ".tflite"}
+
+
+# --------------------------------------------------------------------------
+# measuring
+
+
+def percentile(sorted_vals, q):
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_vals:
+        return None
+    pos = (len(sorted_vals) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def stats_ms(samples_s):
+    vals = sorted(s * 1000.0 for s in samples_s)
+    n = len(vals)
+    mean = sum(vals) / n
+    var = sum((v - mean) ** 2 for v in vals) / (n - 1) if n > 1 else 0.0
+    return {"n": n, "min": vals[0], "max": vals[-1], "mean": mean, "std": var ** 0.5,
+            "p50": percentile(vals, 50), "p90": percentile(vals, 90), "p99": percentile(vals, 99)}
+
+
+def _timed(fn, count):
+    clock = time.perf_counter
+    out = []
+    append = out.append
+    for _ in range(count):
+        t0 = clock()
+        fn()
+        append(clock() - t0)
+    return out
+
+
+def _median(vals):
+    return percentile(sorted(vals), 50)
+
+
+def warm_up(fn, minimum, settle, max_seconds, max_runs=2000):
+    """Run ``fn`` at least ``minimum`` times, then in batches until the batch median settles.
+
+    Returns (runs done, settled?, seconds spent).
+    """
+    start = time.perf_counter()
+    done = 0
+    last = _timed(fn, max(minimum, 1))
+    done += len(last)
+    prev = None
+    while True:
+        if time.perf_counter() - start > max_seconds or done >= max_runs:
+            return done, False, time.perf_counter() - start
+        per = max(_median(last), 1e-6)
+        batch = int(min(25, max(3, 0.25 / per)))
+        last = _timed(fn, batch)
+        done += batch
+        med = _median(last)
+        if prev is not None and abs(med - prev) <= settle * prev:
+            return done, True, time.perf_counter() - start
+        prev = med
+
+
+def bench(args):
+    model = os.path.abspath(args.model)
+    if not os.path.isfile(model):
+        raise AgentFailure("bad_model", "model file not found on the board: %s" % model)
+    ext = os.path.splitext(model)[1].lower()
+    runtime = args.runtime or DEFAULT_RUNTIME.get(ext)
+    if runtime not in BACKENDS:
+        raise AgentFailure("bad_args", "unknown runtime %r for %s (known: %s)"
+                           % (runtime, ext, ", ".join(sorted(BACKENDS))))
+    if FORMAT_OF[runtime] != ext:
+        raise AgentFailure("bad_args", "runtime %s takes %s files, got %s" % (runtime, FORMAT_OF[runtime], ext))
+    backend = BACKENDS[runtime](model, args.threads)
+    version = backend.version()
+    h = hashlib.sha256()
+    with open(model, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    board = board_facts()
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    try:
+        backend.load()
+    except AgentFailure:
+        raise
+    except Exception as exc:
+        raise AgentFailure("bad_model", "%s cannot load %s: %s" % (runtime, os.path.basename(model),
+                                                                  str(exc).strip()[:2000]))
+    load_ms = (time.perf_counter() - t0) * 1000.0
+    rss1 = _rss_mb()
+    t0 = time.perf_counter()
+    backend.run()
+    first_ms = (time.perf_counter() - t0) * 1000.0
+    before = throttle_state()
+    load_before = _read("/proc/loadavg", "").split()[:1]
+    w_runs, settled, w_s = warm_up(backend.run, args.warmup, args.settle, args.max_warmup_s)
+    cpu0 = _cpu_snapshot()
+    samples = _timed(backend.run, args.runs)
+    cpu1 = _cpu_snapshot()
+    after = throttle_state()
+    throttled, reasons = judge_throttle(before, after)
+    ops = backend.profile_ops(min(args.runs, 20)) if args.profile_ops else None
+    cg0, cg1 = before.get("cgroup_throttled_periods"), after.get("cgroup_throttled_periods")
+    return {
+        "runtime": {"name": runtime, "version": version, "providers": getattr(backend, "providers", [])},
+        "board": board,
+        "model": {"path": model, "sha256": h.hexdigest(), "bytes": os.path.getsize(model),
+                  "inputs": backend.inputs, "outputs": backend.outputs},
+        "settings": {"runs": args.runs, "warmup_min": args.warmup, "threads": args.threads,
+                     "settle": args.settle, "max_warmup_s": args.max_warmup_s, "profile_ops": args.profile_ops},
+        "timing": {"load_ms": load_ms, "first_inference_ms": first_ms, "warmup_runs": w_runs,
+                   "warmup_settled": settled, "warmup_s": w_s},
+        "latency_ms": stats_ms(samples),
+        "memory": {"rss_before_load_mb": rss0, "rss_after_load_mb": rss1, "peak_rss_mb": _peak_rss_mb()},
+        "load": {"loadavg_1m_before": float(load_before[0]) if load_before else None,
+                 "other_busy_cores": contention(cpu0, cpu1)},
+        "op_profile": ops,
+        "throttle": {"throttled": throttled, "reasons": reasons, "before": before, "after": after,
+                     "cpu_quota_throttled_periods": (cg1 - cg0) if cg0 is not None and cg1 is not None else None},
+    }
+
+
+def probe(args):
+    runtimes = {}
+    for name, cls in sorted(BACKENDS.items()):
+        try:
+            runtimes[name] = {"available": True, "version": cls("", 0).version()}
+            if name == "edgetpu":
+                _, load_delegate, _, _ = _litert_module()
+                EdgeTPUBackend("", 0)._delegates(load_delegate)
+        except AgentFailure as exc:
+            runtimes[name] = {"available": False, "error": exc.message, "install": exc.install}
+        except Exception as exc:  # a runtime that is present but broken
+            runtimes[name] = {"available": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+    return {"board": board_facts(), "runtimes": runtimes}
+
+
+# --------------------------------------------------------------------------
+# entry point
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="agent.py", description="edgeprune on-device benchmark agent")
+    sub = p.add_subparsers(dest="cmd")
+    b = sub.add_parser("bench")
+    b.add_argument("model")
+    b.add_argument("--runs", type=int, default=100)
+    b.add_argument("--warmup", type=int, default=10, help="minimum warm-up runs")
+    b.add_argument("--threads", type=int, default=0, help="0 = the runtime's default")
+    b.add_argument("--runtime", choices=sorted(BACKENDS), default=None)
+    b.add_argument("--profile-ops", action="store_true")
+    b.add_argument("--settle", type=float, default=0.02)
+    b.add_argument("--max-warmup-s", type=float, default=10.0)
+    b.add_argument("--deadline-s", type=int, default=0, help="the kernel ends the agent after this")
+    pr = sub.add_parser("probe")
+    pr.add_argument("--deadline-s", type=int, default=0)
+    sub.add_parser("version")
+    args = p.parse_args(argv)
+    if args.cmd is None:
+        p.error("a command is required: bench, probe or version")
+    if args.cmd == "bench" and (args.runs < 1 or args.runs > 100000 or args.warmup < 0):
+        p.error("--runs must be 1..100000 and --warmup >= 0")
+    return args
+
+
+def main(argv=None):
+    # Keep the real stdout for the JSON; anything a runtime prints goes to stderr.
+    real_stdout = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    start = time.time()
+    doc = {"protocol": PROTOCOL, "agent": {"version": AGENT_VERSION, "python": platform.python_version(),
+                                           "executable": sys.executable, "pid": os.getpid()},
+           "command": None, "ok": True, "error": None}
+    code = 0
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        doc["command"] = args.cmd
+        if getattr(args, "deadline_s", 0):
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the kernel kills us, even inside C code
+            signal.alarm(args.deadline_s)
+        if args.cmd == "bench":
+            doc.update(bench(args))
+        elif args.cmd == "probe":
+            doc.update(probe(args))
+    except AgentFailure as exc:
+        doc["ok"], code = False, 2
+        doc["error"] = {"kind": exc.kind, "message": exc.message, "install": exc.install}
+    except SystemExit as exc:  # argparse
+        doc["ok"], code = False, 2
+        doc["error"] = {"kind": "bad_args", "message": "invalid arguments (exit %s)" % exc.code, "install": None}
+    except Exception as exc:
+        doc["ok"], code = False, 3
+        doc["error"] = {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, str(exc)[:2000]),
+                        "install": None, "traceback": traceback.format_exc()[-4000:]}
+    doc["elapsed_s"] = time.time() - start
+    real_stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+    real_stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Shared test fixtures: the farm of real SSH boards, tiny models, mark-based skips.
+
+The farm (tests/farm/farm.py) starts once per session when a test marked
+``farm`` asks for it, and is always torn down. As root it is six boards in
+network namespaces; without root, one unprivileged sshd on loopback and the
+tests that need namespaces skip. Install its packages with
+``scripts/install-farm-deps.sh``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+# The repository root, so that `tests.farm` imports however pytest is started.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.farm.farm import BoardSpec, Farm  # noqa: E402
+
+FARM_BOARDS = [
+    BoardSpec("b1", cpu_quota=1.0),
+    BoardSpec("b2", cpu_quota=0.5),
+    BoardSpec("b3", cpu_quota=0.25),
+    BoardSpec("lossy", rate_mbit=20, loss_pct=5),
+    BoardSpec("full", tmp_mb=8),
+    BoardSpec("cut", rate_mbit=20),
+]
+
+
+@pytest.fixture(scope="session")
+def farm():
+    if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) or not shutil.which(
+        "ssh-keygen"
+    ):
+        pytest.skip("the SSH test farm needs openssh-server: run scripts/install-farm-deps.sh")
+    # EDGEPRUNE_FARM_LOOPBACK=1 forces the non-root fallback (one loopback sshd), to test it as root.
+    loopback = os.environ.get("EDGEPRUNE_FARM_LOOPBACK") == "1"
+    with Farm(FARM_BOARDS, privileged=False if loopback else None) as f:
+        yield f
+
+
+@pytest.fixture
+def root_farm(farm):
+    """The farm, only where boards are real namespaces (root)."""
+    if not farm.privileged:
+        pytest.skip(
+            "needs root: boards in network namespaces (non-root runs use one loopback sshd)"
+        )
+    return farm
+
+
+@pytest.fixture
+def farm_env(farm, tmp_path, monkeypatch):
+    """A targets file naming every farm board ``farm-NAME``, and a private result cache."""
+    targets = tmp_path / "targets.toml"
+    targets.write_text(
+        farm.targets_toml(
+            extra={
+                "farm-noruntime": {"board": "b1", "python": farm.bare_python},
+                "farm-wronguser": {"board": "b1", "user": "nosuchuser"},
+            }
+        )
+    )
+    monkeypatch.setenv("EDGEPRUNE_TARGETS", str(targets))
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    return targets
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Tiny real ONNX models: ``tiny`` (~0.1 ms) and ``medium`` (~6 ms on one core here)."""
+    from tests.farm.models import tiny_convnet
+
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "tiny": tiny_convnet(d / "tiny.onnx"),
+        "medium": tiny_convnet(d / "medium.onnx", channels=64, size=96, seed=1),
+    }
