@@ -14,8 +14,8 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -99,3 +99,39 @@ def run_onnx(path_or_session, x: np.ndarray) -> list[np.ndarray]:
         parts = [sess.run(None, {inp.name: x[i : i + fixed_batch]}) for i in range(0, x.shape[0], fixed_batch)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
     return sess.run(None, {inp.name: x})
+
+
+# -- converters called through the format table (edgeprune.export.formats) ----
+
+def convert_from_torch(req) -> dict:
+    """Format-table converter: PyTorch module -> ONNX fp32 at ``req.dest``."""
+    export_onnx(req.source, req.input_shape, req.dest)
+    return {"opset": OPSET}
+
+
+def convert_fp16(req) -> dict:
+    """Format-table converter: ONNX fp32 -> fp16 weights and math, float32 I/O.
+
+    Uses ONNX Runtime's own converter (``onnxruntime.transformers.float16``,
+    shipped with onnxruntime: no extra package) with ``keep_io_types`` so the
+    board's pre/post-processing stays float32; ops ORT has no fp16 CPU kernel
+    for stay fp32 behind Cast nodes (its default block list).
+    """
+    onnx = require("onnx", "onnx", "ONNX fp16 conversion")
+    f16 = require("onnxruntime.transformers.float16", "onnx", "ONNX fp16 conversion")
+    proto = onnx.load(str(req.source))
+    try:
+        half = f16.convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
+        # the converter appends its I/O Casts at the end of the node list: restore topological order
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        wrapped = OnnxModel(half)
+        wrapped.topological_sort()
+        half = wrapped.model
+        onnx.checker.check_model(half)
+    except Exception as exc:
+        raise ExportError(f"ONNX fp16 conversion of {req.source} failed: {type(exc).__name__}: {exc}") from exc
+    tmp = req.dest.with_name(f".{req.dest.name}.tmp-{os.getpid()}")
+    onnx.save(half, str(tmp))
+    os.replace(tmp, req.dest)
+    return {"converter": "onnxruntime.transformers.float16 (keep_io_types=True)"}

@@ -1,0 +1,192 @@
+"""``edgeprune export`` and ``edgeprune quantize``: thin click wrappers over edgeprune.export.pipeline.
+
+Only click is imported at module level; the pipeline (torch, onnx, and
+tensorflow for TFLite) is imported when a command runs.
+
+Exit codes: 0 ok; 1 an error (one line ``error: ...``); 2 an artifact
+agrees with the original model less than ``--min-agreement`` (the line
+names the file and the figure; with ``--json`` the full report is still
+printed on stdout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import click
+
+from edgeprune.cli._common import emit, json_option, target_option
+
+
+def _parse_min_agreement(value: str | None):
+    """'0.9' (top-1) or 'top1=0.9,cosine=0.98' -> Thresholds / float / None."""
+    if value is None:
+        return None
+    if "=" not in value:
+        try:
+            v = float(value)
+        except ValueError:
+            raise click.BadParameter(f"'{value}': expected a number like 0.9 or top1=0.9,cosine=0.98") from None
+        if not 0.0 <= v <= 1.0:
+            raise click.BadParameter(f"'{value}': agreement is a fraction between 0 and 1")
+        return v
+    from edgeprune.export.formats import Thresholds
+
+    parts = dict(p.split("=", 1) for p in value.split(",") if p)
+    unknown = set(parts) - {"top1", "cosine"}
+    if unknown:
+        raise click.BadParameter(f"unknown key(s) {', '.join(sorted(unknown))}: use top1= and cosine=")
+    try:
+        return Thresholds(top1=float(parts.get("top1", 0.0)), cosine=float(parts.get("cosine", 0.0)))
+    except ValueError:
+        raise click.BadParameter(f"'{value}': values must be numbers") from None
+
+
+@contextlib.contextmanager
+def _native_output_to(log_path: str):
+    """Send what TensorFlow, onnx2tf and NNCF print on fds 1 and 2 to ``log_path``.
+
+    TensorFlow's C++ logging ignores Python's streams and would interleave
+    with --json on stdout; the log stays next to the artifacts for when a
+    conversion fails.
+    """
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _human(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    table = Table(title=f"{report['model']} for {report['target']}: {report['format']} {report['precision']}")
+    for col in ("file", "step", "size", "top-1", "cosine", "max |err|", "time"):
+        table.add_column(col, justify="left" if col in ("file", "step") else "right")
+    for a in report["artifacts"]:
+        ag = a["agreement"] or {}
+        table.add_row(
+            os.path.basename(a["path"]) + (" *" if a["final"] else ""), a["step"],
+            f"{a['size_bytes'] / 1e6:.2f} MB",
+            f"{ag['top1']:.3f}" if ag else "-", f"{ag['cosine']:.5f}" if ag else "-",
+            f"{ag['max_abs']:.3g}" if ag else "-", f"{a['seconds']:.1f} s",
+        )
+    con.print(table)
+    ver = report["verification"]
+    con.print(f"agreement vs the original PyTorch model on {ver['samples']} held-out inputs ({ver['source']})"
+              + (f"; PyTorch accuracy {ver['accuracy_pytorch']:.3f}" if "accuracy_pytorch" in ver else ""))
+    if report.get("calibration"):
+        cal = report["calibration"]
+        con.print(f"calibration: {cal['samples']} samples from {cal['source']}")
+    for w in report["warnings"]:
+        con.print(f"[yellow]warning:[/] {w}")
+    for n in report["notes"]:
+        con.print(f"note: {n}")
+    con.print(f"* = the file to ship; report: {os.path.join(report['output_dir'], 'export.json')}")
+
+
+def _run(*, as_json: bool, **kwargs) -> None:
+    from edgeprune.errors import ExportError
+    from edgeprune.export.pipeline import AgreementError, export, resolve
+    from edgeprune.profiles import load_profile
+
+    # refusals (jetson-nano INT8, a precision the board lacks) come before anything is written
+    resolve(load_profile(kwargs["target"]), kwargs["fmt"], kwargs["precision"])
+    log = os.path.join(kwargs["output_dir"], "export.log")
+    try:
+        with _native_output_to(log):
+            report = export(**kwargs)
+    except AgreementError as exc:
+        if as_json:
+            emit(exc.report.to_dict(), as_json=True, human=_human)
+        raise
+    except ExportError as exc:
+        raise ExportError(f"{exc} (converter output: {log})") from None
+    emit(report.to_dict(), as_json=as_json, human=_human)
+
+
+_common_options = [
+    click.option("--model", "-m", required=True, metavar="M",
+                 help="Built-in name (mobilenetv2, ...), pkg.mod:fn, or a saved/pruned model file."),
+    click.option("--calib", default=None, metavar="DATA",
+                 help="Calibration data: a folder of images, a .npy array (NCHW or NHWC), or pkg.mod:fn. "
+                      "Default: built-in sample photos (digits-cnn: the digits train split)."),
+    click.option("--calib-count", type=int, default=128, show_default=True, help="Calibration samples to use."),
+    click.option("--normalize", type=click.Choice(["imagenet", "unit"]), default=None,
+                 help="How images from --calib are scaled (default: imagenet for 3-channel classifiers, else unit)."),
+    click.option("--min-agreement", default=None, metavar="X",
+                 help="Fail (exit 2) below this top-1 agreement with the original model, e.g. 0.95, "
+                      "or 'top1=0.95,cosine=0.99'. Default per precision: fp32 0.99/0.9999, fp16 0.97/0.999, "
+                      "int8 0.60/0.93."),
+    click.option("--quantizer", type=click.Choice(["ort", "nncf"]), default=None,
+                 help="ONNX INT8 quantizer (default: nncf for TensorRT boards, ort for ONNX Runtime; see benchmarks/RESULTS.md)."),
+    click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False), help="Output folder."),
+]
+
+
+def _apply(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+@click.command()
+@target_option
+@_apply(_common_options[:1])
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
+              help="Output format (default: the profile's).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Precision (default: the profile's).")
+@_apply(_common_options[1:])
+@json_option
+def export(target, model, fmt, precision, calib, calib_count, normalize, min_agreement, quantizer, output,
+           as_json) -> None:
+    """Export a model to ONNX or TFLite for a board, checking every step against the original.
+
+    \b
+    Defaults come from the board's profile, e.g.:
+      jetson-nano       ONNX fp16 (INT8 refused: no INT8 hardware)
+      jetson-orin-nano  ONNX INT8, Q/DQ with zero-points 0 (for TensorRT)
+      raspberry-pi-5    TFLite full INT8
+      coral-usb         TFLite full INT8 (uint8 I/O), then edgetpu_compiler if installed
+      local             ONNX fp32
+    """
+    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision=precision, calib=calib,
+         calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
+         quantizer=quantizer, output_dir=output)
+
+
+@click.command()
+@target_option
+@_apply(_common_options[:1])
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
+              help="Output format (default: the profile's).")
+@_apply(_common_options[1:])
+@json_option
+def quantize(target, model, fmt, calib, calib_count, normalize, min_agreement, quantizer, output, as_json) -> None:
+    """Quantize a model to INT8 for a board (the INT8 step of `export`), with agreement checks.
+
+    Same as `edgeprune export --precision int8`: ONNX Q/DQ (TensorRT- or CPU-style per the
+    profile) or full-INT8 TFLite, calibrated with --calib and checked on held-out inputs.
+    """
+    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision="int8", calib=calib,
+         calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
+         quantizer=quantizer, output_dir=output)

@@ -1,0 +1,418 @@
+"""export(): from a model to the file a board runs, every step timed, stamped and verified.
+
+The steps come from the format table (:func:`edgeprune.export.formats.chain`):
+PyTorch -> ONNX fp32 -> the format and precision asked for. Each step goes
+through :func:`_step`, the one wrapper that
+
+1. runs the converter named in the table and times it,
+2. stamps the metadata into the file (source model hash, plan, profile,
+   precision, edgeprune version, ...; see :mod:`edgeprune.export.artifact`),
+3. sizes and sha256s it,
+4. runs it with the table's runtime (ONNX Runtime or LiteRT, one thread) on
+   held-out inputs and measures agreement against the previous step *and*
+   the original PyTorch model (:func:`edgeprune.verify.agreement`),
+5. fails the export (:class:`AgreementError`) when agreement with the
+   original is below the thresholds (the table's defaults, or
+   ``min_agreement``).
+
+Around the steps: the profile gives the default format, precision, INT8
+scheme and I/O types and may refuse a precision (jetson-nano: INT8);
+calibration and held-out verification samples come from
+:mod:`edgeprune.export.calib`; a full-INT8 TFLite is checked to contain no
+float tensors beyond what the profile allows at I/O; for Coral the INT8
+model is compiled with ``edgetpu_compiler`` when it is installed. A pruned
+model (a LoadedModel with a ``plan``) is also compared with its unpruned
+base, for information (pruning changes outputs on purpose). The whole
+report is written to ``OUTPUT/export.json``.
+
+Example::
+
+    report = export("mobilenetv2", target="raspberry-pi-5", output_dir=Path("out"))
+    report.final.path, report.final.agreement["top1"]
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune import __version__
+from edgeprune.errors import ExportError, ModelError
+from edgeprune.export.artifact import Artifact, sha256_file, stamp_metadata
+from edgeprune.export.calib import (
+    DEFAULT_COUNT,
+    VERIFY_COUNT,
+    SampleSet,
+    builtin_samples,
+    default_normalize,
+)
+from edgeprune.export.formats import (
+    FORMAT_RUNTIMES,
+    ConvertRequest,
+    FormatSpec,
+    Thresholds,
+    chain,
+    format_spec,
+)
+
+
+class AgreementError(ExportError):
+    """An artifact agrees with the original model less than required; ``report`` has every figure."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, report: ExportReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ExportReport:
+    target: str
+    model: str
+    format: str
+    precision: str
+    output_dir: Path
+    artifacts: list[Artifact] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    pruning: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    passed: bool = True
+
+    @property
+    def final(self) -> Artifact:
+        return next(a for a in reversed(self.artifacts) if a.final)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "model": self.model, "format": self.format, "precision": self.precision,
+            "output_dir": str(self.output_dir), "passed": self.passed, "seconds": round(self.seconds, 3),
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "calibration": self.calibration, "verification": self.verification, "pruning": self.pruning,
+            "warnings": self.warnings, "notes": self.notes, "edgeprune_version": __version__,
+        }
+
+
+# -- the model and its reference outputs ---------------------------------------
+
+def _load(model: Any):
+    if isinstance(model, (str, Path)):
+        try:
+            from edgeprune.models import load_model
+        except ImportError:  # pragma: no cover - the models stage ships with edgeprune
+            raise ModelError("edgeprune.models is not available in this installation") from None
+        return load_model(str(model))
+    if not hasattr(model, "module") or not hasattr(model, "input_shape"):
+        raise ModelError("export() takes a --model spec or a LoadedModel (with .module and .input_shape)")
+    return model
+
+
+def _flatten(out) -> list[np.ndarray]:
+    if isinstance(out, (list, tuple)):
+        return [a for o in out for a in _flatten(o)]
+    if isinstance(out, dict):
+        return [a for o in out.values() for a in _flatten(o)]
+    return [out.detach().cpu().numpy()]
+
+
+def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
+    import torch
+
+    module.eval()
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(x), 16):
+            parts.append(_flatten(module(torch.from_numpy(np.ascontiguousarray(x[i : i + 16])))))
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def model_sha256(module) -> str:
+    """Hash of the weights (names, shapes, bytes) of an ``nn.Module``: the source-model hash."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(name.encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _plan_dict(plan: Any) -> Any:
+    if plan is None:
+        return None
+    if hasattr(plan, "to_dict"):
+        return plan.to_dict()
+    return str(plan)
+
+
+def _runner(spec: FormatSpec, path: Path, like: list[tuple[int, ...]]):
+    if spec.runtime == "onnxruntime":
+        from edgeprune.export.onnx import onnx_session, run_onnx
+
+        sess = onnx_session(path)
+        return lambda x: run_onnx(sess, x)
+    from edgeprune.export.tflite import TFLiteRunner
+
+    return TFLiteRunner(path, like=like)
+
+
+def _is_classifier(outputs: list[np.ndarray]) -> bool:
+    return outputs[0].ndim == 2 and outputs[0].shape[1] > 1
+
+
+def _thresholds(spec: FormatSpec, min_agreement: float | Thresholds | None) -> Thresholds:
+    if min_agreement is None:
+        return spec.thresholds
+    if isinstance(min_agreement, Thresholds):
+        return min_agreement
+    return Thresholds(top1=float(min_agreement), cosine=spec.thresholds.cosine)
+
+
+def _round(d: dict[str, float] | None) -> dict[str, float] | None:
+    if d is None:
+        return None
+    return {k: (v if isinstance(v, int) else float(f"{v:.6g}")) for k, v in d.items()}
+
+
+# -- the one wrapper every step goes through ----------------------------------
+
+def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify_x: np.ndarray,
+          reference: list[np.ndarray], previous: list[np.ndarray] | None,
+          labels: np.ndarray | None) -> tuple[Artifact, list[np.ndarray]]:
+    from edgeprune.verify import agreement
+
+    t0 = time.perf_counter()
+    info = spec.load_converter()(req) or {}
+    seconds = time.perf_counter() - t0
+    dest = req.dest
+    stamped = {**meta, "format": spec.format, "precision": spec.precision,
+               "step": f"{spec.format} {spec.precision}", "io": spec.io, **_meta_info(info)}
+    stamp_metadata(dest, stamped)
+    outputs = _runner(spec, dest, [(1, *r.shape[1:]) for r in reference])(verify_x)
+    art = Artifact(
+        path=dest, format=spec.format, precision=spec.precision, sha256=sha256_file(dest),
+        size_bytes=dest.stat().st_size, agreement=_round(agreement(reference, outputs)),
+        agreement_vs_previous=_round(agreement(previous, outputs)) if previous is not None else None,
+        step=f"{spec.format} {spec.precision}", seconds=round(seconds, 3), metadata=stamped, extra=dict(info),
+    )
+    if labels is not None and _is_classifier(outputs):
+        art.extra["accuracy"] = float(np.mean(outputs[0].argmax(1) == labels))
+    return art, outputs
+
+
+def _meta_info(info: dict[str, Any]) -> dict[str, Any]:
+    keep = ("quantizer", "scheme", "io_precision", "layout", "converter", "calibration_samples")
+    return {k: info[k] for k in keep if k in info}
+
+
+# -- the public entry point ----------------------------------------------------
+
+def resolve(profile, fmt: str | None, precision: str | None) -> tuple[str, str]:
+    """Format and precision for ``profile``: defaults from it, refusals by it."""
+    fmt = fmt or profile.export_format
+    precision = precision or profile.export_precision
+    exp = profile.data.get("export", {})
+    if precision == "int8" and exp.get("refuse_int8"):
+        raise ExportError(f"{profile.name}: INT8 refused: {exp['refuse_int8']}")
+    if precision not in profile.precisions:
+        raise ExportError(
+            f"{profile.name} runs {', '.join(profile.precisions)}, not {precision}; "
+            f"choose --precision {profile.export_precision} (its default)"
+        )
+    runs = [r for r in profile.runtimes if r in FORMAT_RUNTIMES.get(fmt, ())]
+    if fmt in FORMAT_RUNTIMES and not runs:
+        raise ExportError(f"{profile.name} runs {', '.join(profile.runtimes)}, which load no {fmt} file; "
+                          f"use --format {profile.export_format}")
+    if exp.get("compiler") == "edgetpu_compiler" and (fmt, precision) != ("tflite", "int8"):
+        raise ExportError(f"{profile.name}: the Edge TPU runs only full-INT8 TFLite; use --format tflite --precision int8")
+    format_spec(fmt, precision)  # an unknown pair names the known ones
+    return fmt, precision
+
+
+def export(
+    model: Any,
+    *,
+    target: str,
+    output_dir: str | Path,
+    fmt: str | None = None,
+    precision: str | None = None,
+    calib: str | Path | np.ndarray | None = None,
+    calib_count: int = DEFAULT_COUNT,
+    verify_count: int = VERIFY_COUNT,
+    normalize: str | None = None,
+    min_agreement: float | Thresholds | None = None,
+    quantizer: str | None = None,
+    name: str | None = None,
+) -> ExportReport:
+    """Export ``model`` (a ``--model`` spec or a LoadedModel) for ``target`` into ``output_dir``.
+
+    Raises :class:`AgreementError` (with the report) when an artifact falls
+    below the agreement thresholds, :class:`ExportError` when a step fails.
+
+    Example::
+
+        export("digits-cnn", target="coral-usb", output_dir="out/").final.agreement
+    """
+    from edgeprune.export import calib as calib_mod
+    from edgeprune.profiles import load_profile
+
+    t_start = time.perf_counter()
+    profile = load_profile(target)
+    fmt, precision = resolve(profile, fmt, precision)
+    loaded = _load(model)
+    input_shape = tuple(int(d) for d in loaded.input_shape)
+    if input_shape[0] != 1:
+        raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = name or str(loaded.name).replace("/", "_")
+    report = ExportReport(target=profile.name, model=str(loaded.name), format=fmt, precision=precision,
+                          output_dir=out_dir)
+    steps = chain(fmt, precision)
+
+    # Samples: calibration (for INT8) and held-out verification, never the same inputs.
+    task = getattr(loaded, "task", "classify")
+    norm = normalize or default_normalize(input_shape, task)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if calib is not None:
+            cal, ver = calib_mod.load_calibration(calib, input_shape=input_shape, count=calib_count, normalize=norm)
+            if ver is None:
+                _, ver = calib_mod.model_samples(loaded, count=1, verify_count=verify_count, normalize=norm)
+        else:
+            cal, ver = calib_mod.model_samples(loaded, count=calib_count, verify_count=verify_count, normalize=norm)
+    report.warnings += [str(w.message) for w in caught]
+    if any(s.needs_calibration for s in steps):
+        report.calibration = {"source": cal.source, "samples": len(cal), "normalize": norm}
+    report.verification = {"source": ver.source, "samples": len(ver)}
+
+    reference = _torch_outputs(loaded.module, ver.data)
+    if ver.labels is not None and _is_classifier(reference):
+        report.verification["accuracy_pytorch"] = float(np.mean(reference[0].argmax(1) == ver.labels))
+    report.pruning = _pruning_check(loaded, ver.data, reference)
+
+    meta = {
+        "source": str(getattr(loaded, "source", loaded.name)),
+        "model": str(loaded.name),
+        "source_sha256": model_sha256(loaded.module),
+        "plan": _plan_dict(getattr(loaded, "plan", None)),
+        "profile": profile.name,
+        "input_shape": list(input_shape),
+        "edgeprune_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    exp = profile.data.get("export", {})
+    options: dict[str, Any] = {
+        "io_precision": exp.get("io_precision") or "int8",
+        "scheme": "tensorrt" if profile.runtime == "tensorrt" else "cpu",
+        "quantizer": quantizer,
+    }
+    classifier = _is_classifier(reference)
+    previous: list[np.ndarray] | None = None
+    with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as work:
+        options["workdir"] = Path(work)
+        source: Any = loaded.module
+        for i, spec in enumerate(steps):
+            dest = out_dir / f"{stem}{spec.suffix}"
+            req = ConvertRequest(spec=spec, source=source, dest=dest, input_shape=input_shape,
+                                 calib=cal.data if (spec.needs_calibration or spec.format == "tflite") else None,
+                                 options=options)
+            art, outputs = _step(spec, req, meta=meta, verify_x=ver.data, reference=reference,
+                                 previous=previous, labels=ver.labels)
+            art.final = i == len(steps) - 1
+            report.artifacts.append(art)
+            if spec.format == "tflite" and spec.precision == "int8":
+                _check_full_int8(art, options["io_precision"])
+            bad = _thresholds(spec, min_agreement).failures(art.agreement, classifier=classifier)
+            if bad:
+                report.passed = False
+                report.seconds = time.perf_counter() - t_start
+                _write_report(report)
+                raise AgreementError(f"{dest}: {', '.join(bad)} against the original PyTorch model "
+                                     f"({art.step}, {ver.source}, {len(ver)} samples)", report)
+            if spec.source is None or spec.key == ("onnx", "fp32"):
+                source = dest
+            previous = outputs
+    if exp.get("compiler") == "edgetpu_compiler":
+        _edgetpu(report)
+    report.seconds = time.perf_counter() - t_start
+    _write_report(report)
+    return report
+
+
+def _check_full_int8(art: Artifact, io_precision: str) -> None:
+    from edgeprune.export.tflite import tensor_report
+
+    rep = tensor_report(art.path)
+    allow_io = io_precision == "float32"
+    bad = [t["name"] for t in rep["float_tensors"] if not (allow_io and t["io"])]
+    art.extra["tensors"] = {k: rep[k] for k in ("dtypes", "input_dtypes", "output_dtypes", "ops")}
+    art.extra["float_tensors"] = len(rep["float_tensors"])
+    if bad:
+        raise ExportError(f"{art.path}: not full INT8: float tensors {', '.join(bad[:5])}"
+                          f"{' ...' if len(bad) > 5 else ''} (I/O may be {io_precision} only)")
+
+
+def _edgetpu(report: ExportReport) -> None:
+    from edgeprune.export.edgetpu import INSTALL_HINT, compile_edgetpu
+
+    final = report.final
+    result = compile_edgetpu(final.path, report.output_dir)
+    if result is None:
+        report.notes.append(INSTALL_HINT)
+        final.extra["edgetpu"] = {"compiled": False, "reason": "edgetpu_compiler not installed"}
+        return
+    path = Path(result.pop("path"))
+    final.final = False
+    report.artifacts.append(Artifact(
+        path=path, format="tflite", precision="int8", sha256=sha256_file(path), size_bytes=path.stat().st_size,
+        agreement=None, step="edgetpu compile", final=True, metadata=final.metadata, extra={"edgetpu": result},
+        notes=["compiled for the Edge TPU: runs only with libedgetpu on a Coral device, so it is not verified "
+               "here; its int8 input model is verified above"],
+    ))
+
+
+def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]) -> dict[str, Any] | None:
+    """Pruned vs its unpruned base (information only: pruning changes outputs on purpose).
+
+    The base is rebuilt with the weights edgeprune has for it (built-in
+    trained weights where they exist); a model pruned from the user's own
+    weights is compared with whatever its factory builds, which the report says.
+    """
+    if getattr(loaded, "plan", None) is None or not getattr(loaded, "base", None):
+        return None
+    from edgeprune.verify import agreement
+
+    base_name = str(loaded.base)
+    try:
+        from edgeprune.models import pretrained_available
+        from edgeprune.models.loading import build_base
+
+        pretrained = pretrained_available(base_name) if ":" not in base_name else False
+        base = build_base(base_name, pretrained=pretrained, input_shape=tuple(loaded.input_shape))
+        base_out = _torch_outputs(base.module, x)
+        return {"base": base_name, "base_weights": "built-in trained" if pretrained else "factory default",
+                "agreement": _round(agreement(base_out, reference))}
+    except Exception as exc:  # informational: never fail the export for it
+        return {"base": base_name, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _write_report(report: ExportReport) -> None:
+    from edgeprune._paths import atomic_write_text
+
+    atomic_write_text(report.output_dir / "export.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+
+
+__all__ = ["AgreementError", "ExportReport", "export", "model_sha256", "resolve", "builtin_samples", "SampleSet"]
