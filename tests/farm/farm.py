@@ -347,7 +347,9 @@ class Farm:
         script = (
             self._chroot_script(spec)
             if spec.rootfs
-            else f"mount -t tmpfs -o size={spec.tmp_mb}m,mode=1777 tmpfs /tmp && "
+            else f"{self._keep_python_script()}"
+            f"mount -t tmpfs -o size={spec.tmp_mb}m,mode=1777 tmpfs /tmp && "
+            f"{self._restore_python_script()}"
             f'for rc in {rcs}; do [ -f "$rc" ] && mount --bind "{empty}" "$rc"; done; '
             f"{self._cgroup_mount_script()}"
             f'hostname farm-{spec.name} && exec "$0" -D -e -f "$1"'
@@ -411,6 +413,30 @@ class Farm:
             f'mkdir -p "{r}/run/sshd" && hostname farm-{spec.name} && '
             f'exec chroot "{r}" /usr/sbin/sshd -D -e -f "$1"'
         )
+
+    def _python_dirs_under_tmp(self) -> list[str]:
+        """This machine's venv and interpreter folders that a board's private /tmp would hide.
+
+        A checkout (and so its .venv) may itself live under /tmp, as a CI clone can: the
+        boards run this Python, so those folders are bound back into their /tmp.
+        """
+        dirs = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)}
+        return sorted(d for d in dirs if d == "/tmp" or d.startswith("/tmp/"))
+
+    def _keep_python_script(self) -> str:
+        if not self._python_dirs_under_tmp():
+            return ""
+        keep = self.root / "host-tmp"
+        keep.mkdir(exist_ok=True)
+        return f'mount --bind /tmp "{keep}" && '
+
+    def _restore_python_script(self) -> str:
+        keep = self.root / "host-tmp"
+        parts = []
+        for d in self._python_dirs_under_tmp():
+            rel = os.path.relpath(d, "/tmp")
+            parts.append(f'mkdir -p "{d}" && mount --bind "{keep}/{rel}" "{d}" && ')
+        return "".join(parts)
 
     def _cgroup_mount_script(self) -> str:
         # `ip netns exec` mounts a fresh /sys without the cgroup folders; a real board has them
