@@ -1,0 +1,207 @@
+"""The ``edgeprune prune`` stage as one function: load, plan, prune, save, export, check.
+
+``prune_model`` takes plain values and returns the JSON summary the CLI
+prints. It writes into ``output``:
+
+- ``model.ept``: the pruned model (:mod:`edgeprune.prune.io`);
+- ``plan.json``: the :class:`ChannelPlan`;
+- ``model.onnx``: ONNX export (opset 17), checked against PyTorch on
+  ``CHECK_SAMPLES`` inputs: ``max_abs <= ONNX_TOL * max(1, max|pytorch output|)``,
+  else :class:`ExportError`;
+- ``summary.json``: the summary.
+
+Kept counts round to the target profile's channel alignment for its export
+precision (``Profile.alignment``); ``align=1`` turns that off.
+
+Example::
+
+    summary = prune_model("mobilenetv2", target="local", ratio=0.3, output="out/")
+    summary["macs_before"] / summary["macs_after"]     # ~1.8
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeprune._paths import atomic_write_text
+from edgeprune.errors import ExportError, NotBuiltError, PruneError
+from edgeprune.prune.threads import single_threaded
+
+ONNX_TOL = 1e-4
+CHECK_SAMPLES = 4
+
+
+def _check_inputs(lm, n: int) -> torch.Tensor:
+    if lm.name == "digits-cnn" or lm.base == "digits-cnn":
+        from edgeprune.models.digits import digits_data
+
+        return digits_data("test")[0][:n]
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, *lm.input_shape[1:], generator=g)
+
+
+def _outputs(model, x: torch.Tensor) -> list[np.ndarray]:
+    outs = []
+    with torch.no_grad():
+        for i in range(x.shape[0]):
+            o = model(x[i : i + 1])
+            outs.append([t.numpy() for t in (o if isinstance(o, (tuple, list)) else [o])])
+    return [np.concatenate([s[k] for s in outs]) for k in range(len(outs[0]))]
+
+
+def export_checked(model, lm, path: Path, *, metadata: dict[str, str]) -> dict:
+    """Export to ONNX and compare with PyTorch; returns the agreement figures."""
+    from edgeprune.export.onnx import export_onnx, run_onnx
+    from edgeprune.verify import agreement
+
+    export_onnx(model, lm.input_shape, path, metadata=metadata)
+    x = _check_inputs(lm, CHECK_SAMPLES)
+    ref = _outputs(model, x)
+    got = run_onnx(path, x.numpy())
+    agree = agreement(ref, got)
+    scale = max(1.0, max(float(np.abs(r).max()) for r in ref))
+    agree["tolerance"] = ONNX_TOL * scale
+    agree["passed"] = agree["max_abs"] <= agree["tolerance"]
+    if not agree["passed"]:
+        raise ExportError(
+            f"{path}: ONNX output differs from PyTorch by {agree['max_abs']:.3g} "
+            f"(tolerance {agree['tolerance']:.3g})"
+        )
+    return agree
+
+
+@single_threaded
+def prune_model(
+    model: str,
+    *,
+    target: str,
+    output: str | os.PathLike[str],
+    ratio: float | None = None,
+    plan_file: str | None = None,
+    weights: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    importance: str = "l1",
+    protect: tuple[str, ...] = (),
+    align: bool = True,
+    protect_stem: bool = True,
+    latency_budget: float | None = None,
+    speedup: float | None = None,
+) -> dict:
+    """Prune ``model`` for ``target`` and write the four files; returns the summary."""
+    from edgeprune.models import load_model
+    from edgeprune.models.stats import count_macs_params
+    from edgeprune.profiles import load_profile
+    from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned
+
+    if latency_budget is not None or speedup is not None:
+        raise NotBuiltError(
+            "--latency-budget and --speedup are not built yet in this version "
+            "(they need the latency model); use --ratio R for a uniform plan"
+        )
+    if (ratio is None) == (plan_file is None):
+        raise PruneError("give exactly one of --ratio R or --plan FILE")
+    profile = load_profile(target)
+    multiple = profile.alignment(profile.export_precision) if align else 1
+    lm = load_model(model, weights=weights, input_shape=input_shape)
+    earlier = [*lm.earlier_plans, lm.plan] if lm.plan is not None else []
+    if lm.base is None:
+        raise PruneError(
+            f"{lm.source}: {lm.notes[0] if lm.notes else 'cannot be pruned'}; "
+            "give the Python factory (--model pkg.module:function --weights FILE)"
+        )
+    net = lm.module
+    shape = tuple(lm.input_shape)
+    macs0, params0 = count_macs_params(net, shape)
+    x = example_input(shape)
+    groups = prunable_groups(net, x, protect=protect, protect_stem=protect_stem)
+    if not groups:
+        raise PruneError(
+            f"{lm.name}: no prunable channel groups (every group is protected or an output)"
+        )
+    if plan_file is not None:
+        path = Path(plan_file)
+        if not path.is_file():
+            raise PruneError(f"--plan {path}: file not found")
+        plan = ChannelPlan.from_json(path.read_text(encoding="utf-8"), where=str(path))
+        plan.base = plan.base or lm.base
+    else:
+        plan = ChannelPlan.uniform(groups, ratio, align=multiple, input_shape=shape, base=lm.base)
+    data = None
+    if importance == "taylor":
+        if lm.base != "digits-cnn":
+            raise NotBuiltError(
+                "--importance taylor needs data; only digits-cnn has built-in data "
+                "in this version (--data is a later stage)"
+            )
+        from edgeprune.models.digits import digits_data
+
+        xs, ys = digits_data("train")
+        data = list(zip(xs.split(64), ys.split(64), strict=True))[:8]
+    acc0 = _accuracy(lm, net)
+    prune_(
+        net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x
+    )
+    macs1, params1 = count_macs_params(net, shape)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    ept = save_pruned(net, plan, out / "model.ept", name=lm.name, task=lm.task, earlier=earlier)
+    plan_path = out / "plan.json"
+    atomic_write_text(plan_path, plan.to_json() + "\n")
+    onnx_path = out / "model.onnx"
+    agree = export_checked(
+        net,
+        lm,
+        onnx_path,
+        metadata={
+            "edgeprune.base": lm.base,
+            "edgeprune.target": target,
+            "edgeprune.plan": plan.note,
+        },
+    )
+    summary = {
+        "model": str(ept),
+        "plan": str(plan_path),
+        "onnx": str(onnx_path),
+        "summary": str(out / "summary.json"),
+        "source": lm.source,
+        "base": lm.base,
+        "task": lm.task,
+        "target": target,
+        "input_shape": list(shape),
+        "ratio": ratio,
+        "align": multiple,
+        "importance": importance,
+        "removed_fraction": round(plan.removed_fraction(), 4),
+        "groups_total": len(groups),
+        "groups_pruned": len(plan.pruned_groups()),
+        "rewrites": plan.rewrites,
+        "earlier_plans": len(earlier),
+        "params_before": params0,
+        "params_after": params1,
+        "macs_before": macs0,
+        "macs_after": macs1,
+        "mac_reduction": round(macs0 / max(macs1, 1), 3),
+        "onnx_check": {
+            k: agree[k] for k in ("max_abs", "mean_abs", "cosine", "top1", "tolerance", "passed")
+        },
+        "pretrained": lm.pretrained,
+    }
+    if acc0 is not None:
+        summary["accuracy_before"] = acc0
+        summary["accuracy_after"] = _accuracy(lm, net)
+        summary["accuracy_note"] = "digits test split (360 images), no fine-tuning"
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _accuracy(lm, net) -> float | None:
+    if lm.base != "digits-cnn":
+        return None
+    from edgeprune.models.digits import digits_accuracy
+
+    return round(digits_accuracy(net), 4)

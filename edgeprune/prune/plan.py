@@ -1,0 +1,190 @@
+"""``ChannelPlan``: how many channels each prunable group keeps.
+
+A plan is plain data, JSON-serialisable, keyed by stable group ids (see
+:mod:`edgeprune.prune.groups`). It says nothing about *which* channels go:
+that is the importance criterion's job when the plan is applied
+(:func:`edgeprune.prune.apply.prune_`).
+
+Rounding: a kept count is the multiple of ``m = lcm(align, group.slices)``
+nearest the exact value (at least ``m``), or the group's full count when
+that is nearer; a group smaller than ``m`` keeps all its channels. No group
+goes to zero.
+
+Example::
+
+    groups = prunable_groups(model, x)
+    plan = ChannelPlan.uniform(groups, 0.3, align=8, input_shape=(1, 3, 224, 224))
+    Path("plan.json").write_text(plan.to_json())
+    ChannelPlan.from_json(Path("plan.json").read_text()) == plan    # True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from edgeprune.errors import PruneError
+
+FORMAT = "edgeprune.channel-plan"
+VERSION = 1
+
+
+def round_keep(channels: int, wanted: float, multiple: int) -> int:
+    """Kept count nearest ``wanted`` among the multiples of ``multiple`` up to ``channels``,
+    and ``channels`` itself (keeping all is always allowed); ties go to the larger count."""
+    options = list(range(multiple, channels + 1, multiple)) + [channels]
+    return min(options, key=lambda k: (abs(k - wanted), -k))
+
+
+@dataclass
+class ChannelPlan:
+    """Kept channels per group id, and the facts needed to apply it to a fresh model.
+
+    ``channels``: each group's count before pruning (checked on apply);
+    ``input_shape``: the example input used to trace the model (``prune_``
+    fills it from its ``x`` when None);
+    ``base``: the architecture it was made for (built-in name or ``pkg.mod:fn``);
+    ``rewrites``: blocks rewritten before pruning (filled in by ``prune_``).
+    """
+
+    keep: dict[str, int]
+    channels: dict[str, int]
+    input_shape: tuple[int, ...] | None
+    align: int = 1
+    base: str | None = None
+    rewrites: list[str] = field(default_factory=list)
+    note: str = ""
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def uniform(
+        cls,
+        groups: Iterable,
+        ratio: float,
+        *,
+        align: int = 1,
+        input_shape: tuple[int, ...] | None = None,
+        base: str | None = None,
+    ) -> ChannelPlan:
+        """Remove the fraction ``ratio`` of every prunable group's channels, rounded to ``align``."""
+        if not 0.0 <= ratio < 1.0:
+            raise PruneError(f"--ratio {ratio}: the fraction of channels removed must be in [0, 1)")
+        groups = [g for g in groups if getattr(g, "prunable", True)]
+        keep = {
+            g.id: round_keep(g.channels, g.channels * (1.0 - ratio), math.lcm(align, g.slices))
+            for g in groups
+        }
+        return cls(
+            keep=keep,
+            channels={g.id: g.channels for g in groups},
+            input_shape=tuple(input_shape) if input_shape else None,
+            align=align,
+            base=base,
+            note=f"uniform ratio {ratio:g}, align {align}",
+        )
+
+    @classmethod
+    def from_keep(
+        cls,
+        groups: Iterable,
+        keep: Mapping[str, int],
+        *,
+        align: int = 1,
+        input_shape: tuple[int, ...] | None = None,
+        base: str | None = None,
+    ) -> ChannelPlan:
+        """A plan from per-group kept counts (e.g. a latency-aware search), checked and aligned.
+
+        Counts are rounded as in :func:`round_keep`; ids not in ``keep`` keep all channels.
+        """
+        groups = {g.id: g for g in groups if getattr(g, "prunable", True)}
+        unknown = sorted(set(keep) - set(groups))
+        if unknown:
+            raise PruneError(
+                f"plan names groups the model does not have (or protects): {', '.join(unknown[:5])}"
+            )
+        out = {}
+        for gid, g in groups.items():
+            k = int(keep.get(gid, g.channels))
+            if k < 1:
+                raise PruneError(f"group {gid}: keep {k} channels: every group keeps at least one")
+            out[gid] = round_keep(g.channels, min(k, g.channels), math.lcm(align, g.slices))
+        return cls(
+            keep=out,
+            channels={g: groups[g].channels for g in groups},
+            input_shape=tuple(input_shape) if input_shape else None,
+            align=align,
+            base=base,
+            note="per-group counts",
+        )
+
+    # -- figures -----------------------------------------------------------
+    def removed_fraction(self) -> float:
+        """Fraction of all prunable channels the plan removes."""
+        total = sum(self.channels.values())
+        return 0.0 if not total else 1.0 - sum(self.keep.values()) / total
+
+    def pruned_groups(self) -> dict[str, int]:
+        """Groups that actually shrink: id -> kept count."""
+        return {g: k for g, k in self.keep.items() if k < self.channels[g]}
+
+    # -- JSON --------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "base": self.base,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "align": self.align,
+            "note": self.note,
+            "rewrites": list(self.rewrites),
+            "groups": [
+                {"id": g, "channels": self.channels[g], "keep": self.keep[g]} for g in self.keep
+            ],
+        }
+
+    def to_json(self) -> str:
+        """JSON with one group per line (plans are read and diffed by people too)."""
+        data = self.to_dict()
+        groups = data.pop("groups")
+        lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in data.items()]
+        rows = ",\n".join(f"    {json.dumps(g)}" for g in groups)
+        return "{\n" + "\n".join(lines) + '\n  "groups": [\n' + rows + "\n  ]\n}"
+
+    @classmethod
+    def from_dict(cls, data: Mapping, *, where: str = "plan") -> ChannelPlan:
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            raise PruneError(f'{where}: not an edgeprune channel plan (no "format": "{FORMAT}")')
+        if data.get("version") != VERSION:
+            raise PruneError(
+                f"{where}: plan version {data.get('version')!r}; this edgeprune reads {VERSION}"
+            )
+        try:
+            groups = list(data["groups"])
+            keep = {str(g["id"]): int(g["keep"]) for g in groups}
+            channels = {str(g["id"]): int(g["channels"]) for g in groups}
+            shape = tuple(int(s) for s in data["input_shape"]) if data.get("input_shape") else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PruneError(f"{where}: malformed plan ({type(exc).__name__}: {exc})") from None
+        for gid, k in keep.items():
+            if not 1 <= k <= channels[gid]:
+                raise PruneError(f"{where}: group {gid} keeps {k} of {channels[gid]} channels")
+        return cls(
+            keep=keep,
+            channels=channels,
+            input_shape=shape,
+            align=int(data.get("align", 1)),
+            base=data.get("base"),
+            rewrites=[str(r) for r in data.get("rewrites", [])],
+            note=str(data.get("note", "")),
+        )
+
+    @classmethod
+    def from_json(cls, text: str, *, where: str = "plan") -> ChannelPlan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PruneError(f"{where}: not JSON: {exc}") from None
+        return cls.from_dict(data, where=where)
