@@ -112,3 +112,17 @@ def test_agent_error_carries_the_install_hint():
     )
     with pytest.raises(AgentError, match="install on the board: pip install onnxruntime"):
         parse_agent_output(doc, target="pi")
+
+
+def test_bracket_bomb_is_refused_even_with_a_raised_recursion_limit():
+    # onnx2tf raises the recursion limit to 2**31 - 1 on import; json's C decoder
+    # would then overflow the C stack (a segfault) on deeply nested input.
+    import sys
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(2**31 - 1)
+    try:
+        with pytest.raises(AgentError, match="nested deeper"):
+            parse_agent_output(b"[" * 1_000_000, target="pi")
+    finally:
+        sys.setrecursionlimit(old)

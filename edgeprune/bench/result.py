@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -90,6 +91,32 @@ def _str(value: Any, where: str, *, max_len: int = 4096, allow_none: bool = Fals
     return value[:max_len]
 
 
+MAX_NESTING = 32  # the agent's documents nest 4 deep; anything deeper is not from it
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _nesting_depth(text: str) -> int:
+    """How deep ``text``'s brackets nest, stopping early past MAX_NESTING.
+
+    Checked before ``json.loads``: its C decoder recurses on the C stack, and
+    a library that raises the recursion limit (onnx2tf sets it to 2**31 - 1
+    on import) turns a bracket bomb into a segfault instead of an error.
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub('""', text))
+    depth = deepest = 0
+    for ch in brackets:
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return depth
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def decode_agent_output(stdout: bytes, *, target: str) -> dict[str, Any]:
     """The agent's document as a dict, checked for size, JSON and protocol, else AgentError."""
     where = f"agent on {target}"
@@ -100,6 +127,8 @@ def decode_agent_output(stdout: bytes, *, target: str) -> dict[str, Any]:
     text = stdout.decode("utf-8", "replace").strip()
     if not text:
         raise AgentError(f"{where}: printed nothing on stdout")
+    if _nesting_depth(text) > MAX_NESTING:
+        raise AgentError(f"{where}: output is not the agent's JSON (nested deeper than {MAX_NESTING}); refused")
     try:
         doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
