@@ -221,3 +221,14 @@ def test_pruned_model_exports_with_plan_and_pruning_check(tmp_path):
     assert meta["plan"] and meta["plan"]["base"] == "digits-cnn"
     assert meta["source"] == str(ept)
     assert report.final.agreement["top1"] >= 0.95  # the export itself is checked against the pruned model
+
+
+def test_a_pruned_model_that_lost_accuracy_is_flagged_not_silent(tmp_path):
+    """Pruning 60 % of digits-cnn without fine-tuning loses accuracy: export says so in a warning."""
+    prune = pytest.importorskip("edgeprune.prune.pipeline")
+    prune.prune_model("digits-cnn", target="local", output=tmp_path / "pruned", ratio=0.6)
+    ept = next((tmp_path / "pruned").glob("*.ept"))
+    report = export(str(ept), target="local", output_dir=tmp_path / "out")
+    ag = report.pruning["agreement"]
+    assert ag["top1"] < 0.9 or ag["cosine"] < 0.95, ag  # the premise: this plan really hurts
+    assert any("fine-tune it before shipping" in w and "digits-cnn" in w for w in report.warnings)

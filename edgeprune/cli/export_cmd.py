@@ -90,6 +90,11 @@ def _human(report: dict) -> None:
     ver = report["verification"]
     con.print(f"agreement vs the original PyTorch model on {ver['samples']} held-out inputs ({ver['source']})"
               + (f"; PyTorch accuracy {ver['accuracy_pytorch']:.3f}" if "accuracy_pytorch" in ver else ""))
+    pruning = report.get("pruning") or {}
+    if pruning.get("agreement"):
+        pa = pruning["agreement"]
+        con.print(f"pruned vs its unpruned base ({pruning['base']}, {pruning['base_weights']} weights): "
+                  f"top-1 {pa['top1']:.3f}, cosine {pa['cosine']:.4f}")
     if report.get("calibration"):
         cal = report["calibration"]
         con.print(f"calibration: {cal['samples']} samples from {cal['source']}")

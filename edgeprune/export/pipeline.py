@@ -302,6 +302,14 @@ def export(
     if ver.labels is not None and _is_classifier(reference):
         report.verification["accuracy_pytorch"] = float(np.mean(reference[0].argmax(1) == ver.labels))
     report.pruning = _pruning_check(loaded, ver.data, reference)
+    pruned_ag = (report.pruning or {}).get("agreement")
+    if pruned_ag and (pruned_ag["top1"] < PRUNED_WARN_TOP1 or pruned_ag["cosine"] < PRUNED_WARN_COSINE):
+        # Not a failure (pruning changes outputs on purpose), but never silent.
+        report.warnings.append(
+            f"the pruned model agrees with its unpruned base '{report.pruning['base']}' on "
+            f"{pruned_ag['top1']:.0%} of top-1 (cosine {pruned_ag['cosine']:.3f}): it lost accuracy "
+            "in pruning; fine-tune it before shipping"
+        )
 
     meta = {
         "source": str(getattr(loaded, "source", loaded.name)),
@@ -382,6 +390,11 @@ def _edgetpu(report: ExportReport) -> None:
         notes=["compiled for the Edge TPU: runs only with libedgetpu on a Coral device, so it is not verified "
                "here; its int8 input model is verified above"],
     ))
+
+
+# Below these, a pruned model's agreement with its unpruned base is flagged loudly.
+PRUNED_WARN_TOP1 = 0.9
+PRUNED_WARN_COSINE = 0.95
 
 
 def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]) -> dict[str, Any] | None:
