@@ -3,10 +3,13 @@
 Importing this package is cheap: torch, onnx, tensorflow and the rest are
 imported only inside the functions that need them.
 
-The Python API mirrors the CLI::
+The Python API mirrors the CLI (see :mod:`edgeprune.api`)::
 
     import edgeprune
     edgeprune.load_profile("raspberry-pi-5").runtime      # 'litert'
+    summary = edgeprune.prune_model("mobilenetv2", target="local", ratio=0.3, output="out/")
+    report = edgeprune.export_model(summary["model"], target="local", output="out/")
+    edgeprune.bench_model(report.final.path, target="local").latency_ms["p50"]
 """
 
 __version__ = "0.1.0"
@@ -20,6 +23,13 @@ def __getattr__(name: str):
         "load_profile": ("edgeprune.profiles", "load_profile"),
         "list_profiles": ("edgeprune.profiles", "list_profiles"),
         "Profile": ("edgeprune.profiles", "Profile"),
+        "resolve_target": ("edgeprune.reach", "resolve_target"),
+        "list_models": ("edgeprune.models", "list_models"),
+        "load_model": ("edgeprune.models", "load_model"),
+        "bench_model": ("edgeprune.api", "bench_model"),
+        "prune_model": ("edgeprune.api", "prune_model"),
+        "export_model": ("edgeprune.api", "export_model"),
+        "quantize_model": ("edgeprune.api", "quantize_model"),
     }
     if name in lazy:
         import importlib
@@ -29,4 +39,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'edgeprune' has no attribute {name!r}")
 
 
-__all__ = ["EdgePruneError", "__version__"]
+__all__ = [
+    "EdgePruneError", "__version__", "load_profile", "list_profiles", "Profile", "resolve_target",
+    "list_models", "load_model", "bench_model", "prune_model", "export_model", "quantize_model",
+]

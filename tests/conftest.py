@@ -19,6 +19,14 @@ import pytest
 # The repository root, so that `tests.farm` imports however pytest is started.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# Tests never read or write the user's own cache (measurements, trained weights, probe
+# figures): one private cache for the session, unless the caller chose one.
+if "EDGEPRUNE_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["EDGEPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgeprune-test-cache-")
+os.environ.setdefault("EDGEPRUNE_CONFIG", str(Path(os.environ["EDGEPRUNE_CACHE_DIR"]) / "no-config.toml"))
+
 from tests.farm.farm import BoardSpec, Farm  # noqa: E402
 
 FARM_BOARDS = [

@@ -1,0 +1,80 @@
+"""The Python API: one function per CLI command, same names for the same options.
+
+=================================  ====================================================
+CLI                                Python
+=================================  ====================================================
+``edgeprune targets list``         ``edgeprune.list_profiles()``
+``edgeprune targets show NAME``    ``edgeprune.load_profile(NAME).resolved()``
+``edgeprune models``               ``edgeprune.list_models()``
+``edgeprune bench -t T MODEL``     ``edgeprune.bench_model(MODEL, target=T)``
+``edgeprune prune ...``            ``edgeprune.prune_model(M, target=T, ratio=R, output=DIR)``
+``edgeprune export ...``           ``edgeprune.export_model(M, target=T, output=DIR)``
+``edgeprune quantize ...``         ``edgeprune.quantize_model(M, target=T, output=DIR)``
+=================================  ====================================================
+
+Each returns plain values (a dict, a ``BenchResult``, an ``ExportReport``) and
+raises an :class:`~edgeprune.errors.EdgePruneError` subclass where the CLI
+would print ``error: ...``. Example::
+
+    import edgeprune
+
+    summary = edgeprune.prune_model("mobilenetv2", target="raspberry-pi-5", ratio=0.3, output="out/")
+    report = edgeprune.export_model(summary["model"], target="raspberry-pi-5", output="out/")
+    result = edgeprune.bench_model(report.final.path, target="local")
+    print(result.latency_ms["p50"])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def bench_model(
+    model: str | os.PathLike[str],
+    *,
+    target: str | list[str],
+    host: str | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int = 0,
+    profile_ops: bool = False,
+    timeout: float = 600.0,
+    use_cache: bool = True,
+    accept_new_host_key: bool = False,
+):
+    """Measure ``model`` (.onnx/.tflite) on one board (a ``BenchResult``) or several (a list).
+
+    With several targets, boards are measured concurrently and each item of
+    the list is a ``BenchResult`` or the ``EdgePruneError`` that board gave.
+    """
+    from edgeprune.bench.runner import BenchSettings, bench_many, bench_target
+    from edgeprune.reach import resolve_target
+
+    settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, profile_ops=profile_ops, timeout_s=timeout)
+    names = [target] if isinstance(target, str) else list(target)
+    reaches = [resolve_target(n, host=host) for n in names]
+    if isinstance(target, str):
+        return bench_target(reaches[0], model, settings=settings, use_cache=use_cache,
+                            accept_new_host_key=accept_new_host_key)
+    return bench_many(reaches, model, settings=settings, use_cache=use_cache,
+                      accept_new_host_key=accept_new_host_key)
+
+
+def prune_model(model: str, *, target: str, output: str | os.PathLike[str], **options: Any) -> dict:
+    """``edgeprune prune``: see :func:`edgeprune.prune.pipeline.prune_model` for the options."""
+    from edgeprune.prune.pipeline import prune_model as _prune
+
+    return _prune(model, target=target, output=output, **options)
+
+
+def export_model(model: Any, *, target: str, output: str | os.PathLike[str], **options: Any):
+    """``edgeprune export``: see :func:`edgeprune.export.pipeline.export` for the options."""
+    from edgeprune.export.pipeline import export
+
+    return export(model, target=target, output_dir=output, **options)
+
+
+def quantize_model(model: Any, *, target: str, output: str | os.PathLike[str], **options: Any):
+    """``edgeprune quantize``: :func:`export_model` with ``precision="int8"``."""
+    return export_model(model, target=target, output=output, precision="int8", **options)
