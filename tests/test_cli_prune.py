@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edgeprune.profiles import load_profile
+
 pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 pytest.importorskip("onnxruntime")
@@ -62,7 +64,7 @@ def test_prune_digits_writes_model_plan_onnx_summary(capsys, tmp_path):
     s = json.loads(out)
     for key in ("model", "plan", "onnx", "summary"):
         assert Path(s[key]).is_file()
-    assert s["input_shape"] == [1, 1, 16, 16] and s["align"] == 8
+    assert s["input_shape"] == [1, 1, 16, 16] and s["align"] == load_profile("local").alignment()
     assert s["params_after"] < s["params_before"] and s["macs_after"] < s["macs_before"]
     assert s["onnx_check"]["passed"] and s["onnx_check"]["max_abs"] <= s["onnx_check"]["tolerance"]
     assert s["accuracy_before"] >= 0.95 and 0.0 < s["accuracy_after"] <= 1.0
@@ -125,7 +127,7 @@ def test_prune_yolo_small_human_output(capsys, tmp_path):
     assert code == 0, err
     assert "ONNX matches PyTorch" in out and (tmp_path / "model.ept").is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert len(summary["rewrites"]) == 8 and summary["align"] == 8
+    assert len(summary["rewrites"]) == 8 and summary["align"] == load_profile("raspberry-pi-5").alignment()
 
 
 def test_latency_budget_and_speedup_are_not_built(capsys, tmp_path):
