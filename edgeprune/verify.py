@@ -19,7 +19,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) 
     ref, cand = _as_list(reference), _as_list(candidate)
     if len(ref) != len(cand):
         raise ValueError(f"{len(ref)} reference outputs but {len(cand)} candidate outputs")
-    for i, (r, c) in enumerate(zip(ref, cand)):
+    for i, (r, c) in enumerate(zip(ref, cand, strict=True)):
         if r.shape != c.shape:
             raise ValueError(f"output {i}: shape {c.shape} differs from the reference's {r.shape}")
     n = ref[0].shape[0]

@@ -20,8 +20,9 @@ import json
 import numpy as np
 import pytest
 
+from edgeprune._paths import sha256_file
 from edgeprune.errors import ExportError
-from edgeprune.export.artifact import read_metadata, sha256_file
+from edgeprune.export.artifact import read_metadata
 from edgeprune.export.pipeline import AgreementError, export
 
 pytest.importorskip("torch")

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from edgeprune._paths import sha256_file
 from edgeprune.errors import TransportError
 from edgeprune.reach import resolve_target
 from edgeprune.transport import open_transport
-from edgeprune.transport.base import sha256_file
 
 FAKE_ADB = """#!/bin/sh
 # FAKE adb for edgeprune's tests.

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from edgeprune._paths import sha256_file
 from edgeprune.errors import TransportError
 from edgeprune.reach import resolve_target
 from edgeprune.transport import open_transport
-from edgeprune.transport.base import sha256_file
 
 # A hang anywhere here must fail the test, not the CI job (pytest-timeout).
 pytestmark = [pytest.mark.farm, pytest.mark.timeout(180)]

@@ -13,8 +13,8 @@ Example::
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

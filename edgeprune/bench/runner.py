@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgeprune._paths import sha256_file
 from edgeprune.bench.result import BenchResult, parse_agent_output
 from edgeprune.errors import AgentError, EdgePruneError, ModelError
 
@@ -70,14 +71,6 @@ def choose_runtime(profile, model: Path) -> str:
     )
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cache_file(key: dict) -> Path:
     from edgeprune._paths import cache_dir
 
@@ -102,7 +95,7 @@ def bench_target(
         raise ModelError(f"{model}: model file not found")
     runtime = choose_runtime(reach.profile, model)
     agent = Path(agent) if agent else agent_path()
-    model_sha = _digest(model)
+    model_sha = sha256_file(model)
     remote_model = f"model-{model_sha[:24]}{model.suffix.lower()}"
     transport = open_transport(reach, accept_new_host_key=accept_new_host_key)
     python = reach.python or transport.default_python
@@ -112,7 +105,7 @@ def bench_target(
         "profile": reach.profile.name,
         "runtime": runtime,
         "settings": asdict(settings),
-        "agent": _digest(agent),
+        "agent": sha256_file(agent),
         "python": python,
     }
     cache = _cache_file(key)

@@ -46,8 +46,9 @@ from typing import Any
 import numpy as np
 
 from edgeprune import __version__
+from edgeprune._paths import sha256_file
 from edgeprune.errors import ExportError, ModelError
-from edgeprune.export.artifact import Artifact, sha256_file, stamp_metadata
+from edgeprune.export.artifact import Artifact, stamp_metadata
 from edgeprune.export.calib import (
     DEFAULT_COUNT,
     VERIFY_COUNT,

@@ -18,7 +18,6 @@ Subclasses supply the primitives (``_exec``, ``_put``, ``_rename``,
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import threading
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeprune._paths import sha256_file
 from edgeprune.errors import TransportError
 
 MAX_OUTPUT = 16 * 1024 * 1024
@@ -44,14 +44,6 @@ class RunResult:
     stderr: bytes
     overflow: bool = False  # stdout or stderr passed the cap: the process was stopped
     seconds: float = 0.0
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_name(name: str) -> str:

@@ -13,8 +13,9 @@ import socket
 import sys
 from pathlib import Path
 
+from edgeprune._paths import sha256_file
 from edgeprune.transport._proc import run_process
-from edgeprune.transport.base import MAX_OUTPUT, RunResult, Transport, sha256_file
+from edgeprune.transport.base import MAX_OUTPUT, RunResult, Transport
 
 
 class LocalTransport(Transport):
