@@ -237,9 +237,10 @@ def main() -> None:
             "## The on-device agent",
             "",
             "Command: `sudo .venv/bin/python benchmarks/bench_agent.py` (root for the farm parts).",
-            f"Machine: {machine_line()}. Load average before/after: {load0} / {load1}: other engineers shared "
-            "these 2 cores during the run, so the timings are noisy (FACTS: 8-17 % between passes is usual "
-            "here); medians of interleaved rounds are reported to damp it.",
+            f"Machine: {machine_line()}. Load average before/after: {load0} / {load1}"
+            + (": other jobs shared these 2 cores during the run, so the timings are noisy"
+               if float(load0) > 0.5 else ": the machine was otherwise idle")
+            + " (FACTS: 8-17 % between passes is usual here); medians of interleaved rounds are reported to damp it.",
             "",
             *lines,
         ]
