@@ -142,8 +142,9 @@ def report(rows: list[dict], loads: list[float], args, elapsed: float) -> str:
         f"torch {torch.__version__}. Target `local` (alignment {load_profile('local').alignment()}).",
         f"Load: busy cores during the timed rounds (ours is 1 of {os.cpu_count()}): median "
         f"{statistics.median(loads):.2f}, max {max(loads):.2f}; {sum(load > 1.3 for load in loads)}/{len(loads)} rounds "
-        "had another process using more than 0.3 core. **The machine was shared with other jobs**: "
-        "timings between passes of the same measurement vary by 8-17 % here (FACTS.md).",
+        "had another process using more than 0.3 core"
+        + (". **The machine was shared with other jobs**" if any(load > 1.3 for load in loads) else "")
+        + "; timings between passes of the same measurement vary by 8-17 % here (FACTS.md).",
         "",
         "Uniform plans, L1 importance, kept counts per group rounded to `align` (1 = not aligned). "
         "MobileNetV2 has torchvision's ImageNet weights; ResNet-18 is randomly initialised "
