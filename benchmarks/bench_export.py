@@ -190,8 +190,8 @@ NOTES = """Reading these tables (this run's figures; re-check after a re-run):
 - MobileNetV2 INT8 top-1 agreement on ambiguous photo crops (median top class probability ~0.36) is a
   pessimistic proxy for ImageNet accuracy: a wrong conversion (H/W swapped, RGB/BGR) scores 0.36-0.42 top-1
   and cosine 0.78-0.89, well below every INT8 artifact here; the default INT8 gate is top-1 0.60, cosine 0.93.
-- Timings were taken while other jobs kept both cores busy (CPU load column): treat differences under
-  ~15 % as noise.
+- The CPU load column is how busy all cores were while timing: one timing thread is 50 % on this 2-core
+  machine, so above ~60 % other jobs shared the machine and differences under ~15 % are noise.
 """
 
 def _top1(r: dict) -> str:

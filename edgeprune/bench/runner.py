@@ -162,7 +162,11 @@ def bench_target(
         raise AgentError(
             f"{where}: exited with status {res.rc} and no result: {tail or '(no stderr)'}"
         )
-    result = parse_agent_output(res.stdout, target=reach.name, host=reach.address)
+    try:
+        result = parse_agent_output(res.stdout, target=reach.name, host=reach.address)
+    except AgentError as exc:
+        # The board knows the model by its hashed name: speak of the user's file instead.
+        raise AgentError(str(exc).replace(remote_model, f"{model} (uploaded as {remote_model})", 1)) from None
     result.model["name"] = model.name
     from edgeprune._paths import atomic_write_text
 
