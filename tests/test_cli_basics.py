@@ -54,11 +54,23 @@ def test_every_subcommand_has_help(cmd):
 def test_targets_list_json_has_every_board(env):
     out = run("targets", "list", "--json", env_extra=env)
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
+    rows = json.loads(out.stdout)["profiles"]
     names = {r["name"] for r in rows}
     assert {"jetson-nano", "raspberry-pi-5", "coral-usb", "local"} <= names
     local = next(r for r in rows if r["name"] == "local")
     assert local["peak"]["fp32_gflops"] > 0 and local["bandwidth_gbps"] > 0
+
+
+def test_targets_list_shows_the_users_own_boards(env, tmp_path):
+    tfile = tmp_path / "targets.toml"
+    tfile.write_text('[lab-nano]\nprofile = "jetson-nano"\nhost = "10.0.0.12"\nuser = "nvidia"\n')
+    out = run("targets", "list", "--json", env_extra=dict(env, EDGEPRUNE_TARGETS=str(tfile)))
+    assert out.returncode == 0, out.stderr
+    mine = json.loads(out.stdout)["targets"]
+    assert mine == [{"target": "lab-nano", "profile": "jetson-nano", "host": "10.0.0.12",
+                     "user": "nvidia", "port": None, "file": str(tfile)}]
+    human = run("targets", "list", env_extra=dict(env, EDGEPRUNE_TARGETS=str(tfile), COLUMNS="200"))
+    assert "Your targets" in human.stdout and "lab-nano" in human.stdout
 
 
 def test_targets_show_prints_sources(env):

@@ -47,10 +47,24 @@ def _summary(data: dict) -> dict:
 @targets.command("list")
 @json_option
 def list_(as_json: bool) -> None:
-    """List every known board with its runtime, export default and key figures."""
+    """List every known board with its runtime, export default and key figures.
+
+    Also lists the entries of your targets file (see `edgeprune bench --help`
+    and the README's "How a target is reached"). `--json` gives
+    {"profiles": [...], "targets": [...]}.
+    """
     from edgeprune.profiles import list_profiles
 
+    from edgeprune.reach import load_targets, targets_file
+
     rows = [dict(_summary(p.resolved()), file=str(p.path)) for p in list_profiles()]
+    # The user's own boards (targets file): name -> profile and where it is.
+    tfile = targets_file()
+    mine = [
+        {"target": name, "profile": entry.get("profile", name), "host": entry.get("host"),
+         "user": entry.get("user"), "port": entry.get("port"), "file": str(tfile)}
+        for name, entry in load_targets().items()
+    ]
 
     def human(rows: list[dict]) -> None:
         from rich.table import Table
@@ -72,9 +86,20 @@ def list_(as_json: bool) -> None:
                 r["name"], r["runtime"], r["export"], str(r["alignment"]), best,
                 _fmt(r["bandwidth_gbps"], " GB/s"), r["transport"], r["title"],
             )
-        console().print(table)
+        out = console()
+        out.print(table)
+        if mine:
+            yours = Table(title=f"Your targets ({tfile})")
+            for col in ("target", "profile", "host", "user", "port"):
+                yours.add_column(col)
+            for m in mine:
+                yours.add_row(*(_fmt(m[c]) for c in ("target", "profile", "host", "user", "port")))
+            out.print(yours)
 
-    emit(rows, as_json=as_json, human=human)
+    if as_json:
+        emit({"profiles": rows, "targets": mine}, as_json=True, human=human)
+    else:
+        human(rows)
 
 
 @targets.command("show")
