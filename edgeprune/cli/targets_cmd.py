@@ -54,7 +54,6 @@ def list_(as_json: bool) -> None:
     {"profiles": [...], "targets": [...]}.
     """
     from edgeprune.profiles import list_profiles
-
     from edgeprune.reach import load_targets, targets_file
 
     rows = [dict(_summary(p.resolved()), file=str(p.path)) for p in list_profiles()]
