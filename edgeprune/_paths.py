@@ -72,3 +72,24 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def output_dir(path: str | os.PathLike[str], *, option: str = "--output", create: bool = True) -> Path:
+    """Create the output folder ``path`` (and parents), or raise a one-line error saying why not.
+
+    ``create=False`` only checks, so that a command can refuse a bad folder
+    before doing any work, and create it only when it has something to write.
+    """
+    from edgeprune.errors import EdgePruneError
+
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise EdgePruneError(f"{part}: exists and is not a folder; choose another {option}")
+    if not create:
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgePruneError(f"{path}: cannot create the output folder: {exc.strerror}; choose another {option}") from None
+    return path

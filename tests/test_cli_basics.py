@@ -114,3 +114,25 @@ def test_version():
 
     out = run("--version")
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+@pytest.mark.parametrize("cmd", [["prune", "--ratio", "0.3"], ["export"]])
+def test_an_output_that_is_a_file_is_refused_before_any_work(cmd, tmp_path, env):
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    out = run(*cmd, "--target", "local", "--model", "digits-cnn", "--output", str(blocker / "sub"),
+              env_extra=env)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"error: {blocker}: exists and is not a folder; choose another --output"
+    assert blocker.read_text() == "not a folder"
+
+
+def test_progress_is_silent_off_a_terminal(tmp_path):
+    import io
+
+    from edgeprune.progress import show, step
+
+    stream = io.StringIO()
+    with show(stream):
+        step("converting")
+    assert stream.getvalue() == ""

@@ -30,6 +30,7 @@ from pathlib import Path
 from edgeprune._paths import sha256_file
 from edgeprune.bench.result import BenchResult, parse_agent_output
 from edgeprune.errors import AgentError, EdgePruneError, ModelError
+from edgeprune.progress import step
 
 FORMAT_RUNTIMES = {".onnx": ("onnxruntime", "tensorrt"), ".tflite": ("litert", "edgetpu")}
 AGENT_NAME = "agent.py"
@@ -138,9 +139,11 @@ def bench_target(
     if settings.profile_ops:
         argv.append("--profile-ops")
     with transport:
+        step(f"{reach.name}: connecting, uploading what changed")
         transport.ensure_workdir()
         transport.upload(agent, AGENT_NAME)
         transport.upload(model, remote_model)
+        step(f"{reach.name}: measuring {model.name} ({settings.runs} runs after warm-up)")
         res = transport.run(argv, timeout=settings.timeout_s)
     where = f"agent on {reach.name}"
     if res.overflow:
@@ -166,7 +169,9 @@ def bench_target(
         result = parse_agent_output(res.stdout, target=reach.name, host=reach.address)
     except AgentError as exc:
         # The board knows the model by its hashed name: speak of the user's file instead.
-        raise AgentError(str(exc).replace(remote_model, f"{model} (uploaded as {remote_model})", 1)) from None
+        raise AgentError(
+            str(exc).replace(remote_model, f"{model} (uploaded as {remote_model})", 1)
+        ) from None
     result.model["name"] = model.name
     from edgeprune._paths import atomic_write_text
 

@@ -89,13 +89,16 @@ def bench(
     settings = BenchSettings(
         runs=runs, warmup=warmup, threads=threads, profile_ops=profile_ops, timeout_s=timeout
     )
-    outcomes = bench_many(
-        reaches,
-        Path(model),
-        settings=settings,
-        use_cache=not no_cache,
-        accept_new_host_key=accept_new_host_key,
-    )
+    from edgeprune.progress import show
+
+    with show():
+        outcomes = bench_many(
+            reaches,
+            Path(model),
+            settings=settings,
+            use_cache=not no_cache,
+            accept_new_host_key=accept_new_host_key,
+        )
     failed = [
         (r.name, o) for r, o in zip(reaches, outcomes, strict=True) if isinstance(o, EdgePruneError)
     ]

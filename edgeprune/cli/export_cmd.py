@@ -112,9 +112,15 @@ def _run(*, as_json: bool, **kwargs) -> None:
 
     # refusals (jetson-nano INT8, a precision the board lacks) come before anything is written
     resolve(load_profile(kwargs["target"]), kwargs["fmt"], kwargs["precision"])
+    from edgeprune._paths import output_dir
+    from edgeprune.progress import show
+
+    output_dir(kwargs["output_dir"], create=False)  # refuse a bad --output before any work
     log = os.path.join(kwargs["output_dir"], "export.log")
+    # progress goes to the real stderr, kept open before the converters' output is sent to the log
+    progress = os.fdopen(os.dup(2), "w", buffering=1)
     try:
-        with _native_output_to(log):
+        with show(progress), _native_output_to(log):
             report = export(**kwargs)
     except AgreementError as exc:
         if as_json:
@@ -122,6 +128,8 @@ def _run(*, as_json: bool, **kwargs) -> None:
         raise
     except ExportError as exc:
         raise ExportError(f"{exc} (converter output: {log})") from None
+    finally:
+        progress.close()
     emit(report.to_dict(), as_json=as_json, human=_human)
 
 

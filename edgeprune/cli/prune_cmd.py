@@ -116,23 +116,25 @@ def prune(
     Example:
       edgeprune prune --target raspberry-pi-5 --model mobilenetv2 --ratio 0.3 --output out/
     """
+    from edgeprune.progress import show
     from edgeprune.prune.pipeline import prune_model
 
-    summary = prune_model(
-        model,
-        target=target,
-        output=output,
-        ratio=ratio,
-        plan_file=plan_file,
-        weights=weights,
-        input_shape=input_shape,
-        importance=importance,
-        protect=tuple(protect),
-        align=not no_align,
-        protect_stem=not prune_stem,
-        latency_budget=latency_budget,
-        speedup=speedup,
-    )
+    with show():
+        summary = prune_model(
+            model,
+            target=target,
+            output=output,
+            ratio=ratio,
+            plan_file=plan_file,
+            weights=weights,
+            input_shape=input_shape,
+            importance=importance,
+            protect=tuple(protect),
+            align=not no_align,
+            protect_stem=not prune_stem,
+            latency_budget=latency_budget,
+            speedup=speedup,
+        )
     emit(summary, as_json=as_json, human=_human)
 
 

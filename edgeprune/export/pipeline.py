@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune import __version__
+from edgeprune._paths import output_dir as make_output_dir
 from edgeprune._paths import sha256_file
 from edgeprune.errors import ExportError, ModelError
 from edgeprune.export.artifact import Artifact, stamp_metadata
@@ -64,6 +65,7 @@ from edgeprune.export.formats import (
     chain,
     format_spec,
 )
+from edgeprune.progress import step
 
 
 class AgreementError(ExportError):
@@ -194,6 +196,7 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
           labels: np.ndarray | None) -> tuple[Artifact, list[np.ndarray]]:
     from edgeprune.verify import agreement
 
+    step(f"converting to {spec.format} {spec.precision}")
     t0 = time.perf_counter()
     info = spec.load_converter()(req) or {}
     seconds = time.perf_counter() - t0
@@ -201,6 +204,7 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
     stamped = {**meta, "format": spec.format, "precision": spec.precision,
                "step": f"{spec.format} {spec.precision}", "io": spec.io, **_meta_info(info)}
     stamp_metadata(dest, stamped)
+    step(f"checking {spec.format} {spec.precision} against the original")
     outputs = _runner(spec, dest, [(1, *r.shape[1:]) for r in reference])(verify_x)
     art = Artifact(
         path=dest, format=spec.format, precision=spec.precision, sha256=sha256_file(dest),
@@ -272,12 +276,12 @@ def export(
     t_start = time.perf_counter()
     profile = load_profile(target)
     fmt, precision = resolve(profile, fmt, precision)
+    step(f"loading {model if isinstance(model, str) else getattr(model, 'name', 'model')}")
     loaded = _load(model)
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(output_dir)
     stem = name or str(loaded.name).replace("/", "_")
     report = ExportReport(target=profile.name, model=str(loaded.name), format=fmt, precision=precision,
                           output_dir=out_dir)
@@ -286,6 +290,7 @@ def export(
     # Samples: calibration (for INT8) and held-out verification, never the same inputs.
     task = getattr(loaded, "task", "classify")
     norm = normalize or default_normalize(input_shape, task)
+    step("preparing calibration and held-out check inputs")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if calib is not None:
@@ -355,6 +360,7 @@ def export(
                 source = dest
             previous = outputs
     if exp.get("compiler") == "edgetpu_compiler":
+        step("compiling for the Edge TPU")
         _edgetpu(report)
     report.seconds = time.perf_counter() - t_start
     _write_report(report)

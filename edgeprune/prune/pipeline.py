@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeprune._paths import atomic_write_text
+from edgeprune._paths import atomic_write_text, output_dir
 from edgeprune.errors import ExportError, NotBuiltError, PruneError
+from edgeprune.progress import step
 from edgeprune.prune.threads import single_threaded
 
 ONNX_TOL = 1e-4
@@ -106,7 +107,9 @@ def prune_model(
     if (ratio is None) == (plan_file is None):
         raise PruneError("give exactly one of --ratio R or --plan FILE")
     profile = load_profile(target)
+    output_dir(output, create=False)  # refuse a bad --output before any work
     multiple = profile.alignment(profile.export_precision) if align else 1
+    step(f"loading {model}")
     lm = load_model(model, weights=weights, input_shape=input_shape)
     earlier = [*lm.earlier_plans, lm.plan] if lm.plan is not None else []
     if lm.base is None:
@@ -118,6 +121,7 @@ def prune_model(
     shape = tuple(lm.input_shape)
     macs0, params0 = count_macs_params(net, shape)
     x = example_input(shape)
+    step("tracing coupled channel groups")
     groups = prunable_groups(net, x, protect=protect, protect_stem=protect_stem)
     if not groups:
         raise PruneError(
@@ -143,16 +147,17 @@ def prune_model(
         xs, ys = digits_data("train")
         data = list(zip(xs.split(64), ys.split(64), strict=True))[:8]
     acc0 = _accuracy(lm, net)
+    step("removing channels and checking the surgery")
     prune_(
         net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x
     )
     macs1, params1 = count_macs_params(net, shape)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(output)
     ept = save_pruned(net, plan, out / "model.ept", name=lm.name, task=lm.task, earlier=earlier)
     plan_path = out / "plan.json"
     atomic_write_text(plan_path, plan.to_json() + "\n")
     onnx_path = out / "model.onnx"
+    step("exporting ONNX and checking it against PyTorch")
     agree = export_checked(
         net,
         lm,
