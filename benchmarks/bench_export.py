@@ -207,7 +207,7 @@ def render(rows: list[dict], qrows: list[dict], cmd: str, env: str) -> str:
              "Agreement: vs the original PyTorch model on 64 held-out photo crops. Size ratio: ONNX fp32 "
              "size / this file's size. Conversion: wall time of the whole export() call (ONNX export, "
              "conversion, calibration, verification runs). yolo-small: BatchNorm statistics re-estimated on "
-             "photos first (its shipped random weights give input-independent outputs); top-1 does not apply "
+             "photos first (no trained detector installs offline: it is randomly initialised); top-1 does not apply "
              "to a detector, and a *random* deep network amplifies INT8 rounding, so its cosine figures are "
              "a lower bound, not a prediction for a trained detector.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
