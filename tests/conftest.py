@@ -39,6 +39,18 @@ FARM_BOARDS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models on a shared 2-core machine: one torch thread avoids OpenMP barrier stalls.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    from edgeprune.prune.threads import one_thread
+
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def farm():
     if not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) or not shutil.which(

@@ -17,15 +17,7 @@ pytest.importorskip("onnxruntime")
 
 from edgeprune.cli import main  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared 2-core machine: one thread avoids OpenMP barrier stalls."""
-    from edgeprune.prune.threads import one_thread
-
-    with one_thread():
-        yield
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,23 +13,10 @@ pytest.importorskip("torch_pruning")
 
 from edgeprune.errors import ModelError  # noqa: E402
 from edgeprune.models import build, list_models, load_model, pretrained_available  # noqa: E402
+from tests.sizes import SMALL  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared 2-core machine: one thread avoids OpenMP barrier stalls."""
-    from edgeprune.prune.threads import one_thread
-
-    with one_thread():
-        yield
-
-
-SMALL = {
-    "resnet18": (1, 3, 64, 64),
-    "mobilenetv2": (1, 3, 64, 64),
-    "yolo-small": (1, 3, 128, 128),
-    "digits-cnn": (1, 1, 16, 16),
-}
 
 
 def test_builtin_names_and_shapes():

@@ -20,23 +20,10 @@ from edgeprune.errors import PruneError  # noqa: E402
 from edgeprune.export.onnx import export_onnx, run_onnx  # noqa: E402
 from edgeprune.models import build, load_model  # noqa: E402
 from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned  # noqa: E402
+from tests.sizes import SMALL  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared 2-core machine: one thread avoids OpenMP barrier stalls."""
-    from edgeprune.prune.threads import one_thread
-
-    with one_thread():
-        yield
-
-
-SMALL = {
-    "resnet18": (1, 3, 64, 64),
-    "mobilenetv2": (1, 3, 64, 64),
-    "yolo-small": (1, 3, 128, 128),
-    "digits-cnn": (1, 1, 16, 16),
-}
 ONNX_TOL = 1e-4
 
 
