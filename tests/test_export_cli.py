@@ -77,3 +77,13 @@ def test_bad_min_agreement_is_a_usage_error(tmp_path):
                 "--min-agreement", "lots")
     assert proc.returncode == 2
     assert "expected a number" in proc.stderr
+
+
+def test_a_detector_shows_no_top1_figure(tmp_path):
+    """top-1 means nothing for a detector's outputs: the table says n/a, the JSON says it is no classifier."""
+    pytest.importorskip("torch")
+    proc = _cli("export", "--target", "local", "--model", "yolo-small", "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "n/a" in proc.stdout
+    data = json.loads((tmp_path / "export.json").read_text())
+    assert data["verification"]["classifier"] is False

@@ -78,12 +78,13 @@ def _human(report: dict) -> None:
     table = Table(title=f"{report['model']} for {report['target']}: {report['format']} {report['precision']}")
     for col in ("file", "step", "size", "top-1", "cosine", "max |err|", "time"):
         table.add_column(col, justify="left" if col in ("file", "step") else "right")
+    classifier = report["verification"].get("classifier", True)  # top-1 means something for classifiers only
     for a in report["artifacts"]:
         ag = a["agreement"] or {}
         table.add_row(
             os.path.basename(a["path"]) + (" *" if a["final"] else ""), a["step"],
             f"{a['size_bytes'] / 1e6:.2f} MB",
-            f"{ag['top1']:.3f}" if ag else "-", f"{ag['cosine']:.5f}" if ag else "-",
+            f"{ag['top1']:.3f}" if ag and classifier else "n/a" if ag else "-", f"{ag['cosine']:.5f}" if ag else "-",
             f"{ag['max_abs']:.3g}" if ag else "-", f"{a['seconds']:.1f} s",
         )
     con.print(table)

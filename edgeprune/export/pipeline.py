@@ -334,6 +334,8 @@ def export(
         "quantizer": quantizer,
     }
     classifier = _is_classifier(reference)
+    # top-1 is gated for classifiers only; for other outputs it is the share of samples at cosine >= 0.99
+    report.verification["classifier"] = classifier
     previous: list[np.ndarray] | None = None
     with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as work:
         options["workdir"] = Path(work)
