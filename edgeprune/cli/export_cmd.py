@@ -103,7 +103,8 @@ def _human(report: dict) -> None:
         con.print(f"[yellow]warning:[/] {w}")
     for n in report["notes"]:
         con.print(f"note: {n}")
-    con.print(f"* = the file to ship; report: {os.path.join(report['output_dir'], 'export.json')}")
+    con.print(f"* = the file to ship; report: {os.path.join(report['output_dir'], 'report.md')} "
+              f"(JSON: {os.path.join(report['output_dir'], 'export.json')})")
 
 
 def _run(*, as_json: bool, **kwargs) -> None:

@@ -434,7 +434,11 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]) -> d
 def _write_report(report: ExportReport) -> None:
     from edgeprune._paths import atomic_write_text
 
-    atomic_write_text(report.output_dir / "export.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    data = report.to_dict()
+    atomic_write_text(report.output_dir / "export.json", json.dumps(data, indent=2, default=str) + "\n")
+    from edgeprune.report import write_export_report
+
+    write_export_report(json.loads(json.dumps(data, default=str)), report.output_dir)
 
 
 __all__ = ["AgreementError", "ExportReport", "export", "model_sha256", "resolve", "builtin_samples", "SampleSet"]

@@ -1,0 +1,104 @@
+"""Reports a person can read, written beside the JSON a machine reads.
+
+:func:`write_export_report` turns an export report (the dict that
+``export.json`` holds) into ``report.md`` and, when matplotlib is installed
+(the ``report`` extra), ``report.png``: artifact size and agreement with the
+original, per step. Without matplotlib the Markdown is still written and says
+how to get the plot.
+
+Example::
+
+    write_export_report(report.to_dict(), Path("out/"))   # out/report.md, out/report.png
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from edgeprune._paths import atomic_write_text
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _plot(report: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    arts = report["artifacts"]
+    labels = [a["step"] for a in arts]
+    sizes = [a["size_bytes"] / 1e6 for a in arts]
+    cosine = [(a["agreement"] or {}).get("cosine", float("nan")) for a in arts]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax1.bar(labels, sizes, color="#4c72b0")
+    ax1.set_ylabel("size (MB)")
+    ax1.set_title("artifact size")
+    ax2.bar(labels, cosine, color="#55a868")
+    ax2.set_ylim(min(0.9, min(cosine, default=1.0) - 0.01), 1.0005)
+    ax2.set_ylabel("cosine vs original")
+    ax2.set_title("agreement with the original")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(f"{report['model']} for {report['target']}")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``report.md`` (and ``report.png`` where matplotlib is installed); returns the .md path."""
+    out_dir = Path(out_dir)
+    classifier = report.get("verification", {}).get("classifier", True)
+    lines = [
+        f"# {report['model']} for {report['target']}: {report['format']} {report['precision']}",
+        "",
+        f"Result: **{'passed' if report['passed'] else 'FAILED'}** the agreement checks"
+        f" ({report.get('seconds', 0):.1f} s, edgeprune {report.get('edgeprune_version', '?')}).",
+        "",
+        "| file | step | size | sha256 | top-1 | cosine | max abs err | mean abs err | time |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for a in report["artifacts"]:
+        ag = a.get("agreement") or {}
+        top1 = _fmt(ag.get("top1"), ".3f") if classifier else "n/a"
+        lines.append(
+            f"| {Path(a['path']).name}{' (ship this)' if a.get('final') else ''} | {a['step']} "
+            f"| {a['size_bytes'] / 1e6:.2f} MB | `{a['sha256'][:12]}` | {top1} | {_fmt(ag.get('cosine'), '.5f')} "
+            f"| {_fmt(ag.get('max_abs'), '.3g')} | {_fmt(ag.get('mean_abs'), '.3g')} | {a.get('seconds', 0):.1f} s |"
+        )
+    ver = report.get("verification") or {}
+    lines += ["", f"Agreement is against the original PyTorch model on {ver.get('samples', '?')} held-out inputs "
+              f"({ver.get('source', '?')})" + ("; top-1 does not apply to this model's outputs, cosine is checked."
+                                               if not classifier else ".")]
+    if "accuracy_pytorch" in ver:
+        lines.append(f"PyTorch accuracy on them: {ver['accuracy_pytorch']:.3f}.")
+    cal = report.get("calibration") or {}
+    if cal:
+        lines.append(f"Calibration: {cal.get('samples')} samples from {cal.get('source')}.")
+    pruning = report.get("pruning") or {}
+    if pruning.get("agreement"):
+        pa = pruning["agreement"]
+        lines.append(f"Pruned vs its unpruned base `{pruning['base']}`: top-1 {pa['top1']:.3f}, "
+                     f"cosine {pa['cosine']:.4f}.")
+    for title, items in (("Warnings", report.get("warnings")), ("Notes", report.get("notes"))):
+        if items:
+            lines += ["", f"## {title}", "", *[f"- {w}" for w in items]]
+    png = out_dir / "report.png"
+    if report["artifacts"] and _plot(report, png):
+        lines += ["", "![size and agreement per step](report.png)"]
+    else:
+        lines += ["", "(Plots need matplotlib: `pip install 'edgeprune[report]'`.)"]
+    lines += ["", "Machine-readable: `export.json`."]
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
