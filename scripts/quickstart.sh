@@ -28,4 +28,4 @@ step "Measure the original on the board" \
   edgeprune bench --target local "$OUT/original/$MODEL.fp32.onnx"
 step "Measure the pruned model on the board" \
   edgeprune bench --target local "$OUT/export/$MODEL.fp32.onnx"
-printf '\nDone. Artifacts and JSON reports are in %s/.\n' "$OUT"
+printf '\nDone. Artifacts, reports (report.md) and JSON (export.json, summary.json) are in %s/.\n' "$OUT"
