@@ -434,11 +434,11 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]) -> d
 def _write_report(report: ExportReport) -> None:
     from edgeprune._paths import atomic_write_text
 
-    data = report.to_dict()
-    atomic_write_text(report.output_dir / "export.json", json.dumps(data, indent=2, default=str) + "\n")
+    text = json.dumps(report.to_dict(), indent=2, default=str)
+    atomic_write_text(report.output_dir / "export.json", text + "\n")
     from edgeprune.report import write_export_report
 
-    write_export_report(json.loads(json.dumps(data, default=str)), report.output_dir)
+    write_export_report(json.loads(text), report.output_dir)  # the same plain values as the file
 
 
 __all__ = ["AgreementError", "ExportReport", "export", "model_sha256", "resolve", "builtin_samples", "SampleSet"]
