@@ -41,7 +41,9 @@ def test_quantizers_and_schemes(digits_onnx, tmp_path, quantizer, scheme):
     if scheme == "tensorrt":
         assert info["nonzero_zero_points"] == 0
         assert all(z.dtype == np.int8 for z in zps.values())
-    ref, out = run_onnx(src, xv), run_onnx(dst, xv)
+    # TensorRT-scheme models are checked as TensorRT computes them (Q/DQ emulated in float):
+    # this CPU's AVX2 int8 kernels saturate on signed activations (edgeprune.export.onnx).
+    ref, out = run_onnx(src, xv), run_onnx(dst, xv, emulate_qdq=scheme == "tensorrt")
     ag = agreement(ref, out)
     assert ag["top1"] >= 0.97 and ag["cosine"] > 0.99
     assert float(np.mean(out[0].argmax(1) == yv)) >= float(np.mean(ref[0].argmax(1) == yv)) - 0.03

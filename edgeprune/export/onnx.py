@@ -77,22 +77,33 @@ def export_onnx(
     return path
 
 
-def onnx_session(path: str | os.PathLike[str], *, threads: int = 1):
-    """An ONNX Runtime CPU session for ``path`` (one intra-op thread by default)."""
+def onnx_session(path: str | os.PathLike[str], *, threads: int = 1, emulate_qdq: bool = False):
+    """An ONNX Runtime CPU session for ``path`` (one intra-op thread by default).
+
+    ``emulate_qdq=True`` runs a Q/DQ graph as written (quantize, dequantize, then the float op)
+    instead of fusing it into ONNX Runtime's int8 kernels. Use it to check an INT8 model that
+    another runtime will execute (TensorRT on a Jetson computes exact int8 dot products): on x86
+    CPUs without VNNI, ORT's int8 kernels use VPMADDUBSW, whose 16-bit intermediate sums saturate
+    for signed int8 activations (measured here, AVX2: digits-cnn TensorRT-scheme Q/DQ gave cosine
+    0.43 fused and 1.0 emulated), so the fused result would blame the model for this CPU's kernels.
+    """
     ort = require("onnxruntime", "onnx", "running ONNX models")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if emulate_qdq:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ExportError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
 
 
-def run_onnx(path_or_session, x: np.ndarray) -> list[np.ndarray]:
+def run_onnx(path_or_session, x: np.ndarray, *, emulate_qdq: bool = False) -> list[np.ndarray]:
     """Run an ONNX model (path or session) on ``x`` one sample at a time when its batch is fixed."""
-    sess = path_or_session if hasattr(path_or_session, "run") else onnx_session(path_or_session)
+    sess = (path_or_session if hasattr(path_or_session, "run")
+            else onnx_session(path_or_session, emulate_qdq=emulate_qdq))
     inp = sess.get_inputs()[0]
     fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
     if fixed_batch and x.shape[0] != fixed_batch:
