@@ -1,0 +1,1 @@
+"""Shipping (placeholder docstring, replaced below)."""
