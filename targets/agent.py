@@ -779,7 +779,8 @@ def probe(args):
 # does every change to the deploy folder, each path checked to stay inside it:
 #
 #   DEPLOY/releases/ID/   one shipped release (model.*, manifest.json, checks)
-#   DEPLOY/staging/ID/    an upload in progress (not a release until activated)
+#   DEPLOY/staging/ID/    an upload in progress (not a release until activated);
+#                         under the lock, anything else in staging/ is a dead deploy's
 #   DEPLOY/current        symlink -> releases/ID, replaced with rename(2)
 #   DEPLOY/previous       symlink -> the release current pointed to before
 #   DEPLOY/lock.json      the deploy lock: created with link(2), so it appears
@@ -1224,6 +1225,18 @@ def _release(args):
         elif act == "switch":
             _release_dir(root, "releases", args.id)
             doc.update(_switch_to(root, args.id))
+        elif act == "stage":
+            rid = _release_id(args.id)
+            if os.path.lexists(os.path.join(root, "releases", rid)):
+                raise AgentFailure("bad_release", "release %s already exists in %s" % (rid, root))
+            staging = os.path.join(root, "staging")
+            doc["removed"] = []
+            for name in sorted(os.listdir(staging)):  # under the lock: leftovers of dead deploys
+                _remove(root, os.path.join(staging, name))
+                doc["removed"].append("%s (staging)" % name)
+            os.mkdir(os.path.join(staging, rid))
+            doc.update(staging=os.path.join(staging, rid), current=_link_id(root, "current"),
+                       previous=_link_id(root, "previous"), free_bytes=_free_bytes(root))
         elif act == "discard":
             path = os.path.join(root, "staging", _release_id(args.id))
             doc["removed"] = os.path.lexists(path)
@@ -1290,7 +1303,7 @@ def parse_args(argv):
     r.add_argument("--deadline-s", type=int, default=0)
     rl = sub.add_parser("release", help="change or list the deploy folder")
     rl.add_argument("action", choices=["init", "list", "lock", "refresh", "unlock", "break",
-                                       "activate", "switch", "discard", "gc"])
+                                       "stage", "activate", "switch", "discard", "gc"])
     rl.add_argument("folder")
     rl.add_argument("--token", default="")
     rl.add_argument("--owner", default=None, help="JSON object recorded in the lock")

@@ -235,3 +235,19 @@ def test_a_symlinked_releases_folder_is_refused(tmp_path):
     (d / "releases").symlink_to(elsewhere)
     doc = rel("list", d, ok=False)
     assert doc["error"]["kind"] == "bad_args" and "symlink" in doc["error"]["message"]
+
+
+def test_stage_clears_leftovers_and_makes_a_fresh_folder(tmp_path):
+    d = tmp_path / "deploy"
+    rel("init", d)
+    rel("lock", d, "--token", "t", "--owner", owner("t"))
+    stage(d, "dead-deploy")
+    stage(d, "r1")
+    rel("activate", d, "--token", "t", "--id", "r1")
+    doc = rel("stage", d, "--token", "t", "--id", "r2")
+    assert doc["staging"] == str(d.resolve() / "staging" / "r2") and (d / "staging" / "r2").is_dir()
+    assert doc["removed"] == ["dead-deploy (staging)"] and doc["current"] == "r1"
+    assert doc["free_bytes"] > 0
+    doc = rel("stage", d, "--token", "t", "--id", "r1", ok=False)
+    assert doc["error"]["kind"] == "bad_release" and "already exists" in doc["error"]["message"]
+    assert rel("stage", d, "--token", "nope", "--id", "r3", ok=False)["error"]["kind"] == "lock_lost"
