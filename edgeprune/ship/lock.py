@@ -94,15 +94,18 @@ def stale_reason(owner: dict[str, Any], age_s: float | None, *, stale_s: float =
 
 
 def describe(owner: dict[str, Any] | None) -> str:
+    """``ship model.onnx by ci, pid 4242 on host/1a2b3c4d, since 2026-11-28T10:15:02Z``."""
     if not owner:
         return "owner unknown"
     if owner.get("unreadable"):
         return "its owner file is unreadable"
-    what = str(owner.get("what") or "a deploy")[:80]
-    return (
-        f"{what} by {str(owner.get('user'))[:40]}, pid {owner.get('pid')} on "
-        f"{str(owner.get('host'))[:80]}, since {str(owner.get('started'))[:40]}"
-    )
+    text = f"{str(owner.get('what') or 'a deploy')[:80]}"
+    if owner.get("user"):
+        text += f" by {str(owner['user'])[:40]}"
+    text += f", pid {str(owner.get('pid'))[:12]} on {str(owner.get('host'))[:80]}"
+    if owner.get("started"):
+        text += f", since {str(owner['started'])[:40]}"
+    return text
 
 
 class BoardLock:
@@ -176,16 +179,6 @@ class BoardLock:
                 self.board.release("refresh", "--token", self.token, timeout=30)
             except Exception:  # noqa: BLE001 - the main thread sees a dead link itself
                 pass
-
-    def confirm(self) -> None:
-        """Refresh now and fail unless this deploy still holds the lock (before switching)."""
-        doc = self.board.release("refresh", "--token", self.token)
-        if doc.get("held") is not True:
-            owner = doc.get("owner") if isinstance(doc.get("owner"), dict) else None
-            raise ShipError(
-                f"{self.board.name}: this deploy lost the board's deploy lock ({describe(owner)}); "
-                "nothing was switched"
-            )
 
     def release(self) -> None:
         """Stop the heartbeat and unlock; best effort (a dead link leaves a lock that goes stale)."""

@@ -230,7 +230,6 @@ def rollback(
                 scratch=scratch, reference=[np.asarray(e) for e in expected], precision=precision,
                 runtime=runtime, sha256=sha, local_tmp=tmp, timeout_s=timeout_s,
             )
-            lock.confirm()
             step("switch", f"switching current to {rid}")
             try:
                 doc = board.release("switch", "--token", lock.token, "--id", rid)

@@ -12,7 +12,8 @@ The steps, in order, each reported to ``on_step(target, step)``:
    held-out inputs; the outputs (untrusted) are compared per tensor with the
    host's reference for the same artifact (:mod:`edgeprune.ship.check`);
 7. ``manifest``: ``manifest.json`` written into the release;
-8. ``switch``: ``staging/<id>`` renamed to ``releases/<id>``, flushed to disk,
+8. ``switch``: only while this deploy still holds the lock (the agent checks
+   its token), ``staging/<id>`` flushed to disk and renamed to ``releases/<id>``,
    then ``current`` swapped to it with rename(2) and ``previous`` to the old one;
 9. ``gc``: all but the newest ``keep`` releases removed (never current or previous);
 10. ``done``: the lock released.
@@ -293,7 +294,6 @@ def ship_artifact(
                                  check=check, previous=current)
                 (tmp / "manifest.json").write_text(json.dumps(full, indent=2, allow_nan=False))
                 t.upload(tmp / "manifest.json", "manifest.json", folder=staged)
-                lock.confirm()
                 step("switch", f"switching current to {rid}")
                 try:
                     doc = board.release("activate", "--token", lock.token, "--id", rid)
