@@ -43,3 +43,46 @@ def fake_phone(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPRUNE_TARGETS", str(targets))
     monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tflites(tmp_path_factory):
+    """Two small TFLite models that differ (phones run LiteRT)."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("tensorflow")
+    from tests.farm.models import tiny_tflite
+
+    d = tmp_path_factory.mktemp("tfl")
+    a = tiny_tflite(d / "a.tflite")
+    b = d / "b.tflite"
+    b.write_bytes(a.read_bytes() + b"")  # same graph: the second must still be a new release
+    return a, b
+
+
+def test_ship_list_rollback_through_adb(fake_phone, tflites):
+    import numpy as np
+
+    from edgeprune.ship import list_releases, rollback, ship_artifact
+
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    a = ship_artifact(tflites[0], target="phone", verify_inputs=x)
+    b = ship_artifact(tflites[1], target="phone", verify_inputs=x,
+                      inline_max_bytes=0)  # outputs come back with `adb pull`
+    deploy = fake_phone / "data-local-tmp" / "edgeprune-deploy"
+    assert b.deploy_dir == str(deploy) and b.previous == a.release and a.release != b.release
+    assert b.check["runtime"]["name"] == "litert" and b.model_path.endswith("/model.tflite")
+    assert (deploy / "current").resolve() == deploy / "releases" / b.release
+    assert list_releases("phone").current == b.release
+    assert rollback("phone").release == a.release
+    assert (deploy / "current").resolve() == deploy / "releases" / a.release
+    assert not list((deploy / "staging").iterdir()) and not (deploy / "lock.json").exists()
+
+
+def test_phone_default_deploy_folder_is_under_data_local_tmp(fake_phone, monkeypatch):
+    from edgeprune.reach import resolve_target
+    from edgeprune.ship.board import deploy_dir_for
+
+    (fake_phone / "t2.toml").write_text('[phone2]\nprofile = "pixel-8"\nhost = "FAKE123"\n')
+    monkeypatch.setenv("EDGEPRUNE_TARGETS", str(fake_phone / "t2.toml"))
+    assert deploy_dir_for(resolve_target("phone2")) == "/data/local/tmp/edgeprune-deploy"
+    assert deploy_dir_for(resolve_target("phone2")) != resolve_target("phone2").workdir

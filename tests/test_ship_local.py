@@ -190,3 +190,28 @@ def test_api_mirrors_the_cli(here, nets):
     assert edgeprune.list_releases("here").current == r.release
     r2 = edgeprune.ship_model(nets[1], target="here", verify_inputs=X)
     assert edgeprune.rollback("here").release == r.release and r2.previous == r.release
+
+
+def test_the_lock_heartbeat_keeps_a_long_deploy_fresh(here):
+    import time
+
+    from edgeprune.reach import resolve_target
+    from edgeprune.ship.board import Board
+    from edgeprune.ship.lock import BoardLock, stale_reason
+    from edgeprune.transport import open_transport
+
+    with open_transport(resolve_target("here")) as t:
+        board = Board(resolve_target("here"), t)
+        board.prepare()
+        lock = BoardLock(board, what="test", refresh_s=0.5)
+        lock.acquire()
+        try:
+            time.sleep(2.5)
+            held = board.listing()["lock"]
+            assert held["owner"]["token"] == lock.token and held["age_s"] < 2.0
+            assert stale_reason(held["owner"], held["age_s"], stale_s=2.0) is None  # ours, alive
+            assert stale_reason(held["owner"], 5.0, stale_s=2.0).startswith("not refreshed for 5 s")
+        finally:
+            lock.release()
+        assert board.listing()["lock"] is None
+        assert "earlier attempt" in stale_reason(held["owner"], 0.0)  # released: not ours any more
