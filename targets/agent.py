@@ -1076,8 +1076,8 @@ def _release_lock(root, args):
     except OSError as exc:
         if exc.errno == errno.EEXIST:
             acquired = False
-        elif exc.errno in (errno.EPERM, errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP):
-            acquired = _lock_by_create(path, data)  # a file system without hard links
+        elif exc.errno in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP):
+            acquired = _lock_by_create(path, data)  # no hard links here (or SELinux forbids them)
         else:
             raise
     finally:

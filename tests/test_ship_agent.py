@@ -251,3 +251,24 @@ def test_stage_clears_leftovers_and_makes_a_fresh_folder(tmp_path):
     doc = rel("stage", d, "--token", "t", "--id", "r1", ok=False)
     assert doc["error"]["kind"] == "bad_release" and "already exists" in doc["error"]["message"]
     assert rel("stage", d, "--token", "nope", "--id", "r3", ok=False)["error"]["kind"] == "lock_lost"
+
+
+def test_lock_without_hard_links_falls_back_to_exclusive_create(tmp_path, monkeypatch):
+    """Some phone folders or FUSE file systems refuse link(2): O_EXCL creation takes over."""
+    import argparse
+    import errno
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ep_agent_for_test", AGENT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def no_link(*_):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(mod.os, "link", no_link)
+    root = mod._deploy_root(str(tmp_path / "d"), create=True)
+    first = mod._release_lock(root, argparse.Namespace(token="a", owner=owner("a")))
+    second = mod._release_lock(root, argparse.Namespace(token="b", owner=owner("b")))
+    assert first["acquired"] is True and second["acquired"] is False
+    assert second["owner"]["token"] == "a" and not list(Path(root).glob(".lock-*"))
