@@ -215,3 +215,17 @@ def test_the_lock_heartbeat_keeps_a_long_deploy_fresh(here):
             lock.release()
         assert board.listing()["lock"] is None
         assert "earlier attempt" in stale_reason(held["owner"], 0.0)  # released: not ours any more
+
+
+def test_the_tolerance_follows_the_precision_export_stamped(here, nets, tmp_path):
+    import shutil
+
+    from edgeprune.export.artifact import stamp_metadata
+
+    m = tmp_path / "stamped.onnx"
+    shutil.copy(nets[0], m)
+    stamp_metadata(m, {"precision": "fp16", "profile": "local"})
+    r = ship_artifact(m, target="here", verify_inputs=X)
+    assert r.manifest["precision"] == "fp16" and r.check["tolerance"]["rtol"] == 1e-2
+    r = ship_artifact(m, target="here", verify_inputs=X, precision="fp32")  # the caller decides
+    assert r.manifest["artifact"]["precision"] == "fp32"

@@ -9,6 +9,7 @@ On the board, next to (not inside) the agent's benchmark workdir::
                                 latency, accuracy, edgeprune version, time, the check's figures
         check_inputs.npy        the held-out inputs, and the outputs they must give:
         check_outputs.npz       a rollback re-runs them before switching back
+        board_outputs.npz       the board's own outputs, when too big to come back inline
       current -> releases/<id>  what the application loads: DEPLOY/current/model.*
       previous -> releases/<id> what current pointed to before the last switch
       staging/<id>/             an upload in progress (never loaded by anyone)

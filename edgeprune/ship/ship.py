@@ -213,7 +213,9 @@ def ship_artifact(
 
     ``verify_inputs``: held-out inputs as the model takes them (first axis:
     samples). ``reference_outputs``: the host's outputs of the same artifact on
-    them; computed here with ONNX Runtime/LiteRT when None. ``manifest``: what
+    them; computed here with ONNX Runtime/LiteRT when None. ``precision`` (which
+    tolerance): ``precision=``, else the manifest's, else what export stamped
+    into the file, else fp32. ``manifest``: what
     the caller knows (source_model_sha256, plan, profile, precision, latency_ms,
     accuracy, forced, ...); ship adds release, time, artifact, check, previous.
     """
@@ -232,7 +234,7 @@ def ship_artifact(
 
     runtime = choose_runtime(reach.profile, artifact)
     info = dict(manifest or {})
-    precision = precision or info.get("precision") or "fp32"
+    precision = precision or info.get("precision") or _stamped_precision(artifact) or "fp32"
     tolerance(precision)
     x = np.asarray(verify_inputs)
     if x.ndim == 0 or len(x) == 0 or x.nbytes > MAX_CHECK_BYTES or x.dtype == object:
@@ -325,6 +327,17 @@ def ship_artifact(
         previous=previous, check=check, board=check.get("board", {}), manifest=full,
         removed=removed, notes=notes, seconds=time.monotonic() - start,
     )
+
+
+def _stamped_precision(artifact: Path) -> str | None:
+    """The precision export stamped into the file (edgeprune.export.artifact), if any."""
+    try:
+        from edgeprune.export.artifact import read_metadata
+
+        value = read_metadata(artifact).get("precision")
+    except Exception:  # noqa: BLE001 - no metadata, or its reader's package is missing
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _stage(board: Board, token: str, rid: str) -> tuple[str, dict[str, Any]]:
