@@ -30,6 +30,9 @@ def __getattr__(name: str):
         "prune_model": ("edgeprune.api", "prune_model"),
         "export_model": ("edgeprune.api", "export_model"),
         "quantize_model": ("edgeprune.api", "quantize_model"),
+        "ship_model": ("edgeprune.api", "ship_model"),
+        "list_releases": ("edgeprune.api", "list_releases"),
+        "rollback": ("edgeprune.api", "rollback"),
     }
     if name in lazy:
         import importlib
@@ -42,4 +45,5 @@ def __getattr__(name: str):
 __all__ = [
     "EdgePruneError", "__version__", "load_profile", "list_profiles", "Profile", "resolve_target",
     "list_models", "load_model", "bench_model", "prune_model", "export_model", "quantize_model",
+    "ship_model", "list_releases", "rollback",
 ]

@@ -10,6 +10,9 @@ CLI                                Python
 ``edgeprune prune ...``            ``edgeprune.prune_model(M, target=T, ratio=R, output=DIR)``
 ``edgeprune export ...``           ``edgeprune.export_model(M, target=T, output=DIR)``
 ``edgeprune quantize ...``         ``edgeprune.quantize_model(M, target=T, output=DIR)``
+(``deploy``'s ship stage)          ``edgeprune.ship_model(ARTIFACT, target=T, verify_inputs=X)``
+``edgeprune releases -t T``        ``edgeprune.list_releases(T)``
+``edgeprune rollback -t T``        ``edgeprune.rollback(T, to=ID)``
 =================================  ====================================================
 
 Each returns plain values (a dict, a ``BenchResult``, an ``ExportReport``) and
@@ -78,3 +81,31 @@ def export_model(model: Any, *, target: str, output: str | os.PathLike[str], **o
 def quantize_model(model: Any, *, target: str, output: str | os.PathLike[str], **options: Any):
     """``edgeprune quantize``: :func:`export_model` with ``precision="int8"``."""
     return export_model(model, target=target, output=output, precision="int8", **options)
+
+
+def ship_model(artifact: str | os.PathLike[str], *, target: str | list[str], **options: Any):
+    """Ship an artifact to one board (a ``ShipResult``) or several at once (a list).
+
+    With several targets, each item is a ``ShipResult`` or that board's
+    ``EdgePruneError``; one board's failure never stops the others. Options:
+    see :func:`edgeprune.ship.ship_artifact` (``verify_inputs`` is required).
+    """
+    from edgeprune.ship import ship_artifact, ship_many
+
+    if isinstance(target, str):
+        return ship_artifact(artifact, target=target, **options)
+    return ship_many(artifact, targets=list(target), **options)
+
+
+def list_releases(target: str, **options: Any):
+    """``edgeprune releases``: a ``ReleaseList`` (see :func:`edgeprune.ship.list_releases`)."""
+    from edgeprune.ship import list_releases as _list
+
+    return _list(target, **options)
+
+
+def rollback(target: str, *, to: str | None = None, **options: Any):
+    """``edgeprune rollback``: a ``RollbackResult`` (see :func:`edgeprune.ship.rollback`)."""
+    from edgeprune.ship import rollback as _rollback
+
+    return _rollback(target, to=to, **options)

@@ -42,6 +42,16 @@ class AgentError(EdgePruneError):
     """The on-device agent failed or sent back something we cannot trust."""
 
 
+class ShipError(EdgePruneError):
+    """Shipping to a board failed or was refused; the board's current release is unchanged."""
+
+
+class ShipCheckError(ShipError):
+    """The artifact loaded on the board gave outputs that do not match the host's reference."""
+
+    exit_code = 2
+
+
 class BudgetError(EdgePruneError):
     """A latency budget or speedup cannot be met on the target."""
 

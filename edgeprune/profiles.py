@@ -172,6 +172,7 @@ SCHEMA: dict[str, Any] = {
             "transport": (_Str(TRANSPORTS), True),
             "python": (_Str(), False),
             "workdir": (_Str(), False),
+            "deploy_dir": (_Str(), False),
             "notes": (_Str(), False),
         },
         True,

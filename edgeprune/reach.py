@@ -24,6 +24,7 @@ the profile's name::
     port = 22
     key = "~/.ssh/id_ed25519"       # default: ssh-agent and ~/.ssh/id_* keys
     workdir = "~/edgeprune"         # the board's working folder (default: the profile's, else ~/.edgeprune)
+    deploy_dir = "~/models"         # where releases are shipped (default: the profile's, else ~/edgeprune-deploy)
     python = "/home/nvidia/venv/bin/python3"   # the board's interpreter (default: python3)
     known_hosts = "~/.ssh/known_hosts"         # default: ~/.ssh/config's UserKnownHostsFile, else this
 
@@ -57,6 +58,7 @@ TARGET_KEYS: dict[str, tuple[type, str]] = {
     "port": (int, "a port number 1-65535"),
     "key": (str, "a path to a private key"),
     "workdir": (str, "a folder on the board"),
+    "deploy_dir": (str, "a folder on the board for shipped releases"),
     "python": (str, "the board's Python interpreter"),
     "known_hosts": (str, "a known_hosts file"),
 }
@@ -76,6 +78,7 @@ class Reach:
     workdir: str | None = None
     known_hosts: str | None = None
     python: str | None = None
+    deploy_dir: str | None = None  # where edgeprune.ship keeps releases (None: ship's default)
     sources: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -238,6 +241,8 @@ def resolve_target(name: str, *, host: str | None = None) -> Reach:
                 f"target '{name}' is this machine (transport local); --host is not used with it"
             )
         put("python", entry.get("python"), src_file)
+        put("deploy_dir", entry.get("deploy_dir"), src_file)
+        put("deploy_dir", profile.data["reach"].get("deploy_dir"), f"profile {profile.name}")
         return reach
 
     if host and reach.transport == "adb":
@@ -282,6 +287,8 @@ def resolve_target(name: str, *, host: str | None = None) -> Reach:
 
     put("workdir", profile.data["reach"].get("workdir"), f"profile {profile.name}")
     put("workdir", DEFAULT_WORKDIR[reach.transport], "default")
+    put("deploy_dir", entry.get("deploy_dir"), src_file)
+    put("deploy_dir", profile.data["reach"].get("deploy_dir"), f"profile {profile.name}")
     for attr in ("key_filename", "known_hosts"):
         if getattr(reach, attr):
             setattr(reach, attr, str(Path(getattr(reach, attr)).expanduser()))

@@ -13,6 +13,8 @@ Usage (the host uploads this file and runs it; you can run it by hand too)::
                      [--runtime onnxruntime|litert|tensorrt|edgetpu]
                      [--profile-ops] [--max-warmup-s 10] [--deadline-s 600]
     python3 agent.py probe      # board facts and which runtimes import
+    python3 agent.py run MODEL --inputs X.npy [--out OUT.npz]   # outputs of MODEL on X
+    python3 agent.py release ACTION DEPLOY_DIR [--token T] [--id ID]  # the deploy folder
 
 Design:
 
@@ -39,11 +41,16 @@ Design:
 """
 
 import argparse
+import base64
+import binascii
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -764,6 +771,509 @@ def probe(args):
 
 
 # --------------------------------------------------------------------------
+# ship: `run` (an artifact on given inputs) and `release` (the deploy folder)
+#
+# `run` loads the artifact with the board's runtime, feeds it the inputs the
+# host uploaded (.npy, never unpickled) and hands the raw outputs back, inline
+# in the JSON when small, else in an .npz file the host downloads. `release`
+# does every change to the deploy folder, each path checked to stay inside it:
+#
+#   DEPLOY/releases/ID/   one shipped release (model.*, manifest.json, checks)
+#   DEPLOY/staging/ID/    an upload in progress (not a release until activated);
+#                         under the lock, anything else in staging/ is a dead deploy's
+#   DEPLOY/current        symlink -> releases/ID, replaced with rename(2)
+#   DEPLOY/previous       symlink -> the release current pointed to before
+#   DEPLOY/lock.json      the deploy lock: created with link(2), so it appears
+#                         complete or not at all; its mtime is its heartbeat
+
+RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+LOCK_FILE = "lock.json"
+MAX_SMALL_JSON = 256 * 1024  # manifest.json and lock.json are read up to this
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_io(backend):
+    """(input name, declared shape with None for dynamic dims, input dtype, output names)."""
+    np = _np()
+    if isinstance(backend, OnnxRuntimeBackend):
+        ins, outs = backend.sess.get_inputs(), backend.sess.get_outputs()
+        shapes = [[d if isinstance(d, int) and d > 0 else None for d in i.shape] for i in ins]
+        dtypes = [np.dtype(_ORT_TYPES.get(i.type, "float32")) for i in ins]
+        names, out_names = [i.name for i in ins], [o.name for o in outs]
+    elif isinstance(backend, LiteRTBackend):  # and the Edge TPU
+        ins, outs = backend.interp.get_input_details(), backend.interp.get_output_details()
+        shapes = [[int(v) for v in d["shape"]] for d in ins]
+        dtypes = [np.dtype(d["dtype"]) for d in ins]
+        names, out_names = [d["name"] for d in ins], [d["name"] for d in outs]
+    else:
+        shapes = [list(d["shape"]) for d in backend.inputs]
+        dtypes = [np.dtype(d["dtype"]) for d in backend.inputs]
+        names, out_names = [d["name"] for d in backend.inputs], [d["name"] for d in backend.outputs]
+    if len(names) != 1:
+        raise AgentFailure("bad_args", "run feeds models with one input; this one has %d" % len(names))
+    return names[0], shapes[0], dtypes[0], out_names
+
+
+def _infer(backend, name, x):
+    """The outputs of one batch ``x`` through a loaded backend, as numpy arrays."""
+    if isinstance(backend, OnnxRuntimeBackend):
+        return backend.sess.run(None, {name: x})
+    if isinstance(backend, LiteRTBackend):
+        it = backend.interp
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        return [it.get_tensor(d["index"]).copy() for d in it.get_output_details()]
+    return _infer_tensorrt(backend, x)
+
+
+def _infer_tensorrt(b, x):
+    """Copy ``x`` to the input buffer, run, copy every output back (NOT RUN on a Jetson yet)."""
+    import ctypes
+    np = _np()
+    eng = b.engine
+    names = ([eng.get_tensor_name(i) for i in range(eng.num_io_tensors)] if b.v3
+             else [eng.get_binding_name(i) for i in range(eng.num_bindings)])
+    x = np.ascontiguousarray(x)
+    inputs = set(d["name"] for d in b.inputs)
+    for name, ptr in zip(names, b.ptrs):
+        if name in inputs:
+            b.cuda.cudaMemcpy(ctypes.c_void_p(ptr), x.ctypes.data_as(ctypes.c_void_p),
+                              ctypes.c_size_t(x.nbytes), 1)
+    b.run()
+    outs = []
+    for name, ptr in zip(names, b.ptrs):
+        if name not in inputs:
+            d = [o for o in b.outputs if o["name"] == name][0]
+            host = np.empty(d["shape"], np.dtype(d["dtype"]))
+            b.cuda.cudaMemcpy(host.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(ptr),
+                              ctypes.c_size_t(host.nbytes), 2)
+            outs.append(host)
+    return outs
+
+
+def run_model(args):
+    np = _np()
+    model = os.path.abspath(args.model)
+    if not os.path.isfile(model):
+        raise AgentFailure("bad_model", "model file not found on the board: %s" % model)
+    ext = os.path.splitext(model)[1].lower()
+    runtime = args.runtime or DEFAULT_RUNTIME.get(ext)
+    if runtime not in BACKENDS or FORMAT_OF[runtime] != ext:
+        raise AgentFailure("bad_args", "runtime %r cannot run %s files" % (runtime, ext))
+    if not args.inputs.endswith(".npy"):
+        raise AgentFailure("bad_args", "--inputs must be a .npy file, got %s" % args.inputs)
+    try:
+        x = np.load(args.inputs, allow_pickle=False)
+    except (OSError, IOError, ValueError) as exc:
+        raise AgentFailure("bad_args", "cannot read inputs %s: %s" % (args.inputs, str(exc)[:300]))
+    backend = BACKENDS[runtime](model, args.threads)
+    version = backend.version()
+    t0 = time.perf_counter()
+    try:
+        backend.load()
+    except AgentFailure:
+        raise
+    except Exception as exc:
+        raise AgentFailure("bad_model", "%s cannot load %s: %s" % (runtime, os.path.basename(model),
+                                                                  str(exc).strip()[:2000]))
+    load_ms = (time.perf_counter() - t0) * 1000.0
+    name, shape, dtype, out_names = _model_io(backend)
+    if x.dtype != dtype:
+        raise AgentFailure("bad_args", "inputs have dtype %s; the model's input %s takes %s"
+                           % (x.dtype, name, dtype))
+    if x.ndim != len(shape) or x.ndim == 0 or any(
+            s is not None and s != v for s, v in zip(shape[1:], x.shape[1:])):
+        raise AgentFailure("bad_args", "inputs have shape %s; the model's input %s takes %s"
+                           % (list(x.shape), name, shape))
+    batch = shape[0] or len(x)
+    if len(x) == 0 or len(x) % batch:
+        raise AgentFailure("bad_args", "%d input samples do not split into batches of %d"
+                           % (len(x), batch))
+    t0 = time.perf_counter()
+    parts = [_infer(backend, name, x[i:i + batch]) for i in range(0, len(x), batch)]
+    run_ms = (time.perf_counter() - t0) * 1000.0
+    outs = []
+    for k in range(len(parts[0])):
+        arrs = [np.asarray(p[k]) for p in parts]
+        if len(arrs) == 1:
+            outs.append(arrs[0])
+        else:
+            outs.append(np.concatenate(arrs) if arrs[0].ndim else np.stack(arrs))
+    total = sum(a.nbytes for a in outs)
+    described = [{"name": str(n), "dtype": a.dtype.str, "shape": list(a.shape)}
+                 for n, a in zip(out_names, outs)]
+    outputs_file = None
+    if total <= args.inline_max_bytes:
+        for d, a in zip(described, outs):
+            d["data_b64"] = base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+    elif not args.out:
+        raise AgentFailure("bad_args", "the outputs are %d bytes, more than --inline-max-bytes %d; "
+                           "give --out FILE.npz" % (total, args.inline_max_bytes))
+    else:
+        out = os.path.abspath(args.out)
+        tmp = "%s.tmp-%d" % (out, os.getpid())
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **dict(("output_%d" % i, a) for i, a in enumerate(outs)))
+            os.rename(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        outputs_file = {"path": out, "bytes": os.path.getsize(out), "sha256": _sha256_file(out)}
+    return {
+        "runtime": {"name": runtime, "version": version, "providers": getattr(backend, "providers", [])},
+        "board": board_facts(),
+        "model": {"path": model, "sha256": _sha256_file(model), "bytes": os.path.getsize(model),
+                  "inputs": backend.inputs, "outputs": backend.outputs},
+        "run": {"samples": len(x), "batches": len(parts), "load_ms": load_ms, "run_ms": run_ms},
+        "outputs": described,
+        "outputs_file": outputs_file,
+    }
+
+
+def _release_id(rid):
+    if not RELEASE_ID.match(rid or ""):
+        raise AgentFailure("bad_args", "release id %r is not a plain name (letters, digits, . _ -, "
+                           "at most 100)" % (rid,))
+    return rid
+
+
+def _rand():
+    return binascii.hexlify(os.urandom(6)).decode("ascii")
+
+
+def _read_json(path):
+    """The JSON object in ``path`` (read up to MAX_SMALL_JSON), or None."""
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read(MAX_SMALL_JSON).decode("utf-8"))
+    except (OSError, IOError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path):
+    """Flush a release to disk before it becomes current: a board can lose power any time."""
+    for root, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+
+
+def _deploy_root(path, create=False):
+    path = os.path.abspath(os.path.expanduser(path))
+    if create:
+        for sub in ("releases", "staging"):
+            if not os.path.islink(os.path.join(path, sub)):
+                os.makedirs(os.path.join(path, sub), exist_ok=True)
+    if not os.path.isdir(path):
+        return None
+    root = os.path.realpath(path)
+    for sub in ("releases", "staging"):
+        p = os.path.join(root, sub)
+        if os.path.islink(p):
+            raise AgentFailure("bad_args", "%s is a symlink; refused: releases stay inside the "
+                               "deploy folder" % p)
+    return root
+
+
+def _inside(root, path):
+    parent = os.path.realpath(os.path.dirname(path))
+    return parent == root or parent.startswith(root + os.sep)
+
+
+def _remove(root, path):
+    """Remove a file, symlink (never followed) or folder that lies inside the deploy folder."""
+    if not _inside(root, path) or os.path.realpath(path) == root:
+        raise AgentFailure("bad_args", "refusing to remove %s: outside the deploy folder %s" % (path, root))
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _link_id(root, name):
+    """The release id a ``current``/``previous`` symlink points to, or None."""
+    try:
+        target = os.readlink(os.path.join(root, name))
+    except OSError:
+        return None
+    rid = target[len("releases/"):] if target.startswith("releases/") else ""
+    return rid if RELEASE_ID.match(rid) else None
+
+
+def _swap_link(root, name, target):
+    tmp = os.path.join(root, ".%s-%s" % (name, _rand()))
+    os.symlink(target, tmp)
+    try:
+        os.rename(tmp, os.path.join(root, name))  # rename(2): readers see the old or the new link
+    except OSError:
+        os.unlink(tmp)
+        raise
+
+
+def _read_lock(root):
+    """(owner dict, seconds since its last refresh) of the lock, or (None, None)."""
+    path = os.path.join(root, LOCK_FILE)
+    try:
+        mtime = os.lstat(path).st_mtime
+    except OSError:
+        return None, None
+    owner = _read_json(path) or {"token": None, "unreadable": True}
+    return owner, max(0.0, time.time() - mtime)
+
+
+def _need_lock(root, token):
+    owner, _ = _read_lock(root)
+    if not token or owner is None or owner.get("token") != token:
+        held = ("it is held by pid %s on %s" % (owner.get("pid"), owner.get("host"))
+                if owner else "nobody holds it")
+        raise AgentFailure("lock_lost", "this deploy does not hold the lock of %s (%s)" % (root, held))
+
+
+def _release_lock(root, args):
+    path = os.path.join(root, LOCK_FILE)
+    try:
+        owner = json.loads(args.owner or "{}")
+    except ValueError:
+        raise AgentFailure("bad_args", "--owner must be a JSON object")
+    if not isinstance(owner, dict) or not args.token:
+        raise AgentFailure("bad_args", "lock needs --token and a JSON object --owner")
+    owner["token"] = args.token
+    data = json.dumps(owner, sort_keys=True).encode("utf-8")
+    tmp = os.path.join(root, ".lock-%s.tmp" % _rand())
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)  # atomic, fails if the lock exists, and never shows a half-written file
+        acquired = True
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            acquired = False
+        elif exc.errno in (errno.EPERM, errno.EACCES, errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP):
+            acquired = _lock_by_create(path, data)  # no hard links here (or SELinux forbids them)
+        else:
+            raise
+    finally:
+        os.unlink(tmp)
+    if acquired:
+        _fsync_dir(root)
+        return {"acquired": True, "owner": owner, "age_s": 0.0}
+    held, age = _read_lock(root)
+    return {"acquired": False, "owner": held, "age_s": age}
+
+
+def _lock_by_create(path, data):
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            return False
+        raise
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _release_break(root, args):
+    """Remove a stale lock, but only the one the host judged stale (its token)."""
+    path = os.path.join(root, LOCK_FILE)
+    aside = os.path.join(root, ".lock-broken-%s.json" % _rand())
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return {"broken": False, "owner": None}
+        raise
+    try:
+        owner = _read_json(aside) or {}
+        if str(owner.get("token") or "-") != args.token:
+            try:
+                os.link(aside, path)  # not the stale one: put it back (unless a newer lock exists)
+            except OSError:
+                pass
+            return {"broken": False, "owner": owner}
+        return {"broken": True, "owner": owner}
+    finally:
+        os.unlink(aside)
+
+
+def _switch_to(root, rid):
+    old = _link_id(root, "current")
+    if old == rid:
+        return {"current": rid, "previous": _link_id(root, "previous"), "changed": False}
+    _swap_link(root, "current", "releases/" + rid)
+    if old:
+        _swap_link(root, "previous", "releases/" + old)
+    _fsync_dir(root)
+    return {"current": rid, "previous": old or _link_id(root, "previous"), "changed": True}
+
+
+def _release_dir(root, sub, rid):
+    path = os.path.join(root, sub, _release_id(rid))
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise AgentFailure("bad_release", "release %s not found in %s" % (rid, os.path.join(root, sub)))
+    return path
+
+
+def _listing(root):
+    rels = os.path.join(root, "releases")
+    out = []
+    for rid in sorted(os.listdir(rels)) if os.path.isdir(rels) else []:
+        path = os.path.join(rels, rid)
+        if not RELEASE_ID.match(rid) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        size = 0
+        for r, _, files in os.walk(path):
+            size += sum(os.lstat(os.path.join(r, f)).st_size for f in files)
+        manifest = _read_json(os.path.join(path, "manifest.json"))
+        out.append({"id": rid, "bytes": size, "manifest": manifest,
+                    "manifest_error": None if manifest else "manifest.json missing or not JSON"})
+    owner, age = _read_lock(root)
+    return {"releases": out, "current": _link_id(root, "current"),
+            "previous": _link_id(root, "previous"),
+            "lock": {"owner": owner, "age_s": age} if owner else None}
+
+
+def _free_bytes(root):
+    try:
+        st = os.statvfs(root)
+        return st.f_bavail * st.f_frsize
+    except (OSError, AttributeError):
+        return None
+
+
+def release(args):
+    try:
+        return _release(args)
+    except (OSError, IOError) as exc:  # a full disk, a read-only folder, permissions
+        raise AgentFailure("os_error", "%s: %s" % (getattr(exc, "filename", None) or args.folder,
+                                                   exc.strerror or exc))
+
+
+def _release(args):
+    act = args.action
+    root = _deploy_root(args.folder, create=act == "init")
+    if root is None:
+        if act == "list":
+            return {"action": act, "deploy_dir": os.path.abspath(os.path.expanduser(args.folder)),
+                    "exists": False, "releases": [], "current": None, "previous": None, "lock": None}
+        raise AgentFailure("bad_args", "deploy folder %s does not exist" % args.folder)
+    doc = {"action": act, "deploy_dir": root}
+    if act == "init":
+        doc.update(current=_link_id(root, "current"), previous=_link_id(root, "previous"),
+                   free_bytes=_free_bytes(root))
+    elif act == "list":
+        doc.update(_listing(root), exists=True)
+    elif act == "lock":
+        doc.update(_release_lock(root, args))
+    elif act == "refresh":
+        owner, _ = _read_lock(root)
+        held = bool(args.token) and owner is not None and owner.get("token") == args.token
+        if held:
+            os.utime(os.path.join(root, LOCK_FILE), None)
+        doc.update(held=held, owner=owner)
+    elif act == "unlock":
+        owner, _ = _read_lock(root)
+        released = bool(args.token) and owner is not None and owner.get("token") == args.token
+        if released:
+            os.unlink(os.path.join(root, LOCK_FILE))
+        doc.update(released=released)
+    elif act == "break":
+        doc.update(_release_break(root, args))
+    else:
+        _need_lock(root, args.token)
+        if act == "activate":
+            rid = _release_id(args.id)
+            src = _release_dir(root, "staging", rid)
+            dst = os.path.join(root, "releases", rid)
+            if os.path.lexists(dst):
+                raise AgentFailure("bad_release", "release %s already exists in %s" % (rid, root))
+            _fsync_tree(src)
+            os.rename(src, dst)
+            _fsync_dir(os.path.dirname(dst))
+            doc.update(_switch_to(root, rid))
+        elif act == "switch":
+            _release_dir(root, "releases", args.id)
+            doc.update(_switch_to(root, args.id))
+        elif act == "stage":
+            rid = _release_id(args.id)
+            if os.path.lexists(os.path.join(root, "releases", rid)):
+                raise AgentFailure("bad_release", "release %s already exists in %s" % (rid, root))
+            staging = os.path.join(root, "staging")
+            doc["removed"] = []
+            for name in sorted(os.listdir(staging)):  # under the lock: leftovers of dead deploys
+                _remove(root, os.path.join(staging, name))
+                doc["removed"].append("%s (staging)" % name)
+            os.mkdir(os.path.join(staging, rid))
+            doc.update(staging=os.path.join(staging, rid), current=_link_id(root, "current"),
+                       previous=_link_id(root, "previous"), free_bytes=_free_bytes(root))
+        elif act == "discard":
+            path = os.path.join(root, "staging", _release_id(args.id))
+            doc["removed"] = os.path.lexists(path)
+            if doc["removed"]:
+                _remove(root, path)
+        elif act == "gc":
+            doc.update(_gc(root, max(1, args.keep), args.keep_staging))
+    return doc
+
+
+def _gc(root, keep, keep_staging):
+    """Remove staging leftovers and all but the newest ``keep`` releases (never current/previous)."""
+    removed = []
+    staging = os.path.join(root, "staging")
+    for name in sorted(os.listdir(staging)):
+        if name != keep_staging:
+            _remove(root, os.path.join(staging, name))
+            removed.append("%s (staging)" % name)
+    rels = os.path.join(root, "releases")
+    names = sorted(os.listdir(rels))
+    real = [n for n in names if RELEASE_ID.match(n) and not os.path.islink(os.path.join(rels, n))
+            and os.path.isdir(os.path.join(rels, n))]
+    kept = set(real[-keep:]) | set([_link_id(root, "current"), _link_id(root, "previous")])
+    for name in names:
+        if name not in kept:
+            _remove(root, os.path.join(rels, name))
+            removed.append(name)
+    now = time.time()
+    for name in os.listdir(root):  # temporaries of killed deploys (lock temps: only old ones)
+        path = os.path.join(root, name)
+        if name.startswith((".current-", ".previous-")) or (
+                name.startswith(".lock-") and now - os.lstat(path).st_mtime > 600):
+            _remove(root, path)
+    return {"removed": removed, "kept": sorted(k for k in kept if k)}
+
+
+# --------------------------------------------------------------------------
 # entry point
 
 
@@ -783,9 +1293,27 @@ def parse_args(argv):
     pr = sub.add_parser("probe")
     pr.add_argument("--deadline-s", type=int, default=0)
     sub.add_parser("version")
+    r = sub.add_parser("run", help="run a model on given inputs, return its outputs")
+    r.add_argument("model")
+    r.add_argument("--inputs", required=True, help=".npy file (loaded without pickle)")
+    r.add_argument("--runtime", choices=sorted(BACKENDS), default=None)
+    r.add_argument("--threads", type=int, default=0)
+    r.add_argument("--out", default=None, help=".npz file for outputs too big to inline")
+    r.add_argument("--inline-max-bytes", type=int, default=1 << 20)
+    r.add_argument("--deadline-s", type=int, default=0)
+    rl = sub.add_parser("release", help="change or list the deploy folder")
+    rl.add_argument("action", choices=["init", "list", "lock", "refresh", "unlock", "break",
+                                       "stage", "activate", "switch", "discard", "gc"])
+    rl.add_argument("folder")
+    rl.add_argument("--token", default="")
+    rl.add_argument("--owner", default=None, help="JSON object recorded in the lock")
+    rl.add_argument("--id", default="")
+    rl.add_argument("--keep", type=int, default=3)
+    rl.add_argument("--keep-staging", default=None)
+    rl.add_argument("--deadline-s", type=int, default=0)
     args = p.parse_args(argv)
     if args.cmd is None:
-        p.error("a command is required: bench, probe or version")
+        p.error("a command is required: bench, probe, run, release or version")
     if args.cmd == "bench" and (args.runs < 1 or args.runs > 100000 or args.warmup < 0):
         p.error("--runs must be 1..100000 and --warmup >= 0")
     return args
@@ -811,6 +1339,10 @@ def main(argv=None):
             doc.update(bench(args))
         elif args.cmd == "probe":
             doc.update(probe(args))
+        elif args.cmd == "run":
+            doc.update(run_model(args))
+        elif args.cmd == "release":
+            doc.update(release(args))
     except AgentFailure as exc:
         doc["ok"], code = False, 2
         doc["error"] = {"kind": exc.kind, "message": exc.message, "install": exc.install}

@@ -120,6 +120,23 @@ class AdbTransport(Transport):
                 f"{(res.stderr or res.stdout).decode('utf-8', 'replace').strip()[:300]}"
             )
 
+    def _get(self, remote: str, local_tmp: Path, max_bytes: int) -> None:
+        # adb pull has no size cap: the caller checked the size first, and checks the copy after.
+        res = run_process(
+            [*self._adb(), "pull", remote, str(local_tmp)],
+            cwd=None,
+            timeout=max(60.0, max_bytes / 1e6),
+            max_output=1 << 20,
+            what=f"{self.reach.name}: adb pull",
+        )
+        if res.rc != 0:
+            raise TransportError(
+                f"{self.reach.name}: adb pull of {remote} failed: "
+                f"{(res.stderr or res.stdout).decode('utf-8', 'replace').strip()[:300]}"
+            )
+        if local_tmp.is_file() and local_tmp.stat().st_size > max_bytes:
+            raise TransportError(f"{self.reach.name}: {remote} grew past {max_bytes} bytes; refused")
+
     def _rename(self, src: str, dst: str) -> None:
         res = self._shell(shlex.join(["mv", "-f", src, dst]), timeout=30)
         if res.rc != 0:

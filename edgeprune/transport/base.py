@@ -10,10 +10,17 @@ offers the same four things:
   when the board's copy has the same sha256, otherwise written to a temporary
   name, checked by size and sha256, then renamed over the old copy. A failed
   upload leaves the previous file as it was.
+- ``download(name, local, max_bytes=)``: fetch ``workdir/name`` (a board's
+  output: untrusted) into ``local``; refused before any transfer when the
+  board's file is over ``max_bytes``, checked by size and sha256, written
+  locally under a temporary name and renamed.
 - ``ensure_workdir()`` (creates it, returns its absolute path) and ``close()``.
 
-Subclasses supply the primitives (``_exec``, ``_put``, ``_rename``,
-``_discard``); the upload protocol itself lives here, once.
+``upload``, ``download`` and ``path`` take ``folder=``, an absolute folder on
+the board other than the workdir (the deploy folder, see edgeprune.ship).
+
+Subclasses supply the primitives (``_exec``, ``_put``, ``_get``, ``_rename``,
+``_discard``); the upload and download protocols themselves live here, once.
 """
 
 from __future__ import annotations
@@ -88,6 +95,10 @@ class Transport(ABC):
     def _put(self, local: Path, remote_tmp: str, size: int) -> None:
         """Copy ``local`` to the absolute path ``remote_tmp``."""
 
+    def _get(self, remote: str, local_tmp: Path, max_bytes: int) -> None:
+        """Copy the board's ``remote`` to ``local_tmp``, stopping past ``max_bytes``."""
+        raise TransportError(f"{self.reach.name}: the {self.kind} transport cannot download files")
+
     @abstractmethod
     def _rename(self, src: str, dst: str) -> None:
         """Atomically rename ``src`` over ``dst`` (absolute paths on the board)."""
@@ -100,7 +111,12 @@ class Transport(ABC):
         """Close the connection (no-op where there is none)."""
 
     # -- shared logic -------------------------------------------------------
-    def path(self, name: str) -> str:
+    def path(self, name: str, *, folder: str | None = None) -> str:
+        """The board's absolute path of ``name`` in the workdir (or in ``folder``)."""
+        if folder is not None:
+            if not folder.startswith("/"):
+                raise TransportError(f"remote folder {folder!r} is not an absolute path")
+            return f"{folder.rstrip('/') or ''}/{check_name(name)}"
         if self.workdir is None:
             self.ensure_workdir()
         return f"{self.workdir}/{check_name(name)}"
@@ -124,8 +140,8 @@ class Transport(ABC):
             )
         return int(lines[0]), lines[1]
 
-    def upload(self, local: str | os.PathLike[str], name: str) -> bool:
-        """Put ``local`` at ``workdir/name``; False when the board already had it.
+    def upload(self, local: str | os.PathLike[str], name: str, *, folder: str | None = None) -> bool:
+        """Put ``local`` at ``workdir/name`` (or ``folder/name``); False when the board already had it.
 
         Example::
 
@@ -135,10 +151,10 @@ class Transport(ABC):
         local = Path(local)
         size = local.stat().st_size
         digest = sha256_file(local)
-        final = self.path(name)
+        final = self.path(name, folder=folder)
         if self.remote_digest(final) == (size, digest):
             return False
-        tmp = self.path(f".{name[:80]}.part-{secrets.token_hex(4)}")
+        tmp = self.path(f".{name[:80]}.part-{secrets.token_hex(4)}", folder=folder)
         try:
             self._put(local, tmp, size)
             got = self.remote_digest(tmp)
@@ -152,6 +168,50 @@ class Transport(ABC):
             self._discard(tmp)
             raise
         return True
+
+    def download(
+        self,
+        name: str,
+        local: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        folder: str | None = None,
+    ) -> Path:
+        """Fetch ``workdir/name`` (or ``folder/name``) into ``local``; refused over ``max_bytes``.
+
+        What a board sends back is untrusted: its size is checked before the
+        transfer and again while reading, and the copy must match the board's
+        sha256. ``local`` appears complete or not at all.
+
+        Example::
+
+            t.download("outputs.npz", "out/outputs.npz", max_bytes=64 * 2**20, folder=deploy)
+        """
+        remote = self.path(name, folder=folder)
+        local = Path(local)
+        found = self.remote_digest(remote)
+        if found is None:
+            raise TransportError(f"{self.reach.name}: {remote} not found on the board")
+        size, digest = found
+        if size > max_bytes:
+            raise TransportError(
+                f"{self.reach.name}: {remote} is {size} bytes, more than the {max_bytes} "
+                "allowed; refused"
+            )
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name[:80]}.part-{secrets.token_hex(4)}")
+        try:
+            self._get(remote, tmp, max_bytes)
+            got = (tmp.stat().st_size, sha256_file(tmp))
+            if got != (size, digest):
+                raise TransportError(
+                    f"{self.reach.name}: {remote} arrived damaged or changed during the transfer "
+                    f"(got {got[0]} bytes, sha256 {got[1][:16]}; the board had {size}, {digest[:16]})"
+                )
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return local
 
     def __enter__(self) -> Transport:
         self.connect()

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from edgeprune._paths import sha256_file
+from edgeprune.errors import TransportError
 from edgeprune.transport._proc import run_process
 from edgeprune.transport.base import MAX_OUTPUT, RunResult, Transport
 
@@ -56,6 +57,15 @@ class LocalTransport(Transport):
 
     def _put(self, local: Path, remote_tmp: str, size: int) -> None:
         shutil.copyfile(local, remote_tmp)
+
+    def _get(self, remote: str, local_tmp: Path, max_bytes: int) -> None:
+        with open(remote, "rb") as src, open(local_tmp, "wb") as dst:
+            copied = 0
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                copied += len(chunk)
+                if copied > max_bytes:
+                    raise TransportError(f"{remote} grew past {max_bytes} bytes while copied; refused")
+                dst.write(chunk)
 
     def _rename(self, src: str, dst: str) -> None:
         os.replace(src, dst)

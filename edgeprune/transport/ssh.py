@@ -18,12 +18,15 @@ What it does, and why (FACTS.md records what was measured):
   an exec channel alone leaves the process running on the board).
 - Uploads go through SFTP to a temporary name under a stall watchdog, are
   checked by size and sha256, then ``posix-rename``d over the old copy.
+- Downloads (a board's outputs) read through SFTP under the same watchdog and
+  stop as soon as they pass their size cap.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import posixpath
 import shlex
 import socket
 import time
@@ -331,11 +334,12 @@ class SSHTransport(Transport):
                         f"{local.name} (no progress for {DEAD_LINK_S} s); the board keeps its previous copy"
                     ) from None
                 failure = exc
-        free = self._free_bytes()
+        folder = posixpath.dirname(remote_tmp) or "."
+        free = self._free_bytes(folder)
         if free is not None and free < size:
             raise TransportError(
                 f"{self.reach.name}: no space left on the board for {local.name} (needs "
-                f"{size / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free in {self.workdir}); "
+                f"{size / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free in {folder}); "
                 "nothing was changed: free some space and run again"
             )
         raise TransportError(
@@ -343,12 +347,41 @@ class SSHTransport(Transport):
             "the previous copy was kept"
         )
 
-    def _free_bytes(self) -> int | None:
+    def _free_bytes(self, folder: str = ".") -> int | None:
         try:
-            res = self.run(["df", "-Pk", "."], timeout=15)
+            res = self.run(["df", "-Pk", folder], timeout=15)
             return int(res.stdout.decode().splitlines()[-1].split()[3]) * 1024
         except Exception:
             return None
+
+    def _get(self, remote: str, local_tmp: Path, max_bytes: int) -> None:
+        """SFTP read under the stall watchdog, stopping as soon as it passes ``max_bytes``."""
+        self._transport()
+        with Watchdog(DEAD_LINK_S, self.close) as wd:
+            try:
+                with self._sftp_client().open(remote, "rb") as src, open(local_tmp, "wb") as dst:
+                    src.prefetch()
+                    copied = 0
+                    while chunk := src.read(1 << 20):
+                        wd.poke()
+                        copied += len(chunk)
+                        if copied > max_bytes:
+                            raise TransportError(
+                                f"{self.reach.name}: {remote} grew past {max_bytes} bytes while "
+                                "downloaded; refused"
+                            )
+                        dst.write(chunk)
+            except TransportError:
+                raise
+            except Exception as exc:
+                if wd.fired or self.client is None or not self.client.get_transport().is_active():
+                    raise TransportError(
+                        f"{self.reach.name}: link to {self.reach.address} lost while downloading "
+                        f"{posixpath.basename(remote)} (no progress for {DEAD_LINK_S} s)"
+                    ) from None
+                raise TransportError(
+                    f"{self.reach.name}: reading {remote} from the board failed: {exc}"
+                ) from None
 
     def _rename(self, src: str, dst: str) -> None:
         try:

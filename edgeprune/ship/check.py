@@ -1,0 +1,312 @@
+"""The on-board check: the artifact's outputs on the board against the host's, per output tensor.
+
+The host runs the SAME artifact with the same runtime family (ONNX Runtime for
+``.onnx``, LiteRT for ``.tflite``) on the held-out inputs; the board runs it
+through the agent's ``run`` command. The two must agree within a tolerance
+that fits the artifact's precision (:data:`TOLERANCES`): the same file on
+another CPU differs only by kernel rounding, so a wrong file, a broken
+runtime, swapped layouts or stale weights fail by orders of magnitude more.
+
+What the board sends back is untrusted (:func:`decode_board_outputs`,
+:func:`load_outputs`): dtypes from a fixed little-endian list, shapes of
+non-negative ints, byte counts that match the shapes, a total under a cap,
+``.npz`` entries stored uncompressed (no zip bomb) and loaded without pickle.
+
+Example::
+
+    ref = host_outputs("model.onnx", x)
+    report = compare_outputs(ref, board_outputs, precision="fp32")
+    report["passed"], report["reason"]   # (False, 'output 0: max abs error 0.05 > 0.00041 allowed ...')
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune.errors import AgentError, ShipError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """|board - host| <= atol (int_atol for integer outputs) + rtol * max|host|, per tensor."""
+
+    atol: float
+    rtol: float
+    int_atol: float  # in quantization steps (LSB) for int8/uint8 outputs
+    min_cosine: float  # float outputs only (integer ones carry zero-point offsets)
+
+
+# Chosen from what the same file does on other kernels: fp32 differs by summation
+# order (~1e-6 relative), fp16 by half-precision rounding (~1e-3), int8 by a
+# requantization step or two. A different model differs by far more than these.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-4, int_atol=0, min_cosine=0.99999),
+    "fp16": Tolerance(atol=1e-3, rtol=1e-2, int_atol=1, min_cosine=0.9995),
+    "int8": Tolerance(atol=1e-2, rtol=5e-2, int_atol=2, min_cosine=0.995),
+}
+
+# What a board may send: little-endian numeric dtypes (numpy's dtype.str).
+DTYPES = frozenset(
+    {"<f2", "<f4", "<f8", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "|b1"}
+)
+MAX_OUTPUTS = 1000
+
+
+def tolerance(precision: str) -> Tolerance:
+    try:
+        return TOLERANCES[precision]
+    except KeyError:
+        raise ShipError(
+            f"no output tolerance for precision '{precision}' (known: {', '.join(TOLERANCES)})"
+        ) from None
+
+
+# -- the host's reference ----------------------------------------------------------
+
+
+def _merge(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per-batch outputs -> one array per output, as the agent's ``run`` merges them."""
+    if len(parts) == 1:
+        return [np.asarray(a) for a in parts[0]]
+    out = []
+    for k in range(len(parts[0])):
+        arrs = [np.asarray(p[k]) for p in parts]
+        out.append(np.concatenate(arrs) if arrs[0].ndim else np.stack(arrs))
+    return out
+
+
+def _fit(path: Path, x: np.ndarray, shape: list, dtype: np.dtype, name: str) -> int:
+    """The batch size to feed, after checking ``x`` fits the input (as the agent checks it)."""
+    if x.dtype != dtype:
+        raise ShipError(f"{path.name}: check inputs have dtype {x.dtype}; its input {name} takes {dtype}")
+    if x.ndim != len(shape) or x.ndim == 0 or any(
+        s is not None and s != v for s, v in zip(shape[1:], x.shape[1:], strict=False)
+    ):
+        raise ShipError(
+            f"{path.name}: check inputs have shape {list(x.shape)}; its input {name} takes {shape}"
+        )
+    batch = shape[0] or len(x)
+    if len(x) == 0 or len(x) % batch:
+        raise ShipError(f"{path.name}: {len(x)} check inputs do not split into batches of {batch}")
+    return batch
+
+
+def host_outputs(artifact: str | os.PathLike[str], inputs: np.ndarray, *, runtime: str | None = None) -> list[np.ndarray]:
+    """The artifact's raw outputs on this machine, batched exactly as the board's agent does.
+
+    ``inputs`` are what the model takes (dtype and layout of its input); an
+    Edge TPU or TensorRT artifact cannot run here: pass the reference yourself.
+
+    Example::
+
+        ref = host_outputs("model.onnx", np.load("heldout.npy"))
+    """
+    path = Path(artifact)
+    x = np.asarray(inputs)
+    if runtime in ("edgetpu",) or (runtime == "tensorrt" and path.suffix.lower() != ".onnx"):
+        raise ShipError(
+            f"{path.name}: the {runtime} runtime does not run on this computer; "
+            "pass reference_outputs computed from the artifact it was compiled from"
+        )
+    if path.suffix.lower() == ".onnx":
+        from edgeprune.export.onnx import onnx_session
+
+        sess = onnx_session(path)
+        ins = sess.get_inputs()
+        if len(ins) != 1:
+            raise ShipError(f"{path.name}: the on-board check feeds models with one input; it has {len(ins)}")
+        shape = [d if isinstance(d, int) and d > 0 else None for d in ins[0].shape]
+        batch = _fit(path, x, shape, np.dtype(_ORT_TYPES.get(ins[0].type, "float32")), ins[0].name)
+        parts = [sess.run(None, {ins[0].name: x[i : i + batch]}) for i in range(0, len(x), batch)]
+        return _merge(parts)
+    if path.suffix.lower() == ".tflite":
+        from edgeprune.errors import require
+
+        lit = require("ai_edge_litert.interpreter", "tflite", "running TFLite models")
+        try:
+            it = lit.Interpreter(model_path=str(path))
+            it.allocate_tensors()
+        except Exception as exc:
+            raise ShipError(f"{path.name}: LiteRT cannot load it: {exc}") from None
+        ins = it.get_input_details()
+        if len(ins) != 1:
+            raise ShipError(f"{path.name}: the on-board check feeds models with one input; it has {len(ins)}")
+        shape = [int(v) for v in ins[0]["shape"]]
+        batch = _fit(path, x, shape, np.dtype(ins[0]["dtype"]), ins[0]["name"])
+        parts = []
+        for i in range(0, len(x), batch):
+            it.set_tensor(ins[0]["index"], x[i : i + batch])
+            it.invoke()
+            parts.append([it.get_tensor(d["index"]).copy() for d in it.get_output_details()])
+        return _merge(parts)
+    raise ShipError(f"{path.name}: ships .onnx or .tflite files, got '{path.suffix or 'no extension'}'")
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+}
+
+
+# -- comparing ------------------------------------------------------------------------
+
+
+def compare_outputs(
+    reference: list[np.ndarray], board: list[np.ndarray], *, precision: str
+) -> dict[str, Any]:
+    """Per output tensor: shape, dtype, max abs error against its limit, cosine; and a verdict.
+
+    Returns ``{"passed", "reason", "precision", "tolerance", "samples", "outputs": [...]}``
+    (JSON-serialisable); ``reason`` is the first failure, one line.
+    """
+    tol = tolerance(precision)
+    rows: list[dict[str, Any]] = []
+    reason = None
+    if len(reference) != len(board):
+        reason = f"{len(reference)} outputs on the host, {len(board)} on the board"
+    for i, (r, b) in enumerate(zip(reference, board, strict=False)):
+        row: dict[str, Any] = {"index": i, "shape": list(r.shape), "dtype": r.dtype.str,
+                               "max_abs": None, "limit": None, "cosine": None, "passed": False}
+        why = None
+        if b.shape != r.shape:
+            why = f"shape {list(b.shape)} on the board, {list(r.shape)} on the host"
+        elif b.dtype != r.dtype:
+            why = f"dtype {b.dtype} on the board, {r.dtype} on the host"
+        else:
+            rf, bf = r.astype(np.float64), b.astype(np.float64)
+            fin = np.isfinite(rf)
+            if np.any(~np.isfinite(bf) & fin) or np.any(rf[~fin] != bf[~fin]):
+                why = "values not finite on the board where the host's are"
+            else:
+                integer = np.issubdtype(r.dtype, np.integer)
+                scale = float(np.abs(rf[fin]).max()) if fin.any() else 0.0
+                limit = (tol.int_atol if integer else tol.atol) + tol.rtol * scale
+                max_abs = float(np.abs(rf[fin] - bf[fin]).max()) if fin.any() else 0.0
+                row.update(max_abs=max_abs, limit=limit)
+                if max_abs > limit:
+                    why = f"max abs error {max_abs:.4g} > {limit:.4g} allowed ({precision} tolerance)"
+                if not integer:
+                    a, c = rf[fin].ravel(), bf[fin].ravel()
+                    den = float(np.linalg.norm(a) * np.linalg.norm(c))
+                    cos = float(a @ c / den) if den > 0 else float(np.array_equal(a, c))
+                    row["cosine"] = cos
+                    if why is None and cos < tol.min_cosine:
+                        why = f"cosine {cos:.6f} < {tol.min_cosine} ({precision} tolerance)"
+        row["passed"] = why is None
+        if why:
+            row["reason"] = why
+            reason = reason or f"output {i}: {why}"
+        rows.append(row)
+    samples = int(reference[0].shape[0]) if reference and reference[0].ndim else 0
+    return {"passed": reason is None, "reason": reason, "precision": precision,
+            "tolerance": asdict(tol), "samples": samples, "outputs": rows}
+
+
+# -- the board's outputs, untrusted ---------------------------------------------------
+
+
+def _shape(value: Any, where: str, i: int) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) > 16
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in value)
+    ):
+        raise AgentError(f"{where}: output {i} has no valid shape (a list of at most 16 sizes)")
+    return tuple(value)
+
+
+def decode_board_outputs(
+    doc: dict[str, Any],
+    *,
+    reference: list[np.ndarray],
+    where: str,
+    file: Path | None = None,
+    max_bytes: int | None = None,
+) -> tuple[list[np.ndarray], list[str]]:
+    """(arrays, names) from the agent's ``run`` document (inline) or its downloaded ``file``.
+
+    Shapes and counts may differ from the reference (the comparison reports
+    that); what must hold is the format, and the total under ``max_bytes``
+    (default: twice the reference's bytes plus 1 MiB).
+    """
+    cap = max_bytes if max_bytes is not None else 2 * sum(r.nbytes for r in reference) + 2**20
+    outs = doc.get("outputs")
+    if not isinstance(outs, list):
+        raise AgentError(f"{where}: 'outputs' must be a list")
+    if len(outs) > MAX_OUTPUTS:
+        raise AgentError(f"{where}: {len(outs)} outputs, more than {MAX_OUTPUTS}; refused")
+    described, total = [], 0
+    for i, d in enumerate(outs):
+        if not isinstance(d, dict):
+            raise AgentError(f"{where}: output {i} is not an object")
+        if d.get("dtype") not in DTYPES:
+            raise AgentError(f"{where}: output {i} has dtype {str(d.get('dtype'))[:20]!r}, not a "
+                             "little-endian numeric dtype; refused")
+        shape = _shape(d.get("shape"), where, i)
+        dtype = np.dtype(d["dtype"])
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        total += nbytes
+        if total > cap:
+            raise AgentError(f"{where}: outputs would be over {cap} bytes; refused")
+        described.append((str(d.get("name", f"output_{i}"))[:200], dtype, shape, nbytes, d.get("data_b64")))
+    names = [n for n, *_ in described]
+    if file is not None:
+        arrays = load_outputs(file, max_bytes=cap)
+        if len(arrays) != len(described):
+            raise AgentError(f"{where}: the outputs file holds {len(arrays)} arrays, the JSON names {len(described)}")
+        for i, (a, (_, dtype, shape, _, _)) in enumerate(zip(arrays, described, strict=True)):
+            if a.dtype != dtype or a.shape != shape:
+                raise AgentError(f"{where}: output {i} in the file does not match its description")
+        return arrays, names
+    arrays = []
+    for i, (_, dtype, shape, nbytes, data) in enumerate(described):
+        if not isinstance(data, str) or len(data) > 4 * (nbytes // 3 + 2):
+            raise AgentError(f"{where}: output {i} has {len(data) if isinstance(data, str) else 'no'} "
+                             f"inline bytes for {nbytes} expected; refused")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise AgentError(f"{where}: output {i} is not valid base64") from None
+        if len(raw) != nbytes:
+            raise AgentError(f"{where}: output {i} has {len(raw)} bytes, its shape needs {nbytes}")
+        arrays.append(np.frombuffer(raw, dtype).reshape(shape).copy())
+    return arrays, names
+
+
+def save_outputs(path: str | os.PathLike[str], arrays: list[np.ndarray]) -> Path:
+    """Write ``arrays`` as ``output_0 .. output_K`` in an uncompressed ``.npz``."""
+    path = Path(path)
+    with open(path, "wb") as fh:
+        np.savez(fh, **{f"output_{i}": np.asarray(a) for i, a in enumerate(arrays)})
+    return path
+
+
+def load_outputs(path: str | os.PathLike[str], *, max_bytes: int) -> list[np.ndarray]:
+    """Read an ``.npz`` of ``output_0 .. output_K`` that a board wrote (untrusted)."""
+    where = f"outputs file {Path(path).name}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise AgentError(f"{where}: cannot read it: {exc}") from None
+    names = [i.filename for i in infos]
+    if len(names) > MAX_OUTPUTS or sorted(names) != sorted(f"output_{k}.npy" for k in range(len(names))):
+        raise AgentError(f"{where}: unexpected entries {names[:5]}; refused")
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+        raise AgentError(f"{where}: compressed entries; refused (the agent writes them stored)")
+    if sum(i.file_size for i in infos) > max_bytes:
+        raise AgentError(f"{where}: more than {max_bytes} bytes; refused")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return [np.array(z[f"output_{k}"]) for k in range(len(names))]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise AgentError(f"{where}: cannot read it: {str(exc)[:200]}") from None

@@ -1,0 +1,88 @@
+"""Shipping to a phone through adb, against a FAKE adb (no phone or adbd can exist here).
+
+The fake is a shell script named ``adb``: ``shell`` runs its arguments joined by
+spaces with ``sh -c`` (what adbd does), ``push``/``pull`` copy files. The "phone"
+is this machine with this Python as its interpreter (a real phone needs one, e.g.
+Termux's). It checks our quoting and the ship/rollback flow through adb, not adb.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+FAKE_ADB = """#!/bin/sh
+# FAKE adb for edgeprune's tests: not a phone.
+[ "$1" = "-s" ] && shift 2
+case "$1" in
+  get-state) echo device ;;
+  shell) shift; exec sh -c "$*" ;;
+  push) cp "$2" "$3" ;;
+  pull) cp "$2" "$3" ;;
+  *) echo "fake adb: unsupported $1" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_phone(tmp_path, monkeypatch):
+    """A targets file with ``phone`` (pixel-8 profile, FAKE adb) and its folders under tmp_path."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "adb").write_text(FAKE_ADB)
+    (bindir / "adb").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    targets = tmp_path / "targets.toml"
+    targets.write_text(
+        f'[phone]\nprofile = "pixel-8"\nhost = "FAKE123"\n'
+        f'workdir = "{tmp_path / "data-local-tmp" / "edgeprune"}"\n'
+        f'deploy_dir = "{tmp_path / "data-local-tmp" / "edgeprune-deploy"}"\n'
+        f'python = "{sys.executable}"\n'
+    )
+    monkeypatch.setenv("EDGEPRUNE_TARGETS", str(targets))
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tflites(tmp_path_factory):
+    """Two small TFLite models that differ (phones run LiteRT)."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("tensorflow")
+    from tests.farm.models import tiny_tflite
+
+    d = tmp_path_factory.mktemp("tfl")
+    a = tiny_tflite(d / "a.tflite")
+    b = d / "b.tflite"
+    b.write_bytes(a.read_bytes() + b"")  # same graph: the second must still be a new release
+    return a, b
+
+
+def test_ship_list_rollback_through_adb(fake_phone, tflites):
+    import numpy as np
+
+    from edgeprune.ship import list_releases, rollback, ship_artifact
+
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    a = ship_artifact(tflites[0], target="phone", verify_inputs=x)
+    b = ship_artifact(tflites[1], target="phone", verify_inputs=x,
+                      inline_max_bytes=0)  # outputs come back with `adb pull`
+    deploy = fake_phone / "data-local-tmp" / "edgeprune-deploy"
+    assert b.deploy_dir == str(deploy) and b.previous == a.release and a.release != b.release
+    assert b.check["runtime"]["name"] == "litert" and b.model_path.endswith("/model.tflite")
+    assert (deploy / "current").resolve() == deploy / "releases" / b.release
+    assert list_releases("phone").current == b.release
+    assert rollback("phone").release == a.release
+    assert (deploy / "current").resolve() == deploy / "releases" / a.release
+    assert not list((deploy / "staging").iterdir()) and not (deploy / "lock.json").exists()
+
+
+def test_phone_default_deploy_folder_is_under_data_local_tmp(fake_phone, monkeypatch):
+    from edgeprune.reach import resolve_target
+    from edgeprune.ship.board import deploy_dir_for
+
+    (fake_phone / "t2.toml").write_text('[phone2]\nprofile = "pixel-8"\nhost = "FAKE123"\n')
+    monkeypatch.setenv("EDGEPRUNE_TARGETS", str(fake_phone / "t2.toml"))
+    assert deploy_dir_for(resolve_target("phone2")) == "/data/local/tmp/edgeprune-deploy"
+    assert deploy_dir_for(resolve_target("phone2")) != resolve_target("phone2").workdir
