@@ -86,3 +86,21 @@ def test_candidate_counts():
     many = candidate_counts(960, multiple=8, max_steps=20)
     assert len(many) <= 20 and many[0] == 240 and many[-1] == 960
     assert all(c % 8 == 0 for c in many)
+
+
+def test_channel_importance_is_comparable_across_groups():
+    from edgeprune.latency.allocate import channel_importance
+    from edgeprune.models.digits import digits_data
+
+    model = build("digits-cnn", pretrained=False)
+    x = example_input((1, 1, 16, 16))
+    groups = layer_inventory(model, x).prunable
+    mags = channel_importance(model, x, groups, criterion="l1")
+    assert set(mags) == {g.id for g in groups}
+    for s in mags.values():  # without data: every group is worth 1, channels sorted high to low
+        assert s.sum() == pytest.approx(1.0) and (s[:-1] >= s[1:]).all()
+    xs, ys = digits_data("train")
+    data = list(zip(xs[:128].split(64), ys[:128].split(64), strict=True))
+    taylor = channel_importance(model, x, groups, criterion="taylor", data=data)
+    assert sum(s.sum() for s in taylor.values()) == pytest.approx(1.0)  # one unit for all groups
+    assert all(p.grad is None for p in model.parameters())  # gradients stayed on a copy
