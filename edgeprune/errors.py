@@ -43,7 +43,9 @@ class AgentError(EdgePruneError):
 
 
 class BudgetError(EdgePruneError):
-    """A latency budget or speedup cannot be met on the target."""
+    """A latency budget or speedup cannot be met on the target (exit 4: measured, not met)."""
+
+    exit_code = 4
 
 
 class MissingDependencyError(EdgePruneError):

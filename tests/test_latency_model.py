@@ -100,6 +100,7 @@ def test_calibration_one_point_and_many():
     assert cal(4.0) == pytest.approx(6.1) and cal(2.0) == pytest.approx(0.1 + 3.0)
     cal.add(2.0, 2.6)
     assert cal(2.0) == pytest.approx(2.6) and cal(3.0) == pytest.approx(4.35)
+    assert cal(1.0) == pytest.approx(2.6 - 1.75)  # outside: the nearest segment's line
     cal.add(3.0, 7.0)  # noise: a smaller plan measured slower; the fit stays monotone
     values = [cal(t) for t in np.linspace(1.0, 5.0, 41)]
     assert all(b >= a - 1e-12 for a, b in zip(values, values[1:], strict=False))

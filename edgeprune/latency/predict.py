@@ -15,7 +15,8 @@ calibrated against whole models measured on the same board
 - with more (each closed-loop round adds its plan), the measured points are
   made monotone (pool-adjacent-violators: noise must not make a smaller
   plan look slower) and interpolated piecewise linearly in ``T``; outside
-  them, the nearest point's ratio is used as with one point.
+  them, the nearest segment's line is extended (a part of the whole-model
+  cost that plans do not shrink shows as its intercept).
 
 Example::
 
@@ -61,12 +62,17 @@ class Calibration:
         pts = _monotone(self.points)
         if not pts:
             return self.base_ms + table_ms
-        if len(pts) == 1 or table_ms <= pts[0][0]:
+        if len(pts) == 1:
             t, m = pts[0]
             return self.base_ms + table_ms * self._ratio(t, m)
-        if table_ms >= pts[-1][0]:
-            t, m = pts[-1]
-            return self.base_ms + table_ms * self._ratio(t, m)
+        if table_ms <= pts[0][0] or table_ms >= pts[-1][0]:
+            (t0, m0), (t1, m1) = pts[:2] if table_ms <= pts[0][0] else pts[-2:]
+            slope = (m1 - m0) / max(t1 - t0, 1e-12)
+            if slope <= 0:  # flattened by noise: fall back to the nearest point's ratio
+                t, m = pts[0] if table_ms <= pts[0][0] else pts[-1]
+                return self.base_ms + table_ms * self._ratio(t, m)
+            # the nearest segment's line: keeps the cost a plan does not shrink (adds, per-node)
+            return max(m0 + slope * (table_ms - t0), self.base_ms + 1e-6)
         for (t0, m0), (t1, m1) in zip(pts, pts[1:], strict=False):
             if t0 <= table_ms <= t1:
                 return m0 + (m1 - m0) * (table_ms - t0) / max(t1 - t0, 1e-12)
