@@ -124,7 +124,12 @@ def prune_model(
         raise PruneError(
             "give exactly one of --ratio R, --plan FILE, --latency-budget MS or --speedup S"
         )
-    profile = load_profile(target)
+    if budgeted and not estimate:  # a board to measure on: a targets-file name or a profile
+        from edgeprune.reach import resolve_target
+
+        profile = resolve_target(target, host=host).profile
+    else:
+        profile = load_profile(target)
     output_dir(output, create=False)  # refuse a bad --output before any work
     multiple = profile.alignment(profile.export_precision) if align else 1
     step(f"loading {model}")
