@@ -51,9 +51,11 @@ class FakeFormulaBoard:
     """A FAKE board (no hardware): deterministic latencies from each ONNX model's layers."""
 
     def __init__(self, *, block: int = 32, per_call_ms: float = 0.02, graph_factor: float = 1.25,
-                 per_node_ms: float = 0.004, board_id: str = "fake-board-1") -> None:
+                 per_node_ms: float = 0.004, board_id: str = "fake-board-1",
+                 slower_after_first_visit: float = 1.0) -> None:
         self.block, self.per_call, self.graph_factor, self.per_node = block, per_call_ms, graph_factor, per_node_ms
         self.board_id = board_id
+        self.slower = slower_after_first_visit  # a board that gets busier/hotter after the first visit
         self.visits = 0
         self.models_seen = 0
 
@@ -96,7 +98,7 @@ class FakeFormulaBoard:
         self.models_seen += len(models)
         timings = {}
         for key, path in models.items():
-            p50 = self.latency(Path(path))
+            p50 = self.per_call + (self.latency(Path(path)) - self.per_call) * (self.slower if self.visits > 1 else 1)
             timings[key] = BatchTiming(name=key, ok=True, p50_ms=p50, min_ms=p50, p10_ms=p50, p90_ms=p50,
                                        spread=0.0, n=10)
         base = BatchTiming(name="baseline", ok=True, p50_ms=self.per_call, min_ms=self.per_call,

@@ -91,3 +91,24 @@ def test_an_estimate_is_labelled_and_never_met(cache):
     assert r.met is None and r.source == "estimate" and r.rounds == []
     assert "NOT measured" in r.status and "estimate" in r.plan.note
     assert r.info["estimate"]["predicted_ms"] <= r.budget_ms
+
+
+def test_a_board_that_slows_down_between_visits_keeps_one_table_level(cache, tmp_path):
+    """Each later visit re-measures an anchor entry; new entries are scaled back to the first level."""
+    from edgeprune.latency.layers import candidate_counts, layer_inventory
+    from edgeprune.latency.measure import measure_shapes, shapes_to_measure
+    from edgeprune.latency.table import LatencyTable
+    from edgeprune.prune import example_input
+
+    model = lm()
+    inv = layer_inventory(model.module, example_input((1, 3, 32, 32)))
+    space = {g.id: candidate_counts(g.channels, multiple=16) for g in inv.prunable}
+    shapes = shapes_to_measure(inv.layers, space)
+    steady, drifting = (LatencyTable({"board_id": b}, fmt="onnx", precision="fp32") for b in ("s", "d"))
+    measure_shapes(FakeFormulaBoard(), steady, shapes, chunk=8)
+    board = FakeFormulaBoard(slower_after_first_visit=1.4)
+    measure_shapes(board, drifting, shapes, chunk=8)
+    assert board.visits == -(-len(shapes) // 8) > 1
+    assert drifting.drift and all(d == pytest.approx(1 / 1.4, rel=1e-3) for d in drifting.drift)
+    for k, e in steady.entries.items():
+        assert drifting.entries[k].ms == pytest.approx(e.ms, rel=1e-9), k

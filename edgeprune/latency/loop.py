@@ -293,6 +293,10 @@ def plan_for_budget(
             if t.p50_ms > budget and not alloc.feasible:
                 break  # every group at its minimum and still over: nothing left to try
         status, chosen, met = _conclude(rounds, budget, target, min_keep, unpruned)
+        busy = max([r.get("other_busy_cores") or 0.0 for r in rounds] + [first.other_busy_cores or 0.0])
+        if busy > 0.5:
+            status += (f" [the board was busy: other processes used up to {busy:.1f} cores while it measured; "
+                       "these timings are contended]")
         info = {
             **base_info,
             "runtime": first.runtime, "runtime_version": first.runtime_version,
@@ -304,7 +308,8 @@ def plan_for_budget(
             "table": {"shapes_for_this_model": len(needed), "reused_from_cache": len(needed) - len(missing),
                       "entries_in_cache_before": reused, "measured_now": measured_now,
                       "entries": len(table.entries), "build_s": round(table.build_s, 2),
-                      "cache": str(cache_path(table)), "lookups": dict(table.stats)},
+                      "cache": str(cache_path(table)), "lookups": dict(table.stats),
+                      "drift": table.drift[-10:]},
             "calibration": pred.calibration.to_dict(),
         }
     plan = chosen["plan"] if chosen and "plan" in chosen else make_plan(full, "unpruned: within the budget")

@@ -119,6 +119,19 @@ def refine_shapes(table: LatencyTable, layers: list[Layer], space: Mapping[str, 
     return list(want.values())
 
 
+def _anchor(table: LatencyTable) -> LayerShape | None:
+    """An entry already in the table (of median cost) to measure again beside new shapes.
+
+    The board's speed can drift between visits (other load, heat, another
+    day for a cached table): new entries are scaled by how the anchor measures
+    now against its entry, so the table stays on one level.
+    """
+    if not table.entries:
+        return None
+    ranked = sorted(table.entries, key=lambda k: table.entries[k].ms)
+    return table.shapes[ranked[len(ranked) // 2]]
+
+
 def measure_shapes(
     board,
     table: LatencyTable,
@@ -144,17 +157,27 @@ def measure_shapes(
     with tempfile.TemporaryDirectory(prefix="edgeprune-micro-") as tmp:
         for start in range(0, len(shapes), chunk):
             part = shapes[start:start + chunk]
-            files = build_micro_models(part, fmt=table.fmt, precision=table.precision,
+            anchor = _anchor(table)
+            todo = part + ([anchor] if anchor is not None and anchor.key() not in {s.key() for s in part} else [])
+            files = build_micro_models(todo, fmt=table.fmt, precision=table.precision,
                                        folder=Path(tmp) / f"c{start}", io_precision=io_precision,
                                        scheme=scheme)
             result = board.measure(files, settings=settings)
             base = result.baseline.p50_ms if result.baseline else 0.0
+            scale = 1.0
+            if anchor is not None and result.timings[anchor.key()].ok:
+                now = result.timings[anchor.key()].p50_ms - base
+                scale = table.entries[anchor.key()].ms / now if now > 0 else 1.0
+                if not 0.5 <= scale <= 2.0:  # not drift but a changed board: do not bend the data
+                    scale = 1.0
+                table.drift.append(round(scale, 4))
             for s in part:
                 t = result.timings[s.key()]
                 if not t.ok:
                     failed.append(f"{s.key()}: {t.error}")
                     continue
-                table.add(s, p50_ms=t.p50_ms, min_ms=t.min_ms, spread=t.spread, n=t.n, baseline_ms=base)
+                table.add(s, p50_ms=base + (t.p50_ms - base) * scale, min_ms=t.min_ms, spread=t.spread, n=t.n,
+                          baseline_ms=base)
             done += len(part)
             for f in files.values():
                 f.unlink(missing_ok=True)

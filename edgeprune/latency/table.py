@@ -110,6 +110,7 @@ class LatencyTable:
     created: str = ""
     source: str = "measured"
     stats: dict[str, int] = field(default_factory=dict)
+    drift: list[float] = field(default_factory=list)  # anchor scale of each later visit (measure.py)
 
     def __post_init__(self) -> None:
         self._families: dict[str, dict[tuple[int, int], float]] = {}
@@ -212,6 +213,7 @@ class LatencyTable:
             "baseline_ms": self.baseline_ms,
             "models_measured": self.models_measured,
             "build_s": round(self.build_s, 3),
+            "drift": self.drift[-50:],
             "created": self.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "entries": [
                 {"shape": self.shapes[k].to_dict(), **asdict(e)} for k, e in sorted(self.entries.items())
@@ -232,6 +234,7 @@ class LatencyTable:
                 build_s=float(data.get("build_s", 0.0)),
                 created=str(data.get("created", "")),
                 source=str(data.get("source", "measured")),
+                drift=[float(d) for d in data.get("drift", [])][:50],
             )
             for row in data["entries"]:
                 shape = LayerShape.from_dict(row["shape"])
