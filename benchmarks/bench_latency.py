@@ -51,7 +51,7 @@ SHAPE = (1, 3, 224, 224)
 
 def budget_hit(models, runtimes, budgets, threads, shape, work: Path) -> list[dict]:
     import edgeprune
-    from edgeprune.errors import BudgetError
+    from edgeprune.errors import BudgetError, EdgePruneError
 
     rows = []
     for name in models:
@@ -69,6 +69,11 @@ def budget_hit(models, runtimes, budgets, threads, shape, work: Path) -> list[di
                     import json
 
                     s = json.loads((out / "summary.json").read_text())
+                except EdgePruneError as exc:  # e.g. a model this runtime cannot load: say so, go on
+                    rows.append({"model": name, "runtime": rt, "budget": frac, "cached_rerun": again,
+                                 "error": str(exc)[:300]})
+                    print(f"budget {name} {rt} {frac}: {exc}", flush=True)
+                    break
                 wall = time.perf_counter() - t0
                 lat = s["latency"]
                 chosen = next(r for r in lat["rounds"] if r["round"] == lat["chosen_round"])
@@ -89,6 +94,22 @@ def budget_hit(models, runtimes, budgets, threads, shape, work: Path) -> list[di
 
 
 def predictor_error(models, runtimes, n_plans, threads, shape, work: Path, seed: int = 0) -> list[dict]:
+    from edgeprune.errors import EdgePruneError
+    from edgeprune.profiles import load_profile
+
+    rows = []
+    profile = load_profile("local")
+    for name in models:
+        for rt in runtimes:
+            try:
+                rows.append(_predictor_one(name, rt, n_plans, threads, shape, work, seed, profile))
+            except EdgePruneError as exc:
+                rows.append({"model": name, "runtime": rt, "error": str(exc)[:300]})
+                print(f"predictor {name} {rt}: {exc}", flush=True)
+    return rows
+
+
+def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> dict:
     import math
 
     from edgeprune.bench.batch import BatchSession, BatchSettings
@@ -100,66 +121,61 @@ def predictor_error(models, runtimes, n_plans, threads, shape, work: Path, seed:
     from edgeprune.latency.table import cache_path, load_cached
     from edgeprune.models import load_model
     from edgeprune.models.stats import count_macs_params
-    from edgeprune.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prune_
     from edgeprune.reach import resolve_target
 
-    rows = []
-    profile = load_profile("local")
-    for name in models:
-        for rt in runtimes:
-            fmt, precision = RUNTIMES[rt]
-            lm = load_model(name, input_shape=shape)
-            net, x = lm.module, example_input(shape)
-            inv = layer_inventory(net, x)
-            multiple = profile.alignment(precision)
-            space = {g.id: candidate_counts(g.channels, multiple=math.lcm(multiple, g.slices)) for g in inv.prunable}
-            full = {g: c[-1] for g, c in space.items()}
-            macs_full = count_macs_params(net, shape)[0]
-            rng = random.Random(seed)
-            plans = []
-            for i in range(n_plans):
-                keep = {g: rng.choice(c) for g, c in space.items()}
-                plan = ChannelPlan.from_keep(inv.prunable, keep, align=multiple, input_shape=shape, base=lm.base)
-                m = __import__("copy").deepcopy(net)
-                prune_(m, plan, x=x, verify=False)
-                art = _export(m, lm, "local", fmt, precision, work, f"{name}-{rt}-plan{i}")
-                plans.append((keep, art, count_macs_params(m, shape)[0]))
-                print(f"predictor {name} {rt}: plan {i + 1}/{n_plans} exported", flush=True)
-            full_art = _export(net, lm, "local", fmt, precision, work, f"{name}-{rt}-unpruned")
-            settings = BatchSettings(threads=threads)
-            with BatchSession(resolve_target("local"), settings=settings) as board:
-                whole = BatchSettings(**{**WHOLE.__dict__, "threads": threads})
-                first = board.measure({"unpruned": full_art}, settings=whole)
-                table = load_cached(board.identity(first), fmt=fmt, precision=precision)
-                missing = table.missing(shapes_to_measure(inv.layers, space))
-                if missing:
-                    measure_shapes(board, table, missing, settings=BatchSettings(**{**MICRO.__dict__, "threads": threads}))
-                    table.save(cache_path(table))
-                base = first.baseline.p50_ms if first.baseline else 0.0
-                est = RooflineEstimate(profile, precision)
-                errs = {"table": [], "roofline": [], "macs": []}
-                for start in range(0, len(plans), 10):  # 10 plans + the unpruned model per batch
-                    part = plans[start:start + 10]
-                    res = board.measure({"unpruned": full_art, **{str(start + j): p[1] for j, p in enumerate(part)}},
-                                        settings=whole)
-                    m_full = res.timings["unpruned"].p50_ms
-                    pt = Predictor(inv.layers, table, calibration=Calibration(base_ms=base))
-                    pt.calibration.add(pt.table_ms(full), m_full)
-                    pe = Predictor(inv.layers, est, calibration=Calibration(base_ms=base))
-                    pe.calibration.add(pe.table_ms(full), m_full)
-                    for j, (keep, _, macs) in enumerate(part):
-                        m = res.timings[str(start + j)].p50_ms
-                        errs["table"].append(abs(pt.predict(keep) - m) / m)
-                        errs["roofline"].append(abs(pe.predict(keep) - m) / m)
-                        errs["macs"].append(abs(m_full * macs / macs_full - m) / m)
-            rows.append({"model": name, "runtime": rt, "plans": len(plans),
-                         **{f"mape_{k}": 100 * statistics.mean(v) for k, v in errs.items()},
-                         **{f"max_{k}": 100 * max(v) for k, v in errs.items()},
-                         "lookups": dict(table.stats)})
-            print(f"predictor {name} {rt}: MAPE table {rows[-1]['mape_table']:.1f} %, roofline "
-                  f"{rows[-1]['mape_roofline']:.1f} %, MACs {rows[-1]['mape_macs']:.1f} %", flush=True)
-    return rows
+    fmt, precision = RUNTIMES[rt]
+    lm = load_model(name, input_shape=shape)
+    net, x = lm.module, example_input(shape)
+    inv = layer_inventory(net, x)
+    multiple = profile.alignment(precision)
+    space = {g.id: candidate_counts(g.channels, multiple=math.lcm(multiple, g.slices)) for g in inv.prunable}
+    full = {g: c[-1] for g, c in space.items()}
+    macs_full = count_macs_params(net, shape)[0]
+    rng = random.Random(seed)
+    plans = []
+    for i in range(n_plans):
+        keep = {g: rng.choice(c) for g, c in space.items()}
+        plan = ChannelPlan.from_keep(inv.prunable, keep, align=multiple, input_shape=shape, base=lm.base)
+        m = __import__("copy").deepcopy(net)
+        prune_(m, plan, x=x, verify=False)
+        art = _export(m, lm, "local", fmt, precision, work, f"{name}-{rt}-plan{i}")
+        plans.append((keep, art, count_macs_params(m, shape)[0]))
+        print(f"predictor {name} {rt}: plan {i + 1}/{n_plans} exported", flush=True)
+    full_art = _export(net, lm, "local", fmt, precision, work, f"{name}-{rt}-unpruned")
+    settings = BatchSettings(threads=threads)
+    with BatchSession(resolve_target("local"), settings=settings) as board:
+        whole = BatchSettings(**{**WHOLE.__dict__, "threads": threads})
+        first = board.measure({"unpruned": full_art}, settings=whole)
+        table = load_cached(board.identity(first), fmt=fmt, precision=precision)
+        missing = table.missing(shapes_to_measure(inv.layers, space))
+        if missing:
+            measure_shapes(board, table, missing, settings=BatchSettings(**{**MICRO.__dict__, "threads": threads}))
+            table.save(cache_path(table))
+        base = first.baseline.p50_ms if first.baseline else 0.0
+        est = RooflineEstimate(profile, precision)
+        errs = {"table": [], "roofline": [], "macs": []}
+        for start in range(0, len(plans), 10):  # 10 plans + the unpruned model per batch
+            part = plans[start:start + 10]
+            res = board.measure({"unpruned": full_art, **{str(start + j): p[1] for j, p in enumerate(part)}},
+                                settings=whole)
+            m_full = res.timings["unpruned"].p50_ms
+            pt = Predictor(inv.layers, table, calibration=Calibration(base_ms=base))
+            pt.calibration.add(pt.table_ms(full), m_full)
+            pe = Predictor(inv.layers, est, calibration=Calibration(base_ms=base))
+            pe.calibration.add(pe.table_ms(full), m_full)
+            for j, (keep, _, macs) in enumerate(part):
+                m = res.timings[str(start + j)].p50_ms
+                errs["table"].append(abs(pt.predict(keep) - m) / m)
+                errs["roofline"].append(abs(pe.predict(keep) - m) / m)
+                errs["macs"].append(abs(m_full * macs / macs_full - m) / m)
+    row = {"model": name, "runtime": rt, "plans": len(plans),
+           **{f"mape_{k}": 100 * statistics.mean(v) for k, v in errs.items()},
+           **{f"max_{k}": 100 * max(v) for k, v in errs.items()},
+           "lookups": dict(table.stats)}
+    print(f"predictor {name} {rt}: MAPE table {row['mape_table']:.1f} %, roofline "
+          f"{row['mape_roofline']:.1f} %, MACs {row['mape_macs']:.1f} %", flush=True)
+    return row
 
 
 MICRO_SHAPES = [
@@ -222,6 +238,8 @@ def _fmt_budget(rows, cmd) -> str:
         "| table: models measured (shapes needed) | table build s | board visits | run wall s | removed | MAC reduction | busy |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    errors = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['runtime']} | {r['budget']}{' (cached table)' if r['cached_rerun'] else ''} | "
@@ -233,6 +251,7 @@ def _fmt_budget(rows, cmd) -> str:
     inband = sum(0.9 <= r["ratio"] <= 1.0 for r in rows)
     lines += ["", f"Within [0.9, 1.0] x budget: {inband}/{len(rows)} runs; "
               f"at most 3 rounds: {sum(r['rounds'] <= 3 for r in rows)}/{len(rows)}."]
+    lines += [f"- {r['model']} {r['runtime']}: not measured: {r['error']}" for r in errors]
     return "\n".join(lines)
 
 
@@ -250,6 +269,9 @@ def _fmt_predictor(rows, cmd) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['runtime']} | - | not measured: {r['error']} | | | |")
+            continue
         lines.append(
             f"| {r['model']} | {r['runtime']} | {r['plans']} | {r['mape_table']:.1f} % ({r['max_table']:.1f} %) | "
             f"{r['mape_roofline']:.1f} % ({r['max_roofline']:.1f} %) | {r['mape_macs']:.1f} % ({r['max_macs']:.1f} %) "
