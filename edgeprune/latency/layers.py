@@ -275,11 +275,6 @@ def layer_inventory(
     return Inventory(groups=analysis.groups, layers=layers)
 
 
-def full_keep(groups: Iterable) -> dict[str, int]:
-    """Every prunable group at its full count: the unpruned plan."""
-    return {g.id: g.channels for g in groups if getattr(g, "prunable", True)}
-
-
 def candidate_counts(
     channels: int,
     *,
