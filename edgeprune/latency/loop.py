@@ -236,6 +236,7 @@ def plan_for_budget(
         missing = table.missing(needed)
         visits0 = getattr(board, "visits", 0)
         measured_now = 0
+        built_before = table.build_s
         if missing:
             counter = Counter(f"{target}: latency table, models built and measured", len(missing))
             measured_now += measure_shapes(board, table, missing, settings=micro, io_precision=io_precision,
@@ -307,7 +308,8 @@ def plan_for_budget(
             "board_visits": getattr(board, "visits", None),
             "table": {"shapes_for_this_model": len(needed), "reused_from_cache": len(needed) - len(missing),
                       "entries_in_cache_before": reused, "measured_now": measured_now,
-                      "entries": len(table.entries), "build_s": round(table.build_s, 2),
+                      "entries": len(table.entries), "build_s": round(table.build_s - built_before, 2),
+                      "build_s_all_runs": round(table.build_s, 2),
                       "cache": str(cache_path(table)), "lookups": dict(table.stats),
                       "drift": table.drift[-10:]},
             "calibration": pred.calibration.to_dict(),
