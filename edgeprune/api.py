@@ -8,6 +8,8 @@ CLI                                Python
 ``edgeprune models``               ``edgeprune.list_models()``
 ``edgeprune bench -t T MODEL``     ``edgeprune.bench_model(MODEL, target=T)``
 ``edgeprune prune ...``            ``edgeprune.prune_model(M, target=T, ratio=R, output=DIR)``
+``prune --latency-budget MS``      ``edgeprune.prune_model(M, target=T, latency_budget=MS, output=DIR)``
+``prune --speedup S``              ``edgeprune.prune_model(M, target=T, speedup=S, output=DIR)``
 ``edgeprune export ...``           ``edgeprune.export_model(M, target=T, output=DIR)``
 ``edgeprune quantize ...``         ``edgeprune.quantize_model(M, target=T, output=DIR)``
 (``deploy``'s ship stage)          ``edgeprune.ship_model(ARTIFACT, target=T, verify_inputs=X)``
@@ -65,7 +67,14 @@ def bench_model(
 
 
 def prune_model(model: str, *, target: str, output: str | os.PathLike[str], **options: Any) -> dict:
-    """``edgeprune prune``: see :func:`edgeprune.prune.pipeline.prune_model` for the options."""
+    """``edgeprune prune``: see :func:`edgeprune.prune.pipeline.prune_model` for the options.
+
+    Latency budgets: ``latency_budget=`` (ms) or ``speedup=``, with ``fmt=``,
+    ``precision=``, ``max_rounds=``, ``min_keep=``, ``threads=``, ``estimate=``
+    and ``data=`` (an iterable of ``(x, y)`` or ``x`` batches for Taylor
+    importance); raises :class:`~edgeprune.errors.BudgetError` when the board
+    measured the budget as not met (the summary is written first).
+    """
     from edgeprune.prune.pipeline import prune_model as _prune
 
     return _prune(model, target=target, output=output, **options)

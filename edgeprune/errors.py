@@ -53,7 +53,9 @@ class ShipCheckError(ShipError):
 
 
 class BudgetError(EdgePruneError):
-    """A latency budget or speedup cannot be met on the target."""
+    """A latency budget or speedup cannot be met on the target (exit 4: measured, not met)."""
+
+    exit_code = 4
 
 
 class MissingDependencyError(EdgePruneError):

@@ -2,7 +2,10 @@
 
 Stages call :func:`step` with a short phrase ("mobilenetv2: onnx2tf to TFLite
 int8"); nothing is shown unless a caller is listening, so the Python API stays
-quiet. The CLI wraps a command in :func:`show`, a spinner on the terminal's
+quiet. Long counted work (a latency table: models done / total) uses
+:class:`Counter` (or :func:`update`), which rewrites the current line with the
+count and an ETA instead of ending a step each time; :func:`note` prints a
+line that stays (one per closed-loop round). The CLI wraps a command in :func:`show`, a spinner on the terminal's
 stderr with the current step and, as each step ends, a line with its time.
 On a non-terminal (CI logs, pipes) it shows nothing, and ``--json`` output on
 stdout is never touched.
@@ -23,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
-_listener: Callable[[str], None] | None = None
+_listener: Callable[[str, str], None] | None = None
 _lock = threading.Lock()
 
 
@@ -31,7 +34,41 @@ def step(message: str) -> None:
     """Say what the current stage is doing now (a no-op unless shown)."""
     listener = _listener
     if listener is not None:
-        listener(message)
+        listener(message, "step")
+
+
+def update(message: str) -> None:
+    """Rewrite what the current step says (a count, an ETA) without ending it."""
+    listener = _listener
+    if listener is not None:
+        listener(message, "update")
+
+
+def note(message: str) -> None:
+    """A line that stays on the terminal (e.g. one per round); a no-op unless shown."""
+    listener = _listener
+    if listener is not None:
+        listener(message, "note")
+
+
+class Counter:
+    """``what: done/total, ETA``: a step whose count moves.
+
+    Example::
+
+        c = Counter("latency table: models measured", total=120)
+        c.advance(40)    # shows "latency table: models measured 40/120, ETA 35 s"
+    """
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total, self.t0 = what, max(int(total), 1), time.monotonic()
+        step(f"{what} 0/{self.total}")
+
+    def advance(self, done: int) -> None:
+        spent = time.monotonic() - self.t0
+        eta = spent / done * (self.total - done) if done else 0.0
+        left = f", ETA {eta:.0f} s" if 0 < done < self.total else ""
+        update(f"{self.what} {done}/{self.total}{left}")
 
 
 @contextmanager
@@ -47,9 +84,16 @@ def show(stream: IO[str] | None = None) -> Iterator[None]:
     console = Console(file=stream, stderr=True)
     current: list = [None, 0.0]  # message, start time
 
-    def listener(message: str) -> None:
+    def listener(message: str, kind: str = "step") -> None:
         with _lock:
             now = time.monotonic()
+            if kind == "note":
+                console.print(message, highlight=False, markup=False)
+                return
+            if kind == "update" and current[0] is not None:
+                current[0] = message
+                status.update(message)
+                return
             if current[0] is not None:
                 console.print(f"[dim]  done: {current[0]} ({now - current[1]:.1f} s)[/]")
             current[0], current[1] = message, now

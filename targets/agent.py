@@ -12,6 +12,8 @@ Usage (the host uploads this file and runs it; you can run it by hand too)::
     python3 agent.py bench MODEL.onnx [--runs 100] [--warmup 10] [--threads 4]
                      [--runtime onnxruntime|litert|tensorrt|edgetpu]
                      [--profile-ops] [--max-warmup-s 10] [--deadline-s 600]
+    python3 agent.py batch ARCHIVE.tar [--runtime R] [--threads N] [--rounds 10]
+                     [--runs 5] [--warmup 5] [--max-s 120] [--remove-archive] [--deadline-s 600]
     python3 agent.py probe      # board facts and which runtimes import
     python3 agent.py run MODEL --inputs X.npy [--out OUT.npz]   # outputs of MODEL on X
     python3 agent.py release ACTION DEPLOY_DIR [--token T] [--id ID]  # the deploy folder
@@ -35,6 +37,14 @@ Design:
 - Throttling: ``vcgencmd get_throttled`` (Raspberry Pi), thermal zones with a
   passive/hot trip point, read before and after the runs. ``throttled`` is
   null when the board offers no signal.
+- ``batch`` (protocol 2) measures many models in one visit: one archive
+  (tar, optionally gzip) holding ``manifest.json`` and the models, each
+  member checked here (plain names, regular files, size and count caps:
+  Python 3.6's tarfile has no extraction filter). Board facts are read and
+  the runtime imported once, every model is loaded, then timed in
+  interleaved rounds (A B C, B C A, ...) beside an empty baseline model
+  that measures the runtime's fixed per-call cost. ``--max-s`` ends the
+  rounds early (the reply says how many were done).
 - Safety: the real stdout is kept for the JSON alone (runtimes that print go
   to stderr); ``--deadline-s`` arms SIGALRM with its default action, so the
   kernel ends the agent even if a runtime call never returns.
@@ -55,11 +65,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import traceback
 
-PROTOCOL = 1
-AGENT_VERSION = "1.0.0"
+PROTOCOL = 2
+AGENT_VERSION = "2.0.0"
 
 
 class AgentFailure(Exception):
@@ -755,6 +766,222 @@ def bench(args):
     }
 
 
+# --------------------------------------------------------------------------
+# batch (protocol 2): many models, one visit
+
+BATCH_FORMAT = "edgeprune.batch"
+MAX_MEMBERS = 4096
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
+MAX_ARCHIVE_BYTES = 2 * 1024 * 1024 * 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _bad_archive(message):
+    return AgentFailure("bad_args", "batch archive: " + message)
+
+
+def extract_batch(archive, dest):
+    """Extract ``archive`` into the new folder ``dest``, checking every member first.
+
+    Only regular files with plain names (no '/', no leading dot), each at most
+    MAX_MEMBER_BYTES, at most MAX_MEMBERS of them and MAX_ARCHIVE_BYTES in all.
+    Files are written by this code (never ``tar.extract``), so no link, device,
+    owner or mode from the archive reaches the board. Returns {name: path}.
+    """
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise _bad_archive("cannot read %s: %s" % (os.path.basename(archive), exc))
+    os.mkdir(dest, 0o700)
+    files, total, count = {}, 0, 0
+    try:
+        while True:
+            try:
+                member = tar.next()
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise _bad_archive("damaged: %s" % exc)
+            if member is None:
+                break
+            count += 1
+            if count > MAX_MEMBERS:
+                raise _bad_archive("more than %d members" % MAX_MEMBERS)
+            name = member.name
+            if not _PLAIN_NAME.match(name) or name in files:
+                raise _bad_archive("member %r is not a plain, unique file name" % name[:80])
+            if not member.isfile():
+                raise _bad_archive("member %r is not a regular file (links, folders and devices "
+                                   "are refused)" % name)
+            if member.size > MAX_MEMBER_BYTES or total + member.size > MAX_ARCHIVE_BYTES:
+                raise _bad_archive("member %r: size %d is over the limit (%d per file, %d in all)"
+                                   % (name, member.size, MAX_MEMBER_BYTES, MAX_ARCHIVE_BYTES))
+            total += member.size
+            src = tar.extractfile(member)
+            path = os.path.join(dest, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            written = 0
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    chunk = src.read(1 << 20)
+                    if not chunk:
+                        break
+                    written += len(chunk)
+                    if written > member.size:
+                        raise _bad_archive("member %r is longer than its header says" % name)
+                    out.write(chunk)
+            if written != member.size:
+                raise _bad_archive("member %r is truncated" % name)
+            files[name] = path
+    finally:
+        tar.close()
+    return files
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(files):
+    """The checked manifest: ([(name, sha256)], baseline name or None)."""
+    path = files.get("manifest.json")
+    if path is None:
+        raise _bad_archive("no manifest.json")
+    if os.path.getsize(path) > MAX_MANIFEST_BYTES:
+        raise _bad_archive("manifest.json is too large")
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except ValueError as exc:
+        raise _bad_archive("manifest.json is not JSON: %s" % exc)
+    if not isinstance(doc, dict) or doc.get("format") != BATCH_FORMAT or doc.get("version") != 1:
+        raise _bad_archive('manifest.json is not an %s version 1 manifest' % BATCH_FORMAT)
+    models = doc.get("models")
+    if not isinstance(models, list):
+        raise _bad_archive("manifest.json: 'models' must be a list")
+    out = []
+    for entry in models:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise _bad_archive("manifest.json: every model needs a name")
+        name, digest = entry["name"], entry.get("sha256")
+        if name not in files or name == "manifest.json":
+            raise _bad_archive("manifest.json names %r, which the archive does not hold" % name[:80])
+        if _sha256_file(files[name]) != digest:
+            raise _bad_archive("%s: its sha256 differs from the manifest's" % name)
+        out.append((name, digest))
+    baseline = doc.get("baseline")
+    if baseline is not None and (not isinstance(baseline, str) or baseline not in files):
+        raise _bad_archive("manifest.json: baseline %r is not in the archive" % str(baseline)[:80])
+    return out, baseline
+
+
+class _Entry(object):
+    def __init__(self, name, path, sha):
+        self.name, self.path, self.sha = name, path, sha
+        self.backend, self.error, self.samples, self.load_ms = None, None, [], None
+
+
+def _summary(samples_s):
+    vals = sorted(s * 1000.0 for s in samples_s)
+    p50 = percentile(vals, 50)
+    p10, p90 = percentile(vals, 10), percentile(vals, 90)
+    return {"n": len(vals), "p50_ms": p50, "min_ms": vals[0], "p10_ms": p10, "p90_ms": p90,
+            "spread": (p90 - p10) / p50 if p50 > 0 else 0.0}
+
+
+def batch(args):
+    archive = os.path.abspath(args.archive)
+    if not os.path.isfile(archive):
+        raise AgentFailure("bad_args", "batch archive not found on the board: %s" % archive)
+    runtime = args.runtime
+    if runtime not in BACKENDS:
+        raise AgentFailure("bad_args", "unknown runtime %r (known: %s)" % (runtime, ", ".join(sorted(BACKENDS))))
+    ext = FORMAT_OF[runtime]
+    version = BACKENDS[runtime]("", args.threads).version()  # imports the runtime, once
+    work = os.path.join(os.path.dirname(archive), "batch-%d-%s" % (os.getpid(), hashlib.sha256(
+        os.urandom(8)).hexdigest()[:8]))
+    try:
+        files = extract_batch(archive, work)
+        if args.remove_archive:
+            os.remove(archive)
+        listed, baseline = read_manifest(files)
+        entries = [_Entry(n, files[n], d) for n, d in listed]
+        for e in entries:
+            if os.path.splitext(e.name)[1].lower() != ext:
+                e.error = "runtime %s takes %s files" % (runtime, ext)
+        base = _Entry(baseline, files[baseline], None) if baseline else None
+        board = board_facts()
+        rss0 = _rss_mb()
+        t_load = time.perf_counter()
+        for e in [x for x in entries + [base] if x is not None and x.error is None]:
+            backend = BACKENDS[runtime](e.path, args.threads)
+            t0 = time.perf_counter()
+            try:
+                backend.load()
+                backend.run()
+            except AgentFailure:
+                raise
+            except Exception as exc:
+                e.error = "%s cannot load %s: %s" % (runtime, e.name, str(exc).strip()[:500])
+                continue
+            e.backend, e.load_ms = backend, (time.perf_counter() - t0) * 1000.0
+        load_s = time.perf_counter() - t_load
+        if base is not None and base.error:
+            raise AgentFailure("bad_model", "the baseline model: " + base.error)
+        live = [e for e in entries + [base] if e is not None and e.backend is not None]
+        before = throttle_state()
+        load_before = (_read("/proc/loadavg", "") or "").split()[:1]
+        start = time.perf_counter()
+        for e in live:
+            _timed(e.backend.run, args.warmup)
+        cpu0 = _cpu_snapshot()
+        rounds_done = 0
+        while live and rounds_done < args.rounds:
+            if rounds_done and time.perf_counter() - start > args.max_s:
+                break
+            k = rounds_done % len(live) if live else 0
+            for e in live[k:] + live[:k]:  # each round starts one model later: no fixed position
+                e.samples.extend(_timed(e.backend.run, args.runs))
+            rounds_done += 1
+        cpu1 = _cpu_snapshot()
+        measure_s = time.perf_counter() - start
+        after = throttle_state()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    throttled, reasons = judge_throttle(before, after)
+    cg0, cg1 = before.get("cgroup_throttled_periods"), after.get("cgroup_throttled_periods")
+    results = []
+    for e in entries:
+        if e.backend is None:
+            results.append({"name": e.name, "sha256": e.sha, "ok": False, "error": e.error})
+        else:
+            r = {"name": e.name, "sha256": e.sha, "ok": True, "load_ms": e.load_ms}
+            r.update(_summary(e.samples))
+            results.append(r)
+    base_doc = None
+    if base is not None:
+        base_doc = {"name": base.name, "load_ms": base.load_ms}
+        base_doc.update(_summary(base.samples))
+    return {
+        "runtime": {"name": runtime, "version": version},
+        "board": board,
+        "settings": {"rounds": args.rounds, "runs": args.runs, "warmup": args.warmup,
+                     "threads": args.threads, "max_s": args.max_s},
+        "batch": {"models": len(entries), "rounds_done": rounds_done, "complete": rounds_done >= args.rounds,
+                  "load_s": load_s, "measure_s": measure_s},
+        "baseline": base_doc,
+        "results": results,
+        "memory": {"rss_before_load_mb": rss0, "peak_rss_mb": _peak_rss_mb()},
+        "load": {"loadavg_1m_before": float(load_before[0]) if load_before else None,
+                 "other_busy_cores": contention(cpu0, cpu1)},
+        "throttle": {"throttled": throttled, "reasons": reasons, "before": before, "after": after,
+                     "cpu_quota_throttled_periods": (cg1 - cg0) if cg0 is not None and cg1 is not None else None},
+    }
+
+
 def probe(args):
     runtimes = {}
     for name, cls in sorted(BACKENDS.items()):
@@ -1290,6 +1517,16 @@ def parse_args(argv):
     b.add_argument("--settle", type=float, default=0.02)
     b.add_argument("--max-warmup-s", type=float, default=10.0)
     b.add_argument("--deadline-s", type=int, default=0, help="the kernel ends the agent after this")
+    ba = sub.add_parser("batch")
+    ba.add_argument("archive")
+    ba.add_argument("--runtime", choices=sorted(BACKENDS), default="onnxruntime")
+    ba.add_argument("--threads", type=int, default=0, help="0 = the runtime's default")
+    ba.add_argument("--rounds", type=int, default=10, help="interleaved rounds over every model")
+    ba.add_argument("--runs", type=int, default=5, help="timed runs of a model in each round")
+    ba.add_argument("--warmup", type=int, default=5, help="untimed runs of each model first")
+    ba.add_argument("--max-s", type=float, default=120.0, help="no new round after this many seconds")
+    ba.add_argument("--remove-archive", action="store_true", help="delete the archive once extracted")
+    ba.add_argument("--deadline-s", type=int, default=0, help="the kernel ends the agent after this")
     pr = sub.add_parser("probe")
     pr.add_argument("--deadline-s", type=int, default=0)
     sub.add_parser("version")
@@ -1313,9 +1550,12 @@ def parse_args(argv):
     rl.add_argument("--deadline-s", type=int, default=0)
     args = p.parse_args(argv)
     if args.cmd is None:
-        p.error("a command is required: bench, probe, run, release or version")
+        p.error("a command is required: bench, batch, probe, run, release or version")
     if args.cmd == "bench" and (args.runs < 1 or args.runs > 100000 or args.warmup < 0):
         p.error("--runs must be 1..100000 and --warmup >= 0")
+    if args.cmd == "batch" and not (1 <= args.rounds <= 10 ** 6 and 1 <= args.runs <= 10000
+                                    and 0 <= args.warmup <= 10000 and args.max_s > 0):
+        p.error("--rounds 1..1e6, --runs 1..10000, --warmup 0..10000, --max-s > 0")
     return args
 
 
@@ -1337,6 +1577,8 @@ def main(argv=None):
             signal.alarm(args.deadline_s)
         if args.cmd == "bench":
             doc.update(bench(args))
+        elif args.cmd == "batch":
+            doc.update(batch(args))
         elif args.cmd == "probe":
             doc.update(probe(args))
         elif args.cmd == "run":

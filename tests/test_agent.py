@@ -45,7 +45,7 @@ def test_bench_onnx_reports_the_protocol(models):
     res = agent("bench", str(models["tiny"]), "--runs", "40", "--warmup", "5")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["protocol"] == 1 and doc["ok"] is True and doc["command"] == "bench"
+    assert doc["protocol"] == 2 and doc["ok"] is True and doc["command"] == "bench"
     r = parse_agent_output(res.stdout, target="local")
     assert r.runtime == "onnxruntime" and r.runs == 40
     lat = r.latency_ms
@@ -144,7 +144,7 @@ def test_json_is_the_only_thing_on_stdout(tmp_path):
     res = subprocess.run([sys.executable, str(noisy)], capture_output=True, timeout=60)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.decode().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["protocol"] == 1
+    assert len(lines) == 1 and json.loads(lines[0])["protocol"] == 2
     assert b"CHATTER from print" in res.stderr and b"CHATTER on fd 1" in res.stderr
 
 

@@ -130,9 +130,32 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(cmd, tmp_path, env)
 def test_progress_is_silent_off_a_terminal(tmp_path):
     import io
 
-    from edgeprune.progress import show, step
+    from edgeprune.progress import Counter, note, show, step
 
     stream = io.StringIO()
     with show(stream):
         step("converting")
+        Counter("models", 3).advance(1)
+        note("round 1: measured 3.1 ms")
     assert stream.getvalue() == ""
+
+
+def test_progress_on_a_terminal_counts_and_keeps_notes():
+    import io
+
+    from edgeprune.progress import Counter, note, show, step
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    with show(stream):
+        c = Counter("latency table: models measured", 4)
+        c.advance(2)
+        note("round 1: predicted 3.0 ms, measured 3.1 ms, budget 3.2 ms")
+        step("exporting")
+    out = __import__("re").sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())
+    assert "round 1: predicted 3.0 ms, measured 3.1 ms, budget 3.2 ms" in out
+    assert "done: latency table: models measured 2/4" in out  # the count, not one line per update
+    assert out.count("done:") == 2

@@ -20,7 +20,8 @@ from typing import Any
 
 from edgeprune.errors import AgentError
 
-PROTOCOL = 1
+PROTOCOL = 2  # what this edgeprune's agent speaks
+READS = (1, 2)  # documents it reads: bench/probe are the same in 1 and 2; batch needs 2
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024
 STAT_KEYS = ("min", "mean", "std", "p50", "p90", "p99")
 _MAX_MS = 3.6e6  # an hour per inference is not a measurement
@@ -117,7 +118,9 @@ def _nesting_depth(text: str) -> int:
     return deepest
 
 
-def decode_agent_output(stdout: bytes, *, target: str) -> dict[str, Any]:
+def decode_agent_output(
+    stdout: bytes, *, target: str, protocols: tuple[int, ...] = READS
+) -> dict[str, Any]:
     """The agent's document as a dict, checked for size, JSON and protocol, else AgentError."""
     where = f"agent on {target}"
     if len(stdout) > MAX_OUTPUT_BYTES:
@@ -138,9 +141,10 @@ def decode_agent_output(stdout: bytes, *, target: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise AgentError(f"{where}: output is JSON but not an object")
     proto = doc.get("protocol")
-    if proto != PROTOCOL:
+    if isinstance(proto, bool) or proto not in protocols:
         raise AgentError(
-            f"{where}: protocol {str(proto)[:20]}, this edgeprune reads {PROTOCOL}; "
+            f"{where}: protocol {str(proto)[:20]}, this edgeprune reads "
+            f"{' or '.join(map(str, protocols))} here; "
             "re-upload the agent (it is replaced automatically when it differs)"
         )
     if doc.get("ok") is not True:

@@ -145,6 +145,25 @@ def bench_target(
         transport.upload(model, remote_model)
         step(f"{reach.name}: measuring {model.name} ({settings.runs} runs after warm-up)")
         res = transport.run(argv, timeout=settings.timeout_s)
+    agent_failure(res, reach, python)
+    try:
+        result = parse_agent_output(res.stdout, target=reach.name, host=reach.address)
+    except AgentError as exc:
+        # The board knows the model by its hashed name: speak of the user's file instead.
+        raise AgentError(
+            str(exc).replace(remote_model, f"{model} (uploaded as {remote_model})", 1)
+        ) from None
+    result.model["name"] = model.name
+    from edgeprune._paths import atomic_write_text
+
+    data = result.to_dict()
+    data["cached_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    atomic_write_text(cache, json.dumps(data))
+    return result
+
+
+def agent_failure(res, reach, python: str) -> None:
+    """Raise :class:`AgentError` when the agent's run gave no document to read (else return)."""
     where = f"agent on {reach.name}"
     if res.overflow:
         raise AgentError(
@@ -165,20 +184,6 @@ def bench_target(
         raise AgentError(
             f"{where}: exited with status {res.rc} and no result: {tail or '(no stderr)'}"
         )
-    try:
-        result = parse_agent_output(res.stdout, target=reach.name, host=reach.address)
-    except AgentError as exc:
-        # The board knows the model by its hashed name: speak of the user's file instead.
-        raise AgentError(
-            str(exc).replace(remote_model, f"{model} (uploaded as {remote_model})", 1)
-        ) from None
-    result.model["name"] = model.name
-    from edgeprune._paths import atomic_write_text
-
-    data = result.to_dict()
-    data["cached_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    atomic_write_text(cache, json.dumps(data))
-    return result
 
 
 def bench_many(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeprune.cli._common import emit, json_option, target_option
+from edgeprune.cli._common import emit, host_option, json_option, target_option
 
 MODEL_HELP = (
     "A built-in name (see `edgeprune models`), a Python factory pkg.module:function "
@@ -59,14 +59,63 @@ def _shape(ctx, param, value):
     type=float,
     default=None,
     metavar="MS",
-    help="(not built yet) latency budget on the board.",
+    help="p50 latency the pruned model must meet on the board, in ms (measured there by the agent).",
 )
 @click.option(
     "--speedup",
     type=float,
     default=None,
     metavar="S",
-    help="(not built yet) wanted speedup on the board.",
+    help="Budget = the unpruned model's p50 on the board / S (measured in the same run).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "tflite"]),
+    default=None,
+    help="With a budget: the artifact the board runs (default: the profile's).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="With a budget: its precision (default: the profile's).",
+)
+@click.option(
+    "--max-rounds",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="With a budget: closed-loop rounds (plan, prune, export, measure on the board).",
+)
+@click.option(
+    "--min-keep",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=None,
+    metavar="F",
+    help="With a budget: no group keeps less than this fraction of its channels (default 0.25).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(0, 256),
+    default=0,
+    help="With a budget: runtime threads on the board (0 = the runtime's default).",
+)
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="With a budget: plan from the profile's roofline estimate, without a board (not measured).",
+)
+@host_option
+@click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Record the board's SSH host key the first time (check the fingerprint shown).",
+)
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="With a budget: measure the latency table again instead of reusing this board's cached one.",
 )
 @click.option(
     "--importance",
@@ -103,6 +152,15 @@ def prune(
     plan_file,
     latency_budget,
     speedup,
+    fmt,
+    precision,
+    max_rounds,
+    min_keep,
+    threads,
+    estimate,
+    host,
+    accept_new_host_key,
+    no_cache,
     importance,
     protect,
     prune_stem,
@@ -112,9 +170,16 @@ def prune(
 ) -> None:
     """Remove whole channels from a model, aligned to the board.
 
+    With --latency-budget or --speedup, how many channels each group keeps
+    comes from latency measured on the board (a table of its layers' costs,
+    then a closed loop: plan, prune, export, measure, correct). It exits 4 if
+    the budget is not met on the board, after writing everything.
+
     \b
-    Example:
+    Examples:
       edgeprune prune --target raspberry-pi-5 --model mobilenetv2 --ratio 0.3 --output out/
+      edgeprune prune --target local --model mobilenetv2 --speedup 1.5 --output out/
+      edgeprune prune --target lab-pi --model resnet18 --latency-budget 40 --output out/
     """
     from edgeprune.progress import show
     from edgeprune.prune.pipeline import prune_model
@@ -134,6 +199,15 @@ def prune(
             protect_stem=not prune_stem,
             latency_budget=latency_budget,
             speedup=speedup,
+            fmt=fmt,
+            precision=precision,
+            max_rounds=max_rounds,
+            min_keep=min_keep,
+            threads=threads,
+            estimate=estimate,
+            host=host,
+            accept_new_host_key=accept_new_host_key,
+            use_cache=not no_cache,
         )
     emit(summary, as_json=as_json, human=_human)
 
@@ -151,9 +225,31 @@ def _human(s: dict) -> None:
     click.echo(
         f"  ONNX matches PyTorch: max_abs {chk['max_abs']:.2e} (tolerance {chk['tolerance']:.1e})"
     )
+    lat = s.get("latency")
+    if lat:
+        _human_latency(lat)
     if "accuracy_after" in s:
         click.echo(
             f"  accuracy {s['accuracy_before']:.4f} -> {s['accuracy_after']:.4f} ({s['accuracy_note']})"
         )
     for key in ("model", "plan", "onnx", "summary"):
         click.echo(f"  {key:8s} {s[key]}")
+
+
+def _human_latency(lat: dict) -> None:
+    if lat.get("source") == "estimate":
+        est = lat.get("estimate", {})
+        click.echo(f"  latency ESTIMATE (no board measured): predicted {est.get('predicted_ms')} ms "
+                   f"for a budget of {lat['budget_ms']} ms")
+        click.echo(f"  {lat['status']}")
+        return
+    click.echo(f"  latency on the board ({lat.get('format')} {lat.get('precision')}, {lat.get('runtime')} "
+               f"{lat.get('runtime_version')}): unpruned {lat['unpruned_ms']} ms, budget {lat['budget_ms']} ms")
+    for r in lat["rounds"]:
+        click.echo(f"    round {r['round']}: predicted {r['predicted_ms']:.3f} ms, measured "
+                   f"{r['measured_ms']:.3f} ms ({r['measured_over_budget']:.2f} x budget)")
+    t = lat.get("table", {})
+    click.echo(f"  latency table: {t.get('shapes_for_this_model')} shapes, {t.get('reused_from_cache')} reused, "
+               f"{t.get('measured_now')} measured now in {t.get('build_s')} s")
+    click.echo(f"  {lat['status']}")
+

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from edgeprune._paths import atomic_write_text, output_dir
-from edgeprune.errors import ExportError, NotBuiltError, PruneError
+from edgeprune.errors import BudgetError, ExportError, NotBuiltError, PruneError
 from edgeprune.progress import step
 from edgeprune.prune.threads import single_threaded
 
@@ -92,21 +92,44 @@ def prune_model(
     protect_stem: bool = True,
     latency_budget: float | None = None,
     speedup: float | None = None,
+    fmt: str | None = None,
+    precision: str | None = None,
+    max_rounds: int = 3,
+    min_keep: float | None = None,
+    threads: int = 0,
+    estimate: bool = False,
+    data=None,
+    host: str | None = None,
+    use_cache: bool = True,
+    accept_new_host_key: bool = False,
 ) -> dict:
-    """Prune ``model`` for ``target`` and write the four files; returns the summary."""
+    """Prune ``model`` for ``target`` and write the four files; returns the summary.
+
+    With ``latency_budget`` (ms) or ``speedup``, the plan comes from the
+    latency model and the closed loop on the board (:mod:`edgeprune.latency.loop`:
+    ``fmt``/``precision`` pick the artifact the board runs, ``max_rounds``,
+    ``min_keep``, ``threads``, ``estimate`` to plan from the profile only,
+    ``data`` batches for Taylor importance); it also writes
+    ``latency_table.json`` and puts the budget and every round in
+    ``summary.json`` (``latency``) and ``plan.json``. A budget not met on the
+    board raises :class:`BudgetError` after writing everything.
+    """
     from edgeprune.models import load_model
     from edgeprune.models.stats import count_macs_params
     from edgeprune.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned
 
-    if latency_budget is not None or speedup is not None:
-        raise NotBuiltError(
-            "--latency-budget and --speedup are not built yet in this version "
-            "(they need the latency model); use --ratio R for a uniform plan"
+    budgeted = latency_budget is not None or speedup is not None
+    if sum(v is not None for v in (ratio, plan_file, latency_budget, speedup)) != 1:
+        raise PruneError(
+            "give exactly one of --ratio R, --plan FILE, --latency-budget MS or --speedup S"
         )
-    if (ratio is None) == (plan_file is None):
-        raise PruneError("give exactly one of --ratio R or --plan FILE")
-    profile = load_profile(target)
+    if budgeted and not estimate:  # a board to measure on: a targets-file name or a profile
+        from edgeprune.reach import resolve_target
+
+        profile = resolve_target(target, host=host).profile
+    else:
+        profile = load_profile(target)
     output_dir(output, create=False)  # refuse a bad --output before any work
     multiple = profile.alignment(profile.export_precision) if align else 1
     step(f"loading {model}")
@@ -127,16 +150,7 @@ def prune_model(
         raise PruneError(
             f"{lm.name}: no prunable channel groups (every group is protected or an output)"
         )
-    if plan_file is not None:
-        path = Path(plan_file)
-        if not path.is_file():
-            raise PruneError(f"--plan {path}: file not found")
-        plan = ChannelPlan.from_json(path.read_text(encoding="utf-8"), where=str(path))
-        plan.base = plan.base or lm.base
-    else:
-        plan = ChannelPlan.uniform(groups, ratio, align=multiple, input_shape=shape, base=lm.base)
-    data = None
-    if importance == "taylor":
+    if importance == "taylor" and data is None:
         if lm.base != "digits-cnn":
             raise NotBuiltError(
                 "--importance taylor needs data; only digits-cnn has built-in data "
@@ -146,6 +160,29 @@ def prune_model(
 
         xs, ys = digits_data("train")
         data = list(zip(xs.split(64), ys.split(64), strict=True))[:8]
+    latency = None
+    if budgeted:
+        from edgeprune.latency.layers import DEFAULT_MIN_KEEP
+        from edgeprune.latency.loop import plan_for_budget
+
+        latency = plan_for_budget(
+            lm, target=target, host=host, latency_budget=latency_budget, speedup=speedup,
+            fmt=fmt, precision=precision, max_rounds=max_rounds, importance=importance, data=data,
+            protect=tuple(protect), protect_stem=protect_stem, align=align,
+            min_keep=DEFAULT_MIN_KEEP if min_keep is None else min_keep, threads=threads,
+            estimate=estimate, use_cache=use_cache, accept_new_host_key=accept_new_host_key,
+        )
+        plan = latency.plan
+        plan.latency = latency.to_dict()
+        multiple = plan.align
+    elif plan_file is not None:
+        path = Path(plan_file)
+        if not path.is_file():
+            raise PruneError(f"--plan {path}: file not found")
+        plan = ChannelPlan.from_json(path.read_text(encoding="utf-8"), where=str(path))
+        plan.base = plan.base or lm.base
+    else:
+        plan = ChannelPlan.uniform(groups, ratio, align=multiple, input_shape=shape, base=lm.base)
     acc0 = _accuracy(lm, net)
     step("removing channels and checking the surgery")
     prune_(
@@ -196,11 +233,17 @@ def prune_model(
         },
         "pretrained": lm.pretrained,
     }
+    if latency is not None:
+        summary["latency"] = latency.to_dict()
+        if latency.table is not None:
+            summary["latency_table"] = str(latency.table.save(out / "latency_table.json"))
     if acc0 is not None:
         summary["accuracy_before"] = acc0
         summary["accuracy_after"] = _accuracy(lm, net)
         summary["accuracy_note"] = "digits test split (360 images), no fine-tuning"
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if latency is not None and latency.met is False:
+        raise BudgetError(f"{latency.status} (written anyway: {out / 'summary.json'})")
     return summary
 
 

@@ -56,6 +56,7 @@ class ChannelPlan:
     base: str | None = None
     rewrites: list[str] = field(default_factory=list)
     note: str = ""
+    latency: dict | None = None  # a latency-budget plan: the budget and every round (edgeprune.latency)
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -132,6 +133,7 @@ class ChannelPlan:
 
     # -- JSON --------------------------------------------------------------
     def to_dict(self) -> dict:
+        extra = {} if self.latency is None else {"latency": self.latency}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -140,6 +142,7 @@ class ChannelPlan:
             "align": self.align,
             "note": self.note,
             "rewrites": list(self.rewrites),
+            **extra,
             "groups": [
                 {"id": g, "channels": self.channels[g], "keep": self.keep[g]} for g in self.keep
             ],
@@ -179,6 +182,7 @@ class ChannelPlan:
             base=data.get("base"),
             rewrites=[str(r) for r in data.get("rewrites", [])],
             note=str(data.get("note", "")),
+            latency=data.get("latency") if isinstance(data.get("latency"), dict) else None,
         )
 
     @classmethod

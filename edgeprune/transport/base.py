@@ -80,6 +80,11 @@ class Transport(ABC):
     def default_python(self) -> str:
         return "python3"
 
+    @property
+    def host_key(self) -> str | None:
+        """The board's host key (type and fingerprint) once connected, where the transport has one."""
+        return None
+
     def connect(self) -> None:  # noqa: B027 - optional hook: local needs no connection
         """Open the connection (no-op where there is none)."""
 

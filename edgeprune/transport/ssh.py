@@ -77,6 +77,12 @@ class SSHTransport(Transport):
         return f"ssh:{self.reach.user}@{self.reach.hostname}:{self.reach.port}"
 
     @property
+    def host_key(self) -> str | None:
+        t = self.client.get_transport() if self.client is not None else None
+        key = t.get_remote_server_key() if t is not None and t.is_active() else None
+        return f"{key.get_name()} {fingerprint(key)}" if key is not None else None
+
+    @property
     def _label(self) -> str:
         r = self.reach
         return r.hostname if r.port == 22 else f"[{r.hostname}]:{r.port}"

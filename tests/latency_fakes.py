@@ -1,0 +1,112 @@
+"""For the latency tests: a small CNN factory, and a FAKE board whose latencies come from a formula.
+
+The fake board stands in for hardware we cannot have in a test: a board
+whose timings are exactly reproducible. Its "agent" reads each ONNX model it
+is given (the real files edgeprune built and exported) and returns a p50
+computed from the model's convolutions: a staircase (output channels cost in
+blocks of ``block``), a per-call cost, and, for whole models, a graph factor
+and a per-node cost that the layer table does not see, which the closed
+loop must calibrate away. Everything else (micro-models, export, pruning,
+the loop) is real.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from torch import nn
+
+from edgeprune.bench.batch import BatchResult, BatchTiming
+
+
+class SmallCNN(nn.Module):
+    """Stem (protected) -> three prunable convs -> pool -> Linear: a table of ~30 micro-models."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+
+        def block(ci, co, s):
+            return [nn.Conv2d(ci, co, 3, s, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(
+            *block(3, 32, 1), *block(32, 64, 2), *block(64, 64, 1), *block(64, 128, 2)
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+def small_cnn() -> nn.Module:
+    """Factory for ``--model tests.latency_fakes:small_cnn`` (seeded weights)."""
+    import torch
+
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+
+class FakeFormulaBoard:
+    """A FAKE board (no hardware): deterministic latencies from each ONNX model's layers."""
+
+    def __init__(self, *, block: int = 32, per_call_ms: float = 0.02, graph_factor: float = 1.25,
+                 per_node_ms: float = 0.004, board_id: str = "fake-board-1",
+                 slower_after_first_visit: float = 1.0) -> None:
+        self.block, self.per_call, self.graph_factor, self.per_node = block, per_call_ms, graph_factor, per_node_ms
+        self.board_id = board_id
+        self.slower = slower_after_first_visit  # a board that gets busier/hotter after the first visit
+        self.visits = 0
+        self.models_seen = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def conv_ms(self, cin: int, cout: int, k: int, groups: int, out_hw: int) -> float:
+        blocks = math.ceil(cout / self.block) * self.block
+        return 2e-6 * out_hw * blocks * (cin // groups) * k * k
+
+    def latency(self, path: Path) -> float:
+        import onnx
+        from onnx import numpy_helper, shape_inference
+
+        model = shape_inference.infer_shapes(onnx.load(str(path)))
+        g = model.graph
+        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                  for v in list(g.value_info) + list(g.output) + list(g.input)}
+        inits = {i.name: numpy_helper.to_array(i).shape for i in g.initializer}
+        ms, nodes = 0.0, 0
+        for n in g.node:
+            nodes += 1
+            if n.op_type == "Conv":
+                cout, cin_g, k, _ = inits[n.input[1]]
+                groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+                out = shapes[n.output[0]]
+                ms += self.conv_ms(cin_g * groups, cout, k, groups, out[2] * out[3])
+            elif n.op_type == "Gemm":
+                cout, cin = inits[n.input[1]]
+                ms += self.conv_ms(cin, cout, 1, 1, 1)
+        if nodes > 1:  # a whole model: what a lone layer does not show
+            ms = ms * self.graph_factor + self.per_node * nodes
+        return ms + self.per_call
+
+    def measure(self, models, *, settings=None, baseline=None, runtime=None) -> BatchResult:
+        self.visits += 1
+        self.models_seen += len(models)
+        timings = {}
+        for key, path in models.items():
+            p50 = self.per_call + (self.latency(Path(path)) - self.per_call) * (self.slower if self.visits > 1 else 1)
+            timings[key] = BatchTiming(name=key, ok=True, p50_ms=p50, min_ms=p50, p10_ms=p50, p90_ms=p50,
+                                       spread=0.0, n=10)
+        base = BatchTiming(name="baseline", ok=True, p50_ms=self.per_call, min_ms=self.per_call,
+                           p10_ms=self.per_call, p90_ms=self.per_call, spread=0.0, n=10)
+        return BatchResult(target="fake", runtime="fake-formula", runtime_version="1", board={"id": self.board_id},
+                           timings=timings, baseline=base, rounds_done=1, complete=True, throttled=None,
+                           throttle_reasons=[], other_busy_cores=0.0, measure_s=0.0)
+
+    def identity(self, result=None) -> dict:
+        return {"board_id": self.board_id, "host_key": None, "transport": "fake", "runtime": "fake-formula",
+                "runtime_version": "1", "threads": 0, "cpu_quota": None}

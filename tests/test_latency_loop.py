@@ -1,0 +1,114 @@
+"""The closed loop's logic on a deterministic FAKE board (tests/latency_fakes.py).
+
+Everything but the board's timings is real: layer tracing, micro-models,
+table, allocation, pruning, export. The fake board makes outcomes exact, so
+these tests can say which round meets the budget; real boards are tested in
+test_latency_local.py and test_latency_farm.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torch_pruning")
+pytest.importorskip("onnxruntime")
+
+from edgeprune.latency.loop import plan_for_budget  # noqa: E402
+from edgeprune.models import load_model  # noqa: E402
+from tests.latency_fakes import FakeFormulaBoard  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+MODEL = "tests.latency_fakes:small_cnn"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def lm():
+    return load_model(MODEL, input_shape=(1, 3, 32, 32))
+
+
+def test_speedup_is_met_and_every_round_is_reported(cache):
+    board = FakeFormulaBoard()
+    r = plan_for_budget(lm(), target="local", speedup=1.6, board=board)
+    assert r.met is True and r.source == "measured" and "met on local" in r.status
+    assert r.budget_ms == pytest.approx(r.unpruned_ms / 1.6)
+    assert 1 <= len(r.rounds) <= 3
+    for row in r.rounds:
+        assert {"predicted_ms", "measured_ms", "budget_ms", "unpruned_ms_same_batch"} <= set(row)
+    chosen = next(x for x in r.rounds if x["round"] == r.info["chosen_round"])
+    assert chosen["measured_ms"] <= r.budget_ms
+    assert r.plan.removed_fraction() > 0 and r.plan.keep == chosen["keep"]
+    t = r.info["table"]
+    assert t["measured_now"] == t["shapes_for_this_model"] > 0 and t["reused_from_cache"] == 0
+
+
+def test_the_correction_brings_the_prediction_to_the_board(cache):
+    """The fake board's whole models carry costs no layer shows (per-node costs): the first
+    prediction is off; each measured round joins the calibration and the next plan lands closer."""
+    board = FakeFormulaBoard(per_node_ms=1.5, graph_factor=1.0)
+    r = plan_for_budget(lm(), target="local", speedup=1.4, board=board, max_rounds=5)
+    errors = [abs(x["predicted_ms"] - x["measured_ms"]) / x["measured_ms"] for x in r.rounds]
+    assert len(r.rounds) >= 2, r.rounds  # round 1 missed the band
+    assert errors[-1] < errors[0]
+    assert r.met is True
+
+
+def test_a_second_model_run_reuses_the_cached_table(cache):
+    first = FakeFormulaBoard()
+    plan_for_budget(lm(), target="local", speedup=1.5, board=first)
+    again = FakeFormulaBoard()
+    r = plan_for_budget(lm(), target="local", speedup=1.5, board=again)
+    assert r.info["table"]["measured_now"] == 0 and r.info["table"]["build_s"] == 0
+    assert r.info["table"]["reused_from_cache"] == r.info["table"]["shapes_for_this_model"]
+    assert again.models_seen < first.models_seen  # only whole models this time
+    other = FakeFormulaBoard(board_id="another-board")  # same address, other board: measured afresh
+    r = plan_for_budget(lm(), target="local", speedup=1.5, board=other)
+    assert r.info["table"]["measured_now"] == r.info["table"]["shapes_for_this_model"]
+
+
+def test_an_impossible_budget_says_so_with_the_best_latency_reachable(cache):
+    board = FakeFormulaBoard()
+    r = plan_for_budget(lm(), target="local", latency_budget=0.001, board=board)
+    assert r.met is False and len(r.rounds) == 1
+    best = r.rounds[0]["measured_ms"]
+    assert "cannot be met" in r.status and f"{best:.3f} ms" in r.status and "\n" not in r.status
+    assert r.rounds[0]["feasible_predicted"] is False
+
+
+def test_an_unpruned_model_within_budget_is_left_whole(cache):
+    board = FakeFormulaBoard()
+    r = plan_for_budget(lm(), target="local", latency_budget=1e6, board=board)
+    assert r.met is True and r.plan.removed_fraction() == 0 and r.rounds[0]["round"] == 0
+
+
+def test_an_estimate_is_labelled_and_never_met(cache):
+    r = plan_for_budget(lm(), target="raspberry-pi-5", speedup=1.5, estimate=True)
+    assert r.met is None and r.source == "estimate" and r.rounds == []
+    assert "NOT measured" in r.status and "estimate" in r.plan.note
+    assert r.info["estimate"]["predicted_ms"] <= r.budget_ms
+
+
+def test_a_board_that_slows_down_between_visits_keeps_one_table_level(cache, tmp_path):
+    """Each later visit re-measures an anchor entry; new entries are scaled back to the first level."""
+    from edgeprune.latency.layers import candidate_counts, layer_inventory
+    from edgeprune.latency.measure import measure_shapes, shapes_to_measure
+    from edgeprune.latency.table import LatencyTable
+    from edgeprune.prune import example_input
+
+    model = lm()
+    inv = layer_inventory(model.module, example_input((1, 3, 32, 32)))
+    space = {g.id: candidate_counts(g.channels, multiple=16) for g in inv.prunable}
+    shapes = shapes_to_measure(inv.layers, space)
+    steady, drifting = (LatencyTable({"board_id": b}, fmt="onnx", precision="fp32") for b in ("s", "d"))
+    measure_shapes(FakeFormulaBoard(), steady, shapes, chunk=8)
+    board = FakeFormulaBoard(slower_after_first_visit=1.4)
+    measure_shapes(board, drifting, shapes, chunk=8)
+    assert board.visits == -(-len(shapes) // 8) > 1
+    assert drifting.drift and all(d == pytest.approx(1 / 1.4, rel=1e-3) for d in drifting.drift)
+    for k, e in steady.entries.items():
+        assert drifting.entries[k].ms == pytest.approx(e.ms, rel=1e-9), k
