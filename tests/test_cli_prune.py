@@ -95,7 +95,7 @@ def test_prune_digits_writes_model_plan_onnx_summary(capsys, tmp_path):
     twice = json.loads(out)
     assert twice["earlier_plans"] == 1 and twice["params_before"] == s["params_after"]
     assert twice["params_after"] < s["params_after"]
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
 
     lm = load_model(twice["model"])
     assert len(lm.earlier_plans) == 1 and lm.base == "digits-cnn"
@@ -203,7 +203,7 @@ def test_prune_a_python_factory_with_weights(capsys, tmp_path, monkeypatch):
     assert code == 0, err
     s = json.loads(out)
     assert s["base"] == "userzoo:net" and s["groups_pruned"] >= 1 and s["onnx_check"]["passed"]
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
 
     lm = load_model(s["model"])
     assert lm.input_shape == (1, 3, 32, 32) and lm.module[6].groups == 4

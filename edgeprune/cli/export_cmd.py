@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from edgeprune.cli._common import emit, json_option, target_option
+from edgeprune.cli._common import emit, json_option, model_options, target_option
 
 
 def _parse_min_agreement(value: str | None):
@@ -136,8 +136,7 @@ def _run(*, as_json: bool, **kwargs) -> None:
 
 
 _common_options = [
-    click.option("--model", "-m", required=True, metavar="M",
-                 help="Built-in name (mobilenetv2, ...), pkg.mod:fn, or a saved/pruned model file."),
+    model_options,
     click.option("--calib", default=None, metavar="DATA",
                  help="Calibration data: a folder of images, a .npy array (NCHW or NHWC), or pkg.mod:fn. "
                       "Default: built-in sample photos (digits-cnn: the digits train split)."),
@@ -172,8 +171,8 @@ def _apply(options):
               help="Precision (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def export(target, model, fmt, precision, calib, calib_count, normalize, min_agreement, quantizer, output,
-           as_json) -> None:
+def export(target, model, weights, trust_factory, fmt, precision, calib, calib_count, normalize, min_agreement,
+           quantizer, output, as_json) -> None:
     """Export a model to ONNX or TFLite for a board, checking every step against the original.
 
     \b
@@ -184,7 +183,8 @@ def export(target, model, fmt, precision, calib, calib_count, normalize, min_agr
       coral-usb         TFLite full INT8 (uint8 I/O), then edgetpu_compiler if installed
       local             ONNX fp32
     """
-    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision=precision, calib=calib,
+    _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
+         precision=precision, calib=calib,
          calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
          quantizer=quantizer, output_dir=output)
 
@@ -196,12 +196,14 @@ def export(target, model, fmt, precision, calib, calib_count, normalize, min_agr
               help="Output format (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def quantize(target, model, fmt, calib, calib_count, normalize, min_agreement, quantizer, output, as_json) -> None:
+def quantize(target, model, weights, trust_factory, fmt, calib, calib_count, normalize, min_agreement, quantizer,
+             output, as_json) -> None:
     """Quantize a model to INT8 for a board (the INT8 step of `export`), with agreement checks.
 
     Same as `edgeprune export --precision int8`: ONNX Q/DQ (TensorRT- or CPU-style per the
     profile) or full-INT8 TFLite, calibrated with --calib and checked on held-out inputs.
     """
-    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision="int8", calib=calib,
+    _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
+         precision="int8", calib=calib,
          calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
          quantizer=quantizer, output_dir=output)

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeprune.cli._common import emit, json_option, target_option
-
-MODEL_HELP = (
-    "A built-in name (see `edgeprune models`), a Python factory pkg.module:function "
-    "(with --weights), a pruned model saved by edgeprune (.ept), an ExportedProgram (.pt2) "
-    "or a TorchScript file (these two load but cannot be pruned)."
-)
+from edgeprune.cli._common import emit, json_option, model_options, target_option
 
 
 def _shape(ctx, param, value):
@@ -29,10 +23,7 @@ def _shape(ctx, param, value):
 
 @click.command()
 @target_option
-@click.option("--model", "-m", required=True, metavar="M", help=MODEL_HELP)
-@click.option(
-    "--weights", default=None, metavar="FILE", help="A state_dict for a built-in or factory model."
-)
+@model_options
 @click.option(
     "--input-shape",
     default=None,
@@ -87,6 +78,12 @@ def _shape(ctx, param, value):
     "--no-align", is_flag=True, help="Do not round kept channel counts to the board's alignment."
 )
 @click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Skip the surgery check (pruned == original with removed channels zeroed); for groups "
+    "whose channels pass through an op that does not keep 0 at 0, which the check then names.",
+)
+@click.option(
     "--output",
     "-o",
     required=True,
@@ -98,6 +95,7 @@ def prune(
     target,
     model,
     weights,
+    trust_factory,
     input_shape,
     ratio,
     plan_file,
@@ -107,6 +105,7 @@ def prune(
     protect,
     prune_stem,
     no_align,
+    no_verify,
     output,
     as_json,
 ) -> None:
@@ -134,6 +133,8 @@ def prune(
             protect_stem=not prune_stem,
             latency_budget=latency_budget,
             speedup=speedup,
+            trust_factory=trust_factory,
+            verify=not no_verify,
         )
     emit(summary, as_json=as_json, human=_human)
 

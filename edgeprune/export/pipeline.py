@@ -110,13 +110,11 @@ class ExportReport:
 
 # -- the model and its reference outputs ---------------------------------------
 
-def _load(model: Any):
+def _load(model: Any, *, weights: str | None = None, trust_factory: str | None = None):
     if isinstance(model, (str, Path)):
-        try:
-            from edgeprune.models import load_model
-        except ImportError:  # pragma: no cover - the models stage ships with edgeprune
-            raise ModelError("edgeprune.models is not available in this installation") from None
-        return load_model(str(model))
+        from edgeprune.load import load_model
+
+        return load_model(str(model), weights=weights, trust_factory=trust_factory)
     if not hasattr(model, "module") or not hasattr(model, "input_shape"):
         raise ModelError("export() takes a --model spec or a LoadedModel (with .module and .input_shape)")
     return model
@@ -260,11 +258,14 @@ def export(
     min_agreement: float | Thresholds | None = None,
     quantizer: str | None = None,
     name: str | None = None,
+    weights: str | None = None,
+    trust_factory: str | None = None,
 ) -> ExportReport:
     """Export ``model`` (a ``--model`` spec or a LoadedModel) for ``target`` into ``output_dir``.
 
     Raises :class:`AgreementError` (with the report) when an artifact falls
     below the agreement thresholds, :class:`ExportError` when a step fails.
+    ``weights`` and ``trust_factory`` are :func:`edgeprune.load.load_model`'s.
 
     Example::
 
@@ -277,7 +278,7 @@ def export(
     profile = load_profile(target)
     fmt, precision = resolve(profile, fmt, precision)
     step(f"loading {model if isinstance(model, str) else getattr(model, 'name', 'model')}")
-    loaded = _load(model)
+    loaded = _load(model, weights=weights, trust_factory=trust_factory)
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")

@@ -92,9 +92,16 @@ def prune_model(
     protect_stem: bool = True,
     latency_budget: float | None = None,
     speedup: float | None = None,
+    trust_factory: str | None = None,
+    verify: bool = True,
 ) -> dict:
-    """Prune ``model`` for ``target`` and write the four files; returns the summary."""
-    from edgeprune.models import load_model
+    """Prune ``model`` for ``target`` and write the four files; returns the summary.
+
+    ``weights``, ``input_shape``, ``trust_factory``: see :func:`edgeprune.load.load_model`.
+    ``verify=False`` (CLI ``--no-verify``) skips the surgery check, for ops known
+    not to keep 0 at 0 (:mod:`edgeprune.prune.check`).
+    """
+    from edgeprune.load import load_model
     from edgeprune.models.stats import count_macs_params
     from edgeprune.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned
@@ -110,7 +117,7 @@ def prune_model(
     output_dir(output, create=False)  # refuse a bad --output before any work
     multiple = profile.alignment(profile.export_precision) if align else 1
     step(f"loading {model}")
-    lm = load_model(model, weights=weights, input_shape=input_shape)
+    lm = load_model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory)
     earlier = [*lm.earlier_plans, lm.plan] if lm.plan is not None else []
     if lm.base is None:
         raise PruneError(
@@ -149,7 +156,8 @@ def prune_model(
     acc0 = _accuracy(lm, net)
     step("removing channels and checking the surgery")
     prune_(
-        net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x
+        net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x,
+        verify=verify,
     )
     macs1, params1 = count_macs_params(net, shape)
     out = output_dir(output)
