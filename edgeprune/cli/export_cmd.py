@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 
 import click
 
@@ -108,30 +109,40 @@ def _human(report: dict) -> None:
 
 
 def _run(*, as_json: bool, **kwargs) -> None:
+    from edgeprune._paths import cache_dir, output_dir
     from edgeprune.errors import ExportError
     from edgeprune.export.pipeline import AgreementError, export, resolve
     from edgeprune.profiles import load_profile
+    from edgeprune.progress import show
 
     # refusals (jetson-nano INT8, a precision the board lacks) come before anything is written
     resolve(load_profile(kwargs["target"]), kwargs["fmt"], kwargs["precision"])
-    from edgeprune._paths import output_dir
-    from edgeprune.progress import show
-
     output_dir(kwargs["output_dir"], create=False)  # refuse a bad --output before any work
-    log = os.path.join(kwargs["output_dir"], "export.log")
+    # The converters' output goes to a log outside the result; a finished export carries a copy
+    # as export.log, a failed one leaves it here and the error names it.
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fd, log = tempfile.mkstemp(prefix="export-", suffix=".log", dir=logs)
+    os.close(fd)
     # progress goes to the real stderr, kept open before the converters' output is sent to the log
     progress = os.fdopen(os.dup(2), "w", buffering=1)
     try:
         with show(progress), _native_output_to(log):
-            report = export(**kwargs)
+            report = export(**kwargs, log_file=log)
     except AgreementError as exc:
+        os.unlink(log)
         if as_json:
             emit(exc.report.to_dict(), as_json=True, human=_human)
         raise
-    except ExportError as exc:
-        raise ExportError(f"{exc} (converter output: {log})") from None
+    except ExportError as exc:  # a converter failed: its own output is in the log
+        exc.args = (f"{exc} (converter output: {log})",)
+        raise
+    except BaseException:
+        os.unlink(log)
+        raise
     finally:
         progress.close()
+    os.unlink(log)
     emit(report.to_dict(), as_json=as_json, human=_human)
 
 

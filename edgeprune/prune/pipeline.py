@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeprune._paths import atomic_write_text, output_dir
+from edgeprune._paths import atomic_write_text, staged_output
 from edgeprune.errors import ExportError, NotBuiltError, PruneError
 from edgeprune.progress import step
 from edgeprune.prune.threads import single_threaded
@@ -99,12 +99,11 @@ def prune_model(
 
     ``weights``, ``input_shape``, ``trust_factory``: see :func:`edgeprune.load.load_model`.
     ``verify=False`` (CLI ``--no-verify``) skips the surgery check, for ops known
-    not to keep 0 at 0 (:mod:`edgeprune.prune.check`).
+    not to keep 0 at 0 (:mod:`edgeprune.prune.check`). The files are written
+    into a staging folder and swapped into ``output`` only when all four are
+    complete (:func:`edgeprune._paths.staged_output`).
     """
-    from edgeprune.load import load_model
-    from edgeprune.models.stats import count_macs_params
     from edgeprune.profiles import load_profile
-    from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned
 
     if latency_budget is not None or speedup is not None:
         raise NotBuiltError(
@@ -113,8 +112,40 @@ def prune_model(
         )
     if (ratio is None) == (plan_file is None):
         raise PruneError("give exactly one of --ratio R or --plan FILE")
+    load_profile(target)  # an unknown board is refused before anything is written
+    with staged_output(output) as stage:
+        return _prune_into(
+            stage, Path(output).expanduser(), model, target=target, ratio=ratio, plan_file=plan_file,
+            weights=weights, input_shape=input_shape, importance=importance, protect=protect, align=align,
+            protect_stem=protect_stem, trust_factory=trust_factory, verify=verify,
+        )
+
+
+def _prune_into(
+    out: Path,
+    final: Path,
+    model: str,
+    *,
+    target: str,
+    ratio: float | None,
+    plan_file: str | None,
+    weights: str | None,
+    input_shape: tuple[int, ...] | None,
+    importance: str,
+    protect: tuple[str, ...],
+    align: bool,
+    protect_stem: bool,
+    trust_factory: str | None,
+    verify: bool,
+) -> dict:
+    """The work of :func:`prune_model`, writing into ``out`` and recording paths in ``final``."""
+
+    from edgeprune.load import load_model
+    from edgeprune.models.stats import count_macs_params
+    from edgeprune.profiles import load_profile
+    from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned
+
     profile = load_profile(target)
-    output_dir(output, create=False)  # refuse a bad --output before any work
     multiple = profile.alignment(profile.export_precision) if align else 1
     step(f"loading {model}")
     lm = load_model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory)
@@ -160,7 +191,6 @@ def prune_model(
         verify=verify,
     )
     macs1, params1 = count_macs_params(net, shape)
-    out = output_dir(output)
     ept = save_pruned(net, plan, out / "model.ept", name=lm.name, task=lm.task, earlier=earlier)
     plan_path = out / "plan.json"
     atomic_write_text(plan_path, plan.to_json() + "\n")
@@ -176,11 +206,11 @@ def prune_model(
             "edgeprune.plan": plan.note,
         },
     )
-    summary = {
-        "model": str(ept),
-        "plan": str(plan_path),
-        "onnx": str(onnx_path),
-        "summary": str(out / "summary.json"),
+    summary = {  # the paths the files will have once the staging folder is swapped in
+        "model": str(final / ept.name),
+        "plan": str(final / plan_path.name),
+        "onnx": str(final / onnx_path.name),
+        "summary": str(final / "summary.json"),
         "source": lm.source,
         "base": lm.base,
         "task": lm.task,
