@@ -136,8 +136,9 @@ def output_dir(path: str | os.PathLike[str], *, option: str = "--output", create
             f"give a folder inside it, e.g. {option} {path / 'out'}"
         )
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
-        raise OutputError(f"{option} {path}: the folder is not writable (permission denied); "
-                          f"make it writable or choose another {option}")
+        why = "is on a read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else \
+            "is not writable (permission denied)"
+        raise OutputError(f"{option} {path}: the folder {why}; choose another {option}")
     if not create:
         return path
     try:

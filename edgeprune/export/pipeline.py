@@ -73,10 +73,14 @@ class AgreementError(ExportError):
     """An artifact agrees with the original model less than required; ``report`` has every figure."""
 
     exit_code = 2
+    kind = "agreement"
 
     def __init__(self, message: str, report: ExportReport) -> None:
         super().__init__(message)
         self.report = report
+
+    def json_result(self) -> dict[str, Any]:
+        return self.report.to_dict()  # --json: the whole report beside the error
 
 
 @dataclass
@@ -389,8 +393,9 @@ def _export_into(
                 report.passed = False
                 report.seconds = time.perf_counter() - t_start
                 _write_report(report, out_dir)
-                raise AgreementError(f"{dest}: {', '.join(bad)} against the original PyTorch model "
-                                     f"({art.step}, {ver.source}, {len(ver)} samples)", report)
+                raise AgreementError(f"{final / dest.name}: {', '.join(bad)} against the original PyTorch "
+                                     f"model ({art.step}, {ver.source}, {len(ver)} samples); "
+                                     f"{_relax_hint(art.agreement, classifier, spec.precision)}", report)
             if spec.source is None or spec.key == ("onnx", "fp32"):
                 source = dest
             previous = outputs
@@ -400,6 +405,17 @@ def _export_into(
     report.seconds = time.perf_counter() - t_start
     _write_report(report, out_dir)
     return report
+
+
+def _relax_hint(agreement: dict[str, float], classifier: bool, precision: str) -> str:
+    """How to accept what was measured: the --min-agreement that this artifact would pass."""
+    import math
+
+    cos = math.floor(agreement["cosine"] * 1e4) / 1e4
+    want = f"top1={math.floor(agreement['top1'] * 100) / 100:g},cosine={cos:g}" if classifier else f"cosine={cos:g}"
+    calib = "; or calibrate with inputs like the model's own (--calib)" if precision == "int8" else ""
+    return (f"if that loss is acceptable, relax the check with --min-agreement {want} "
+            f"(min_agreement= in Python){calib}")
 
 
 def _check_full_int8(art: Artifact, io_precision: str) -> None:
