@@ -32,6 +32,7 @@ from edgeprune._paths import sha256_file
 from edgeprune.errors import TransportError
 
 MAX_OUTPUT = 16 * 1024 * 1024
+CONNECT_TIMEOUT_S = 10.0  # reaching a board: TCP connect and, over SSH, the server's banner
 # Prints its PID (the process group the board's sshd gave it), enters the
 # workdir, then becomes the command: killing that PID/group stops the command.
 WRAPPER = 'echo "$$"; cd -- "$1" || exit 125; shift; exec "$@"'
@@ -58,9 +59,12 @@ class Transport(ABC):
 
     kind = ""
 
-    def __init__(self, reach, *, accept_new_host_key: bool = False) -> None:
+    def __init__(
+        self, reach, *, accept_new_host_key: bool = False, connect_timeout: float | None = None
+    ) -> None:
         self.reach = reach
         self.accept_new_host_key = accept_new_host_key
+        self.connect_timeout = float(connect_timeout or CONNECT_TIMEOUT_S)
         self.workdir: str | None = None  # absolute, after ensure_workdir()
 
     # -- what subclasses provide ---------------------------------------------
@@ -152,6 +156,10 @@ class Transport(ABC):
             self._discard(tmp)
             raise
         return True
+
+    def remove(self, name: str) -> None:
+        """Remove ``workdir/name`` from the board if it is there (best effort, never raises)."""
+        self._discard(self.path(name))
 
     def __enter__(self) -> Transport:
         self.connect()

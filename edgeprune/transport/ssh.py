@@ -30,9 +30,15 @@ import time
 from pathlib import Path
 
 from edgeprune.errors import TransportError, require
-from edgeprune.transport.base import MAX_OUTPUT, WRAPPER, RunResult, Transport, Watchdog
+from edgeprune.transport.base import (
+    CONNECT_TIMEOUT_S,
+    MAX_OUTPUT,
+    WRAPPER,
+    RunResult,
+    Transport,
+    Watchdog,
+)
 
-CONNECT_TIMEOUT_S = 10.0
 DEAD_LINK_S = 10  # TCP_USER_TIMEOUT, and the upload stall watchdog
 KEEPALIVE_S = 3
 
@@ -60,11 +66,55 @@ class _UnknownHost(Exception):
         self.host, self.key = host, key
 
 
+def _quiet_paramiko() -> None:
+    """paramiko logs tracebacks from its own thread; without a handler Python prints them on stderr.
+
+    A NullHandler on the "paramiko" logger stops that (a handler the user
+    configures still receives the records); our errors say what happened in one line.
+    """
+    import logging
+
+    log = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+
+
+def _await_banner(sock: socket.socket, deadline: float, where: str, timeout: float) -> None:
+    """Wait until the server has sent something (its SSH banner), without consuming it.
+
+    An SSH server speaks first. A port that accepts TCP but never speaks
+    (another service, a firewall's tarpit) is reported here in one line
+    within the connect timeout, instead of inside paramiko.
+    """
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.05))
+        first = sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        raise TransportError(
+            f"no SSH server answered at {where} within {timeout:g} s (banner timeout); "
+            "check the address and port"
+        ) from None
+    except OSError as exc:
+        raise TransportError(
+            f"the connection to {where} failed before SSH started: {exc.strerror or exc}; "
+            "check the address and port"
+        ) from None
+    if not first:
+        raise TransportError(
+            f"{where} closed the connection without speaking SSH (not an SSH server, or it refuses "
+            "more connections now); check the address and port"
+        )
+
+
 class SSHTransport(Transport):
     kind = "ssh"
 
-    def __init__(self, reach, *, accept_new_host_key: bool = False) -> None:
-        super().__init__(reach, accept_new_host_key=accept_new_host_key)
+    def __init__(
+        self, reach, *, accept_new_host_key: bool = False, connect_timeout: float | None = None
+    ) -> None:
+        super().__init__(
+            reach, accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout
+        )
         self.client = None
         self._sftp = None
         self.recorded_host_key: str | None = None
@@ -74,6 +124,12 @@ class SSHTransport(Transport):
         return f"ssh:{self.reach.user}@{self.reach.hostname}:{self.reach.port}"
 
     @property
+    def _hostport(self) -> str:
+        r = self.reach
+        host = f"[{r.hostname}]" if r.hostname and ":" in r.hostname else r.hostname
+        return f"{host}:{r.port}"
+
+    @property
     def _label(self) -> str:
         r = self.reach
         return r.hostname if r.port == 22 else f"[{r.hostname}]:{r.port}"
@@ -81,23 +137,31 @@ class SSHTransport(Transport):
     # -- connecting --------------------------------------------------------------
     def connect(self) -> None:
         paramiko = require("paramiko", "ssh", "reaching boards over SSH")
+        _quiet_paramiko()
         r = self.reach
         who = f"{r.name}: {r.address}"
+        timeout = self.connect_timeout
+        deadline = time.monotonic() + timeout
         if r.key_filename and not Path(r.key_filename).is_file():
             raise TransportError(
                 f"{who}: key file {r.key_filename} not found "
                 f"(from {r.sources.get('key_filename', '?')})"
             )
         try:
-            sock = socket.create_connection((r.hostname, r.port), timeout=CONNECT_TIMEOUT_S)
+            sock = socket.create_connection((r.hostname, r.port), timeout=timeout)
         except TimeoutError:
             raise TransportError(
-                f"{who}: no answer within {CONNECT_TIMEOUT_S:.0f} s; "
-                "is the board on and the address right?"
+                f"{who}: no answer within {timeout:g} s; is the board on and the address right?"
             ) from None
         except OSError as exc:
             raise TransportError(f"{who}: cannot reach the board: {exc.strerror or exc}") from None
         _tune(sock)
+        try:
+            _await_banner(sock, deadline, self._hostport, timeout)
+        except TransportError as exc:
+            sock.close()
+            raise TransportError(f"{r.name}: {exc}") from None
+        sock.settimeout(max(deadline - time.monotonic(), 1.0))
         known = Path(r.known_hosts or "~/.ssh/known_hosts").expanduser()
         client = paramiko.SSHClient()
         if known.is_file():
@@ -126,8 +190,8 @@ class SSHTransport(Transport):
                 username=r.user,
                 key_filename=r.key_filename,
                 sock=sock,
-                timeout=CONNECT_TIMEOUT_S,
-                banner_timeout=CONNECT_TIMEOUT_S,
+                timeout=timeout,
+                banner_timeout=timeout,
                 auth_timeout=15,
                 allow_agent=True,
                 look_for_keys=r.key_filename is None,
