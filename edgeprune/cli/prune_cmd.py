@@ -158,3 +158,5 @@ def _human(s: dict) -> None:
         )
     for key in ("model", "plan", "onnx", "summary"):
         click.echo(f"  {key:8s} {s[key]}")
+    for note in s.get("notes", []):
+        click.echo(f"note: {note}")

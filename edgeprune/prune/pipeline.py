@@ -233,6 +233,7 @@ def _prune_into(
             k: agree[k] for k in ("max_abs", "mean_abs", "cosine", "top1", "tolerance", "passed")
         },
         "pretrained": lm.pretrained,
+        "notes": plan.ratio_notes(ratio, groups) if ratio is not None else [],
     }
     if acc0 is not None:
         summary["accuracy_before"] = acc0
