@@ -153,6 +153,8 @@ def output_dir(path: str | os.PathLike[str], *, option: str = "--output", create
 # -- a whole result folder, swapped into place --------------------------------------
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# Failures of writing the result (a full disk, a read-only or forbidden folder), found in an
+# exception's chain by staged_output, which names the output folder and the fix.
 _WRITE_ERRNOS = _FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 RENAME_EXCHANGE = 2  # linux/fs.h
 

@@ -110,20 +110,26 @@ class OutputError(EdgePruneError):
     kind = "output"
 
 
-def did_you_mean(name: str, choices: Iterable[str], *, n: int = 2, cutoff: float = 0.5) -> str:
+def did_you_mean(
+    name: str, choices: Iterable[str], *, n: int = 2, cutoff: float = 0.5, quote: bool = False, prefix: str = ""
+) -> str:
     """``"did you mean a or b?"`` for the choices close to ``name``, else ``""``.
 
     The one place edgeprune suggests a near name; callers add their own
-    fallback (e.g. the list of known names) when this is empty.
+    fallback (e.g. the list of known names) when this is empty. ``quote``
+    puts each name in single quotes; ``prefix`` goes before each (a key's table).
 
     Example::
 
         did_you_mean("mobilenet2", ["resnet18", "mobilenetv2"])   # 'did you mean mobilenetv2?'
+        did_you_mean("bandwith", ["bandwidth_gbps"], n=1, cutoff=0.6, quote=True, prefix="memory.")
+        # "did you mean 'memory.bandwidth_gbps'?"
     """
     import difflib
 
     near = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
-    return f"did you mean {' or '.join(near)}?" if near else ""
+    shown = [f"'{prefix}{c}'" if quote else f"{prefix}{c}" for c in near]
+    return f"did you mean {' or '.join(shown)}?" if near else ""
 
 
 def require(module: str, extra: str, purpose: str = ""):

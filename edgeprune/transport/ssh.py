@@ -23,13 +23,16 @@ What it does, and why (FACTS.md records what was measured):
 from __future__ import annotations
 
 import base64
+import fnmatch
+import getpass
 import hashlib
+import re
 import shlex
 import socket
 import time
 from pathlib import Path
 
-from edgeprune.errors import TransportError, require
+from edgeprune.errors import ProfileError, TransportError, require
 from edgeprune.transport.base import (
     CONNECT_TIMEOUT_S,
     MAX_OUTPUT,
@@ -64,6 +67,46 @@ class _UnknownHost(Exception):
     def __init__(self, host: str, key) -> None:
         super().__init__(host)
         self.host, self.key = host, key
+
+
+_HOST_RE = re.compile(
+    r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:@\s\[\]]+))(?::(?P<port>\d+))?$"
+)
+
+
+def parse_host(text: str) -> tuple[str | None, str, int | None]:
+    """``user@addr[:port]`` -> (user or None, addr, port or None); IPv6 as ``user@[::1]:2222``.
+
+    Example::
+
+        parse_host("pi@10.0.0.5:2222")   # ('pi', '10.0.0.5', 2222)
+    """
+    m = _HOST_RE.match(text.strip())
+    port = int(m.group("port")) if m and m.group("port") else None
+    if not m or (port is not None and not 1 <= port <= 65535):
+        raise ProfileError(
+            f"--host '{text}': expected user@addr[:port], e.g. pi@192.168.1.20 or nvidia@nano.local:22"
+        )
+    return m.group("user"), m.group("v6") or m.group("host"), port
+
+
+def _ssh_config():
+    path = Path("~/.ssh/config").expanduser()
+    if not path.is_file():
+        return None, path
+    import paramiko
+
+    try:
+        return paramiko.SSHConfig.from_path(str(path)), path
+    except Exception as exc:  # paramiko raises several kinds for bad files
+        raise ProfileError(f"{path}: cannot parse: {exc}") from None
+
+
+def _has_host_entry(cfg, name: str) -> bool:
+    return any(
+        p not in ("*",) and not p.startswith("!") and fnmatch.fnmatch(name, p)
+        for p in cfg.get_hostnames()
+    )
 
 
 def _quiet_paramiko() -> None:
@@ -108,6 +151,50 @@ def _await_banner(sock: socket.socket, deadline: float, where: str, timeout: flo
 
 class SSHTransport(Transport):
     kind = "ssh"
+    default_workdir = "~/.edgeprune"
+
+    # -- where the board is --------------------------------------------------------
+    @classmethod
+    def apply_host(cls, reach, host: str) -> None:
+        user, addr, port = parse_host(host)
+        reach.put("hostname", addr, "--host")
+        reach.put("user", user, "--host")
+        reach.put("port", port, "--host")
+
+    @classmethod
+    def complete(cls, reach, *, tfile: Path) -> None:
+        """``~/.ssh/config`` as ``ssh`` reads it: a ``Host NAME`` entry, then HostName, User,
+        Port, IdentityFile, UserKnownHostsFile for the address; then the usual defaults."""
+        cfg, cfg_path = _ssh_config()
+        name = reach.name
+        if reach.hostname is None and cfg is not None and _has_host_entry(cfg, name):
+            reach.put("hostname", name, f"Host {name} in {cfg_path}")
+        if reach.hostname is None:
+            raise cls.no_host_error(name, tfile)
+        if cfg is not None and _has_host_entry(cfg, reach.hostname):
+            found = cfg.lookup(reach.hostname)
+            where = f"Host {reach.hostname} in {cfg_path}"
+            alias = reach.hostname
+            if found.get("hostname") and found["hostname"] != alias:
+                reach.hostname = found["hostname"]
+                reach.sources["hostname"] += f" -> HostName in {cfg_path}"
+            reach.put("user", found.get("user"), where)
+            reach.put("port", int(found["port"]) if found.get("port") else None, where)
+            ids = found.get("identityfile") or []
+            reach.put("key_filename", ids[0] if ids else None, where)
+            kh = found.get("userknownhostsfile")
+            reach.put("known_hosts", kh.split()[0] if kh else None, where)
+        reach.put("user", getpass.getuser(), "your login name")
+        reach.put("port", 22, "default")
+        reach.put("known_hosts", "~/.ssh/known_hosts", "default")
+
+    @classmethod
+    def no_host_error(cls, name: str, tfile: Path) -> ProfileError:
+        return ProfileError(
+            f"target '{name}' is reached over SSH but no host is given; give one with "
+            f'--host user@addr[:port], or a [{name}] entry with host = "..." in {tfile}, '
+            f"or a `Host {name}` entry in ~/.ssh/config"
+        )
 
     def __init__(
         self, reach, *, accept_new_host_key: bool = False, connect_timeout: float | None = None
@@ -354,7 +441,7 @@ class SSHTransport(Transport):
     def ensure_workdir(self) -> str:
         if self.workdir is not None:
             return self.workdir
-        wd = self.reach.workdir or "~/.edgeprune"
+        wd = self.reach.workdir or self.default_workdir
         if wd == "~":
             wd = "."
         elif wd.startswith("~/"):
