@@ -283,7 +283,16 @@ def staged_output(path: str | os.PathLike[str], *, option: str = "--output") -> 
         ) from None
     try:
         yield stage
-        _swap_in(stage, real)
+        try:
+            _swap_in(stage, real)
+        except OSError as exc:
+            if _write_error(exc, stage) is not None:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise OutputError(
+                f"{final}: cannot replace the folder with the new result: {exc.strerror or exc}{where}; "
+                f"nothing was changed there; choose another {option}"
+            ) from exc
     except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
         bad = _write_error(exc, stage) if not isinstance(exc, OutputError) else None

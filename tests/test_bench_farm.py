@@ -265,3 +265,13 @@ def test_cli_one_line_error_for_a_failing_board(farm_env, models):
         and res.stderr.startswith("error: ")
         and "nosuchuser" in res.stderr
     )
+
+
+@pytest.mark.farm
+def test_cli_json_says_not_ok_when_one_board_failed(farm_env, models):
+    res = cli("bench", "-t", "local", "-t", "farm-wronguser", str(models["tiny"]), "--runs", "10", "--json")
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is False
+    assert [d["target"] for d in doc["results"]] == ["local", "farm-wronguser"]
+    assert "nosuchuser" in doc["results"][1]["error"] and "latency_ms" in doc["results"][0]

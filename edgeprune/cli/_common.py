@@ -128,10 +128,13 @@ def _write_json(doc: Any) -> None:
     out.flush()
 
 
-def emit(result: Any, *, as_json: bool, human: Callable[[Any], None]) -> None:
-    """Print ``result`` as JSON (machines, with ``"ok": true``) or through ``human`` (people)."""
+def emit(result: Any, *, as_json: bool, human: Callable[[Any], None], ok: bool = True) -> None:
+    """Print ``result`` as JSON (machines, with ``"ok"``) or through ``human`` (people).
+
+    ``ok=False``: a result that is partly a failure (one of several boards), printed whole.
+    """
     if as_json:
-        _write_json({"ok": True, **result} if isinstance(result, dict) else result)
+        _write_json({"ok": ok, **result} if isinstance(result, dict) else result)
     else:
         human(result)
 
