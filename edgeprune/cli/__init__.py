@@ -108,7 +108,8 @@ def _run(args: list[str], as_json: bool) -> int:
     from edgeprune.errors import EdgePruneError
 
     try:
-        cli.main(args=args, prog_name="edgeprune", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of ctx.exit() / Exit(n).
+        code = cli.main(args=args, prog_name="edgeprune", standalone_mode=False)
     except EdgePruneError as exc:
         return _fail(exc, exc.kind, str(exc), exc.exit_code, as_json,
                      details=exc.details, result=exc.json_result())
@@ -129,7 +130,7 @@ def _run(args: list[str], as_json: bool) -> int:
         return _fail(exc, "internal", f"internal error ({what}); this is a bug in edgeprune: re-run with "
                      "--debug (edgeprune --debug ...) or EDGEPRUNE_DEBUG=1 for the traceback, and report it",
                      1, as_json)
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def _fail(exc: BaseException, kind: str, message: str, code: int, as_json: bool, *,
