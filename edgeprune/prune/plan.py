@@ -31,6 +31,10 @@ FORMAT = "edgeprune.channel-plan"
 VERSION = 1
 
 
+def _groups(n: int) -> str:
+    return f"{n} group is" if n == 1 else f"{n} groups are"
+
+
 def round_keep(channels: int, wanted: float, multiple: int) -> int:
     """Kept count nearest ``wanted`` among the multiples of ``multiple`` up to ``channels``,
     and ``channels`` itself (keeping all is always allowed); ties go to the larger count."""
@@ -151,8 +155,8 @@ class ChannelPlan:
             m = max(unit.values(), default=1)
             why = (
                 f"each group keeps at least {m} channels, in multiples of {self.align} (the board's "
-                f"alignment); {len(at_min)} groups are at that minimum and {len(narrow)} groups of "
-                f"{m} channels or fewer keep all theirs"
+                f"alignment); {_groups(len(at_min))} at that minimum, and {len(narrow)} with {m} "
+                "channels or fewer keep all theirs"
                 if done < ratio
                 else f"kept counts round to the nearest multiple of {self.align} (the board's alignment)"
             )
