@@ -99,7 +99,7 @@ def make_runner(path: Path, fmt: str, like):
 
 
 def loaded_model(name: str):
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
 
     lm = load_model(name)
     if name == "yolo-small":

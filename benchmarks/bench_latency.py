@@ -119,7 +119,7 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
     from edgeprune.latency.measure import MICRO, measure_shapes, shapes_to_measure
     from edgeprune.latency.predict import Calibration, Predictor
     from edgeprune.latency.table import cache_path, load_cached
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
     from edgeprune.models.stats import count_macs_params
     from edgeprune.prune import ChannelPlan, example_input, prune_
     from edgeprune.reach import resolve_target

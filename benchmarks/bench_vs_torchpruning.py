@@ -76,7 +76,7 @@ def run_model(name, shape, ratio, round_tos, threads, work: Path, digits: bool) 
     from edgeprune.latency.measure import MICRO, measure_shapes, shapes_to_measure
     from edgeprune.latency.predict import Calibration, Predictor
     from edgeprune.latency.table import cache_path, load_cached
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
     from edgeprune.models.stats import count_macs_params
     from edgeprune.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prune_

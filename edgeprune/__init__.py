@@ -25,7 +25,7 @@ def __getattr__(name: str):
         "Profile": ("edgeprune.profiles", "Profile"),
         "resolve_target": ("edgeprune.reach", "resolve_target"),
         "list_models": ("edgeprune.models", "list_models"),
-        "load_model": ("edgeprune.models", "load_model"),
+        "load_model": ("edgeprune.load", "load_model"),
         "bench_model": ("edgeprune.api", "bench_model"),
         "prune_model": ("edgeprune.api", "prune_model"),
         "export_model": ("edgeprune.api", "export_model"),

@@ -25,14 +25,13 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeprune._paths import config_file, data_dir
-from edgeprune.errors import ProfileError
+from edgeprune.errors import ProfileError, did_you_mean
 
 PRECISIONS = ("fp32", "fp16", "int8")
 RUNTIMES = ("onnxruntime", "litert", "tensorrt", "edgetpu")
@@ -317,8 +316,8 @@ def _parse(path: Path) -> dict[str, Any]:
 def _validate(data: dict[str, Any], schema: dict[str, Any], path: Path, prefix: str = "") -> None:
     for key in data:
         if key not in schema:
-            near = difflib.get_close_matches(key, list(schema), n=1)
-            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else f" (known keys: {', '.join(schema)})"
+            near = did_you_mean(key, schema, n=1, cutoff=0.6, quote=True, prefix=prefix)
+            hint = f" ({near})" if near else f" (known keys: {', '.join(schema)})"
             raise ProfileError(f"{path}: unknown key '{prefix}{key}'{hint}")
     for key, (spec, required) in schema.items():
         full = f"{prefix}{key}"
@@ -397,6 +396,5 @@ def load_profile(name: str) -> Profile:
     files = _profile_files()
     if name in files:
         return load_profile_file(files[name])
-    near = difflib.get_close_matches(name, list(files), n=3, cutoff=0.4)
-    hint = f"did you mean {' or '.join(near)}?" if near else "see `edgeprune targets list`"
+    hint = did_you_mean(name, files, n=3, cutoff=0.4) or "see `edgeprune targets list`"
     raise ProfileError(f"unknown target '{name}': {hint}")

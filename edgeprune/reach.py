@@ -37,18 +37,16 @@ Every error names the file and the key. Example::
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import getpass
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeprune.errors import ProfileError
+from edgeprune.errors import ProfileError, did_you_mean
+from edgeprune.transport import transport_class
+from edgeprune.transport.ssh import parse_host
 
-DEFAULT_WORKDIR = {"ssh": "~/.edgeprune", "adb": "/data/local/tmp/edgeprune", "local": None}
+__all__ = ["TARGET_KEYS", "Reach", "load_targets", "parse_host", "resolve_target", "targets_file"]
 
 # key -> (type, description)
 TARGET_KEYS: dict[str, tuple[type, str]] = {
@@ -83,13 +81,14 @@ class Reach:
 
     @property
     def address(self) -> str:
-        """``user@host:port`` (or the serial for adb, ``local`` for this machine)."""
-        if self.transport == "local":
-            return "local"
-        if self.transport == "adb":
-            return f"adb:{self.hostname}"
-        host = f"[{self.hostname}]" if self.hostname and ":" in self.hostname else self.hostname
-        return f"{self.user}@{host}:{self.port}"
+        """``user@host:port`` (or the serial for adb, ``local`` for this machine): the transport's way."""
+        return transport_class(self.transport).address(self)
+
+    def put(self, attr: str, value: Any, source: str) -> None:
+        """Set ``attr`` unless already set (first found wins), and say where it came from."""
+        if value is not None and getattr(self, attr) is None:
+            setattr(self, attr, value)
+            self.sources[attr] = source
 
 
 def targets_file() -> Path:
@@ -130,11 +129,8 @@ def load_targets(path: Path | None = None) -> dict[str, dict[str, Any]]:
             )
         for key, value in entry.items():
             if key not in TARGET_KEYS:
-                near = difflib.get_close_matches(key, list(TARGET_KEYS), n=1)
-                hint = (
-                    f"did you mean '{near[0]}'?"
-                    if near
-                    else f"known keys: {', '.join(TARGET_KEYS)}"
+                hint = did_you_mean(key, TARGET_KEYS, n=1, cutoff=0.6, quote=True) or (
+                    f"known keys: {', '.join(TARGET_KEYS)}"
                 )
                 raise ProfileError(f"{path}: [{name}] unknown key '{key}' ({hint})")
             typ, desc = TARGET_KEYS[key]
@@ -146,59 +142,6 @@ def load_targets(path: Path | None = None) -> dict[str, dict[str, Any]]:
             if bad:
                 raise ProfileError(f"{path}: [{name}] key '{key}': expected {desc}, got {value!r}")
     return data
-
-
-_HOST_RE = re.compile(
-    r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:@\s\[\]]+))(?::(?P<port>\d+))?$"
-)
-
-
-def parse_host(text: str) -> tuple[str | None, str, int | None]:
-    """``user@addr[:port]`` -> (user or None, addr, port or None).
-
-    Example::
-
-        parse_host("pi@10.0.0.5:2222")   # ('pi', '10.0.0.5', 2222)
-    """
-    m = _HOST_RE.match(text.strip())
-    port = int(m.group("port")) if m and m.group("port") else None
-    if not m or (port is not None and not 1 <= port <= 65535):
-        raise ProfileError(
-            f"--host '{text}': expected user@addr[:port], e.g. pi@192.168.1.20 or nvidia@nano.local:22"
-        )
-    return m.group("user"), m.group("v6") or m.group("host"), port
-
-
-def _ssh_config():
-    path = Path("~/.ssh/config").expanduser()
-    if not path.is_file():
-        return None, path
-    import paramiko
-
-    try:
-        return paramiko.SSHConfig.from_path(str(path)), path
-    except Exception as exc:  # paramiko raises several kinds for bad files
-        raise ProfileError(f"{path}: cannot parse: {exc}") from None
-
-
-def _has_host_entry(cfg, name: str) -> bool:
-    return any(
-        p not in ("*",) and not p.startswith("!") and fnmatch.fnmatch(name, p)
-        for p in cfg.get_hostnames()
-    )
-
-
-def _no_host_error(name: str, transport: str, tfile: Path) -> ProfileError:
-    if transport == "adb":
-        return ProfileError(
-            f"target '{name}' is reached with adb but no device is given; give one with "
-            f'--host SERIAL (see `adb devices`), or host = "SERIAL" in [{name}] of {tfile}'
-        )
-    return ProfileError(
-        f"target '{name}' is reached over SSH but no host is given; give one with "
-        f'--host user@addr[:port], or a [{name}] entry with host = "..." in {tfile}, '
-        f"or a `Host {name}` entry in ~/.ssh/config"
-    )
 
 
 def resolve_target(name: str, *, host: str | None = None) -> Reach:
@@ -221,74 +164,17 @@ def resolve_target(name: str, *, host: str | None = None) -> Reach:
         if entry:
             raise ProfileError(f"{tfile}: [{name}] key 'profile': {exc}") from None
         if entries:
-            near = difflib.get_close_matches(name, list(entries), n=2, cutoff=0.5)
+            near = did_you_mean(name, entries, n=2, cutoff=0.5)
             if near:
-                raise ProfileError(
-                    f"{exc}; entries in {tfile} that are close: {', '.join(near)}"
-                ) from None
+                raise ProfileError(f"{exc}; in {tfile}: {near}") from None
         raise
     reach = Reach(name=name, profile=profile, transport=profile.transport)
     reach.sources["profile"] = src_file if "profile" in entry else "target name"
-
-    def put(attr: str, value: Any, source: str) -> None:
-        if value is not None and getattr(reach, attr) is None:
-            setattr(reach, attr, value)
-            reach.sources[attr] = source
-
-    if reach.transport == "local":
-        if host:
-            raise ProfileError(
-                f"target '{name}' is this machine (transport local); --host is not used with it"
-            )
-        put("python", entry.get("python"), src_file)
-        put("deploy_dir", entry.get("deploy_dir"), src_file)
-        put("deploy_dir", profile.data["reach"].get("deploy_dir"), f"profile {profile.name}")
-        return reach
-
-    if host and reach.transport == "adb":
-        put("hostname", host.strip(), "--host")  # an adb serial, e.g. 1A2B3C or 192.168.1.20:5555
-    elif host:
-        user, addr, port = parse_host(host)
-        put("hostname", addr, "--host")
-        put("user", user, "--host")
-        put("port", port, "--host")
-    put("hostname", entry.get("host"), src_file)
-    put("user", entry.get("user"), src_file)
-    put("port", entry.get("port"), src_file)
-    put("key_filename", entry.get("key"), src_file)
-    put("workdir", entry.get("workdir"), src_file)
-    put("python", entry.get("python"), src_file)
-    put("known_hosts", entry.get("known_hosts"), src_file)
-
-    if reach.transport == "ssh":
-        cfg, cfg_path = _ssh_config()
-        if reach.hostname is None and cfg is not None and _has_host_entry(cfg, name):
-            put("hostname", name, f"Host {name} in {cfg_path}")
-        if reach.hostname is None:
-            raise _no_host_error(name, reach.transport, tfile)
-        if cfg is not None and _has_host_entry(cfg, reach.hostname):
-            found = cfg.lookup(reach.hostname)
-            where = f"Host {reach.hostname} in {cfg_path}"
-            alias = reach.hostname
-            if found.get("hostname") and found["hostname"] != alias:
-                reach.hostname = found["hostname"]
-                reach.sources["hostname"] += f" -> HostName in {cfg_path}"
-            put("user", found.get("user"), where)
-            put("port", int(found["port"]) if found.get("port") else None, where)
-            ids = found.get("identityfile") or []
-            put("key_filename", ids[0] if ids else None, where)
-            kh = found.get("userknownhostsfile")
-            put("known_hosts", kh.split()[0] if kh else None, where)
-        put("user", getpass.getuser(), "your login name")
-        put("port", 22, "default")
-        put("known_hosts", "~/.ssh/known_hosts", "default")
-    elif reach.hostname is None:
-        raise _no_host_error(name, reach.transport, tfile)
-
-    put("workdir", profile.data["reach"].get("workdir"), f"profile {profile.name}")
-    put("workdir", DEFAULT_WORKDIR[reach.transport], "default")
-    put("deploy_dir", entry.get("deploy_dir"), src_file)
-    put("deploy_dir", profile.data["reach"].get("deploy_dir"), f"profile {profile.name}")
+    # What --host means, where else the address comes from, the default workdir: the transport's.
+    transport_class(reach.transport).locate(reach, host=host, entry=entry, source=src_file, tfile=tfile)
+    # The deploy folder (edgeprune.ship) is separate from the agent's workdir, for every transport.
+    reach.put("deploy_dir", entry.get("deploy_dir"), src_file)
+    reach.put("deploy_dir", profile.data["reach"].get("deploy_dir"), f"profile {profile.name}")
     for attr in ("key_filename", "known_hosts"):
         if getattr(reach, attr):
             setattr(reach, attr, str(Path(getattr(reach, attr)).expanduser()))

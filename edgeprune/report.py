@@ -13,11 +13,10 @@ Example::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from edgeprune._paths import atomic_write_text
+from edgeprune._paths import atomic_file, atomic_write_text
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -48,10 +47,9 @@ def _plot(report: dict[str, Any], path: Path) -> bool:
         ax.tick_params(axis="x", labelrotation=20)
     fig.suptitle(f"{report['model']} for {report['target']}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 

@@ -12,6 +12,8 @@ checked with the same four numbers, computed over held-out inputs:
 Example::
 
     >>> import numpy as np
+
+from edgeprune.errors import ExportError
     >>> a = [np.array([[1.0, 2.0], [3.0, 1.0]])]
     >>> agreement(a, a)["top1"]
     1.0
@@ -23,6 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgeprune.errors import ExportError
+
 
 def _as_list(outputs) -> list[np.ndarray]:
     if isinstance(outputs, np.ndarray):
@@ -31,13 +35,18 @@ def _as_list(outputs) -> list[np.ndarray]:
 
 
 def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict[str, float]:
-    """Compare two lists of outputs (same shapes, batch first)."""
+    """Compare two lists of outputs (same shapes, batch first).
+
+    A converted model whose outputs do not line up with the reference's
+    (another count, another shape) is an :class:`~edgeprune.errors.ExportError`.
+    """
     ref, cand = _as_list(reference), _as_list(candidate)
     if len(ref) != len(cand):
-        raise ValueError(f"{len(ref)} reference outputs but {len(cand)} candidate outputs")
+        raise ExportError(f"{len(ref)} reference outputs but {len(cand)} candidate outputs: "
+                          "the converted model's outputs do not match the original's")
     for i, (r, c) in enumerate(zip(ref, cand, strict=True)):
         if r.shape != c.shape:
-            raise ValueError(f"output {i}: shape {c.shape} differs from the reference's {r.shape}")
+            raise ExportError(f"output {i}: shape {c.shape} differs from the reference's {r.shape}")
     n = ref[0].shape[0]
     rf = np.concatenate([r.reshape(n, -1).astype(np.float64) for r in ref], axis=1)
     cf = np.concatenate([c.reshape(n, -1).astype(np.float64) for c in cand], axis=1)

@@ -74,9 +74,11 @@ def test_same_model_measures_differently_on_each_quota(farm_env, root_farm, mode
 
 
 @pytest.mark.farm
-def test_bench_over_a_lossy_slow_link(farm_env, models):
+def test_bench_over_a_lossy_slow_link(farm_env, farm, models):
     r = bench_target(resolve_target("farm-lossy"), models["tiny"], settings=QUICK, use_cache=False)
-    assert r.latency_ms["p50"] > 0 and r.host.endswith(":22") or r.host
+    board = farm.boards.get("lossy") or next(iter(farm.boards.values()))
+    assert r.latency_ms["p50"] > 0
+    assert r.host == f"{farm.user}@{board.addr}:{board.port}"
 
 
 @pytest.mark.farm
@@ -190,6 +192,70 @@ def test_cli_several_targets_side_by_side(farm_env, farm, models):
     assert all(n in res.stdout for n in names) and "p99" in res.stdout
 
 
+@pytest.fixture
+def silent_port(farm):
+    """A TCP port on a farm board's address that accepts connections and never speaks SSH.
+
+    As root the listener runs inside board b1's network namespace (the board's
+    own address); without root, on loopback beside the fallback board.
+    """
+    board = farm.boards.get("b1") or next(iter(farm.boards.values()))
+    code = (
+        "import socket, sys, time\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind((sys.argv[1], 0)); s.listen(64)\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    argv = [sys.executable, "-c", code, board.addr]
+    if board.ns:
+        argv = ["ip", "netns", "exec", board.ns, *argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield board.addr, port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.farm
+def test_a_port_that_never_speaks_ssh(farm, silent_port, models, tmp_path, monkeypatch):
+    """Issue 8, item 4: one line within --timeout, not 10.8 s and a paramiko traceback."""
+    addr, port = silent_port
+    targets = tmp_path / "targets.toml"
+    targets.write_text(farm.targets_toml(extra={"farm-silent": {"board": "b1", "port": port}}))
+    monkeypatch.setenv("EDGEPRUNE_TARGETS", str(targets))
+    monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    start = time.monotonic()
+    with pytest.raises(TransportError) as exc:
+        bench_target(resolve_target("farm-silent"), models["tiny"], settings=BenchSettings(timeout_s=5))
+    assert time.monotonic() - start < 9  # the banner wait honours --timeout 5 (it took 10.8 s before)
+    want = f"no SSH server answered at {addr}:{port} within 5 s (banner timeout); check the address and port"
+    assert want in str(exc.value) and "\n" not in str(exc.value)
+    res = cli("bench", "-t", "farm-silent", str(models["tiny"]), "--timeout", "5")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert want in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.farm
+def test_a_model_the_board_cannot_load_is_removed_from_it(farm_env, farm, tmp_path):
+    """Issue 8, item 6: the uploaded file does not stay in the board's folder."""
+    from edgeprune._paths import sha256_file
+    from edgeprune.transport import open_transport
+
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(b"\x08\x01garbage, not a protobuf" * 50)
+    remote = f"model-{sha256_file(bad)[:24]}.onnx"
+    reach = resolve_target("farm-b1")
+    with pytest.raises(AgentError, match="cannot load"):
+        bench_target(reach, bad, settings=QUICK, use_cache=False)
+    with open_transport(reach) as t:
+        t.ensure_workdir()
+        assert t.remote_digest(t.path(remote)) is None
+        assert t.remote_digest(t.path("agent.py")) is not None  # the agent itself stays
+
+
 @pytest.mark.farm
 def test_cli_one_line_error_for_a_failing_board(farm_env, models):
     res = cli("bench", "-t", "farm-wronguser", str(models["tiny"]))
@@ -199,3 +265,13 @@ def test_cli_one_line_error_for_a_failing_board(farm_env, models):
         and res.stderr.startswith("error: ")
         and "nosuchuser" in res.stderr
     )
+
+
+@pytest.mark.farm
+def test_cli_json_says_not_ok_when_one_board_failed(farm_env, models):
+    res = cli("bench", "-t", "local", "-t", "farm-wronguser", str(models["tiny"]), "--runs", "10", "--json")
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is False
+    assert [d["target"] for d in doc["results"]] == ["local", "farm-wronguser"]
+    assert "nosuchuser" in doc["results"][1]["error"] and "latency_ms" in doc["results"][0]

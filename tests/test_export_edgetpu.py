@@ -126,7 +126,7 @@ def fake_compiler(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def digits():
     pytest.importorskip("torch")
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
 
     return load_model("digits-cnn")
 

@@ -46,7 +46,7 @@ _CACHE: dict = {}
 
 @pytest.fixture(scope="module")
 def digits():
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
 
     return load_model("digits-cnn")
 

@@ -78,7 +78,7 @@ def _other_input_baseline(loaded) -> float:
 
 @pytest.fixture(scope="module")
 def yolo():
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
 
     return _bn_recalibrated(load_model("yolo-small"))
 

@@ -15,7 +15,7 @@ pytest.importorskip("torch_pruning")
 pytest.importorskip("onnxruntime")
 
 from edgeprune.latency.loop import plan_for_budget  # noqa: E402
-from edgeprune.models import load_model  # noqa: E402
+from edgeprune.load import load_model  # noqa: E402
 from tests.latency_fakes import FakeFormulaBoard  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
 from edgeprune.errors import ModelError  # noqa: E402
-from edgeprune.models import build, list_models, load_model, pretrained_available  # noqa: E402
+from edgeprune.load import load_model  # noqa: E402
+from edgeprune.models import build, list_models, pretrained_available  # noqa: E402
 from tests.sizes import SMALL  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

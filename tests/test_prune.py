@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 
 from edgeprune.errors import PruneError  # noqa: E402
 from edgeprune.export.onnx import export_onnx, run_onnx  # noqa: E402
-from edgeprune.models import build, load_model  # noqa: E402
+from edgeprune.load import load_model  # noqa: E402
+from edgeprune.models import build  # noqa: E402
 from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned  # noqa: E402
 from tests.sizes import SMALL  # noqa: E402
 

@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def digits_onnx(tmp_path_factory):
     from edgeprune.export.onnx import export_onnx
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
     from edgeprune.models.digits import digits_data
 
     lm = load_model("digits-cnn")

@@ -152,7 +152,8 @@ def decode_agent_output(
         msg = _str(err.get("message", "failed without a message"), where, max_len=600) or ""
         install = err.get("install")
         hint = f"; install on the board: {str(install)[:300]}" if install else ""
-        raise AgentError(f"{where}: {msg}{hint}")
+        kind = err.get("kind") if isinstance(err.get("kind"), str) else "unknown"
+        raise AgentError(f"{where}: {msg}{hint}", details={"agent_error": kind[:40]})
     return doc
 
 

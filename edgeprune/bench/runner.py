@@ -89,7 +89,7 @@ def bench_target(
     agent: str | Path | None = None,
 ) -> BenchResult:
     """Measure ``model`` on the board ``reach`` describes (see module docstring)."""
-    from edgeprune.transport import open_transport
+    from edgeprune.transport import CONNECT_TIMEOUT_S, open_transport
 
     model = Path(model)
     if not model.is_file():
@@ -98,7 +98,11 @@ def bench_target(
     agent = Path(agent) if agent else agent_path()
     model_sha = sha256_file(model)
     remote_model = f"model-{model_sha[:24]}{model.suffix.lower()}"
-    transport = open_transport(reach, accept_new_host_key=accept_new_host_key)
+    transport = open_transport(
+        reach,
+        accept_new_host_key=accept_new_host_key,
+        connect_timeout=min(CONNECT_TIMEOUT_S, settings.timeout_s),
+    )
     python = reach.python or transport.default_python
     key = {
         "model": model_sha,
@@ -145,14 +149,12 @@ def bench_target(
         transport.upload(model, remote_model)
         step(f"{reach.name}: measuring {model.name} ({settings.runs} runs after warm-up)")
         res = transport.run(argv, timeout=settings.timeout_s)
-    agent_failure(res, reach, python)
-    try:
-        result = parse_agent_output(res.stdout, target=reach.name, host=reach.address)
-    except AgentError as exc:
-        # The board knows the model by its hashed name: speak of the user's file instead.
-        raise AgentError(
-            str(exc).replace(remote_model, f"{model} (uploaded as {remote_model})", 1)
-        ) from None
+        try:
+            result = _result(res, reach, python, model, remote_model)
+        except AgentError as exc:
+            if exc.details.get("agent_error") == "bad_model":
+                transport.remove(remote_model)  # the board cannot load it: do not leave it there
+            raise
     result.model["name"] = model.name
     from edgeprune._paths import atomic_write_text
 
@@ -160,6 +162,17 @@ def bench_target(
     data["cached_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_text(cache, json.dumps(data))
     return result
+
+
+def _result(res, reach, python: str, model: Path, remote_model: str) -> BenchResult:
+    """The agent's answer as a BenchResult, or an AgentError that speaks of the user's file."""
+    agent_failure(res, reach, python)
+    try:
+        return parse_agent_output(res.stdout, target=reach.name, host=reach.address)
+    except AgentError as exc:
+        # The board knows the model by its hashed name: speak of the user's file instead.
+        exc.args = (str(exc).replace(remote_model, f"{model} (uploaded as {remote_model})", 1),)
+        raise
 
 
 def agent_failure(res, reach, python: str) -> None:

@@ -5,13 +5,22 @@ Subcommands live in their own modules and are imported only when invoked, so
 onnx and the rest inside their functions, never at module level.
 
 Errors: an :class:`~edgeprune.errors.EdgePruneError` or a usage mistake
-prints one line ``error: ...`` on stderr and exits non-zero; anything else is
-a bug and keeps its traceback.
+prints one line ``error: ...`` on stderr and exits non-zero. Anything else is
+a bug: one line naming the exception and asking to re-run with ``--debug``
+and report it. ``edgeprune --debug CMD ...`` or ``EDGEPRUNE_DEBUG=1`` prints
+the traceback (of every error) before the line.
+
+``--json``: the command's result is one JSON document on stdout with
+``"ok": true``; a failure is ``{"ok": false, "error": {"kind", "message",
+...}}`` on stdout (and the line on stderr) with the non-zero exit. While the
+command runs, everything other libraries print goes to stderr
+(:func:`edgeprune.cli._common.json_mode`).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -48,8 +57,19 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, helptext) for name, (_, _, helptext) in COMMANDS.items()])
 
 
+_debug = False
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    global _debug
+    _debug = _debug or value
+    return value
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeprune")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+              help="Show the traceback of any error (also EDGEPRUNE_DEBUG=1).")
 def cli() -> None:
     """Make a trained PyTorch vision model smaller and faster on your board.
 
@@ -67,25 +87,64 @@ def cli() -> None:
     """
 
 
+def _wants_json(args: list[str]) -> bool:
+    """``--json`` among the options (before a ``--`` that ends them)."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: runs the CLI and turns user errors into one line."""
+    """Console entry point: runs the CLI and turns every failure into one line (and JSON)."""
+    from edgeprune.cli._common import json_mode
+
+    global _debug
+    args = list(sys.argv[1:] if argv is None else argv)
+    _debug = os.environ.get("EDGEPRUNE_DEBUG", "") not in ("", "0")
+    as_json = _wants_json(args)
+    with json_mode(as_json):
+        code = _run(args, as_json)
+    sys.exit(code)
+
+
+def _run(args: list[str], as_json: bool) -> int:
+    """Run the CLI; the exit code, every failure reported by :func:`_fail`."""
     from edgeprune.errors import EdgePruneError
 
     try:
-        cli.main(args=argv, prog_name="edgeprune", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of ctx.exit() / Exit(n).
+        code = cli.main(args=args, prog_name="edgeprune", standalone_mode=False)
     except EdgePruneError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return _fail(exc, exc.kind, str(exc), exc.exit_code, as_json,
+                     details=exc.details, result=exc.json_result())
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(130)
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt) as exc:
+        return _fail(exc, "interrupted", "interrupted", 130, as_json)
     except click.ClickException as exc:
         hint = ""
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:
             hint = f" (see '{ctx.command_path} --help')"
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
-        sys.exit(exc.exit_code)
-    sys.exit(0)
+        return _fail(exc, "usage", f"{exc.format_message()}{hint}", exc.exit_code, as_json)
+    except Exception as exc:  # a bug: one line unless --debug asks for the traceback
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        what = " ".join(what.split())
+        what = what if len(what) <= 300 else what[:297] + "..."
+        return _fail(exc, "internal", f"internal error ({what}); this is a bug in edgeprune: re-run with "
+                     "--debug (edgeprune --debug ...) or EDGEPRUNE_DEBUG=1 for the traceback, and report it",
+                     1, as_json)
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _fail(exc: BaseException, kind: str, message: str, code: int, as_json: bool, *,
+          details: dict | None = None, result: dict | None = None) -> int:
+    """Report a failure: the traceback with --debug, the one line on stderr, the JSON on stdout."""
+    if _debug and not isinstance(exc, (click.exceptions.Exit, click.Abort)):
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    click.echo(f"error: {message}", err=True)
+    if as_json:
+        from edgeprune.cli._common import emit_error
+
+        emit_error(kind, message, details=details, result=result)
+    return code

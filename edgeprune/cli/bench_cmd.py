@@ -112,6 +112,7 @@ def bench(
         docs[0] if len(docs) == 1 else {"results": docs},
         as_json=as_json,
         human=lambda _: _table(reaches, outcomes, profile_ops),
+        ok=not failed,
     )
     if failed:
         for name, exc in failed:

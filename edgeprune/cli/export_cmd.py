@@ -5,8 +5,8 @@ tensorflow for TFLite) is imported when a command runs.
 
 Exit codes: 0 ok; 1 an error (one line ``error: ...``); 2 an artifact
 agrees with the original model less than ``--min-agreement`` (the line
-names the file and the figure; with ``--json`` the full report is still
-printed on stdout).
+names the file, the figure and the option to relax; with ``--json`` the full
+report is printed on stdout beside ``"ok": false`` and the error).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 
 import click
 
-from edgeprune.cli._common import emit, json_option, target_option
+from edgeprune.cli._common import emit, json_option, model_options, target_option
 
 
 def _parse_min_agreement(value: str | None):
@@ -108,36 +109,43 @@ def _human(report: dict) -> None:
 
 
 def _run(*, as_json: bool, **kwargs) -> None:
+    from edgeprune._paths import cache_dir, output_dir
     from edgeprune.errors import ExportError
     from edgeprune.export.pipeline import AgreementError, export, resolve
     from edgeprune.profiles import load_profile
+    from edgeprune.progress import show
 
     # refusals (jetson-nano INT8, a precision the board lacks) come before anything is written
     resolve(load_profile(kwargs["target"]), kwargs["fmt"], kwargs["precision"])
-    from edgeprune._paths import output_dir
-    from edgeprune.progress import show
-
     output_dir(kwargs["output_dir"], create=False)  # refuse a bad --output before any work
-    log = os.path.join(kwargs["output_dir"], "export.log")
+    # The converters' output goes to a log outside the result; a finished export carries a copy
+    # as export.log, a failed one leaves it here and the error names it.
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fd, log = tempfile.mkstemp(prefix="export-", suffix=".log", dir=logs)
+    os.close(fd)
     # progress goes to the real stderr, kept open before the converters' output is sent to the log
     progress = os.fdopen(os.dup(2), "w", buffering=1)
     try:
         with show(progress), _native_output_to(log):
-            report = export(**kwargs)
-    except AgreementError as exc:
-        if as_json:
-            emit(exc.report.to_dict(), as_json=True, human=_human)
+            report = export(**kwargs, log_file=log)
+    except AgreementError:  # --json: the CLI prints the report with the error (AgreementError.json_result)
+        os.unlink(log)
         raise
-    except ExportError as exc:
-        raise ExportError(f"{exc} (converter output: {log})") from None
+    except ExportError as exc:  # a converter failed: its own output is in the log
+        exc.args = (f"{exc} (converter output: {log})",)
+        raise
+    except BaseException:
+        os.unlink(log)
+        raise
     finally:
         progress.close()
+    os.unlink(log)
     emit(report.to_dict(), as_json=as_json, human=_human)
 
 
 _common_options = [
-    click.option("--model", "-m", required=True, metavar="M",
-                 help="Built-in name (mobilenetv2, ...), pkg.mod:fn, or a saved/pruned model file."),
+    model_options,
     click.option("--calib", default=None, metavar="DATA",
                  help="Calibration data: a folder of images, a .npy array (NCHW or NHWC), or pkg.mod:fn. "
                       "Default: built-in sample photos (digits-cnn: the digits train split)."),
@@ -172,8 +180,8 @@ def _apply(options):
               help="Precision (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def export(target, model, fmt, precision, calib, calib_count, normalize, min_agreement, quantizer, output,
-           as_json) -> None:
+def export(target, model, weights, trust_factory, fmt, precision, calib, calib_count, normalize, min_agreement,
+           quantizer, output, as_json) -> None:
     """Export a model to ONNX or TFLite for a board, checking every step against the original.
 
     \b
@@ -184,7 +192,8 @@ def export(target, model, fmt, precision, calib, calib_count, normalize, min_agr
       coral-usb         TFLite full INT8 (uint8 I/O), then edgetpu_compiler if installed
       local             ONNX fp32
     """
-    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision=precision, calib=calib,
+    _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
+         precision=precision, calib=calib,
          calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
          quantizer=quantizer, output_dir=output)
 
@@ -196,12 +205,14 @@ def export(target, model, fmt, precision, calib, calib_count, normalize, min_agr
               help="Output format (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def quantize(target, model, fmt, calib, calib_count, normalize, min_agreement, quantizer, output, as_json) -> None:
+def quantize(target, model, weights, trust_factory, fmt, calib, calib_count, normalize, min_agreement, quantizer,
+             output, as_json) -> None:
     """Quantize a model to INT8 for a board (the INT8 step of `export`), with agreement checks.
 
     Same as `edgeprune export --precision int8`: ONNX Q/DQ (TensorRT- or CPU-style per the
     profile) or full-INT8 TFLite, calibrated with --calib and checked on held-out inputs.
     """
-    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision="int8", calib=calib,
+    _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
+         precision="int8", calib=calib,
          calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
          quantizer=quantizer, output_dir=output)

@@ -28,7 +28,10 @@ def models(as_json: bool) -> None:
                 "description": info.description,
             }
         )
-    emit(rows, as_json=as_json, human=_table)
+    if as_json:
+        emit({"models": rows}, as_json=True, human=_table)
+    else:
+        _table(rows)
 
 
 def _si(n: float) -> str:

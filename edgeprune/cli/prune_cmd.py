@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgeprune.cli._common import emit, host_option, json_option, target_option
-
-MODEL_HELP = (
-    "A built-in name (see `edgeprune models`), a Python factory pkg.module:function "
-    "(with --weights), a pruned model saved by edgeprune (.ept), an ExportedProgram (.pt2) "
-    "or a TorchScript file (these two load but cannot be pruned)."
-)
+from edgeprune.cli._common import emit, host_option, json_option, model_options, target_option
 
 
 def _shape(ctx, param, value):
@@ -29,10 +23,7 @@ def _shape(ctx, param, value):
 
 @click.command()
 @target_option
-@click.option("--model", "-m", required=True, metavar="M", help=MODEL_HELP)
-@click.option(
-    "--weights", default=None, metavar="FILE", help="A state_dict for a built-in or factory model."
-)
+@model_options
 @click.option(
     "--input-shape",
     default=None,
@@ -136,6 +127,12 @@ def _shape(ctx, param, value):
     "--no-align", is_flag=True, help="Do not round kept channel counts to the board's alignment."
 )
 @click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Skip the surgery check (pruned == original with removed channels zeroed); for groups "
+    "whose channels pass through an op that does not keep 0 at 0, which the check then names.",
+)
+@click.option(
     "--output",
     "-o",
     required=True,
@@ -147,6 +144,7 @@ def prune(
     target,
     model,
     weights,
+    trust_factory,
     input_shape,
     ratio,
     plan_file,
@@ -165,6 +163,7 @@ def prune(
     protect,
     prune_stem,
     no_align,
+    no_verify,
     output,
     as_json,
 ) -> None:
@@ -208,6 +207,8 @@ def prune(
             host=host,
             accept_new_host_key=accept_new_host_key,
             use_cache=not no_cache,
+            trust_factory=trust_factory,
+            verify=not no_verify,
         )
     emit(summary, as_json=as_json, human=_human)
 
@@ -234,6 +235,8 @@ def _human(s: dict) -> None:
         )
     for key in ("model", "plan", "onnx", "summary"):
         click.echo(f"  {key:8s} {s[key]}")
+    for note in s.get("notes", []):
+        click.echo(f"note: {note}")
 
 
 def _human_latency(lat: dict) -> None:
@@ -252,4 +255,3 @@ def _human_latency(lat: dict) -> None:
     click.echo(f"  latency table: {t.get('shapes_for_this_model')} shapes, {t.get('reused_from_cache')} reused, "
                f"{t.get('measured_now')} measured now in {t.get('build_s')} s")
     click.echo(f"  {lat['status']}")
-

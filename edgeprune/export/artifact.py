@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeprune._paths import atomic_file, atomic_write_bytes
 from edgeprune.errors import ExportError
 
 METADATA_NAME = "edgeprune"
@@ -72,9 +73,8 @@ def _onnx_stamp(path: Path, meta: dict[str, Any]) -> None:
         entry = proto.metadata_props.add()
         entry.key = ONNX_PREFIX + key
         entry.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def _onnx_read(path: Path) -> dict[str, Any]:
@@ -108,9 +108,7 @@ def _tflite_stamp(path: Path, meta: dict[str, Any]) -> None:
     model.metadata = entries + [entry]
     builder = flatbuffers.Builder(path.stat().st_size + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(bytes(builder.Output()))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, bytes(builder.Output()))
 
 
 def _tflite_read(path: Path) -> dict[str, Any]:

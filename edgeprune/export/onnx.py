@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune._paths import atomic_file
 from edgeprune.errors import ExportError, require
 
 OPSET = 17
@@ -46,34 +47,30 @@ def export_onnx(
     with torch.no_grad():
         out = model(dummy)
     n_out = len(out) if isinstance(out, (list, tuple)) else 1
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                (dummy,),
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["input"],
-                output_names=[f"output{i}" for i in range(n_out)],
-                do_constant_folding=True,
-            )
-        proto = onnx.load(str(tmp))
-        if metadata:
-            for key, value in metadata.items():
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, str(value)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            with torch.no_grad():
+                torch.onnx.export(
+                    model,
+                    (dummy,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=["input"],
+                    output_names=[f"output{i}" for i in range(n_out)],
+                    do_constant_folding=True,
+                )
+            proto = onnx.load(str(tmp))
+            if metadata:
+                for key, value in metadata.items():
+                    entry = proto.metadata_props.add()
+                    entry.key, entry.value = key, str(value)
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(tmp))
     except ExportError:
         raise
     except Exception as exc:  # the exporter raises many types; name the step
         raise ExportError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -142,7 +139,6 @@ def convert_fp16(req) -> dict:
         onnx.checker.check_model(half)
     except Exception as exc:
         raise ExportError(f"ONNX fp16 conversion of {req.source} failed: {type(exc).__name__}: {exc}") from exc
-    tmp = req.dest.with_name(f".{req.dest.name}.tmp-{os.getpid()}")
-    onnx.save(half, str(tmp))
-    os.replace(tmp, req.dest)
+    with atomic_file(req.dest) as tmp:
+        onnx.save(half, str(tmp))
     return {"converter": "onnxruntime.transformers.float16 (keep_io_types=True)"}

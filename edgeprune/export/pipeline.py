@@ -36,6 +36,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -46,8 +48,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune import __version__
-from edgeprune._paths import output_dir as make_output_dir
-from edgeprune._paths import sha256_file
+from edgeprune._paths import sha256_file, staged_output
 from edgeprune.errors import ExportError, ModelError
 from edgeprune.export.artifact import Artifact, stamp_metadata
 from edgeprune.export.calib import (
@@ -72,10 +73,14 @@ class AgreementError(ExportError):
     """An artifact agrees with the original model less than required; ``report`` has every figure."""
 
     exit_code = 2
+    kind = "agreement"
 
     def __init__(self, message: str, report: ExportReport) -> None:
         super().__init__(message)
         self.report = report
+
+    def json_result(self) -> dict[str, Any]:
+        return self.report.to_dict()  # --json: the whole report beside the error
 
 
 @dataclass
@@ -110,13 +115,11 @@ class ExportReport:
 
 # -- the model and its reference outputs ---------------------------------------
 
-def _load(model: Any):
+def _load(model: Any, *, weights: str | None = None, trust_factory: str | None = None):
     if isinstance(model, (str, Path)):
-        try:
-            from edgeprune.models import load_model
-        except ImportError:  # pragma: no cover - the models stage ships with edgeprune
-            raise ModelError("edgeprune.models is not available in this installation") from None
-        return load_model(str(model))
+        from edgeprune.load import load_model
+
+        return load_model(str(model), weights=weights, trust_factory=trust_factory)
     if not hasattr(model, "module") or not hasattr(model, "input_shape"):
         raise ModelError("export() takes a --model spec or a LoadedModel (with .module and .input_shape)")
     return model
@@ -263,31 +266,65 @@ def export(
     min_agreement: float | Thresholds | None = None,
     quantizer: str | None = None,
     name: str | None = None,
+    weights: str | None = None,
+    trust_factory: str | None = None,
+    log_file: str | Path | None = None,
 ) -> ExportReport:
     """Export ``model`` (a ``--model`` spec or a LoadedModel) for ``target`` into ``output_dir``.
 
     Raises :class:`AgreementError` (with the report) when an artifact falls
     below the agreement thresholds, :class:`ExportError` when a step fails.
+    ``weights`` and ``trust_factory`` are :func:`edgeprune.load.load_model`'s.
+    Everything is written into a staging folder and swapped into
+    ``output_dir`` when complete (:func:`edgeprune._paths.staged_output`): a
+    failed or interrupted export leaves the earlier one untouched. A report
+    that fails the agreement checks is a complete result (``passed: false``)
+    and is kept. ``log_file``: a log copied into the result as ``export.log``
+    (the CLI sends the converters' own output there).
 
     Example::
 
         export("digits-cnn", target="coral-usb", output_dir="out/").final.agreement
     """
-    from edgeprune.export import calib as calib_mod
     from edgeprune.profiles import load_profile
 
-    t_start = time.perf_counter()
     profile = load_profile(target)
-    fmt, precision = resolve(profile, fmt, precision)
+    fmt, precision = resolve(profile, fmt, precision)  # refusals come before anything is written
+    failed: AgreementError | None = None
+    with staged_output(output_dir) as stage:
+        try:
+            return _export_into(
+                stage, Path(output_dir).expanduser(), model, profile=profile, fmt=fmt, precision=precision,
+                calib=calib, calib_count=calib_count, verify_count=verify_count, normalize=normalize,
+                min_agreement=min_agreement, quantizer=quantizer, name=name, weights=weights,
+                trust_factory=trust_factory,
+            )
+        except AgreementError as exc:  # its report (passed: false) is written: keep it, then raise
+            failed = exc
+        finally:
+            if log_file is not None and Path(log_file).is_file():
+                sys.stdout.flush()
+                shutil.copyfile(log_file, stage / "export.log")
+    raise failed
+
+
+def _export_into(
+    out_dir: Path, final: Path, model: Any, *, profile, fmt: str, precision: str, calib, calib_count: int,
+    verify_count: int, normalize: str | None, min_agreement, quantizer: str | None, name: str | None,
+    weights: str | None, trust_factory: str | None,
+) -> ExportReport:
+    """The work of :func:`export`, writing into ``out_dir`` (staging) and recording paths in ``final``."""
+    from edgeprune.export import calib as calib_mod
+
+    t_start = time.perf_counter()
     step(f"loading {model if isinstance(model, str) else getattr(model, 'name', 'model')}")
-    loaded = _load(model)
+    loaded = _load(model, weights=weights, trust_factory=trust_factory)
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
-    out_dir = make_output_dir(output_dir)
     stem = name or str(loaded.name).replace("/", "_")
     report = ExportReport(target=profile.name, model=str(loaded.name), format=fmt, precision=precision,
-                          output_dir=out_dir)
+                          output_dir=final)
     steps = chain(fmt, precision)
 
     # Samples: calibration (for INT8) and held-out verification, never the same inputs.
@@ -358,18 +395,30 @@ def export(
             if bad:
                 report.passed = False
                 report.seconds = time.perf_counter() - t_start
-                _write_report(report)
-                raise AgreementError(f"{dest}: {', '.join(bad)} against the original PyTorch model "
-                                     f"({art.step}, {ver.source}, {len(ver)} samples)", report)
+                _write_report(report, out_dir)
+                raise AgreementError(f"{final / dest.name}: {', '.join(bad)} against the original PyTorch "
+                                     f"model ({art.step}, {ver.source}, {len(ver)} samples); "
+                                     f"{_relax_hint(art.agreement, classifier, spec.precision)}", report)
             if spec.source is None or spec.key == ("onnx", "fp32"):
                 source = dest
             previous = outputs
     if exp.get("compiler") == "edgetpu_compiler":
         step("compiling for the Edge TPU")
-        _edgetpu(report)
+        _edgetpu(report, out_dir)
     report.seconds = time.perf_counter() - t_start
-    _write_report(report)
+    _write_report(report, out_dir)
     return report
+
+
+def _relax_hint(agreement: dict[str, float], classifier: bool, precision: str) -> str:
+    """How to accept what was measured: the --min-agreement that this artifact would pass."""
+    import math
+
+    cos = math.floor(agreement["cosine"] * 1e4) / 1e4
+    want = f"top1={math.floor(agreement['top1'] * 100) / 100:g},cosine={cos:g}" if classifier else f"cosine={cos:g}"
+    calib = "; or calibrate with inputs like the model's own (--calib)" if precision == "int8" else ""
+    return (f"if that loss is acceptable, relax the check with --min-agreement {want} "
+            f"(min_agreement= in Python){calib}")
 
 
 def _check_full_int8(art: Artifact, io_precision: str) -> None:
@@ -385,11 +434,11 @@ def _check_full_int8(art: Artifact, io_precision: str) -> None:
                           f"{' ...' if len(bad) > 5 else ''} (I/O may be {io_precision} only)")
 
 
-def _edgetpu(report: ExportReport) -> None:
+def _edgetpu(report: ExportReport, out_dir: Path) -> None:
     from edgeprune.export.edgetpu import INSTALL_HINT, compile_edgetpu
 
     final = report.final
-    result = compile_edgetpu(final.path, report.output_dir)
+    result = compile_edgetpu(final.path, out_dir)
     if result is None:
         report.notes.append(INSTALL_HINT)
         final.extra["edgetpu"] = {"compiled": False, "reason": "edgetpu_compiler not installed"}
@@ -434,14 +483,18 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]) -> d
         return {"base": base_name, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _write_report(report: ExportReport) -> None:
-    from edgeprune._paths import atomic_write_text
+def _write_report(report: ExportReport, stage: Path) -> None:
+    """Write export.json and report.md into ``stage``; every path they record is in the final folder."""
+    from edgeprune import _paths
 
+    for art in report.artifacts:
+        if Path(art.path).parent == stage:
+            art.path = report.output_dir / Path(art.path).name
     text = json.dumps(report.to_dict(), indent=2, default=str)
-    atomic_write_text(report.output_dir / "export.json", text + "\n")
+    _paths.atomic_write_text(stage / "export.json", text + "\n")
     from edgeprune.report import write_export_report
 
-    write_export_report(json.loads(text), report.output_dir)  # the same plain values as the file
+    write_export_report(json.loads(text), stage)  # the same plain values as the file
 
 
 __all__ = ["AgreementError", "ExportReport", "export", "model_sha256", "resolve", "builtin_samples", "SampleSet"]

@@ -40,12 +40,12 @@ Example::
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edgeprune._paths import atomic_file
 from edgeprune.errors import ExportError, require
 
 QUANTIZERS = ("ort", "nncf")
@@ -163,17 +163,14 @@ def quantize_onnx(src: Path, dst: Path, calib: np.ndarray, *, scheme: str = "cpu
     if calib is None or len(calib) == 0:
         raise ExportError("ONNX INT8 quantization needs calibration samples (--calib)")
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
-        info = (_ort if quantizer == "ort" else _nncf)(Path(src), tmp, np.ascontiguousarray(calib, np.float32), scheme)
-        os.replace(tmp, dst)
+        with atomic_file(dst) as tmp:
+            info = (_ort if quantizer == "ort" else _nncf)(Path(src), tmp, np.ascontiguousarray(calib, np.float32),
+                                                          scheme)
     except ExportError:
         raise
     except Exception as exc:
         raise ExportError(f"INT8 quantization of {src} with {quantizer} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     info["nonzero_zero_points"] = sum(1 for z in zero_points(dst).values() if np.any(z != 0))
     return info
 

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune._paths import atomic_write_bytes
 from edgeprune.errors import ExportError, require
 
 IO_DTYPES = {"int8": np.int8, "uint8": np.uint8, "float32": np.float32}
@@ -168,9 +169,7 @@ def convert_onnx_to_tflite(onnx_path: Path, dest: Path, *, precision: str, calib
         sm = saved_model(Path(onnx_path), Path(workdir), calib)
         data = _tflite_bytes(sm, precision, calib, io_precision if precision == "int8" else "float32")
     dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    atomic_write_bytes(dest, data)
     info = {"converter": "onnx2tf -> SavedModel -> TFLiteConverter", "layout": "NHWC"}
     if precision == "int8":
         info["io_precision"] = io_precision

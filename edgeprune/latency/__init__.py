@@ -26,7 +26,7 @@ the functions that need them.
 Example::
 
     from edgeprune.latency.loop import plan_for_budget
-    from edgeprune.models import load_model
+    from edgeprune.load import load_model
 
     result = plan_for_budget(load_model("mobilenetv2"), target="local", speedup=1.5)
     result.met, result.status, result.rounds

@@ -12,28 +12,27 @@ yolo-small      detect    1x3x256x256  random (seeded); yolov8n-like, C2f/SPPF/D
 digits-cnn      classify  1x1x16x16    trained on sklearn digits, cached
 ==============  ========  ===========  =============================================
 
-``load_model(spec)`` accepts a built-in name, a Python factory
-``package.module:function`` (plus ``weights=``), a pruned model saved by
-edgeprune (``.ept``), an ExportedProgram (``.pt2``) or a TorchScript file;
-see :mod:`edgeprune.models.loading`. Every file is read with
-``torch.load(weights_only=True)`` or the matching safe loader: no pickle runs code.
+Turning a ``--model`` value (a name, a factory, a file) into a
+:class:`LoadedModel` is :func:`edgeprune.load.load_model`, one level above
+this package and :mod:`edgeprune.prune`: this package never imports
+``edgeprune.prune``. :mod:`edgeprune.models.loading` holds the model-side
+pieces (safe file reads, the user's factory, weights).
 
 Importing this module is cheap; torch is imported by :func:`build`.
 
 Example::
 
-    lm = load_model("mobilenetv2")
-    lm.module, lm.input_shape, lm.task      # (MobileNetV2, (1, 3, 224, 224), 'classify')
+    model = build("mobilenetv2")                 # nn.Module, eval mode
+    model_info("mobilenetv2").input_shape        # (1, 3, 224, 224)
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeprune.errors import ModelError
+from edgeprune.errors import ModelError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -109,12 +108,7 @@ def list_models() -> list[ModelInfo]:
 
 def model_info(name: str) -> ModelInfo:
     if name not in _REGISTRY:
-        near = difflib.get_close_matches(name, list(_REGISTRY), n=2, cutoff=0.5)
-        hint = (
-            f"did you mean {' or '.join(near)}?"
-            if near
-            else f"built-in models: {', '.join(_REGISTRY)}"
-        )
+        hint = did_you_mean(name, _REGISTRY) or f"built-in models: {', '.join(_REGISTRY)}"
         raise ModelError(f"unknown model '{name}': {hint}")
     return _REGISTRY[name]
 
@@ -158,21 +152,12 @@ def build(name: str, *, pretrained: bool | None = None):
     if use and name == "mobilenetv2":
         module.load_imagenet_weights(model)
     elif not use:
+        from edgeprune._threads import one_thread
         from edgeprune.models.stats import calibrate_batchnorm
-        from edgeprune.prune.threads import one_thread
 
         with one_thread():
             calibrate_batchnorm(model, info.input_shape)
     return model.eval()
-
-
-def load_model(
-    spec: str, *, weights: str | None = None, input_shape: tuple[int, ...] | None = None
-) -> LoadedModel:
-    """Turn a ``--model`` value into a :class:`LoadedModel`; see :mod:`edgeprune.models.loading`."""
-    from edgeprune.models.loading import load_model as _load
-
-    return _load(spec, weights=weights, input_shape=input_shape)
 
 
 __all__ = [
@@ -180,7 +165,6 @@ __all__ = [
     "ModelInfo",
     "build",
     "list_models",
-    "load_model",
     "model_info",
     "pretrained_available",
 ]

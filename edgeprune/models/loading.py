@@ -1,22 +1,30 @@
-"""``--model`` -> :class:`~edgeprune.models.LoadedModel`, refusing anything that would run code.
+"""The model-side pieces of loading: safe file reads, the user's factory, weights, input checks.
 
-Accepted, tried in this order:
+:func:`edgeprune.load.load_model` (one level above this package and
+:mod:`edgeprune.prune`) decides what a ``--model`` value is; this module
+does the parts that need only the model zoo:
 
-1. a built-in name (``mobilenetv2``), optionally ``weights=`` a state_dict file;
-2. a file: an edgeprune pruned model (``.ept``), an ExportedProgram
-   (``torch.export.save``, ``.pt2``) or a TorchScript file
-   (``torch.jit.save``), recognised by their zip members, not their suffix;
-3. a Python factory ``package.module:function`` returning an ``nn.Module``
-   (the user's own code, imported like any module), optionally ``weights=``.
+- :func:`safe_torch_load`: ``torch.load(weights_only=True)``, so a pickle
+  that would build arbitrary Python objects (``torch.save(model)``, a
+  malicious ``__reduce__``) is refused, never executed; a plain Python
+  pickle (not a torch file) is refused before it is read at all;
+- :func:`call_factory`: import and call the user's ``package.module:function``.
+  Only ever called for a factory the *user* named (``--model``,
+  ``--trust-factory``), never for one named inside a file;
+- :func:`load_weights`: a state_dict file into a model, strictly;
+- :func:`check_input`: does the model run on this input shape (one line if not);
+- :func:`load_file`: an ExportedProgram (``.pt2``) or TorchScript file,
+  recognised by their zip members, not their suffix. They load and export,
+  but their layers are no longer ``nn.Conv2d`` modules, so they cannot be
+  pruned: the pruner says so and asks for the factory.
 
-Every torch pickle is read with ``torch.load(weights_only=True)``: a pickle
-that would build arbitrary Python objects (``torch.save(model)``, or a
-malicious ``__reduce__``) is refused, never executed. ExportedPrograms and
-TorchScript load and export, but their layers are no longer ``nn.Conv2d``
-modules, so they cannot be pruned: the pruner says so and asks for the
-factory.
+Errors are one line naming the file (or factory) and the fix.
 
-Errors are one line naming the file and the fix.
+Example::
+
+    model = call_factory("myzoo:tiny")            # the user's own code, named by the user
+    load_weights(model, "weights.pt")
+    check_input(model, (1, 3, 32, 32), "myzoo:tiny")
 """
 
 from __future__ import annotations
@@ -24,61 +32,108 @@ from __future__ import annotations
 import importlib
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
 from edgeprune.errors import ModelError
 
 DEFAULT_INPUT = (1, 3, 224, 224)
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _REFUSED = (
-    "refused: it is a pickle that builds Python objects, which could run code "
+    "refused: it is a pickle that builds Python objects{what}, which could run code "
     "(torch.load weights_only=True); save a state_dict instead "
     "(torch.save(model.state_dict(), f)) and pass --model pkg.module:factory --weights FILE"
 )
 
 
+def is_factory(spec: str) -> bool:
+    """Whether ``spec`` has the shape of a Python factory ``package.module:function``."""
+    return bool(FACTORY.match(spec))
+
+
+def _plain_pickle_protocol(path: Path) -> int | None:
+    """The protocol of a plain Python pickle (not torch's zip format), else None.
+
+    torch's legacy (pre-1.6, non-zip) files are pickles of protocol 2 and are
+    left to ``torch.load``; protocol 3+ outside a zip is ``pickle.dump``'s work.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return None
+    if len(head) == 2 and head[0] == 0x80 and 3 <= head[1] <= 5 and not zipfile.is_zipfile(path):
+        return head[1]
+    return None
+
+
 def safe_torch_load(path: Path):
-    """``torch.load(path, weights_only=True)`` with one-line errors."""
+    """``torch.load(path, weights_only=True)`` with one-line errors, and torch's warnings kept quiet."""
     import torch
 
+    path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, not a model file; give the file inside it")
+    protocol = _plain_pickle_protocol(path)
+    if protocol is not None:
+        raise ModelError(
+            f"{path}: " + _REFUSED.format(what=f" (a plain Python pickle, protocol {protocol})")
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error says it
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise ModelError(f"{path}: is a directory, not a model file") from None
+        raise ModelError(f"{path}: is a folder, not a model file; give the file inside it") from None
+    except PermissionError:
+        raise ModelError(f"{path}: cannot read it (permission denied)") from None
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found or "unsupported global" in str(exc).lower():
             what = f" ({found.group(1)})" if found else ""
-            raise ModelError(
-                f"{path}: {_REFUSED.replace('builds Python objects', 'builds Python objects' + what)}"
-            ) from None
+            raise ModelError(f"{path}: " + _REFUSED.format(what=what)) from None
         raise ModelError(f"{path}: not a PyTorch model or weights file") from None
     except Exception:  # torch raises many types on foreign bytes
         raise ModelError(f"{path}: not a PyTorch model or weights file") from None
 
 
-def _state_dict_of(obj, path: Path) -> dict:
+def is_state_dict(obj) -> bool:
+    """A non-empty dict of tensors keyed by strings (what ``model.state_dict()`` gives)."""
     import torch
 
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _state_dict_of(obj, path: Path) -> dict:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if (
-        not isinstance(obj, dict)
-        or not obj
-        or not all(isinstance(v, torch.Tensor) for v in obj.values())
-    ):
+    if not is_state_dict(obj):
         raise ModelError(f"{path}: not a state_dict (a dict of tensors)")
     return obj
 
 
+def weights_path(path: str | Path) -> Path:
+    """``--weights`` as a Path, or a one-line error saying what is wrong with it."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ModelError(
+            f"--weights {path}: is a folder; give the weights file inside it (a state_dict .pt or a .ept)"
+        )
+    if not path.is_file():
+        raise ModelError(f"--weights {path}: file not found")
+    return path
+
+
 def load_weights(model, path: str | Path) -> None:
     """Load a state_dict file into ``model`` strictly; a misfit names the first bad key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: weights file not found")
+    path = weights_path(path)
     state = _state_dict_of(safe_torch_load(path), path)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -100,46 +155,104 @@ def load_weights(model, path: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _call_factory(spec: str):
+def call_factory(spec: str):
+    """Import and call the user's factory ``pkg.module:function``; the ``nn.Module`` it returns.
+
+    This runs the user's code: call it only for a factory the user named
+    (``--model``, ``--trust-factory``). Failures inside that code are one line
+    naming the factory; the traceback is chained (``--debug`` shows it).
+    """
     from torch import nn
 
     mod_name, fn_name = spec.split(":")
+    where = f"--model {spec}"
     try:
         module = importlib.import_module(mod_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name and (mod_name == exc.name or mod_name.startswith(exc.name + ".")):
+            raise ModelError(f"{where}: cannot import '{mod_name}' ({exc}); is it on PYTHONPATH?") from None
         raise ModelError(
-            f"--model {spec}: cannot import '{mod_name}' ({exc}); is it on PYTHONPATH?"
-        ) from None
+            f"{where}: importing '{mod_name}' failed: it needs the module '{exc.name}', which is not "
+            "installed; install it"
+        ) from exc
+    except SyntaxError as exc:
+        at = f"{exc.filename}:{exc.lineno}" if exc.filename else mod_name
+        raise ModelError(
+            f"{where}: '{mod_name}' has a syntax error at {at} ({exc.msg}); fix the file"
+        ) from exc
+    except Exception as exc:  # the user's module ran and raised at import
+        raise ModelError(
+            f"{where}: importing '{mod_name}' raised {type(exc).__name__}: {_short(exc)}; "
+            "fix the module (--debug shows the traceback)"
+        ) from exc
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        raise ModelError(f"--model {spec}: '{mod_name}' has no function '{fn_name}'")
-    model = fn()
+        raise ModelError(f"{where}: '{mod_name}' has no function '{fn_name}'")
+    try:
+        model = fn()
+    except Exception as exc:
+        raise ModelError(
+            f"{where}: {fn_name}() raised {type(exc).__name__}: {_short(exc)}; "
+            "fix the factory (--debug shows the traceback)"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ModelError(
-            f"--model {spec}: {fn_name}() returned {type(model).__name__}, not a torch.nn.Module"
+            f"{where}: {fn_name}() returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model.eval()
 
 
-def _task_of(model, shape: tuple[int, ...], where: str) -> str:
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return ",".join(str(d) for d in shape)
+
+
+def run_once(model, shape: tuple[int, ...], where: str, *, native: tuple[int, ...] | None = None):
+    """Run ``model`` on zeros of ``shape`` and return the output, or one line saying it cannot.
+
+    ``native``: the model's own input shape, suggested in the error when known.
+    """
     import torch
 
     try:
         with torch.no_grad():
-            out = model(torch.zeros(*shape))
+            return model(torch.zeros(*shape))
     except Exception as exc:
+        fix = (
+            f"its input is {_shape_text(native)}: pass --input-shape {_shape_text(native)}"
+            if native and tuple(native) != tuple(shape)
+            else "pass the --input-shape it takes"
+        )
         raise ModelError(
-            f"{where}: the model does not run on input {shape} "
-            f"({type(exc).__name__}: {str(exc)[:120]}); pass --input-shape"
+            f"{where}: the model does not run on input {_shape_text(shape)} "
+            f"({type(exc).__name__}: {_short(exc, 120)}); {fix}"
         ) from None
+
+
+def task_of(model, shape: tuple[int, ...], where: str, *, native=None) -> str:
+    """'classify' when the model gives one (N, C) output on ``shape``, else 'detect'."""
+    out = run_once(model, shape, where, native=native)
     if isinstance(out, (tuple, list)) and len(out) > 1:
         return "detect"
     first = out[0] if isinstance(out, (tuple, list)) else out
-    return "classify" if first.ndim == 2 else "detect"
+    return "classify" if getattr(first, "ndim", 0) == 2 else "detect"
 
 
-def build_base(base: str, *, pretrained: bool = False, input_shape: tuple[int, ...] | None = None):
-    """The unpruned architecture ``base`` (built-in name or ``pkg.mod:fn``) as a LoadedModel."""
+def check_input(model, shape: tuple[int, ...], where: str, *, native=None) -> None:
+    """Raise a one-line :class:`ModelError` unless ``model`` runs on ``shape``."""
+    run_once(model, shape, where, native=native)
+
+
+def build_base(base: str, *, pretrained: bool | None = False, input_shape: tuple[int, ...] | None = None):
+    """The unpruned architecture ``base`` (a built-in name or ``pkg.mod:fn``) as a LoadedModel.
+
+    A factory is called: pass only a factory the user named or trusted
+    (:func:`edgeprune.load.load_model` and :func:`edgeprune.prune.io.load_pruned` check).
+    """
     from edgeprune.models import _REGISTRY, LoadedModel, build
 
     if base in _REGISTRY:
@@ -154,104 +267,73 @@ def build_base(base: str, *, pretrained: bool = False, input_shape: tuple[int, .
             base=base,
             pretrained=bool(pretrained),
         )
-    if not _FACTORY.match(base):
+    if not is_factory(base):
         raise ModelError(f"unknown base architecture '{base}'")
-    module = _call_factory(base)
-    shape = tuple(input_shape or getattr(module, "input_shape", None) or DEFAULT_INPUT)
+    module = call_factory(base)
+    native = getattr(module, "input_shape", None)
+    shape = tuple(input_shape or native or DEFAULT_INPUT)
     return LoadedModel(
         module=module,
         input_shape=shape,
         name=base.split(":")[-1],
         source=base,
-        task=_task_of(module, shape, base),
+        task=task_of(module, shape, f"--model {base}", native=native),
         base=base,
     )
 
 
-def _load_file(path: Path, input_shape):
-    from edgeprune.models import LoadedModel
-
+def file_kind(path: Path) -> str:
+    """'exported-program', 'torchscript' or 'torch' (a torch.save pickle), from the zip members."""
     names: list[str] = []
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = []
     if any(n.endswith("models/model.json") for n in names) and any(
         n.endswith("archive_format") for n in names
     ):
-        import torch
+        return "exported-program"
+    if any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names):
+        return "torchscript"
+    return "torch"
 
-        try:
+
+def load_program(path: Path, kind: str, input_shape: tuple[int, ...] | None):
+    """An ExportedProgram or TorchScript file as a LoadedModel (loads and exports; not prunable)."""
+    import torch
+
+    from edgeprune.models import LoadedModel
+
+    label = "ExportedProgram" if kind == "exported-program" else "TorchScript file"
+    try:
+        if kind == "exported-program":
             module = torch.export.load(str(path)).module()
-        except Exception as exc:
-            raise ModelError(f"{path}: damaged ExportedProgram ({type(exc).__name__})") from None
-        kind = "exported-program"
-    elif any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names):
-        import torch
-
-        try:
+        else:
             module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            raise ModelError(f"{path}: damaged TorchScript file ({type(exc).__name__})") from None
-        kind = "torchscript"
-    else:
-        blob = safe_torch_load(path)
-        if isinstance(blob, dict) and blob.get("format") == "edgeprune.pruned-model":
-            from edgeprune.prune.io import load_pruned
-
-            return load_pruned(path, blob=blob)
-        try:
-            _state_dict_of(blob, path)
-        except ModelError:
-            raise ModelError(
-                f"{path}: not a model (expected an edgeprune .ept, an ExportedProgram, "
-                "TorchScript, or a state_dict with --weights)"
-            ) from None
-        raise ModelError(
-            f"{path}: is a state_dict (weights only, no architecture); pass "
-            f"--model NAME_OR_pkg.module:factory --weights {path}"
-        )
+    except Exception as exc:
+        raise ModelError(f"{path}: damaged {label} ({type(exc).__name__})") from None
     shape = tuple(input_shape or DEFAULT_INPUT)
     return LoadedModel(
         module=module,
         input_shape=shape,
         name=path.stem,
         source=str(path),
-        task=_task_of(module, shape, str(path)),
+        task=task_of(module, shape, str(path)),
         base=None,
         notes=[f"{kind}: loads and exports, but cannot be pruned (no nn.Conv2d modules left)"],
     )
 
 
-def load_model(
-    spec: str, *, weights: str | None = None, input_shape: tuple[int, ...] | None = None
-):
-    """See the module docstring. ``input_shape`` overrides the default (batch 1)."""
-    from edgeprune.models import _REGISTRY, model_info
-
-    path = Path(spec).expanduser()
-    if spec in _REGISTRY or _FACTORY.match(spec) and not path.exists():
-        builtin_weights = None if (spec in _REGISTRY and weights is None) else False
-        lm = build_base(spec, pretrained=builtin_weights, input_shape=input_shape)
-        if spec in _REGISTRY:
-            from edgeprune.models import pretrained_available
-
-            lm.pretrained = pretrained_available(spec) and weights is None
-        if weights:
-            load_weights(lm.module, weights)
-            lm.pretrained = True
-        lm.module.eval()
-        return lm
-    if path.exists():
-        if path.is_dir():
-            raise ModelError(
-                f"{path}: is a directory; give the model file inside it (e.g. {path}/model.ept)"
-            )
-        if weights:
-            raise ModelError(
-                f"--weights {weights}: only for a built-in name or pkg.module:factory, not a file"
-            )
-        return _load_file(path, input_shape)
-    if "/" in spec or path.suffix:
-        raise ModelError(f"{spec}: file not found")
-    model_info(spec)  # raises: unknown name, with a suggestion
-    raise AssertionError("unreachable")
+def not_a_model(path: Path, blob) -> ModelError:
+    """The error for a torch file that is no model edgeprune can load by itself."""
+    if is_state_dict(blob) or (isinstance(blob, dict) and is_state_dict(blob.get("state_dict"))):
+        return ModelError(
+            f"{path}: is a state_dict (weights only, no architecture); pass "
+            f"--model NAME_OR_pkg.module:factory --weights {path}"
+        )
+    return ModelError(
+        f"{path}: not a model (expected an edgeprune .ept, an ExportedProgram, "
+        "TorchScript, or a state_dict with --weights)"
+    )

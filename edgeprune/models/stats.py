@@ -18,7 +18,7 @@ def count_macs_params(model, input_shape: tuple[int, ...]) -> tuple[int, int]:
     import contextlib
     import io
 
-    from edgeprune.prune.threads import one_thread
+    from edgeprune._threads import one_thread
 
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), one_thread():
         macs, params = tp.utils.count_ops_and_params(model, torch.zeros(*input_shape))

@@ -16,13 +16,12 @@ Example::
 from __future__ import annotations
 
 import copy
-import difflib
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-from edgeprune.errors import PruneError
+from edgeprune.errors import PruneError, did_you_mean
 from edgeprune.prune.check import check_surgery
 from edgeprune.prune.groups import analyse
 from edgeprune.prune.importance import (
@@ -53,8 +52,8 @@ def check_plan(plan: ChannelPlan, groups) -> None:
     for gid, keep in plan.keep.items():
         g = by_id.get(gid)
         if g is None:
-            near = difflib.get_close_matches(gid, list(by_id), n=2, cutoff=0.6)
-            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+            near = did_you_mean(gid, by_id, n=2, cutoff=0.6)
+            hint = f" ({near})" if near else ""
             raise PruneError(
                 f"plan group '{gid}' is not a channel group of this model{hint}: "
                 "the plan was made for another architecture"

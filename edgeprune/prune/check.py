@@ -13,7 +13,9 @@ check turns it into an error naming the groups.
 Where a group's channels pass through an op that does not keep 0 at 0
 (``x + 1``, a sigmoid gate on the group's own channels) or a normalisation across
 channels (GroupNorm, LayerNorm over C), the check reports a
-difference that is not a bug: ``prune_(..., verify=False)`` skips it.
+difference that is not a bug: ``prune_(..., verify=False)`` (CLI ``--no-verify``)
+skips it, or ``protect=[group id]`` (CLI ``--protect``) keeps the group whole.
+The error lists every group in ``details["groups"]`` (the JSON error).
 
 Example::
 
@@ -69,10 +71,14 @@ def check_surgery(
     scale = max(1.0, max(float(w.abs().max()) for w in want))
     err = max(float((w - g).abs().max()) for w, g in zip(want, got, strict=True)) / scale
     if err > TOL:
+        ids = list(removed)
+        shown = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more (--json lists all)" if len(ids) > 4 else "")
         raise PruneError(
             f"the pruned model differs from the original with the removed channels zeroed "
-            f"(relative {err:.2g} > {TOL:g}) in groups {', '.join(list(removed)[:4])}...: "
-            "an op on these channels does not keep 0 at 0, or the surgery is wrong; protect "
-            "those layers, or pass verify=False if you know the op"
+            f"(relative {err:.2g} > {TOL:g}) in {len(ids)} pruned groups ({shown}): an op on their "
+            "channels does not keep 0 at 0 (e.g. + a constant, a norm across channels), or the surgery "
+            "is wrong; keep a group whole with --protect LAYER (its id), or skip this check with "
+            "--no-verify if you know the op (Python: protect=[...], verify=False)",
+            details={"groups": ids},
         )
     return err

@@ -29,14 +29,13 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from edgeprune.errors import PruneError, require
+from edgeprune.errors import PruneError, did_you_mean, require
 
 
 @dataclass(frozen=True)
@@ -146,12 +145,7 @@ def analyse(
     by_name = dict(model.named_modules())
     for p in protect:
         if p not in by_name:
-            near = difflib.get_close_matches(p, list(by_name), n=3, cutoff=0.5)
-            hint = (
-                f"did you mean {' or '.join(near)}?"
-                if near
-                else "see the layer names in the plan JSON"
-            )
+            hint = did_you_mean(p, by_name, n=3, cutoff=0.5) or "see the layer names in the plan JSON"
             raise PruneError(f"--protect {p}: no layer of that name in the model; {hint}")
     protected = {by_name[p] for p in protect}
     protected |= {m for p in protect for m in by_name[p].modules()}

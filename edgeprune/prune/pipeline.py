@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeprune._paths import atomic_write_text, output_dir
+from edgeprune._paths import atomic_write_text, staged_output
 from edgeprune.errors import BudgetError, ExportError, NotBuiltError, PruneError
 from edgeprune.progress import step
 from edgeprune.prune.threads import single_threaded
@@ -102,8 +102,16 @@ def prune_model(
     host: str | None = None,
     use_cache: bool = True,
     accept_new_host_key: bool = False,
+    trust_factory: str | None = None,
+    verify: bool = True,
 ) -> dict:
     """Prune ``model`` for ``target`` and write the four files; returns the summary.
+
+    ``weights``, ``input_shape``, ``trust_factory``: see :func:`edgeprune.load.load_model`.
+    ``verify=False`` (CLI ``--no-verify``) skips the surgery check, for ops known
+    not to keep 0 at 0 (:mod:`edgeprune.prune.check`). The files are written
+    into a staging folder and swapped into ``output`` only when all are
+    complete (:func:`edgeprune._paths.staged_output`).
 
     With ``latency_budget`` (ms) or ``speedup``, the plan comes from the
     latency model and the closed loop on the board (:mod:`edgeprune.latency.loop`:
@@ -114,10 +122,7 @@ def prune_model(
     ``summary.json`` (``latency``) and ``plan.json``. A budget not met on the
     board raises :class:`BudgetError` after writing everything.
     """
-    from edgeprune.models import load_model
-    from edgeprune.models.stats import count_macs_params
     from edgeprune.profiles import load_profile
-    from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned
 
     budgeted = latency_budget is not None or speedup is not None
     if sum(v is not None for v in (ratio, plan_file, latency_budget, speedup)) != 1:
@@ -129,11 +134,55 @@ def prune_model(
 
         profile = resolve_target(target, host=host).profile
     else:
-        profile = load_profile(target)
-    output_dir(output, create=False)  # refuse a bad --output before any work
+        profile = load_profile(target)  # an unknown board is refused before anything is written
+    budget = dict(
+        latency_budget=latency_budget, speedup=speedup, fmt=fmt, precision=precision,
+        max_rounds=max_rounds, min_keep=min_keep, threads=threads, estimate=estimate, data=data,
+        host=host, use_cache=use_cache, accept_new_host_key=accept_new_host_key,
+    ) if budgeted else None
+    with staged_output(output) as stage:
+        summary, latency = _prune_into(
+            stage, Path(output).expanduser(), model, profile=profile, target=target, ratio=ratio,
+            plan_file=plan_file, weights=weights, input_shape=input_shape, importance=importance,
+            protect=protect, align=align, protect_stem=protect_stem, trust_factory=trust_factory,
+            verify=verify, data=data, budget=budget,
+        )
+    if latency is not None and latency.met is False:  # raised after the result is in place
+        raise BudgetError(f"{latency.status} (written anyway: {summary['summary']})")
+    return summary
+
+
+def _prune_into(
+    out: Path,
+    final: Path,
+    model: str,
+    *,
+    profile,
+    target: str,
+    ratio: float | None,
+    plan_file: str | None,
+    weights: str | None,
+    input_shape: tuple[int, ...] | None,
+    importance: str,
+    protect: tuple[str, ...],
+    align: bool,
+    protect_stem: bool,
+    trust_factory: str | None,
+    verify: bool,
+    data,
+    budget: dict | None,
+):
+    """The work of :func:`prune_model`, writing into ``out`` and recording paths in ``final``.
+
+    Returns ``(summary, LoopResult or None)``.
+    """
+    from edgeprune.load import load_model
+    from edgeprune.models.stats import count_macs_params
+    from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned
+
     multiple = profile.alignment(profile.export_precision) if align else 1
     step(f"loading {model}")
-    lm = load_model(model, weights=weights, input_shape=input_shape)
+    lm = load_model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory)
     earlier = [*lm.earlier_plans, lm.plan] if lm.plan is not None else []
     if lm.base is None:
         raise PruneError(
@@ -161,16 +210,19 @@ def prune_model(
         xs, ys = digits_data("train")
         data = list(zip(xs.split(64), ys.split(64), strict=True))[:8]
     latency = None
-    if budgeted:
+    if budget is not None:
         from edgeprune.latency.layers import DEFAULT_MIN_KEEP
         from edgeprune.latency.loop import plan_for_budget
 
+        min_keep = budget["min_keep"]
         latency = plan_for_budget(
-            lm, target=target, host=host, latency_budget=latency_budget, speedup=speedup,
-            fmt=fmt, precision=precision, max_rounds=max_rounds, importance=importance, data=data,
+            lm, target=target, host=budget["host"], latency_budget=budget["latency_budget"],
+            speedup=budget["speedup"], fmt=budget["fmt"], precision=budget["precision"],
+            max_rounds=budget["max_rounds"], importance=importance, data=data,
             protect=tuple(protect), protect_stem=protect_stem, align=align,
-            min_keep=DEFAULT_MIN_KEEP if min_keep is None else min_keep, threads=threads,
-            estimate=estimate, use_cache=use_cache, accept_new_host_key=accept_new_host_key,
+            min_keep=DEFAULT_MIN_KEEP if min_keep is None else min_keep, threads=budget["threads"],
+            estimate=budget["estimate"], use_cache=budget["use_cache"],
+            accept_new_host_key=budget["accept_new_host_key"],
         )
         plan = latency.plan
         plan.latency = latency.to_dict()
@@ -186,10 +238,10 @@ def prune_model(
     acc0 = _accuracy(lm, net)
     step("removing channels and checking the surgery")
     prune_(
-        net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x
+        net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x,
+        verify=verify,
     )
     macs1, params1 = count_macs_params(net, shape)
-    out = output_dir(output)
     ept = save_pruned(net, plan, out / "model.ept", name=lm.name, task=lm.task, earlier=earlier)
     plan_path = out / "plan.json"
     atomic_write_text(plan_path, plan.to_json() + "\n")
@@ -205,11 +257,11 @@ def prune_model(
             "edgeprune.plan": plan.note,
         },
     )
-    summary = {
-        "model": str(ept),
-        "plan": str(plan_path),
-        "onnx": str(onnx_path),
-        "summary": str(out / "summary.json"),
+    summary = {  # the paths the files will have once the staging folder is swapped in
+        "model": str(final / ept.name),
+        "plan": str(final / plan_path.name),
+        "onnx": str(final / onnx_path.name),
+        "summary": str(final / "summary.json"),
         "source": lm.source,
         "base": lm.base,
         "task": lm.task,
@@ -232,19 +284,19 @@ def prune_model(
             k: agree[k] for k in ("max_abs", "mean_abs", "cosine", "top1", "tolerance", "passed")
         },
         "pretrained": lm.pretrained,
+        "notes": plan.ratio_notes(ratio, groups) if ratio is not None else [],
     }
     if latency is not None:
         summary["latency"] = latency.to_dict()
         if latency.table is not None:
-            summary["latency_table"] = str(latency.table.save(out / "latency_table.json"))
+            latency.table.save(out / "latency_table.json")
+            summary["latency_table"] = str(final / "latency_table.json")
     if acc0 is not None:
         summary["accuracy_before"] = acc0
         summary["accuracy_after"] = _accuracy(lm, net)
         summary["accuracy_note"] = "digits test split (360 images), no fine-tuning"
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if latency is not None and latency.met is False:
-        raise BudgetError(f"{latency.status} (written anyway: {out / 'summary.json'})")
-    return summary
+    return summary, latency
 
 
 def _accuracy(lm, net) -> float | None:

@@ -31,6 +31,10 @@ FORMAT = "edgeprune.channel-plan"
 VERSION = 1
 
 
+def _groups(n: int) -> str:
+    return f"{n} group is" if n == 1 else f"{n} groups are"
+
+
 def round_keep(channels: int, wanted: float, multiple: int) -> int:
     """Kept count nearest ``wanted`` among the multiples of ``multiple`` up to ``channels``,
     and ``channels`` itself (keeping all is always allowed); ties go to the larger count."""
@@ -130,6 +134,42 @@ class ChannelPlan:
     def pruned_groups(self) -> dict[str, int]:
         """Groups that actually shrink: id -> kept count."""
         return {g: k for g, k in self.keep.items() if k < self.channels[g]}
+
+    def ratio_notes(self, ratio: float, groups: Iterable = ()) -> list[str]:
+        """What a uniform ``ratio`` could not do, and why (alignment, the minimum per group).
+
+        One note when the removed fraction is far from ``ratio``, one when some
+        groups are too narrow to shrink at all; empty when neither. ``groups``
+        (the :class:`PrunableGroup` list) gives each group's conv slices.
+
+        Example::
+
+            plan.ratio_notes(0.999)   # ['asked to remove 99.9 % of channels, removed 57.1 %: ...']
+        """
+        slices = {g.id: getattr(g, "slices", 1) for g in groups}
+        unit = {gid: math.lcm(self.align, slices.get(gid, 1)) for gid in self.keep}
+        narrow = [gid for gid, c in self.channels.items() if c <= unit[gid]]
+        at_min = [gid for gid, k in self.keep.items() if k == unit[gid] and k < self.channels[gid]]
+        notes = []
+        done = self.removed_fraction()
+        if abs(done - ratio) > 0.05:
+            m = max(unit.values(), default=1)
+            why = (
+                f"each group keeps at least {m} channels, in multiples of {self.align} (the board's "
+                f"alignment); {_groups(len(at_min))} at that minimum, and {len(narrow)} with {m} "
+                "channels or fewer keep all theirs"
+                if done < ratio
+                else f"kept counts round to the nearest multiple of {self.align} (the board's alignment)"
+            )
+            notes.append(f"asked to remove {100 * ratio:.1f} % of channels, removed {100 * done:.1f} %: {why}")
+        if narrow and self.align > 1:
+            widest = max(self.channels[g] for g in narrow)
+            notes.append(
+                f"{len(self.pruned_groups())} of {len(self.keep)} groups pruned: {len(narrow)} groups have "
+                f"{widest} channels or fewer, at most the alignment {self.align}, and keep all; "
+                "--no-align prunes them too (unaligned counts run slower on most boards)"
+            )
+        return notes
 
     # -- JSON --------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -7,7 +7,7 @@ shell line is ever built from a name; release ids are checked on both sides.
 The agent's answers are parsed as untrusted JSON (size cap, protocol, types).
 
 Where the deploy folder is: the targets file's ``deploy_dir``, else the
-profile's ``reach.deploy_dir``, else :data:`DEFAULT_DEPLOY_DIR` for the
+profile's ``reach.deploy_dir``, else the transport's ``default_deploy_dir`` for the
 transport. It is separate from the agent's benchmark workdir, so clearing
 benchmark files never touches a shipped model.
 
@@ -30,18 +30,18 @@ from edgeprune.errors import AgentError, ShipError
 # Keep in step with the agent's RELEASE_ID.
 RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
-DEFAULT_DEPLOY_DIR = {
-    "ssh": "~/edgeprune-deploy",
-    "adb": "/data/local/tmp/edgeprune-deploy",
-    "local": None,  # <cache>/local-deploy: this machine's "board" lives in the cache
-}
-
-
 def deploy_dir_for(reach) -> str:
-    """The deploy folder for ``reach`` as configured (may start with ``~``: the board expands it)."""
+    """The deploy folder for ``reach`` as configured (may start with ``~``: the board expands it).
+
+    Without a targets-file or profile ``deploy_dir``, the transport's
+    ``default_deploy_dir`` (SSH ``~/edgeprune-deploy``, adb
+    ``/data/local/tmp/edgeprune-deploy``; local: ``<cache>/local-deploy``).
+    """
+    from edgeprune.transport import transport_class
+
     if reach.deploy_dir:
         return reach.deploy_dir
-    default = DEFAULT_DEPLOY_DIR.get(reach.transport)
+    default = transport_class(reach.transport).default_deploy_dir
     if default is None:
         from edgeprune._paths import cache_dir
 

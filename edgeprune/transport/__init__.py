@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 
 from edgeprune.errors import TransportError
-from edgeprune.transport.base import MAX_OUTPUT, RunResult, Transport
+from edgeprune.transport.base import CONNECT_TIMEOUT_S, MAX_OUTPUT, RunResult, Transport
 
 # name -> "module:Class"
 TRANSPORTS: dict[str, str] = {
@@ -39,12 +39,20 @@ def transport_class(kind: str) -> type[Transport]:
     return getattr(importlib.import_module(module), cls)
 
 
-def open_transport(reach, *, accept_new_host_key: bool = False) -> Transport:
-    """A transport for ``reach`` (not yet connected: use it as a context manager)."""
-    return transport_class(reach.transport)(reach, accept_new_host_key=accept_new_host_key)
+def open_transport(
+    reach, *, accept_new_host_key: bool = False, connect_timeout: float | None = None
+) -> Transport:
+    """A transport for ``reach`` (not yet connected: use it as a context manager).
+
+    ``connect_timeout``: seconds to reach the board (default :data:`CONNECT_TIMEOUT_S`).
+    """
+    return transport_class(reach.transport)(
+        reach, accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout
+    )
 
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "MAX_OUTPUT",
     "TRANSPORTS",
     "RunResult",

@@ -31,6 +31,21 @@ from edgeprune.transport.base import MAX_OUTPUT, WRAPPER, RunResult, Transport
 
 class AdbTransport(Transport):
     kind = "adb"
+    default_workdir = "/data/local/tmp/edgeprune"  # the folder the shell user may write and run in
+    default_deploy_dir = "/data/local/tmp/edgeprune-deploy"
+
+    @classmethod
+    def no_host_error(cls, name, tfile):
+        from edgeprune.errors import ProfileError
+
+        return ProfileError(
+            f"target '{name}' is reached with adb but no device is given; give one with "
+            f'--host SERIAL (see `adb devices`), or host = "SERIAL" in [{name}] of {tfile}'
+        )
+
+    @classmethod
+    def address(cls, reach) -> str:
+        return f"adb:{reach.hostname}"  # --host is the device serial, e.g. 1A2B3C or 192.168.1.20:5555
 
     @property
     def identity(self) -> str:
@@ -96,7 +111,7 @@ class AdbTransport(Transport):
 
     def ensure_workdir(self) -> str:
         if self.workdir is None:
-            wd = self.reach.workdir or "/data/local/tmp/edgeprune"
+            wd = self.reach.workdir or self.default_workdir
             res = self._shell(shlex.join(["mkdir", "-p", wd]), timeout=30)
             if res.rc not in (0, None):
                 raise TransportError(

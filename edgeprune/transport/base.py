@@ -21,6 +21,14 @@ the board other than the workdir (the deploy folder, see edgeprune.ship).
 
 Subclasses supply the primitives (``_exec``, ``_put``, ``_get``, ``_rename``,
 ``_discard``); the upload and download protocols themselves live here, once.
+
+Each class also owns what is specific to its way of reaching a board, at
+class level, so that :func:`edgeprune.reach.resolve_target` finds it through
+the ``TRANSPORTS`` registry instead of branching on names: the default
+working folder (:attr:`Transport.default_workdir`), what ``--host`` means
+(:meth:`Transport.apply_host`: an SSH address, an adb serial), where else the
+address comes from (:meth:`Transport.complete`: ``~/.ssh/config`` for SSH),
+and how the address is written (:meth:`Transport.address`).
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune._paths import sha256_file
-from edgeprune.errors import TransportError
+from edgeprune.errors import ProfileError, TransportError
 
 MAX_OUTPUT = 16 * 1024 * 1024
+CONNECT_TIMEOUT_S = 10.0  # reaching a board: TCP connect and, over SSH, the server's banner
 # Prints its PID (the process group the board's sshd gave it), enters the
 # workdir, then becomes the command: killing that PID/group stops the command.
 WRAPPER = 'echo "$$"; cd -- "$1" || exit 125; shift; exec "$@"'
@@ -60,14 +69,68 @@ def check_name(name: str) -> str:
     return name
 
 
+# Keys of a targets-file entry that fill a Reach attribute the same way for every transport.
+ENTRY_KEYS = (
+    ("hostname", "host"),
+    ("user", "user"),
+    ("port", "port"),
+    ("key_filename", "key"),
+    ("workdir", "workdir"),
+    ("python", "python"),
+    ("known_hosts", "known_hosts"),
+)
+
+
 class Transport(ABC):
     """One connection to one board. Use as a context manager."""
 
     kind = ""
+    default_workdir: str | None = None  # the board's working folder when no one names another
+    default_deploy_dir: str | None = None  # where edgeprune.ship keeps releases (separate from the workdir)
 
-    def __init__(self, reach, *, accept_new_host_key: bool = False) -> None:
+    # -- where the board is (class level: used before any connection) --------------
+    @classmethod
+    def locate(cls, reach, *, host: str | None, entry: dict[str, Any], source: str, tfile: Path) -> None:
+        """Fill ``reach`` (via ``reach.put``: first value wins): ``--host``, the targets
+        entry, this transport's own sources, then the profile's and the default workdir."""
+        if host:
+            cls.apply_host(reach, host)
+        for attr, key in ENTRY_KEYS:
+            reach.put(attr, entry.get(key), source)
+        cls.complete(reach, tfile=tfile)
+        reach.put("workdir", reach.profile.data["reach"].get("workdir"), f"profile {reach.profile.name}")
+        reach.put("workdir", cls.default_workdir, "default")
+
+    @classmethod
+    def apply_host(cls, reach, host: str) -> None:
+        """What ``--host`` says (default: the board's address as given)."""
+        reach.put("hostname", host.strip(), "--host")
+
+    @classmethod
+    def complete(cls, reach, *, tfile: Path) -> None:
+        """Fill what is still unset from this transport's own sources; refuse when no address is known."""
+        if reach.hostname is None:
+            raise cls.no_host_error(reach.name, tfile)
+
+    @classmethod
+    def no_host_error(cls, name: str, tfile: Path) -> ProfileError:
+        return ProfileError(
+            f"target '{name}' is reached with {cls.kind} but no address is given; give one with "
+            f'--host, or host = "..." in [{name}] of {tfile}'
+        )
+
+    @classmethod
+    def address(cls, reach) -> str:
+        """How the board's address is written in messages (``user@host:port``)."""
+        host = f"[{reach.hostname}]" if reach.hostname and ":" in reach.hostname else reach.hostname
+        return f"{reach.user}@{host}:{reach.port}"
+
+    def __init__(
+        self, reach, *, accept_new_host_key: bool = False, connect_timeout: float | None = None
+    ) -> None:
         self.reach = reach
         self.accept_new_host_key = accept_new_host_key
+        self.connect_timeout = float(connect_timeout or CONNECT_TIMEOUT_S)
         self.workdir: str | None = None  # absolute, after ensure_workdir()
 
     # -- what subclasses provide ---------------------------------------------
@@ -203,9 +266,9 @@ class Transport(ABC):
                 f"{self.reach.name}: {remote} is {size} bytes, more than the {max_bytes} "
                 "allowed; refused"
             )
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name[:80]}.part-{secrets.token_hex(4)}")
-        try:
+        from edgeprune._paths import atomic_file
+
+        with atomic_file(local) as tmp:
             self._get(remote, tmp, max_bytes)
             got = (tmp.stat().st_size, sha256_file(tmp))
             if got != (size, digest):
@@ -213,10 +276,11 @@ class Transport(ABC):
                     f"{self.reach.name}: {remote} arrived damaged or changed during the transfer "
                     f"(got {got[0]} bytes, sha256 {got[1][:16]}; the board had {size}, {digest[:16]})"
                 )
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
         return local
+
+    def remove(self, name: str) -> None:
+        """Remove ``workdir/name`` from the board if it is there (best effort, never raises)."""
+        self._discard(self.path(name))
 
     def __enter__(self) -> Transport:
         self.connect()

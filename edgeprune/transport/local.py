@@ -14,13 +14,27 @@ import sys
 from pathlib import Path
 
 from edgeprune._paths import sha256_file
-from edgeprune.errors import TransportError
+from edgeprune.errors import ProfileError, TransportError
 from edgeprune.transport._proc import run_process
 from edgeprune.transport.base import MAX_OUTPUT, RunResult, Transport
 
 
 class LocalTransport(Transport):
     kind = "local"
+    default_workdir = None  # <cache>/local-board, found when first used
+    default_deploy_dir = None  # <cache>/local-deploy: this machine's "board" lives in the cache
+
+    @classmethod
+    def locate(cls, reach, *, host, entry, source, tfile) -> None:
+        if host:
+            raise ProfileError(
+                f"target '{reach.name}' is this machine (transport local); --host is not used with it"
+            )
+        reach.put("python", entry.get("python"), source)
+
+    @classmethod
+    def address(cls, reach) -> str:
+        return "local"
 
     @property
     def identity(self) -> str:

@@ -25,17 +25,26 @@ What it does, and why (FACTS.md records what was measured):
 from __future__ import annotations
 
 import base64
+import fnmatch
+import getpass
 import hashlib
 import posixpath
+import re
 import shlex
 import socket
 import time
 from pathlib import Path
 
-from edgeprune.errors import TransportError, require
-from edgeprune.transport.base import MAX_OUTPUT, WRAPPER, RunResult, Transport, Watchdog
+from edgeprune.errors import ProfileError, TransportError, require
+from edgeprune.transport.base import (
+    CONNECT_TIMEOUT_S,
+    MAX_OUTPUT,
+    WRAPPER,
+    RunResult,
+    Transport,
+    Watchdog,
+)
 
-CONNECT_TIMEOUT_S = 10.0
 DEAD_LINK_S = 10  # TCP_USER_TIMEOUT, and the upload stall watchdog
 KEEPALIVE_S = 3
 
@@ -63,11 +72,140 @@ class _UnknownHost(Exception):
         self.host, self.key = host, key
 
 
+_HOST_RE = re.compile(
+    r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:@\s\[\]]+))(?::(?P<port>\d+))?$"
+)
+
+
+def parse_host(text: str) -> tuple[str | None, str, int | None]:
+    """``user@addr[:port]`` -> (user or None, addr, port or None); IPv6 as ``user@[::1]:2222``.
+
+    Example::
+
+        parse_host("pi@10.0.0.5:2222")   # ('pi', '10.0.0.5', 2222)
+    """
+    m = _HOST_RE.match(text.strip())
+    port = int(m.group("port")) if m and m.group("port") else None
+    if not m or (port is not None and not 1 <= port <= 65535):
+        raise ProfileError(
+            f"--host '{text}': expected user@addr[:port], e.g. pi@192.168.1.20 or nvidia@nano.local:22"
+        )
+    return m.group("user"), m.group("v6") or m.group("host"), port
+
+
+def _ssh_config():
+    path = Path("~/.ssh/config").expanduser()
+    if not path.is_file():
+        return None, path
+    import paramiko
+
+    try:
+        return paramiko.SSHConfig.from_path(str(path)), path
+    except Exception as exc:  # paramiko raises several kinds for bad files
+        raise ProfileError(f"{path}: cannot parse: {exc}") from None
+
+
+def _has_host_entry(cfg, name: str) -> bool:
+    return any(
+        p not in ("*",) and not p.startswith("!") and fnmatch.fnmatch(name, p)
+        for p in cfg.get_hostnames()
+    )
+
+
+def _quiet_paramiko() -> None:
+    """paramiko logs tracebacks from its own thread; without a handler Python prints them on stderr.
+
+    A NullHandler on the "paramiko" logger stops that (a handler the user
+    configures still receives the records); our errors say what happened in one line.
+    """
+    import logging
+
+    log = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+
+
+def _await_banner(sock: socket.socket, deadline: float, where: str, timeout: float) -> None:
+    """Wait until the server has sent something (its SSH banner), without consuming it.
+
+    An SSH server speaks first. A port that accepts TCP but never speaks
+    (another service, a firewall's tarpit) is reported here in one line
+    within the connect timeout, instead of inside paramiko.
+    """
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.05))
+        first = sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        raise TransportError(
+            f"no SSH server answered at {where} within {timeout:g} s (banner timeout); "
+            "check the address and port"
+        ) from None
+    except OSError as exc:
+        raise TransportError(
+            f"the connection to {where} failed before SSH started: {exc.strerror or exc}; "
+            "check the address and port"
+        ) from None
+    if not first:
+        raise TransportError(
+            f"{where} closed the connection without speaking SSH (not an SSH server, or it refuses "
+            "more connections now); check the address and port"
+        )
+
+
 class SSHTransport(Transport):
     kind = "ssh"
+    default_workdir = "~/.edgeprune"
+    default_deploy_dir = "~/edgeprune-deploy"
 
-    def __init__(self, reach, *, accept_new_host_key: bool = False) -> None:
-        super().__init__(reach, accept_new_host_key=accept_new_host_key)
+    # -- where the board is --------------------------------------------------------
+    @classmethod
+    def apply_host(cls, reach, host: str) -> None:
+        user, addr, port = parse_host(host)
+        reach.put("hostname", addr, "--host")
+        reach.put("user", user, "--host")
+        reach.put("port", port, "--host")
+
+    @classmethod
+    def complete(cls, reach, *, tfile: Path) -> None:
+        """``~/.ssh/config`` as ``ssh`` reads it: a ``Host NAME`` entry, then HostName, User,
+        Port, IdentityFile, UserKnownHostsFile for the address; then the usual defaults."""
+        cfg, cfg_path = _ssh_config()
+        name = reach.name
+        if reach.hostname is None and cfg is not None and _has_host_entry(cfg, name):
+            reach.put("hostname", name, f"Host {name} in {cfg_path}")
+        if reach.hostname is None:
+            raise cls.no_host_error(name, tfile)
+        if cfg is not None and _has_host_entry(cfg, reach.hostname):
+            found = cfg.lookup(reach.hostname)
+            where = f"Host {reach.hostname} in {cfg_path}"
+            alias = reach.hostname
+            if found.get("hostname") and found["hostname"] != alias:
+                reach.hostname = found["hostname"]
+                reach.sources["hostname"] += f" -> HostName in {cfg_path}"
+            reach.put("user", found.get("user"), where)
+            reach.put("port", int(found["port"]) if found.get("port") else None, where)
+            ids = found.get("identityfile") or []
+            reach.put("key_filename", ids[0] if ids else None, where)
+            kh = found.get("userknownhostsfile")
+            reach.put("known_hosts", kh.split()[0] if kh else None, where)
+        reach.put("user", getpass.getuser(), "your login name")
+        reach.put("port", 22, "default")
+        reach.put("known_hosts", "~/.ssh/known_hosts", "default")
+
+    @classmethod
+    def no_host_error(cls, name: str, tfile: Path) -> ProfileError:
+        return ProfileError(
+            f"target '{name}' is reached over SSH but no host is given; give one with "
+            f'--host user@addr[:port], or a [{name}] entry with host = "..." in {tfile}, '
+            f"or a `Host {name}` entry in ~/.ssh/config"
+        )
+
+    def __init__(
+        self, reach, *, accept_new_host_key: bool = False, connect_timeout: float | None = None
+    ) -> None:
+        super().__init__(
+            reach, accept_new_host_key=accept_new_host_key, connect_timeout=connect_timeout
+        )
         self.client = None
         self._sftp = None
         self.recorded_host_key: str | None = None
@@ -83,6 +221,12 @@ class SSHTransport(Transport):
         return f"{key.get_name()} {fingerprint(key)}" if key is not None else None
 
     @property
+    def _hostport(self) -> str:
+        r = self.reach
+        host = f"[{r.hostname}]" if r.hostname and ":" in r.hostname else r.hostname
+        return f"{host}:{r.port}"
+
+    @property
     def _label(self) -> str:
         r = self.reach
         return r.hostname if r.port == 22 else f"[{r.hostname}]:{r.port}"
@@ -90,23 +234,31 @@ class SSHTransport(Transport):
     # -- connecting --------------------------------------------------------------
     def connect(self) -> None:
         paramiko = require("paramiko", "ssh", "reaching boards over SSH")
+        _quiet_paramiko()
         r = self.reach
         who = f"{r.name}: {r.address}"
+        timeout = self.connect_timeout
+        deadline = time.monotonic() + timeout
         if r.key_filename and not Path(r.key_filename).is_file():
             raise TransportError(
                 f"{who}: key file {r.key_filename} not found "
                 f"(from {r.sources.get('key_filename', '?')})"
             )
         try:
-            sock = socket.create_connection((r.hostname, r.port), timeout=CONNECT_TIMEOUT_S)
+            sock = socket.create_connection((r.hostname, r.port), timeout=timeout)
         except TimeoutError:
             raise TransportError(
-                f"{who}: no answer within {CONNECT_TIMEOUT_S:.0f} s; "
-                "is the board on and the address right?"
+                f"{who}: no answer within {timeout:g} s; is the board on and the address right?"
             ) from None
         except OSError as exc:
             raise TransportError(f"{who}: cannot reach the board: {exc.strerror or exc}") from None
         _tune(sock)
+        try:
+            _await_banner(sock, deadline, self._hostport, timeout)
+        except TransportError as exc:
+            sock.close()
+            raise TransportError(f"{r.name}: {exc}") from None
+        sock.settimeout(max(deadline - time.monotonic(), 1.0))
         known = Path(r.known_hosts or "~/.ssh/known_hosts").expanduser()
         client = paramiko.SSHClient()
         if known.is_file():
@@ -135,8 +287,8 @@ class SSHTransport(Transport):
                 username=r.user,
                 key_filename=r.key_filename,
                 sock=sock,
-                timeout=CONNECT_TIMEOUT_S,
-                banner_timeout=CONNECT_TIMEOUT_S,
+                timeout=timeout,
+                banner_timeout=timeout,
                 auth_timeout=15,
                 allow_agent=True,
                 look_for_keys=r.key_filename is None,
@@ -299,7 +451,7 @@ class SSHTransport(Transport):
     def ensure_workdir(self) -> str:
         if self.workdir is not None:
             return self.workdir
-        wd = self.reach.workdir or "~/.edgeprune"
+        wd = self.reach.workdir or self.default_workdir
         if wd == "~":
             wd = "."
         elif wd.startswith("~/"):

@@ -1,0 +1,117 @@
+"""Issue 8, item 7: one place for each decision, so a reader need not go back and forth.
+
+- loading is one step above ``models`` and ``prune``: ``models`` never imports
+  ``prune``, ``prune`` never imports ``load``;
+- writing a file to a temporary name and renaming it lives in ``_paths``;
+- "did you mean" is written once (``errors.did_you_mean``);
+- transport-specific choices live in the transport classes: ``reach.py`` has
+  no branches over transport names;
+- ``verify`` raises the project's errors.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "edgeprune"
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def calls_in(path: Path) -> list[str]:
+    """Dotted names of every call in ``path`` (``os.replace``, ``difflib.get_close_matches``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            parts, f = [], node.func
+            while isinstance(f, ast.Attribute):
+                parts.append(f.attr)
+                f = f.value
+            if isinstance(f, ast.Name):
+                parts.append(f.id)
+            names.append(".".join(reversed(parts)))
+    return names
+
+
+def test_models_never_import_prune_and_prune_never_imports_load():
+    for path in (PKG / "models").glob("*.py"):
+        bad = {m for m in imports_of(path) if m == "edgeprune.prune" or m.startswith("edgeprune.prune.")}
+        assert not bad, f"{path.name} imports {bad}"
+    # prune/pipeline.py is the `prune` stage: a caller of load, like export's; nothing in prune/ imports it.
+    for path in (PKG / "prune").glob("*.py"):
+        if path.name != "pipeline.py":
+            assert "edgeprune.load" not in imports_of(path), path.name
+            assert "edgeprune.prune.pipeline" not in imports_of(path), path.name
+
+
+def test_loading_a_builtin_model_does_not_import_the_pruner():
+    code = ("import sys; from edgeprune.models import build; build('digits-cnn', pretrained=False); "
+            "print(sorted(m for m in sys.modules if m.startswith('edgeprune.prune')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PKG.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_temporary_name_and_rename_only_in_paths():
+    allowed = {PKG / "_paths.py", PKG / "transport" / "local.py"}  # local: the upload protocol's rename primitive
+    for path in PKG.rglob("*.py"):
+        if path in allowed:
+            continue
+        renames = [c for c in calls_in(path) if c in ("os.replace", "os.rename")]
+        assert not renames, f"{path.relative_to(PKG)} renames files itself: use _paths.atomic_file"
+        assert ".tmp-" not in path.read_text(encoding="utf-8"), path
+
+
+def test_did_you_mean_is_written_once():
+    for path in PKG.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        assert "difflib.get_close_matches" not in calls_in(path), path.relative_to(PKG)
+
+
+def test_reach_has_no_branches_over_transport_names():
+    source = (PKG / "reach.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    names = {"ssh", "adb", "local"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            consts = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)]
+            assert not names & set(consts), ast.get_source_segment(source, node)
+        if isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            assert not names & keys, ast.get_source_segment(source, node)
+
+
+def test_transport_classes_own_their_defaults():
+    from edgeprune.transport import transport_class
+
+    assert transport_class("ssh").default_workdir == "~/.edgeprune"
+    assert transport_class("adb").default_workdir == "/data/local/tmp/edgeprune"
+    assert transport_class("local").default_workdir is None
+
+
+def test_verify_raises_the_projects_errors():
+    np = pytest.importorskip("numpy")
+    from edgeprune.errors import EdgePruneError
+    from edgeprune.verify import agreement
+
+    with pytest.raises(EdgePruneError, match=r"output 0: shape \(2, 3\) differs from the reference's \(2, 4\)"):
+        agreement([np.zeros((2, 4))], [np.zeros((2, 3))])
+    with pytest.raises(EdgePruneError, match="1 reference outputs but 2 candidate outputs"):
+        agreement([np.zeros((2, 4))], [np.zeros((2, 4)), np.zeros((2, 4))])
