@@ -36,7 +36,9 @@ class Interrupt:
     def __init__(self, n: int) -> None:
         self.n, self.seen = n, 0
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, message: str, kind: str = "step") -> None:
+        if kind != "step":  # count updates and notes belong to the step under way
+            return
         self.seen += 1
         if self.seen == self.n:
             raise KeyboardInterrupt(f"at step {self.n}: {message}")
