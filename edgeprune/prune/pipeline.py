@@ -122,7 +122,8 @@ def prune_model(
     macs0, params0 = count_macs_params(net, shape)
     x = example_input(shape)
     step("tracing coupled channel groups")
-    groups = prunable_groups(net, x, protect=protect, protect_stem=protect_stem)
+    every = prunable_groups(net, x, protect=protect, protect_stem=protect_stem, include_protected=True)
+    groups = [g for g in every if g.prunable]
     if not groups:
         raise PruneError(
             f"{lm.name}: no prunable channel groups (every group is protected or an output)"
@@ -152,6 +153,9 @@ def prune_model(
         net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x
     )
     macs1, params1 = count_macs_params(net, shape)
+    from edgeprune.prune.groups import kept_whole, protected_note
+
+    whole = kept_whole(every, plan)  # which layers were kept whole, and why
     out = output_dir(output)
     ept = save_pruned(net, plan, out / "model.ept", name=lm.name, task=lm.task, earlier=earlier)
     plan_path = out / "plan.json"
@@ -184,6 +188,8 @@ def prune_model(
         "removed_fraction": round(plan.removed_fraction(), 4),
         "groups_total": len(groups),
         "groups_pruned": len(plan.pruned_groups()),
+        "protected": whole,
+        "protected_note": protected_note(whole),
         "rewrites": plan.rewrites,
         "earlier_plans": len(earlier),
         "params_before": params0,

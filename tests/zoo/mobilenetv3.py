@@ -60,8 +60,9 @@ class InvertedResidualConfig:
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cnf, norm_layer, se_layer=partial(SqueezeExcitation, scale_activation=nn.Hardsigmoid)):
+    def __init__(self, cnf, norm_layer, se_layer=None):
         super().__init__()
+        se_layer = se_layer or partial(SqueezeExcitation, scale_activation=nn.Hardsigmoid)
         self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
         layers = []
         activation_layer = nn.Hardswish if cnf.use_hs else nn.ReLU

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 
@@ -89,7 +88,7 @@ class RegNet(nn.Module):
         super().__init__()
         self.stem = Conv2dNormActivation(3, 32, kernel_size=3, stride=2)
         blocks, w_in = [], 32
-        for i, (w, d) in enumerate(zip(widths, depths)):
+        for i, (w, d) in enumerate(zip(widths, depths, strict=True)):
             blocks.append((f"block{i + 1}", AnyStage(w_in, w, 2, d, group_width)))
             w_in = w
         self.trunk_output = nn.Sequential(OrderedDict(blocks))
