@@ -89,6 +89,9 @@ class ExportReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     pruning: dict[str, Any] | None = None
+    input_shape: list[int] = field(default_factory=list)
+    input_shape_source: str = ""
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # what each artifact output holds
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -104,22 +107,42 @@ class ExportReport:
             "output_dir": str(self.output_dir), "passed": self.passed, "seconds": round(self.seconds, 3),
             "artifacts": [a.to_dict() for a in self.artifacts],
             "calibration": self.calibration, "verification": self.verification, "pruning": self.pruning,
+            "input_shape": self.input_shape, "input_shape_source": self.input_shape_source, "outputs": self.outputs,
             "warnings": self.warnings, "notes": self.notes, "edgeprune_version": __version__,
         }
 
 
 # -- the model and its reference outputs ---------------------------------------
 
-def _load(model: Any):
+def _load(model: Any, input_shape: tuple[int, ...] | None = None):
     if isinstance(model, (str, Path)):
         try:
             from edgeprune.models import load_model
         except ImportError:  # pragma: no cover - the models stage ships with edgeprune
             raise ModelError("edgeprune.models is not available in this installation") from None
-        return load_model(str(model))
+        return load_model(str(model), input_shape=input_shape)
     if not hasattr(model, "module") or not hasattr(model, "input_shape"):
         raise ModelError("export() takes a --model spec or a LoadedModel (with .module and .input_shape)")
+    if input_shape is not None:
+        model.input_shape = tuple(input_shape)
     return model
+
+
+def _shape_source(model: Any, loaded: Any, given: tuple[int, ...] | None) -> tuple[str, bool]:
+    """Where the input shape came from, and whether it is only edgeprune's guess."""
+    if given is not None:
+        return "--input-shape", False
+    if not isinstance(model, (str, Path)):
+        return "the LoadedModel passed in", False
+    from edgeprune.models import _REGISTRY
+
+    if str(model) in _REGISTRY:
+        return f"the built-in {model}'s own size", False
+    if str(loaded.source).endswith(".ept") or getattr(loaded, "plan", None) is not None:
+        return "recorded in the pruned model", False
+    if getattr(loaded.module, "input_shape", None):
+        return "the model's input_shape attribute", False
+    return "edgeprune's default (the model does not say which size it was built for)", True
 
 
 def _flatten(out) -> list[np.ndarray]:
@@ -180,20 +203,21 @@ def _thresholds(spec: FormatSpec, min_agreement: float | Thresholds | None) -> T
         return spec.thresholds
     if isinstance(min_agreement, Thresholds):
         return min_agreement
-    return Thresholds(top1=float(min_agreement), cosine=spec.thresholds.cosine)
+    return Thresholds(top1=float(min_agreement), cosine=spec.thresholds.cosine, recall=spec.thresholds.recall,
+                      score_corr=spec.thresholds.score_corr)
 
 
-def _round(d: dict[str, float] | None) -> dict[str, float] | None:
+def _round(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if d is None:
         return None
-    return {k: (v if isinstance(v, int) else float(f"{v:.6g}")) for k, v in d.items()}
+    return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in d.items()}
 
 
 # -- the one wrapper every step goes through ----------------------------------
 
 def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify_x: np.ndarray,
           reference: list[np.ndarray], previous: list[np.ndarray] | None,
-          labels: np.ndarray | None) -> tuple[Artifact, list[np.ndarray]]:
+          labels: np.ndarray | None, outs: _Outputs) -> tuple[Artifact, list[np.ndarray]]:
     from edgeprune.verify import agreement
 
     step(f"converting to {spec.format} {spec.precision}")
@@ -205,7 +229,7 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
                "step": f"{spec.format} {spec.precision}", "io": spec.io, **_meta_info(info)}
     stamp_metadata(dest, stamped)
     step(f"checking {spec.format} {spec.precision} against the original")
-    outputs = _runner(spec, dest, [(1, *r.shape[1:]) for r in reference])(verify_x)
+    outputs = outs.pieces(_runner(spec, dest, outs.artifact_shapes())(verify_x))
     art = Artifact(
         path=dest, format=spec.format, precision=spec.precision, sha256=sha256_file(dest),
         size_bytes=dest.stat().st_size, agreement=_round(agreement(reference, outputs)),
@@ -214,7 +238,43 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
     )
     if labels is not None and _is_classifier(outputs):
         art.extra["accuracy"] = float(np.mean(outputs[0].argmax(1) == labels))
+    art.extra.update(outs.figures(reference, outputs))
     return art, outputs
+
+
+class _Outputs:
+    """What the artifacts output and how each piece is verified (see :mod:`edgeprune.export.detect`).
+
+    ``layout`` cuts the model's outputs into pieces (a detector's boxes and
+    scores); ``split``: the artifacts output the pieces themselves (INT8
+    detectors), else whole outputs that are cut before comparing.
+    """
+
+    def __init__(self, layout, whole_shapes: list[tuple[int, ...]], split: bool, input_shape) -> None:
+        self.layout, self.whole, self.split, self.input_shape = layout, whole_shapes, split, input_shape
+
+    def pieces(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        from edgeprune.export.detect import pieces
+
+        return list(outputs) if self.split else pieces(list(outputs), self.layout)
+
+    def artifact_shapes(self) -> list[tuple[int, ...]]:
+        if not self.split:
+            return self.whole
+        return [(1, *self.whole[p.source][1:]) if p.start is None else (1, p.end - p.start, *self.whole[p.source][2:])
+                for p in self.layout]
+
+    def figures(self, reference: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:
+        """Per-output agreement, and for detectors the detection-level figure."""
+        from edgeprune.export.detect import decoded
+        from edgeprune.verify import detection_agreement, per_output
+
+        rows = per_output(reference, got, names=[p.name for p in self.layout], roles=[p.role for p in self.layout])
+        fig: dict[str, Any] = {"outputs": [_round(r) for r in rows]}
+        ref, cand = decoded(reference, self.layout, self.input_shape), decoded(got, self.layout, self.input_shape)
+        if ref is not None and cand is not None:
+            fig["detection"] = _round(detection_agreement(*ref, *cand))
+        return fig
 
 
 def _meta_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -260,11 +320,19 @@ def export(
     min_agreement: float | Thresholds | None = None,
     quantizer: str | None = None,
     name: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    detector_outputs: str = "split",
 ) -> ExportReport:
     """Export ``model`` (a ``--model`` spec or a LoadedModel) for ``target`` into ``output_dir``.
 
     Raises :class:`AgreementError` (with the report) when an artifact falls
-    below the agreement thresholds, :class:`ExportError` when a step fails.
+    below the agreement thresholds (over all outputs, for each output, and
+    for a detector's detections), :class:`ExportError` when a step fails.
+    ``input_shape`` overrides the model's (``--input-shape``); the report
+    says which was used and where it came from. ``detector_outputs``:
+    ``"split"`` exports a detector's concatenated boxes and scores as
+    separate outputs when a step is INT8 (each keeps its own scale),
+    ``"keep"`` exports them as the model returns them.
 
     Example::
 
@@ -277,7 +345,10 @@ def export(
     profile = load_profile(target)
     fmt, precision = resolve(profile, fmt, precision)
     step(f"loading {model if isinstance(model, str) else getattr(model, 'name', 'model')}")
-    loaded = _load(model)
+    if detector_outputs not in ("split", "keep"):
+        raise ExportError(f"detector_outputs '{detector_outputs}': use 'split' or 'keep'")
+    given = tuple(int(d) for d in input_shape) if input_shape is not None else None
+    loaded = _load(model, given)
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
@@ -286,6 +357,12 @@ def export(
     report = ExportReport(target=profile.name, model=str(loaded.name), format=fmt, precision=precision,
                           output_dir=out_dir)
     steps = chain(fmt, precision)
+    source_of_shape, guessed = _shape_source(model, loaded, given)
+    report.input_shape, report.input_shape_source = list(input_shape), source_of_shape
+    if guessed:
+        report.warnings.append(
+            f"input shape {'x'.join(map(str, input_shape))} is {source_of_shape}: pass --input-shape with the "
+            "size the model was built for (a detector built for 640 sees objects at another scale at 224)")
 
     # Samples: calibration (for INT8) and held-out verification, never the same inputs.
     task = getattr(loaded, "task", "classify")
@@ -304,10 +381,19 @@ def export(
         report.calibration = {"source": cal.source, "samples": len(cal), "normalize": norm}
     report.verification = {"source": ver.source, "samples": len(ver)}
 
-    reference = _torch_outputs(loaded.module, ver.data)
+    from edgeprune.export.detect import describe, is_split, needs_own_scales, output_layout, pieces
+
+    whole = _torch_outputs(loaded.module, ver.data)
+    layout = output_layout(loaded.module, input_shape, task=task)
+    split = (detector_outputs == "split" and any(s.precision == "int8" for s in steps) and is_split(layout)
+             and needs_own_scales(layout, whole))
+    outs = _Outputs(layout, [(1, *r.shape[1:]) for r in whole], split, input_shape)
+    reference = pieces(whole, layout)  # every piece (a detector's boxes, scores) is verified on its own
+    report.outputs = describe(layout)
+    report.verification["outputs_split"] = split
     if ver.labels is not None and _is_classifier(reference):
         report.verification["accuracy_pytorch"] = float(np.mean(reference[0].argmax(1) == ver.labels))
-    report.pruning = _pruning_check(loaded, ver.data, reference)
+    report.pruning = _pruning_check(loaded, ver.data, whole)
     pruned_ag = (report.pruning or {}).get("agreement")
     if pruned_ag and (pruned_ag["top1"] < PRUNED_WARN_TOP1 or pruned_ag["cosine"] < PRUNED_WARN_COSINE):
         # Not a failure (pruning changes outputs on purpose), but never silent.
@@ -333,6 +419,12 @@ def export(
         "scheme": "tensorrt" if profile.runtime == "tensorrt" else "cpu",
         "quantizer": quantizer,
     }
+    options["float_tail"] = task == "detect" and detector_outputs == "split"  # ONNX INT8: the decode stays float
+    if split:
+        options["output_layout"], options["output_shapes"] = layout, outs.artifact_shapes()
+        report.notes.append(
+            "boxes and class scores are separate outputs (output0, output1, ...; see 'outputs') so that each "
+            "keeps its own INT8 scale; concatenate them on the board if its post-processing wants one tensor")
     classifier = _is_classifier(reference)
     # top-1 is gated for classifiers only; for other outputs it is the share of samples at cosine >= 0.99
     report.verification["classifier"] = classifier
@@ -346,12 +438,14 @@ def export(
                                  calib=cal.data if (spec.needs_calibration or spec.format == "tflite") else None,
                                  options=options)
             art, outputs = _step(spec, req, meta=meta, verify_x=ver.data, reference=reference,
-                                 previous=previous, labels=ver.labels)
+                                 previous=previous, labels=ver.labels, outs=outs)
             art.final = i == len(steps) - 1
             report.artifacts.append(art)
             if spec.format == "tflite" and spec.precision == "int8":
                 _check_full_int8(art, options["io_precision"])
-            bad = _thresholds(spec, min_agreement).failures(art.agreement, classifier=classifier)
+            bad = _thresholds(spec, min_agreement).failures(
+                art.agreement, classifier=classifier, outputs=art.extra.get("outputs"),
+                detection=art.extra.get("detection"))
             if bad:
                 report.passed = False
                 report.seconds = time.perf_counter() - t_start

@@ -408,7 +408,19 @@ def yolo11n() -> DetectionModel:
 
 
 def yolov8n_export() -> DetectionModel:
-    """yolov8n as Ultralytics' exporter leaves it: ``Detect.export = True``, one decoded output."""
+    """yolov8n as Ultralytics' exporter leaves it: ``Detect.export = True``, one decoded output.
+
+    Its weights stand in for a trained detector's where that matters for
+    checking INT8: class logits centred at -2 (the prior bias of -10 at
+    init leaves every score near 1e-4, far below any INT8 step, so no
+    detection would be confident) and BatchNorm statistics from inputs, so
+    that some anchors score 0.25-0.95 and most stay low, as in a trained model.
+    """
+    from edgeprune.models.stats import calibrate_batchnorm
+
     model = yolov8n()
-    model.model[-1].export = True
-    return model
+    head = model.model[-1]
+    head.export = True
+    for branch in head.cv3:
+        branch[-1].bias.data[:] = -2.0
+    return calibrate_batchnorm(model, (1, 3, 128, 128)).eval()
