@@ -163,7 +163,7 @@ def prune_and_export(label: str, spec: str, shape: tuple[int, ...], out: Path) -
         rows = rep.final.extra["outputs"]
         worst = min(rows, key=lambda r: r["cosine"])
         row["tflite_int8"] = "exported, runs (XNNPACK)"
-        row["per_output"] = f"{worst['cosine']:.3f} ({worst['name']})" if len(rows) > 1 else f"{worst['cosine']:.3f}"
+        row["per_output"] = f"{worst['cosine']:.4f} ({worst['name']})" if len(rows) > 1 else f"{worst['cosine']:.4f}"
     except EdgePruneError as exc:
         row["tflite_int8"] = f"no: {str(exc)[:100]}"
     return row

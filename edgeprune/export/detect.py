@@ -243,6 +243,45 @@ def decoded(parts: list[np.ndarray], layout: list[OutputPiece], input_shape: tup
     return np.concatenate(all_boxes, axis=2), np.concatenate(all_scores, axis=2)
 
 
+def _round(d: dict) -> dict:
+    return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in d.items()}
+
+
+class OutputCheck:
+    """How the export verifies a model's outputs: the layout's pieces, each on its own.
+
+    ``split``: the artifacts output the pieces themselves (INT8 detectors);
+    else they output whole tensors, cut into pieces before comparing.
+    ``whole_shapes``: the model's outputs, batch 1.
+    """
+
+    def __init__(self, layout: list[OutputPiece], whole_shapes: list[tuple[int, ...]], split: bool,
+                 input_shape: tuple[int, ...]) -> None:
+        self.layout, self.whole, self.split, self.input_shape = layout, whole_shapes, split, input_shape
+
+    def pieces(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """An artifact's outputs as pieces."""
+        return list(outputs) if self.split else pieces(list(outputs), self.layout)
+
+    def artifact_shapes(self) -> list[tuple[int, ...]]:
+        """The shapes the artifacts output (to map TFLite's NHWC outputs back)."""
+        if not self.split:
+            return self.whole
+        return [(1, *self.whole[p.source][1:]) if p.start is None else (1, p.end - p.start, *self.whole[p.source][2:])
+                for p in self.layout]
+
+    def figures(self, reference: list[np.ndarray], got: list[np.ndarray]) -> dict:
+        """``{"outputs": per-output agreement, "detection": the detection figure (detectors)}``."""
+        from edgeprune.verify import detection_agreement, per_output
+
+        rows = per_output(reference, got, names=[p.name for p in self.layout], roles=[p.role for p in self.layout])
+        fig: dict = {"outputs": [_round(r) for r in rows]}
+        ref, cand = decoded(reference, self.layout, self.input_shape), decoded(got, self.layout, self.input_shape)
+        if ref is not None and cand is not None:
+            fig["detection"] = _round(detection_agreement(*ref, *cand))
+        return fig
+
+
 def describe(layout: list[OutputPiece]) -> list[dict]:
     """The layout for export.json: what each artifact output holds."""
     return [
@@ -252,6 +291,6 @@ def describe(layout: list[OutputPiece]) -> list[dict]:
 
 
 __all__ = [
-    "OutputPiece", "decoded", "describe", "is_split", "needs_own_scales", "output_layout", "pieces",
+    "OutputCheck", "OutputPiece", "decoded", "describe", "is_split", "needs_own_scales", "output_layout", "pieces",
     "split_onnx_outputs",
 ]

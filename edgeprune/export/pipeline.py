@@ -57,6 +57,7 @@ from edgeprune.export.calib import (
     builtin_samples,
     default_normalize,
 )
+from edgeprune.export.detect import OutputCheck
 from edgeprune.export.formats import (
     FORMAT_RUNTIMES,
     ConvertRequest,
@@ -217,7 +218,7 @@ def _round(d: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify_x: np.ndarray,
           reference: list[np.ndarray], previous: list[np.ndarray] | None,
-          labels: np.ndarray | None, outs: _Outputs) -> tuple[Artifact, list[np.ndarray]]:
+          labels: np.ndarray | None, outs: OutputCheck) -> tuple[Artifact, list[np.ndarray]]:
     from edgeprune.verify import agreement
 
     step(f"converting to {spec.format} {spec.precision}")
@@ -240,41 +241,6 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
         art.extra["accuracy"] = float(np.mean(outputs[0].argmax(1) == labels))
     art.extra.update(outs.figures(reference, outputs))
     return art, outputs
-
-
-class _Outputs:
-    """What the artifacts output and how each piece is verified (see :mod:`edgeprune.export.detect`).
-
-    ``layout`` cuts the model's outputs into pieces (a detector's boxes and
-    scores); ``split``: the artifacts output the pieces themselves (INT8
-    detectors), else whole outputs that are cut before comparing.
-    """
-
-    def __init__(self, layout, whole_shapes: list[tuple[int, ...]], split: bool, input_shape) -> None:
-        self.layout, self.whole, self.split, self.input_shape = layout, whole_shapes, split, input_shape
-
-    def pieces(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
-        from edgeprune.export.detect import pieces
-
-        return list(outputs) if self.split else pieces(list(outputs), self.layout)
-
-    def artifact_shapes(self) -> list[tuple[int, ...]]:
-        if not self.split:
-            return self.whole
-        return [(1, *self.whole[p.source][1:]) if p.start is None else (1, p.end - p.start, *self.whole[p.source][2:])
-                for p in self.layout]
-
-    def figures(self, reference: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:
-        """Per-output agreement, and for detectors the detection-level figure."""
-        from edgeprune.export.detect import decoded
-        from edgeprune.verify import detection_agreement, per_output
-
-        rows = per_output(reference, got, names=[p.name for p in self.layout], roles=[p.role for p in self.layout])
-        fig: dict[str, Any] = {"outputs": [_round(r) for r in rows]}
-        ref, cand = decoded(reference, self.layout, self.input_shape), decoded(got, self.layout, self.input_shape)
-        if ref is not None and cand is not None:
-            fig["detection"] = _round(detection_agreement(*ref, *cand))
-        return fig
 
 
 def _meta_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -387,7 +353,7 @@ def export(
     layout = output_layout(loaded.module, input_shape, task=task)
     split = (detector_outputs == "split" and any(s.precision == "int8" for s in steps) and is_split(layout)
              and needs_own_scales(layout, whole))
-    outs = _Outputs(layout, [(1, *r.shape[1:]) for r in whole], split, input_shape)
+    outs = OutputCheck(layout, [(1, *r.shape[1:]) for r in whole], split, input_shape)
     reference = pieces(whole, layout)  # every piece (a detector's boxes, scores) is verified on its own
     report.outputs = describe(layout)
     report.verification["outputs_split"] = split
