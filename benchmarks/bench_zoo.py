@@ -166,6 +166,8 @@ def prune_and_export(label: str, spec: str, shape: tuple[int, ...], out: Path) -
         row["per_output"] = f"{worst['cosine']:.4f} ({worst['name']})" if len(rows) > 1 else f"{worst['cosine']:.4f}"
     except EdgePruneError as exc:
         row["tflite_int8"] = f"no: {str(exc)[:100]}"
+    except Exception as exc:  # a bug: recorded, and the other models still run
+        row["tflite_int8"] = f"no, traceback: {type(exc).__name__}: {str(exc)[:80]}"
     return row
 
 
@@ -239,7 +241,7 @@ def table(rows: list[dict], det_rows: list[dict], cmd: str, seconds: float) -> s
             "split into separate outputs with their own scales, ONNX Q/DQ keeps the decode float, and every piece",
             "plus the detections are checked. 64 calibration and 16 held-out photo crops. Detections: the float",
             "model's confident ones (score >= 0.25 after NMS; its best 100 per input where fewer than 10 reach",
-            "0.25) found by the INT8 model with the same class at IoU >= 0.5; correlation of each anchor's best score.",
+            "0.25) that the INT8 model also finds (a detection at IoU >= 0.5); correlation of each anchor's best score.",
             "",
             "| model | artifact | | outputs split | overall cosine (old gate) | boxes cosine | scores cosine "
             "| detections found | score correlation |",

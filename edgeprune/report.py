@@ -69,7 +69,7 @@ def _per_output_lines(report: dict[str, Any]) -> list[str]:
                   f"| {r['range'][0]:.3g} to {r['range'][1]:.3g} | {r['cosine']:.5f} | {r['max_abs']:.3g} |" for r in rows]
     if det:
         lines += ["", f"Detections: it finds {det['recall']:.1%} of the float model's {det['detections']} confident "
-                  f"detections (same class, IoU >= {det['iou']}); score correlation {det['score_corr']:.3f}."]
+                  f"detections (IoU >= {det['iou']}); score correlation {det['score_corr']:.3f}."]
     if report.get("input_shape"):
         lines += ["", f"Input {'x'.join(map(str, report['input_shape']))}, from {report.get('input_shape_source')}."]
     return lines

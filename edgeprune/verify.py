@@ -13,8 +13,8 @@ checked on held-out inputs with:
   class score became 0, while the cosine over the whole tensor stayed 0.9998
   (benchmarks/RESULTS.md, zoo section);
 - :func:`detection_agreement`: for detectors, the share of the float
-  model's confident detections that the converted model still finds (same
-  class, IoU >= 0.5) and the correlation of their scores.
+  model's confident detections that the converted model still finds (IoU
+  >= 0.5) and the correlation of their scores.
 
 Definitions:
 
@@ -177,7 +177,10 @@ def detection_agreement(
     the figure still means something (``relative_threshold`` says so). The candidate's detections are found
     the same way at half that threshold (a score that dips a little is not a
     lost detection). ``recall``: the share of reference detections matched
-    by a candidate detection of the same class with IoU >= ``iou``;
+    one to one by a candidate detection with IoU >= ``iou``, of any class:
+    near-equal class scores (an untrained head) swap their arg-max under
+    rounding alone, and whether the scores themselves survived is what
+    ``score_corr`` and the scores' own cosine measure;
     ``score_corr``: Pearson correlation of each anchor's best class score,
     over all anchors and samples (0 when the candidate's scores are constant,
     e.g. collapsed to 0 by a shared INT8 scale).
@@ -193,9 +196,9 @@ def detection_agreement(
         r_box, r_cls, _ = detect(rb, rs, threshold, max_det=max_det, iou=iou)
         c_box, c_cls, _ = detect(cb, cs, threshold / 2, max_det=max_det * 2, iou=iou)
         used = np.zeros(len(c_cls), dtype=bool)
-        for box, c in zip(r_box, r_cls, strict=True):
+        for box in r_box:
             total += 1
-            cand = np.where((c_cls == c) & ~used)[0]
+            cand = np.where(~used)[0]
             if cand.size:
                 overlaps = _iou(box, c_box[cand])
                 j = int(overlaps.argmax())

@@ -163,3 +163,51 @@ def test_export_input_shape_is_used_and_its_source_stated(tmp_path):
     assert any("pass --input-shape" in w for w in report.warnings)
     builtin = export("digits-cnn", target="local", output_dir=tmp_path / "builtin", verify_count=4)
     assert builtin.input_shape_source == "the built-in digits-cnn's own size" and not builtin.warnings
+
+
+def test_split_outputs_of_a_model_that_also_uses_them_internally(tmp_path):
+    """Ultralytics' eval output (y, [x0, x1, x2]): each raw map is an output *and* feeds the decode."""
+    import importlib
+
+    from edgeprune.export.detect import OutputCheck, output_layout, pieces, split_onnx_outputs
+    from edgeprune.export.onnx import export_onnx, run_onnx
+    from edgeprune.prune.groups import flat_tensors
+
+    model = importlib.import_module("tests.zoo.yolo_ultra").yolov8n()
+    layout = output_layout(model, SHAPE, task="detect")
+    assert [p.role for p in layout] == ["boxes", "scores"] * 4 and layout[0].decoded and not layout[2].decoded
+    x = torch.randn(2, *SHAPE[1:])
+    with torch.no_grad():
+        ref = pieces([t.numpy() for t in flat_tensors(model(x))], layout)
+    path = export_onnx(model, SHAPE, tmp_path / "y.onnx")
+    check = OutputCheck(layout, [(1, *r.shape[1:]) for r in flat_tensors(model(torch.zeros(SHAPE)))], True, SHAPE)
+    split_onnx_outputs(path, layout, check.artifact_shapes())
+    got = run_onnx(path, x.numpy())
+    assert len(got) == 8
+    for r, g in zip(ref, got, strict=True):
+        assert r.shape == g.shape and np.abs(r - g).max() <= 1e-3 * max(1.0, np.abs(r).max())
+    assert check.figures(ref, got)["detection"]["recall"] > 0.99
+
+
+class _Gelu(torch.nn.Module):
+    """Exact GELU (ONNX Erf, as in every ViT and ConvNeXt): TFLite has no Erf kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.act = torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.Conv2d(16, 8, 3, 1, 1), torch.nn.GELU()
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x))).mean((2, 3))
+
+
+@pytest.mark.parametrize("precision,max_err", [("fp32", 1e-4), ("int8", None)])
+def test_exact_gelu_converts_to_tflite(tmp_path, precision, max_err):
+    from edgeprune.models import LoadedModel
+
+    torch.manual_seed(0)
+    lm = LoadedModel(module=_Gelu().eval(), input_shape=(1, 3, 32, 32), name="gelu", source="test", task="classify")
+    report = export(lm, target="raspberry-pi-5", precision=precision, output_dir=tmp_path, calib_count=32,
+                    verify_count=8, min_agreement=Thresholds(top1=0.0, cosine=0.9))
+    assert report.final.step == f"tflite {precision}"
+    if max_err is not None:
+        assert report.final.agreement["max_abs"] < max_err

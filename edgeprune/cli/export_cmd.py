@@ -165,7 +165,7 @@ _common_options = [
                  help="Fail (exit 2) below this top-1 agreement with the original model, e.g. 0.95, "
                       "or 'top1=0.95,cosine=0.99' (cosine: all outputs and each one; detectors also recall=, "
                       "score_corr=). Default per precision: fp32 0.99/0.9999, fp16 0.97/0.999, int8 0.60/0.93; "
-                      "detections: recall 0.99/0.95/0.5, score correlation 0.999/0.99/0.8."),
+                      "detections: recall 0.98/0.95/0.5, score correlation 0.999/0.99/0.8."),
     click.option("--quantizer", type=click.Choice(["ort", "nncf"]), default=None,
                  help="ONNX INT8 quantizer (default: nncf for TensorRT boards, ort for ONNX Runtime; see benchmarks/RESULTS.md)."),
     click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False), help="Output folder."),

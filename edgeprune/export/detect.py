@@ -150,7 +150,8 @@ def split_onnx_outputs(path: Path, layout: list[OutputPiece], piece_shapes: list
     """Make each piece an output of the ONNX model at ``path`` (in place): ``output0`` ... in layout order.
 
     A split output must be produced by a ``Concat`` along channels whose
-    inputs are the pieces; the ``Concat`` is removed.
+    inputs are the pieces; the ``Concat`` is removed unless the model also
+    uses the whole tensor (Ultralytics' raw maps feed its decode too).
     """
     onnx = require("onnx", "onnx", "ONNX export")
     from onnx import helper
@@ -182,7 +183,8 @@ def split_onnx_outputs(path: Path, layout: list[OutputPiece], piece_shapes: list
                 "export it whole (detector_outputs='keep')"
             )
         sources.extend(node.input)
-        dropped.append(node)
+        if not any(whole in n.input for n in g.node):  # kept when the whole tensor is also used further
+            dropped.append(node)
     for node in dropped:
         g.node.remove(node)
     del g.output[:]

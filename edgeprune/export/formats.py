@@ -115,7 +115,7 @@ FORMAT_RUNTIMES: dict[str, tuple[str, ...]] = {
     "tflite": ("litert", "edgetpu"),
 }
 
-FP32 = Thresholds(top1=0.99, cosine=0.9999, recall=0.99, score_corr=0.999)
+FP32 = Thresholds(top1=0.99, cosine=0.9999, recall=0.98, score_corr=0.999)
 FP16 = Thresholds(top1=0.97, cosine=0.999, recall=0.95, score_corr=0.99)
 INT8 = Thresholds(top1=0.60, cosine=0.93, recall=0.5, score_corr=0.8)
 

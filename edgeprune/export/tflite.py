@@ -24,6 +24,11 @@ Conversion, in two parts:
      ``io_precision`` (int8, uint8 for the Edge TPU, or float32 with a
      QUANTIZE/DEQUANTIZE pair at the edges).
 
+Exact GELU (``Erf`` in ONNX, in every ViT and ConvNeXt) has no TFLite kernel:
+for fp32/fp16 onnx2tf builds it from builtins (:func:`_pseudo_ops`, error
+< 1.5e-7); that form divides by ``|z|`` and fails in int8, so full-INT8
+conversion uses GELU's tanh form instead (:func:`_tanh_erf`).
+
 A padded MaxPool (every ResNet-style stem: conv, ReLU, ``MaxPool(3, 2, 1)``)
 needs care at the right depth. onnx2tf turns its padding into a ``Pad``
 with constant -FLT_MAX; full-INT8 calibration then sees -3.4e38 and gives
@@ -154,7 +159,7 @@ def _finite_maxpool_padding(model) -> tuple[int, list[str]]:
     return done, left
 
 
-def _fold_constants(src: Path, dst: Path, *, key: str = "") -> None:
+def _fold_constants(src: Path, dst: Path, *, key: str = "", tanh_erf: bool = False) -> None:
     """Fold shape arithmetic (torch's ``chunk`` exports Shape/Gather/Div -> Slice) into constants.
 
     Shapes are static here, so onnx-graphsurgeon can evaluate those chains;
@@ -173,7 +178,8 @@ def _fold_constants(src: Path, dst: Path, *, key: str = "") -> None:
     model = onnx.load(str(dst))
     done, left = _finite_maxpool_padding(model)
     _PADDING[key or str(dst)] = {"rewritten": done, "left": left}
-    if done:
+    erfs = _tanh_erf(model) if tanh_erf else 0
+    if done or erfs:
         onnx.save(model, str(dst))
 
 
@@ -209,6 +215,49 @@ def _check_int8_scales(path: Path, data: bytes, padding: dict) -> None:
     )
 
 
+def _has_erf(path: Path) -> bool:
+    onnx = require("onnx", "tflite", "ONNX -> TFLite conversion")
+    return any(n.op_type == "Erf" for n in onnx.load(str(path)).graph.node)
+
+
+def _pseudo_ops(path: Path) -> list[str]:
+    """Ops onnx2tf should build from TFLite builtins: ``Erf`` (exact GELU, ViT and ConvNeXt) has no
+    TFLite kernel; onnx2tf's replacement is the Abramowitz-Stegun polynomial (error < 1.5e-7)."""
+    return ["erf"] if _has_erf(path) else []
+
+
+def _tanh_erf(model) -> int:
+    """Replace every ``Erf`` by ``tanh(1.1283792 z + 0.1009109 z^3)`` (GELU's tanh form); returns how many.
+
+    For full INT8 only: onnx2tf's polynomial Erf divides by ``|z| + 1e-11``,
+    which is 0 in int8 (LiteRT: "DIV failed to invoke"). The tanh form uses
+    int8 kernels only (MUL, ADD, TANH); it differs from erf by < 4e-4, far
+    below INT8 rounding.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes, count = [], 0
+    for node in graph.node:
+        if node.op_type != "Erf":
+            nodes.append(node)
+            continue
+        z, out, tag = node.input[0], node.output[0], f"{node.name or node.output[0]}_edgeprune"
+        for name, value in ((f"{tag}_a", 1.1283792), (f"{tag}_b", 0.1009109)):
+            graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        nodes += [
+            helper.make_node("Mul", [z, z], [f"{tag}_z2"], name=f"{tag}_z2"),
+            helper.make_node("Mul", [f"{tag}_z2", f"{tag}_b"], [f"{tag}_bz2"], name=f"{tag}_bz2"),
+            helper.make_node("Add", [f"{tag}_bz2", f"{tag}_a"], [f"{tag}_poly"], name=f"{tag}_poly"),
+            helper.make_node("Mul", [z, f"{tag}_poly"], [f"{tag}_arg"], name=f"{tag}_arg"),
+            helper.make_node("Tanh", [f"{tag}_arg"], [out], name=f"{tag}_tanh"),
+        ]
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
 def graph_digest(onnx_path: Path) -> str:
     """sha256 of an ONNX model without its metadata (stamped per export, with a time): same graph, same digest."""
     onnx = require("onnx", "tflite", "ONNX -> TFLite conversion")
@@ -231,21 +280,27 @@ def _cache_dir() -> Path:
     return _CACHE_DIR[0]
 
 
-def saved_model(onnx_path: Path, workdir: Path, sample_nchw: np.ndarray | None) -> Path:
+def _key(onnx_path: Path, int8: bool) -> str:
+    """The SavedModel cache key: the graph, and whether it was prepared for full INT8 (Erf rewritten)."""
+    return graph_digest(onnx_path) + ("-int8" if int8 and _has_erf(onnx_path) else "")
+
+
+def saved_model(onnx_path: Path, workdir: Path, sample_nchw: np.ndarray | None, *, int8: bool = False) -> Path:
     """onnx2tf: ONNX -> SavedModel (cached per graph for this process); returns the folder.
 
     ``workdir`` is kept for callers; the SavedModel lives in a per-process
-    folder removed at exit, keyed by :func:`graph_digest`.
+    folder removed at exit, keyed by :func:`graph_digest`. ``int8``: the
+    SavedModel is for full-INT8 conversion (``Erf`` becomes :func:`_tanh_erf`).
     """
     _quiet_tf()
-    digest = graph_digest(Path(onnx_path))
+    digest = _key(Path(onnx_path), int8)
     cached = _SAVED.get(digest)
     if cached is not None and (cached / "saved_model.pb").is_file():
         return cached
     base = _cache_dir()
     out = base / f"saved_model-{digest[:12]}"
     copy = base / f"{digest[:12]}.onnx"
-    _fold_constants(Path(onnx_path), copy, key=digest)  # a folded copy: onnx2tf rewrites its input in place
+    _fold_constants(Path(onnx_path), copy, key=digest, tanh_erf=int8)  # onnx2tf rewrites its input: a copy
     if sample_nchw is None or sample_nchw.ndim != 4:
         sample_nhwc = np.zeros((1, 8, 8, 3), np.float32)
     else:
@@ -260,6 +315,7 @@ def saved_model(onnx_path: Path, workdir: Path, sample_nchw: np.ndarray | None) 
                     output_signaturedefs=True,
                     non_verbose=True,
                     verbosity="error",
+                    replace_to_pseudo_operators=_pseudo_ops(copy),
                 )
         except SystemExit as exc:
             tail = " ".join(log.getvalue().split())[-400:]
@@ -313,9 +369,9 @@ def convert_onnx_to_tflite(onnx_path: Path, dest: Path, *, precision: str, calib
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-tfl-")))
-        sm = saved_model(Path(onnx_path), Path(workdir), calib)
+        sm = saved_model(Path(onnx_path), Path(workdir), calib, int8=precision == "int8")
         data = _tflite_bytes(sm, precision, calib, io_precision if precision == "int8" else "float32")
-        padding = _PADDING.get(graph_digest(Path(onnx_path)), {})
+        padding = _PADDING.get(_key(Path(onnx_path), precision == "int8"), {})
         if precision == "int8":
             _check_int8_scales(Path(dest), data, padding)
     dest = Path(dest)

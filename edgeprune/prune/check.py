@@ -130,9 +130,9 @@ def _sliced(layer: nn.Module, channels: int, kept: list[int]) -> nn.Module:
 def _keep_only(model: nn.Module, name: str, removed: list[int]) -> None:
     layer = model.get_submodule(name)
     sizes = {t.shape[0] for t in layer.parameters(recurse=False) if t.ndim == 1}
-    if len(sizes) != 1:
+    if not sizes or max(removed, default=-1) >= max(sizes):
         raise PruneError(f"{name}: cannot tell its channel count from its parameters")
-    channels = sizes.pop()
+    channels = max(sizes)  # per-channel parameters; a scalar one beside them is left as it is
     gone = set(removed)
     parent, _, child = name.rpartition(".")
     owner = model.get_submodule(parent) if parent else model
