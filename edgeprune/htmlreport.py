@@ -168,7 +168,7 @@ def line_chart(xs: Sequence[float], series: dict[str, Sequence[float | None]], *
         out.append(f'<text x="{px(x):.1f}" y="{tpad + ph + 14}" text-anchor="middle">{_num(x, "g")}</text>')
     if xlabel:
         out.append(f'<text x="{left + pw / 2:.1f}" y="{tpad + ph + 30}" text-anchor="middle">{_e(xlabel)}</text>')
-    for j, (name, level) in enumerate((hlines or {}).items()):
+    for name, level in (hlines or {}).items():
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(level):.1f}" y2="{py(level):.1f}" '
                    f'stroke="#c44e52" stroke-dasharray="5,4"><title>{_e(name)}: {_num(level, ".4g")}{_e(unit)}</title></line>'
                    f'<text x="{left + pw - 2}" y="{py(level) - 4:.1f}" text-anchor="end" fill="#c44e52">{_e(name)}</text>')

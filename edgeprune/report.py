@@ -53,6 +53,26 @@ def _plot(report: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _per_output_lines(report: dict[str, Any]) -> list[str]:
+    """Each output of the file to ship on its own (a detector's boxes and scores), and its detections."""
+    final = next((a for a in report["artifacts"] if a.get("final") and (a.get("extra") or {}).get("outputs")), None)
+    if final is None:
+        return []
+    rows, det = final["extra"]["outputs"], final["extra"].get("detection")
+    lines = []
+    if len(rows) > 1:
+        lines += ["", f"Each output of {Path(final['path']).name} against the original, on its own:", "",
+                  "| output | holds | shape | values | cosine | max abs err |", "|---|---|---|---|---:|---:|"]
+        lines += [f"| {r['name']} | {r['role']} | {'x'.join(map(str, r['shape']))} "
+                  f"| {r['range'][0]:.3g} to {r['range'][1]:.3g} | {r['cosine']:.5f} | {r['max_abs']:.3g} |" for r in rows]
+    if det:
+        lines += ["", f"Detections: it finds {det['recall']:.1%} of the float model's {det['detections']} confident "
+                  f"detections (IoU >= {det['iou']}); score correlation {det['score_corr']:.3f}."]
+    if report.get("input_shape"):
+        lines += ["", f"Input {'x'.join(map(str, report['input_shape']))}, from {report.get('input_shape_source')}."]
+    return lines
+
+
 def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write ``report.md`` (and ``report.png`` where matplotlib is installed); returns the .md path."""
     out_dir = Path(out_dir)
@@ -74,6 +94,7 @@ def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
             f"| {a['size_bytes'] / 1e6:.2f} MB | `{a['sha256'][:12]}` | {top1} | {_fmt(ag.get('cosine'), '.5f')} "
             f"| {_fmt(ag.get('max_abs'), '.3g')} | {_fmt(ag.get('mean_abs'), '.3g')} | {a.get('seconds', 0):.1f} s |"
         )
+    lines += _per_output_lines(report)
     ver = report.get("verification") or {}
     lines += ["", f"Agreement is against the original PyTorch model on {ver.get('samples', '?')} held-out inputs "
               f"({ver.get('source', '?')})" + ("; top-1 does not apply to this model's outputs, cosine is checked."

@@ -1,13 +1,29 @@
-"""Agreement between a reference model's outputs and a converted one's.
+"""Agreement between a reference model's outputs and a converted one's: overall, per output, per detection.
 
 Every step (pruned vs original, exported vs PyTorch, quantized vs float) is
-checked with the same four numbers, computed over held-out inputs:
+checked on held-out inputs with:
+
+- :func:`agreement`: four numbers over all outputs together (``top1``,
+  ``max_abs``, ``mean_abs``, ``cosine``), kept for the summary line;
+- :func:`per_output`: the same for *each* output tensor separately. This is
+  what the export gates on: a figure over all outputs flattened together is
+  dominated by the largest values and hides a broken small output. A YOLO
+  head's decoded ``[1, 4 + classes, anchors]`` holds boxes (0-640 px) and
+  class probabilities (0-1); full INT8 gave it one scale (~2.5) and every
+  class score became 0, while the cosine over the whole tensor stayed 0.9998
+  (benchmarks/RESULTS.md, zoo section);
+- :func:`detection_agreement`: for detectors, the share of the float
+  model's confident detections that the converted model still finds (IoU
+  >= 0.5) and the correlation of their scores.
+
+Definitions:
 
 - ``top1``: fraction of samples whose arg-max class agrees (classifiers: the
   first output with shape ``(N, C)``); for other outputs, the fraction of
   samples whose cosine similarity is at least 0.99.
-- ``max_abs`` / ``mean_abs``: absolute error over all outputs.
-- ``cosine``: mean per-sample cosine similarity of all outputs flattened.
+- ``cosine``: mean per-sample cosine similarity of the outputs flattened.
+  An all-zero output against a non-zero reference scores 0 (it once scored
+  1: a collapsed output looked perfect); two all-zero outputs score 1.
 
 Example::
 
@@ -17,6 +33,8 @@ from edgeprune.errors import ExportError
     >>> a = [np.array([[1.0, 2.0], [3.0, 1.0]])]
     >>> agreement(a, a)["top1"]
     1.0
+    >>> per_output([np.ones((2, 3))], [np.zeros((2, 3))])[0]["cosine"]
+    0.0
 """
 
 from __future__ import annotations
@@ -27,6 +45,11 @@ import numpy as np
 
 from edgeprune.errors import ExportError
 
+CONF = 0.25  # a confident detection (Ultralytics' default prediction threshold)
+IOU = 0.5
+MAX_DET = 100
+MIN_CONFIDENT = 10  # fewer anchors than this above ``conf``: an untrained model, use its best MAX_DET
+
 
 def _as_list(outputs) -> list[np.ndarray]:
     if isinstance(outputs, np.ndarray):
@@ -34,8 +57,15 @@ def _as_list(outputs) -> list[np.ndarray]:
     return [np.asarray(o) for o in outputs]
 
 
+def _cosine(rf: np.ndarray, cf: np.ndarray) -> np.ndarray:
+    nr, nc = np.linalg.norm(rf, axis=1), np.linalg.norm(cf, axis=1)
+    denom = nr * nc
+    cos = (rf * cf).sum(axis=1) / np.maximum(denom, 1e-300)
+    return np.where(denom > 0, cos, np.where((nr == 0) & (nc == 0), 1.0, 0.0))
+
+
 def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict[str, float]:
-    """Compare two lists of outputs (same shapes, batch first).
+    """Compare two lists of outputs (same shapes, batch first), all outputs together.
 
     A converted model whose outputs do not line up with the reference's
     (another count, another shape) is an :class:`~edgeprune.errors.ExportError`.
@@ -51,8 +81,7 @@ def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) 
     rf = np.concatenate([r.reshape(n, -1).astype(np.float64) for r in ref], axis=1)
     cf = np.concatenate([c.reshape(n, -1).astype(np.float64) for c in cand], axis=1)
     diff = np.abs(rf - cf)
-    denom = np.linalg.norm(rf, axis=1) * np.linalg.norm(cf, axis=1)
-    cos = np.where(denom > 0, (rf * cf).sum(axis=1) / np.maximum(denom, 1e-300), 1.0)
+    cos = _cosine(rf, cf)
     first = ref[0]
     if first.ndim == 2 and first.shape[1] > 1:
         top1 = float(np.mean(first.argmax(axis=1) == cand[0].argmax(axis=1)))
@@ -64,4 +93,133 @@ def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) 
         "mean_abs": float(diff.mean()) if diff.size else 0.0,
         "cosine": float(cos.mean()),
         "samples": int(n),
+    }
+
+
+def per_output(
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    *,
+    names: Sequence[str] | None = None,
+    roles: Sequence[str] | None = None,
+) -> list[dict]:
+    """:func:`agreement` for each output separately, with its name, role, shape and value range.
+
+    The range (of the reference) shows why outputs need their own INT8
+    scales: boxes in pixels beside probabilities.
+    """
+    ref, cand = _as_list(reference), _as_list(candidate)
+    if len(ref) != len(cand):
+        raise ExportError(f"{len(ref)} reference outputs but {len(cand)} candidate outputs: "
+                          "the converted model's outputs do not match the original's")
+    rows = []
+    for i, (r, c) in enumerate(zip(ref, cand, strict=True)):
+        row = {
+            "name": names[i] if names else f"output{i}",
+            "role": roles[i] if roles else "output",
+            "shape": list(r.shape[1:]),
+            "range": [float(r.min()), float(r.max())] if r.size else [0.0, 0.0],
+        }
+        row.update(agreement([r], [c]))
+        rows.append(row)
+    return rows
+
+
+def _xyxy(boxes: np.ndarray) -> np.ndarray:
+    """``(4, A)`` centre-x, centre-y, width, height -> ``(A, 4)`` corners."""
+    x, y, w, h = boxes
+    return np.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], axis=1)
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    lt = np.maximum(box[:2], others[:, :2])
+    rb = np.minimum(box[2:], others[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)  # noqa: E731
+    return inter / np.maximum(area(box) + area(others) - inter, 1e-9)
+
+
+def detect(boxes: np.ndarray, scores: np.ndarray, conf: float, *, max_det: int = MAX_DET, iou: float = IOU):
+    """One sample's detections: ``(corners (K, 4), classes (K,), scores (K,))`` after class-wise NMS.
+
+    ``boxes`` is ``(4, A)`` centre/size, ``scores`` ``(classes, A)``; one
+    class per anchor (its best), as Ultralytics' non-multi-label NMS.
+    """
+    best, cls = scores.max(0), scores.argmax(0)
+    order = np.where(best >= conf)[0]
+    order = order[np.argsort(-best[order], kind="stable")][: max_det * 30]
+    corners = _xyxy(boxes)
+    keep: list[int] = []
+    for i in order:
+        same = [k for k in keep if cls[k] == cls[i]]
+        if same and _iou(corners[i], corners[same]).max() > iou:
+            continue
+        keep.append(int(i))
+        if len(keep) == max_det:
+            break
+    return corners[keep], cls[keep], best[keep]
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    sa, sb = a.std(), b.std()
+    if sa == 0 or sb == 0:
+        return 1.0 if sa == sb and np.array_equal(a, b) else 0.0
+    return float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb))
+
+
+def detection_agreement(
+    ref_boxes: np.ndarray,
+    ref_scores: np.ndarray,
+    cand_boxes: np.ndarray,
+    cand_scores: np.ndarray,
+    *,
+    conf: float = CONF,
+    iou: float = IOU,
+    max_det: int = MAX_DET,
+) -> dict:
+    """How many of the float model's confident detections the converted model still finds.
+
+    Inputs are batches: boxes ``(N, 4, anchors)`` (centre x, y, width,
+    height), scores ``(N, classes, anchors)`` (probabilities). Per sample,
+    the reference's detections are those scoring ``>= conf`` after NMS (at
+    most ``max_det``); where fewer than 10 anchors reach ``conf`` (an
+    untrained or random-weight model), its ``max_det`` best count instead, so
+    the figure still means something (``relative_threshold`` says so). The candidate's detections are found
+    the same way at half that threshold (a score that dips a little is not a
+    lost detection). ``recall``: the share of reference detections matched
+    one to one by a candidate detection with IoU >= ``iou``, of any class:
+    near-equal class scores (an untrained head) swap their arg-max under
+    rounding alone, and whether the scores themselves survived is what
+    ``score_corr`` and the scores' own cosine measure;
+    ``score_corr``: Pearson correlation of each anchor's best class score,
+    over all anchors and samples (0 when the candidate's scores are constant,
+    e.g. collapsed to 0 by a shared INT8 scale).
+    """
+    found = total = 0
+    relative = False
+    for rb, rs, cb, cs in zip(ref_boxes, ref_scores, cand_boxes, cand_scores, strict=True):
+        best = rs.max(0)
+        threshold = conf
+        if int((best >= conf).sum()) < MIN_CONFIDENT:
+            threshold = min(conf, float(np.sort(best)[-min(max_det, best.size)]))
+            relative = relative or threshold < conf
+        r_box, r_cls, _ = detect(rb, rs, threshold, max_det=max_det, iou=iou)
+        c_box, c_cls, _ = detect(cb, cs, threshold / 2, max_det=max_det * 2, iou=iou)
+        used = np.zeros(len(c_cls), dtype=bool)
+        for box in r_box:
+            total += 1
+            cand = np.where(~used)[0]
+            if cand.size:
+                overlaps = _iou(box, c_box[cand])
+                j = int(overlaps.argmax())
+                if overlaps[j] >= iou:
+                    used[cand[j]] = True
+                    found += 1
+    return {
+        "recall": found / total if total else 1.0,
+        "detections": int(total),
+        "score_corr": _corr(ref_scores.max(1).ravel(), cand_scores.max(1).ravel()),
+        "conf": conf,
+        "relative_threshold": relative,  # the float model had fewer than max_det above conf
+        "iou": iou,
     }

@@ -19,9 +19,11 @@ conversion would give), with the threshold lowered explicitly.
 
 Tolerances vs PyTorch on held-out photo crops: INT8 classifiers top-1 >= 0.6
 and cosine >= 0.93 (the default thresholds; MobileNetV2's measured figures
-are in benchmarks/RESULTS.md); random yolo-small INT8 cosine >= 0.75 and at
-least 0.15 above the other-input baseline; ONNX fp32 max |err| < 1e-3; fp16
-cosine >= 0.999.
+are in benchmarks/RESULTS.md); random yolo-small INT8 cosine >= 0.75 over all
+outputs and at least 0.15 above the other-input baseline, each box and class
+map >= 0.6 (the export gates on each; its deepest scale measured 0.67-0.74),
+detections: recall >= 0.3, score correlation >= 0.5; ONNX fp32 max |err| <
+1e-3; fp16 cosine >= 0.999.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def _bn_recalibrated(loaded, n: int = 32):
 def _loose():
     from edgeprune.export.formats import Thresholds
 
-    return Thresholds(top1=0.0, cosine=0.75)
+    # cosine applies to all outputs together and to each piece (box and class maps per scale) on its own:
+    # the random network's deepest scale falls to ~0.67 in INT8 (measured), which the overall figure hid
+    return Thresholds(top1=0.0, cosine=0.6, recall=0.3, score_corr=0.5)
 
 
 LOOSE = _loose()
@@ -122,6 +126,10 @@ def test_yolo_small_orin_int8_qdq(yolo, tmp_path):
     assert final.agreement["cosine"] >= 0.75
     assert final.agreement["cosine"] >= _other_input_baseline(yolo) + 0.15
     assert report.artifacts[0].agreement["max_abs"] < 1e-3  # ONNX fp32 vs PyTorch, 3 outputs
+    rows = final.extra["outputs"]  # box and class maps of each scale, each checked on its own
+    assert [r["role"] for r in rows] == ["boxes", "scores"] * 3 and all(r["cosine"] >= 0.6 for r in rows)
+    assert not report.verification["outputs_split"]  # logits of similar ranges: the 3 outputs stay whole
+    assert final.extra["detection"]["recall"] >= 0.3
 
 
 @pytest.mark.slow

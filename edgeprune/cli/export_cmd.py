@@ -19,6 +19,7 @@ import tempfile
 import click
 
 from edgeprune.cli._common import emit, json_option, model_options, target_option
+from edgeprune.cli.prune_cmd import _shape
 
 
 def _parse_min_agreement(value: str | None):
@@ -36,11 +37,12 @@ def _parse_min_agreement(value: str | None):
     from edgeprune.export.formats import Thresholds
 
     parts = dict(p.split("=", 1) for p in value.split(",") if p)
-    unknown = set(parts) - {"top1", "cosine"}
+    keys = ("top1", "cosine", "recall", "score_corr")
+    unknown = set(parts) - set(keys)
     if unknown:
-        raise click.BadParameter(f"unknown key(s) {', '.join(sorted(unknown))}: use top1= and cosine=")
+        raise click.BadParameter(f"unknown key(s) {', '.join(sorted(unknown))}: use {'=, '.join(keys)}=")
     try:
-        return Thresholds(top1=float(parts.get("top1", 0.0)), cosine=float(parts.get("cosine", 0.0)))
+        return Thresholds(**{k: float(parts.get(k, 0.0)) for k in keys})
     except ValueError:
         raise click.BadParameter(f"'{value}': values must be numbers") from None
 
@@ -89,6 +91,17 @@ def _human(report: dict) -> None:
             f"{ag['max_abs']:.3g}" if ag else "-", f"{a['seconds']:.1f} s",
         )
     con.print(table)
+    final = next((a for a in report["artifacts"] if a["final"]), None)
+    rows = (final or {}).get("extra", {}).get("outputs") or []
+    for r in rows if len(rows) > 1 else []:  # each output on its own: a broken small one cannot hide
+        con.print(f"  {r['name']}: cosine {r['cosine']:.4f}, max |err| {r['max_abs']:.3g} "
+                  f"(values {r['range'][0]:.3g} to {r['range'][1]:.3g})")
+    det = (final or {}).get("extra", {}).get("detection")
+    if det:
+        con.print(f"  detections: {det['recall']:.0%} of the float model's {det['detections']} confident ones found "
+                  f"(IoU {det['iou']}), score correlation {det['score_corr']:.3f}")
+    if report.get("input_shape"):
+        con.print(f"input {'x'.join(map(str, report['input_shape']))} (from {report['input_shape_source']})")
     ver = report["verification"]
     con.print(f"agreement vs the original PyTorch model on {ver['samples']} held-out inputs ({ver['source']})"
               + (f"; PyTorch accuracy {ver['accuracy_pytorch']:.3f}" if "accuracy_pytorch" in ver else ""))
@@ -146,6 +159,10 @@ def _run(*, as_json: bool, **kwargs) -> None:
 
 _common_options = [
     model_options,
+    click.option("--input-shape", default=None, callback=_shape, metavar="N,C,H,W",
+                 help="Input shape (batch 1), e.g. 1,3,640,640 for a detector built for 640; default: the model's "
+                      "own (built-ins, pruned models, a factory model's input_shape attribute), else 1,3,224,224 "
+                      "with a warning. The output says which was used."),
     click.option("--calib", default=None, metavar="DATA",
                  help="Calibration data: a folder of images, a .npy array (NCHW or NHWC), or pkg.mod:fn. "
                       "Default: built-in sample photos (digits-cnn: the digits train split)."),
@@ -154,8 +171,9 @@ _common_options = [
                  help="How images from --calib are scaled (default: imagenet for 3-channel classifiers, else unit)."),
     click.option("--min-agreement", default=None, metavar="X",
                  help="Fail (exit 2) below this top-1 agreement with the original model, e.g. 0.95, "
-                      "or 'top1=0.95,cosine=0.99'. Default per precision: fp32 0.99/0.9999, fp16 0.97/0.999, "
-                      "int8 0.60/0.93."),
+                      "or 'top1=0.95,cosine=0.99' (cosine: all outputs and each one; detectors also recall=, "
+                      "score_corr=). Default per precision: fp32 0.99/0.9999, fp16 0.97/0.999, int8 0.60/0.93; "
+                      "detections: recall 0.98/0.95/0.5, score correlation 0.999/0.99/0.8."),
     click.option("--quantizer", type=click.Choice(["ort", "nncf"]), default=None,
                  help="ONNX INT8 quantizer (default: nncf for TensorRT boards, ort for ONNX Runtime; see benchmarks/RESULTS.md)."),
     click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False), help="Output folder."),
@@ -180,8 +198,8 @@ def _apply(options):
               help="Precision (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def export(target, model, weights, trust_factory, fmt, precision, calib, calib_count, normalize, min_agreement,
-           quantizer, output, as_json) -> None:
+def export(target, model, weights, trust_factory, fmt, precision, input_shape, calib, calib_count, normalize,
+           min_agreement, quantizer, output, as_json) -> None:
     """Export a model to ONNX or TFLite for a board, checking every step against the original.
 
     \b
@@ -195,7 +213,7 @@ def export(target, model, weights, trust_factory, fmt, precision, calib, calib_c
     _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
          precision=precision, calib=calib,
          calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
-         quantizer=quantizer, output_dir=output)
+         quantizer=quantizer, output_dir=output, input_shape=input_shape)
 
 
 @click.command()
@@ -205,8 +223,8 @@ def export(target, model, weights, trust_factory, fmt, precision, calib, calib_c
               help="Output format (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def quantize(target, model, weights, trust_factory, fmt, calib, calib_count, normalize, min_agreement, quantizer,
-             output, as_json) -> None:
+def quantize(target, model, weights, trust_factory, fmt, input_shape, calib, calib_count, normalize, min_agreement,
+             quantizer, output, as_json) -> None:
     """Quantize a model to INT8 for a board (the INT8 step of `export`), with agreement checks.
 
     Same as `edgeprune export --precision int8`: ONNX Q/DQ (TensorRT- or CPU-style per the
@@ -215,4 +233,4 @@ def quantize(target, model, weights, trust_factory, fmt, calib, calib_count, nor
     _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
          precision="int8", calib=calib,
          calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
-         quantizer=quantizer, output_dir=output)
+         quantizer=quantizer, output_dir=output, input_shape=input_shape)

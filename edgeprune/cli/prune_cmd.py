@@ -222,6 +222,8 @@ def _human(s: dict) -> None:
         f"  params {s['params_before']:,} -> {s['params_after']:,}   "
         f"MACs {s['macs_before']:,} -> {s['macs_after']:,} ({s['mac_reduction']}x fewer)"
     )
+    if s.get("protected_note"):
+        click.echo(f"  {s['protected_note']}")
     chk = s["onnx_check"]
     click.echo(
         f"  ONNX matches PyTorch: max_abs {chk['max_abs']:.2e} (tolerance {chk['tolerance']:.1e})"

@@ -8,6 +8,8 @@ Modules, in the order a model goes through them:
 - :mod:`~edgeprune.export.quantize`: ONNX INT8 (NNCF or ONNX Runtime, TensorRT or CPU scheme);
 - :mod:`~edgeprune.export.tflite`: ONNX -> TFLite fp32/fp16/full INT8 offline, LiteRT runner;
 - :mod:`~edgeprune.export.edgetpu`: the Coral compiler and its report;
+- :mod:`~edgeprune.export.detect`: a detector's outputs cut into boxes and scores, verified and
+  (for INT8) exported separately, decoded for the detection-level check;
 - :mod:`~edgeprune.export.artifact`: the Artifact record and the metadata stamped into files;
 - :mod:`~edgeprune.export.pipeline`: ``export()``, the one wrapper every step goes through.
 

@@ -51,18 +51,37 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Minimum agreement with the original model; below either, the export fails."""
+    """Minimum agreement with the original model; below any, the export fails.
+
+    ``cosine`` applies to all outputs together *and to each output on its
+    own* (a detector's boxes and scores are separate outputs there);
+    ``recall`` and ``score_corr`` to a detector's detections
+    (:func:`edgeprune.verify.detection_agreement`).
+    """
 
     top1: float
     cosine: float
+    recall: float = 0.0
+    score_corr: float = 0.0
 
-    def failures(self, agreement: dict, *, classifier: bool) -> list[str]:
-        """Which figures of ``agreement`` fall below these thresholds (empty = pass)."""
+    def failures(self, agreement: dict, *, classifier: bool, outputs: list[dict] | None = None,
+                 detection: dict | None = None) -> list[str]:
+        """Which figures fall below these thresholds (empty = pass)."""
         bad = []
         if classifier and agreement["top1"] < self.top1:
             bad.append(f"top-1 agreement {agreement['top1']:.3f} < {self.top1:g}")
         if agreement["cosine"] < self.cosine:
             bad.append(f"cosine {agreement['cosine']:.6f} < {self.cosine:g}")
+        for row in outputs or []:
+            if len(outputs) > 1 and row["cosine"] < self.cosine:
+                bad.append(f"output '{row['name']}' cosine {row['cosine']:.4f} < {self.cosine:g}")
+        if detection:
+            if detection["recall"] < self.recall:
+                bad.append(f"it finds {detection['recall']:.0%} of the float model's confident detections "
+                           f"(< {self.recall:.0%})")
+            if detection["score_corr"] < self.score_corr:
+                bad.append(f"detection scores correlate {detection['score_corr']:.3f} with the float model's "
+                           f"(< {self.score_corr:g})")
         return bad
 
 
@@ -96,9 +115,9 @@ FORMAT_RUNTIMES: dict[str, tuple[str, ...]] = {
     "tflite": ("litert", "edgetpu"),
 }
 
-FP32 = Thresholds(top1=0.99, cosine=0.9999)
-FP16 = Thresholds(top1=0.97, cosine=0.999)
-INT8 = Thresholds(top1=0.60, cosine=0.93)
+FP32 = Thresholds(top1=0.99, cosine=0.9999, recall=0.98, score_corr=0.999)
+FP16 = Thresholds(top1=0.97, cosine=0.999, recall=0.95, score_corr=0.99)
+INT8 = Thresholds(top1=0.60, cosine=0.93, recall=0.5, score_corr=0.8)
 
 FORMATS: dict[tuple[str, str], FormatSpec] = {
     spec.key: spec

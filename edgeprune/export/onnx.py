@@ -46,7 +46,9 @@ def export_onnx(
     dummy = torch.zeros(*input_shape)
     with torch.no_grad():
         out = model(dummy)
-    n_out = len(out) if isinstance(out, (list, tuple)) else 1
+    from edgeprune.export.detect import _flat
+
+    n_out = len(_flat(out))  # nested outputs (Ultralytics' (y, [x0, x1, x2])) are flattened by the exporter
     try:
         with atomic_file(path) as tmp:
             with torch.no_grad():
@@ -112,9 +114,21 @@ def run_onnx(path_or_session, x: np.ndarray, *, emulate_qdq: bool = False) -> li
 # -- converters called through the format table (edgeprune.export.formats) ----
 
 def convert_from_torch(req) -> dict:
-    """Format-table converter: PyTorch module -> ONNX fp32 at ``req.dest``."""
+    """Format-table converter: PyTorch module -> ONNX fp32 at ``req.dest``.
+
+    ``req.options["output_layout"]`` (a detector's pieces, see
+    :mod:`edgeprune.export.detect`) makes each piece its own output, so that
+    boxes and scores get their own INT8 scales in every later step.
+    """
     export_onnx(req.source, req.input_shape, req.dest)
-    return {"opset": OPSET}
+    info = {"opset": OPSET}
+    layout = req.options.get("output_layout")
+    if layout:
+        from edgeprune.export.detect import split_onnx_outputs
+
+        split_onnx_outputs(req.dest, layout, req.options["output_shapes"])
+        info["outputs_split"] = len(layout)
+    return info
 
 
 def convert_fp16(req) -> dict:

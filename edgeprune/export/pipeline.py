@@ -58,6 +58,7 @@ from edgeprune.export.calib import (
     builtin_samples,
     default_normalize,
 )
+from edgeprune.export.detect import OutputCheck
 from edgeprune.export.formats import (
     FORMAT_RUNTIMES,
     ConvertRequest,
@@ -94,6 +95,9 @@ class ExportReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     pruning: dict[str, Any] | None = None
+    input_shape: list[int] = field(default_factory=list)
+    input_shape_source: str = ""
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # what each artifact output holds
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -109,20 +113,41 @@ class ExportReport:
             "output_dir": str(self.output_dir), "passed": self.passed, "seconds": round(self.seconds, 3),
             "artifacts": [a.to_dict() for a in self.artifacts],
             "calibration": self.calibration, "verification": self.verification, "pruning": self.pruning,
+            "input_shape": self.input_shape, "input_shape_source": self.input_shape_source, "outputs": self.outputs,
             "warnings": self.warnings, "notes": self.notes, "edgeprune_version": __version__,
         }
 
 
 # -- the model and its reference outputs ---------------------------------------
 
-def _load(model: Any, *, weights: str | None = None, trust_factory: str | None = None):
+def _load(model: Any, input_shape: tuple[int, ...] | None = None, *, weights: str | None = None,
+          trust_factory: str | None = None):
     if isinstance(model, (str, Path)):
         from edgeprune.load import load_model
 
-        return load_model(str(model), weights=weights, trust_factory=trust_factory)
+        return load_model(str(model), input_shape=input_shape, weights=weights, trust_factory=trust_factory)
     if not hasattr(model, "module") or not hasattr(model, "input_shape"):
         raise ModelError("export() takes a --model spec or a LoadedModel (with .module and .input_shape)")
+    if input_shape is not None:
+        model.input_shape = tuple(input_shape)
     return model
+
+
+def _shape_source(model: Any, loaded: Any, given: tuple[int, ...] | None) -> tuple[str, bool]:
+    """Where the input shape came from, and whether it is only edgeprune's guess."""
+    if given is not None:
+        return "--input-shape", False
+    if not isinstance(model, (str, Path)):
+        return "the LoadedModel passed in", False
+    from edgeprune.models import _REGISTRY
+
+    if str(model) in _REGISTRY:
+        return f"the built-in {model}'s own size", False
+    if str(loaded.source).endswith(".ept") or getattr(loaded, "plan", None) is not None:
+        return "recorded in the pruned model", False
+    if getattr(loaded.module, "input_shape", None):
+        return "the model's input_shape attribute", False
+    return "edgeprune's default (the model does not say which size it was built for)", True
 
 
 def _flatten(out) -> list[np.ndarray]:
@@ -183,20 +208,21 @@ def _thresholds(spec: FormatSpec, min_agreement: float | Thresholds | None) -> T
         return spec.thresholds
     if isinstance(min_agreement, Thresholds):
         return min_agreement
-    return Thresholds(top1=float(min_agreement), cosine=spec.thresholds.cosine)
+    return Thresholds(top1=float(min_agreement), cosine=spec.thresholds.cosine, recall=spec.thresholds.recall,
+                      score_corr=spec.thresholds.score_corr)
 
 
-def _round(d: dict[str, float] | None) -> dict[str, float] | None:
+def _round(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if d is None:
         return None
-    return {k: (v if isinstance(v, int) else float(f"{v:.6g}")) for k, v in d.items()}
+    return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in d.items()}
 
 
 # -- the one wrapper every step goes through ----------------------------------
 
 def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify_x: np.ndarray,
           reference: list[np.ndarray], previous: list[np.ndarray] | None,
-          labels: np.ndarray | None) -> tuple[Artifact, list[np.ndarray]]:
+          labels: np.ndarray | None, outs: OutputCheck) -> tuple[Artifact, list[np.ndarray]]:
     from edgeprune.verify import agreement
 
     step(f"converting to {spec.format} {spec.precision}")
@@ -211,7 +237,7 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
     # A TensorRT-scheme INT8 model runs on the board's TensorRT: check what it computes, not what
     # this CPU's saturating int8 kernels make of it (edgeprune.export.onnx.onnx_session).
     emulate = spec.precision == "int8" and req.options.get("scheme") == "tensorrt"
-    outputs = _runner(spec, dest, [(1, *r.shape[1:]) for r in reference], emulate_qdq=emulate)(verify_x)
+    outputs = outs.pieces(_runner(spec, dest, outs.artifact_shapes(), emulate_qdq=emulate)(verify_x))
     art = Artifact(
         path=dest, format=spec.format, precision=spec.precision, sha256=sha256_file(dest),
         size_bytes=dest.stat().st_size, agreement=_round(agreement(reference, outputs)),
@@ -220,6 +246,7 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
     )
     if labels is not None and _is_classifier(outputs):
         art.extra["accuracy"] = float(np.mean(outputs[0].argmax(1) == labels))
+    art.extra.update(outs.figures(reference, outputs))
     return art, outputs
 
 
@@ -269,12 +296,20 @@ def export(
     weights: str | None = None,
     trust_factory: str | None = None,
     log_file: str | Path | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    detector_outputs: str = "split",
 ) -> ExportReport:
     """Export ``model`` (a ``--model`` spec or a LoadedModel) for ``target`` into ``output_dir``.
 
     Raises :class:`AgreementError` (with the report) when an artifact falls
-    below the agreement thresholds, :class:`ExportError` when a step fails.
+    below the agreement thresholds (over all outputs, for each output, and
+    for a detector's detections), :class:`ExportError` when a step fails.
     ``weights`` and ``trust_factory`` are :func:`edgeprune.load.load_model`'s.
+    ``input_shape`` overrides the model's (``--input-shape``); the report
+    says which was used and where it came from. ``detector_outputs``:
+    ``"split"`` exports a detector's concatenated boxes and scores as
+    separate outputs when a step is INT8 (each keeps its own scale),
+    ``"keep"`` exports them as the model returns them.
     Everything is written into a staging folder and swapped into
     ``output_dir`` when complete (:func:`edgeprune._paths.staged_output`): a
     failed or interrupted export leaves the earlier one untouched. A report
@@ -297,7 +332,7 @@ def export(
                 stage, Path(output_dir).expanduser(), model, profile=profile, fmt=fmt, precision=precision,
                 calib=calib, calib_count=calib_count, verify_count=verify_count, normalize=normalize,
                 min_agreement=min_agreement, quantizer=quantizer, name=name, weights=weights,
-                trust_factory=trust_factory,
+                trust_factory=trust_factory, input_shape=input_shape, detector_outputs=detector_outputs,
             )
         except AgreementError as exc:  # its report (passed: false) is written: keep it, then raise
             failed = exc
@@ -311,14 +346,17 @@ def export(
 def _export_into(
     out_dir: Path, final: Path, model: Any, *, profile, fmt: str, precision: str, calib, calib_count: int,
     verify_count: int, normalize: str | None, min_agreement, quantizer: str | None, name: str | None,
-    weights: str | None, trust_factory: str | None,
+    weights: str | None, trust_factory: str | None, input_shape: tuple[int, ...] | None, detector_outputs: str,
 ) -> ExportReport:
     """The work of :func:`export`, writing into ``out_dir`` (staging) and recording paths in ``final``."""
     from edgeprune.export import calib as calib_mod
 
     t_start = time.perf_counter()
     step(f"loading {model if isinstance(model, str) else getattr(model, 'name', 'model')}")
-    loaded = _load(model, weights=weights, trust_factory=trust_factory)
+    if detector_outputs not in ("split", "keep"):
+        raise ExportError(f"detector_outputs '{detector_outputs}': use 'split' or 'keep'")
+    given = tuple(int(d) for d in input_shape) if input_shape is not None else None
+    loaded = _load(model, given, weights=weights, trust_factory=trust_factory)
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
@@ -326,6 +364,12 @@ def _export_into(
     report = ExportReport(target=profile.name, model=str(loaded.name), format=fmt, precision=precision,
                           output_dir=final)
     steps = chain(fmt, precision)
+    source_of_shape, guessed = _shape_source(model, loaded, given)
+    report.input_shape, report.input_shape_source = list(input_shape), source_of_shape
+    if guessed:
+        report.warnings.append(
+            f"input shape {'x'.join(map(str, input_shape))} is {source_of_shape}: pass --input-shape with the "
+            "size the model was built for (a detector built for 640 sees objects at another scale at 224)")
 
     # Samples: calibration (for INT8) and held-out verification, never the same inputs.
     task = getattr(loaded, "task", "classify")
@@ -344,10 +388,19 @@ def _export_into(
         report.calibration = {"source": cal.source, "samples": len(cal), "normalize": norm}
     report.verification = {"source": ver.source, "samples": len(ver)}
 
-    reference = _torch_outputs(loaded.module, ver.data)
+    from edgeprune.export.detect import describe, is_split, needs_own_scales, output_layout, pieces
+
+    whole = _torch_outputs(loaded.module, ver.data)
+    layout = output_layout(loaded.module, input_shape, task=task)
+    split = (detector_outputs == "split" and any(s.precision == "int8" for s in steps) and is_split(layout)
+             and needs_own_scales(layout, whole))
+    outs = OutputCheck(layout, [(1, *r.shape[1:]) for r in whole], split, input_shape)
+    reference = pieces(whole, layout)  # every piece (a detector's boxes, scores) is verified on its own
+    report.outputs = describe(layout)
+    report.verification["outputs_split"] = split
     if ver.labels is not None and _is_classifier(reference):
         report.verification["accuracy_pytorch"] = float(np.mean(reference[0].argmax(1) == ver.labels))
-    report.pruning = _pruning_check(loaded, ver.data, reference)
+    report.pruning = _pruning_check(loaded, ver.data, whole)
     pruned_ag = (report.pruning or {}).get("agreement")
     if pruned_ag and (pruned_ag["top1"] < PRUNED_WARN_TOP1 or pruned_ag["cosine"] < PRUNED_WARN_COSINE):
         # Not a failure (pruning changes outputs on purpose), but never silent.
@@ -373,6 +426,12 @@ def _export_into(
         "scheme": "tensorrt" if profile.runtime == "tensorrt" else "cpu",
         "quantizer": quantizer,
     }
+    options["float_tail"] = task == "detect" and detector_outputs == "split"  # ONNX INT8: the decode stays float
+    if split:
+        options["output_layout"], options["output_shapes"] = layout, outs.artifact_shapes()
+        report.notes.append(
+            "boxes and class scores are separate outputs (output0, output1, ...; see 'outputs') so that each "
+            "keeps its own INT8 scale; concatenate them on the board if its post-processing wants one tensor")
     classifier = _is_classifier(reference)
     # top-1 is gated for classifiers only; for other outputs it is the share of samples at cosine >= 0.99
     report.verification["classifier"] = classifier
@@ -386,12 +445,14 @@ def _export_into(
                                  calib=cal.data if (spec.needs_calibration or spec.format == "tflite") else None,
                                  options=options)
             art, outputs = _step(spec, req, meta=meta, verify_x=ver.data, reference=reference,
-                                 previous=previous, labels=ver.labels)
+                                 previous=previous, labels=ver.labels, outs=outs)
             art.final = i == len(steps) - 1
             report.artifacts.append(art)
             if spec.format == "tflite" and spec.precision == "int8":
                 _check_full_int8(art, options["io_precision"])
-            bad = _thresholds(spec, min_agreement).failures(art.agreement, classifier=classifier)
+            bad = _thresholds(spec, min_agreement).failures(
+                art.agreement, classifier=classifier, outputs=art.extra.get("outputs"),
+                detection=art.extra.get("detection"))
             if bad:
                 report.passed = False
                 report.seconds = time.perf_counter() - t_start

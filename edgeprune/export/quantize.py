@@ -28,6 +28,14 @@ measured by benchmarks/bench_export.py on the same 128 calibration crops:
 
 ``quantizer="ort"|"nncf"`` (``--quantizer``) overrides it.
 
+Detectors (``float_tail=True``, set by the export for ``task == "detect"``):
+the ops between the last conv/Gemm/MatMul and each output -- the decode:
+sigmoid, the concat of levels, the split into boxes and scores, anchor
+arithmetic -- stay float (:func:`float_tail`), so boxes in pixels and
+probabilities never share an INT8 scale inside the graph; the convs are
+quantized as usual. Both TensorRT and ONNX Runtime run such mixed graphs
+(a Q/DQ graph is mixed by construction).
+
 For the TensorRT scheme NNCF's unsigned (uint8, zero-point 0) quantizers of
 non-negative tensors are rewritten to int8 (:func:`_uint8_to_int8`):
 TensorRT takes int8 Q/DQ only. Zero-points of the result can be checked
@@ -64,7 +72,23 @@ def _input_name(path: Path) -> str:
     return next(i.name for i in graph.input if i.name not in inits)
 
 
-def _ort(src: Path, dst: Path, calib: np.ndarray, scheme: str) -> dict:
+def float_tail(path: Path) -> list[str]:
+    """Names of the nodes between the last weighted op (Conv, Gemm, MatMul) and the graph outputs."""
+    onnx = require("onnx", "onnx", "ONNX quantization")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    stop = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    tail, stack = set(), [o.name for o in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.op_type in stop or node.name in tail:
+            continue
+        tail.add(node.name)
+        stack.extend(node.input)
+    return sorted(tail)
+
+
+def _ort(src: Path, dst: Path, calib: np.ndarray, scheme: str, exclude: list[str]) -> dict:
     q = require("onnxruntime.quantization", "quantize", "ONNX INT8 quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -94,26 +118,29 @@ def _ort(src: Path, dst: Path, calib: np.ndarray, scheme: str) -> dict:
             activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
             calibrate_method=q.CalibrationMethod.MinMax,
+            nodes_to_exclude=exclude,
             # TensorRT: int8 Q/DQ only, biases stay float (it fuses them itself)
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                            "QuantizeBias": not symmetric},
         )
     return {"quantizer": "onnxruntime quantize_static (QDQ, per-channel, MinMax)", "scheme": scheme,
-            "activations": "int8 symmetric" if symmetric else "uint8 asymmetric"}
+            "activations": "int8 symmetric" if symmetric else "uint8 asymmetric", "float_nodes": len(exclude)}
 
 
-def _nncf(src: Path, dst: Path, calib: np.ndarray, scheme: str) -> dict:
+def _nncf(src: Path, dst: Path, calib: np.ndarray, scheme: str, exclude: list[str]) -> dict:
     onnx = require("onnx", "quantize", "ONNX INT8 quantization")
     nncf = require("nncf", "quantize", "NNCF INT8 quantization")
     name = _input_name(src)
     model = onnx.load(str(src))
     dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))], lambda x: {name: x})
     preset = nncf.QuantizationPreset.PERFORMANCE if scheme == "tensorrt" else nncf.QuantizationPreset.MIXED
-    qmodel = nncf.quantize(model, dataset, preset=preset, subset_size=len(calib))
+    ignored = nncf.IgnoredScope(names=exclude, validate=False) if exclude else None
+    qmodel = nncf.quantize(model, dataset, preset=preset, subset_size=len(calib),
+                           **({"ignored_scope": ignored} if ignored else {}))
     changed = _uint8_to_int8(qmodel) if scheme == "tensorrt" else 0
     onnx.save(qmodel, str(dst))
     return {"quantizer": f"nncf {nncf.__version__} ({preset.value} preset)", "scheme": scheme,
-            "uint8_requantized_to_int8": changed}
+            "uint8_requantized_to_int8": changed, "float_nodes": len(exclude)}
 
 
 def _uint8_to_int8(model) -> int:
@@ -150,10 +177,11 @@ def _uint8_to_int8(model) -> int:
 
 
 def quantize_onnx(src: Path, dst: Path, calib: np.ndarray, *, scheme: str = "cpu",
-                  quantizer: str | None = None) -> dict:
+                  quantizer: str | None = None, float_tail: bool = False) -> dict:
     """Quantize ONNX ``src`` to a Q/DQ INT8 model at ``dst``; returns what was done.
 
-    ``quantizer=None`` picks the scheme's default (:data:`DEFAULT_QUANTIZER`).
+    ``quantizer=None`` picks the scheme's default (:data:`DEFAULT_QUANTIZER`);
+    ``float_tail`` keeps the ops after the last weighted op float (detectors).
     """
     quantizer = quantizer or DEFAULT_QUANTIZER.get(scheme, "ort")
     if quantizer not in QUANTIZERS:
@@ -164,9 +192,10 @@ def quantize_onnx(src: Path, dst: Path, calib: np.ndarray, *, scheme: str = "cpu
         raise ExportError("ONNX INT8 quantization needs calibration samples (--calib)")
     dst = Path(dst)
     try:
+        exclude = globals()["float_tail"](Path(src)) if float_tail else []
         with atomic_file(dst) as tmp:
             info = (_ort if quantizer == "ort" else _nncf)(Path(src), tmp, np.ascontiguousarray(calib, np.float32),
-                                                          scheme)
+                                                          scheme, exclude)
     except ExportError:
         raise
     except Exception as exc:
@@ -197,4 +226,5 @@ def convert_int8(req) -> dict:
         Path(req.source), req.dest, req.calib,
         scheme=req.options.get("scheme", "cpu"),
         quantizer=req.options.get("quantizer"),
+        float_tail=bool(req.options.get("float_tail")),
     )

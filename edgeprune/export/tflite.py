@@ -24,6 +24,27 @@ Conversion, in two parts:
      ``io_precision`` (int8, uint8 for the Edge TPU, or float32 with a
      QUANTIZE/DEQUANTIZE pair at the edges).
 
+Exact GELU (``Erf`` in ONNX, in every ViT and ConvNeXt) has no TFLite kernel:
+for fp32/fp16 onnx2tf builds it from builtins (:func:`_pseudo_ops`, error
+< 1.5e-7); that form divides by ``|z|`` and fails in int8, so full-INT8
+conversion uses GELU's tanh form instead (:func:`_tanh_erf`).
+
+A padded MaxPool (every ResNet-style stem: conv, ReLU, ``MaxPool(3, 2, 1)``)
+needs care at the right depth. onnx2tf turns its padding into a ``Pad``
+with constant -FLT_MAX; full-INT8 calibration then sees -3.4e38 and gives
+the stem tensors an int8 scale near 1e36, and LiteRT's XNNPACK refuses the
+model ("Node number 37 failed to prepare"; without XNNPACK LiteRT aborts).
+The pad value only has to be no larger than anything the pool's input can
+hold: after ReLU that is 0, after ReLU6/Clip its minimum, after sigmoid 0,
+after SiLU -0.2785, after hard-swish -0.375 (and a MaxPool keeps its input's
+bound). So before onnx2tf runs, :func:`_finite_maxpool_padding` moves such a
+pool's padding into an explicit ``Pad`` with that value and clears the
+pool's own: the same function exactly (every window holds a real value no
+smaller than the pad), and calibration sees only real values. Where no
+bound is known, the padding is left, and :func:`_check_int8_scales` turns
+the broken file into an error naming the tensor, the absurd scale and the
+padded MaxPool behind it, instead of a crash in the runtime.
+
 :func:`run_tflite` feeds NCHW inputs (it transposes and quantizes them) and
 returns outputs in the ONNX model's order and layout, so every check can
 compare against ONNX and PyTorch directly. :func:`float_tensors` lists the
@@ -52,7 +73,7 @@ from edgeprune._paths import atomic_write_bytes
 from edgeprune.errors import ExportError, require
 
 IO_DTYPES = {"int8": np.int8, "uint8": np.uint8, "float32": np.float32}
-_SAVED: dict[str, Path] = {}  # onnx sha256 -> SavedModel folder, within one workdir
+_SAVED: dict[str, Path] = {}  # graph digest -> SavedModel folder (this process)
 
 
 def _quiet_tf() -> None:
@@ -71,7 +92,75 @@ def _offline_calibration(sample_nhwc: np.ndarray):
         mod.download_test_image_data = original
 
 
-def _fold_constants(src: Path, dst: Path) -> None:
+# lower bounds of activation outputs: a MaxPool after them can be padded with this value, exactly
+_LOWER_BOUND = {"Relu": 0.0, "Sigmoid": 0.0, "HardSigmoid": 0.0, "Softmax": 0.0, "HardSwish": -0.375}
+SILU_MIN = -0.2785  # min of x * sigmoid(x) is -0.27846 (at x = -1.2785)
+ABSURD_SCALE = 1e10  # an int8 scale above this means calibration saw something like -FLT_MAX
+
+
+def _lower_bound(name: str, producer: dict, consts: dict) -> float | None:
+    node = producer.get(name)
+    if node is None:
+        return None
+    if node.op_type in _LOWER_BOUND:
+        return _LOWER_BOUND[node.op_type]
+    if node.op_type == "Clip":
+        low = consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if low is None:
+            low = next((a.f for a in node.attribute if a.name == "min"), None)
+        return None if low is None else float(np.asarray(low).reshape(-1)[0])
+    if node.op_type == "Mul" and len(node.input) == 2:  # SiLU as exported: x * Sigmoid(x)
+        for a, b in (node.input, node.input[::-1]):
+            sig = producer.get(b)
+            if sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == a:
+                return SILU_MIN
+    if node.op_type == "MaxPool":
+        return _lower_bound(node.input[0], producer, consts)
+    return None
+
+
+def _finite_maxpool_padding(model) -> tuple[int, list[str]]:
+    """Move padded MaxPools' padding into a ``Pad`` with a finite value; returns (rewritten, left as is)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    nodes, done, left = [], 0, []
+    for node in graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        pads = list(attrs["pads"].ints) if "pads" in attrs else []
+        auto = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+        ceil = attrs["ceil_mode"].i if "ceil_mode" in attrs else 0
+        if node.op_type != "MaxPool" or not any(pads) or auto != "NOTSET" or len(pads) != 4:
+            nodes.append(node)
+            continue
+        low = _lower_bound(node.input[0], producer, consts)
+        if low is None or ceil:
+            left.append(node.name or node.output[0])
+            nodes.append(node)
+            continue
+        tag = node.name or node.output[0]
+        pad_in = [f"{tag}_edgeprune_pads", f"{tag}_edgeprune_value"]
+        graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), pad_in[0]))
+        graph.initializer.append(numpy_helper.from_array(np.array(low, np.float32), pad_in[1]))
+        padded = f"{tag}_edgeprune_padded"
+        nodes.append(helper.make_node("Pad", [node.input[0], *pad_in], [padded], name=f"{tag}_edgeprune_pad",
+                                      mode="constant"))
+        node.input[0] = padded
+        attrs["pads"].ints[:] = [0, 0, 0, 0]
+        nodes.append(node)
+        done += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return done, left
+
+
+def _fold_constants(src: Path, dst: Path, *, key: str = "", tanh_erf: bool = False) -> None:
     """Fold shape arithmetic (torch's ``chunk`` exports Shape/Gather/Div -> Slice) into constants.
 
     Shapes are static here, so onnx-graphsurgeon can evaluate those chains;
@@ -87,18 +176,132 @@ def _fold_constants(src: Path, dst: Path) -> None:
         onnx.save(gs.export_onnx(graph), str(dst))
     except Exception:  # folding is an aid, not a requirement: convert the original then
         shutil.copyfile(src, dst)
+    model = onnx.load(str(dst))
+    done, left = _finite_maxpool_padding(model)
+    _PADDING[key or str(dst)] = {"rewritten": done, "left": left}
+    erfs = _tanh_erf(model) if tanh_erf else 0
+    if done or erfs:
+        onnx.save(model, str(dst))
 
 
-def saved_model(onnx_path: Path, workdir: Path, sample_nchw: np.ndarray | None) -> Path:
-    """onnx2tf: ONNX -> SavedModel in ``workdir`` (cached per ONNX content); returns the folder."""
+_PADDING: dict[str, dict] = {}  # graph digest -> what _finite_maxpool_padding did
+
+
+def _check_int8_scales(path: Path, data: bytes, padding: dict) -> None:
+    """Refuse a TFLite file whose int8 scales betray -FLT_MAX in calibration; name the cause."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.Model.GetRootAs(data, 0)
+    worst, where = 0.0, ""
+    for g in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(g)
+        for t in range(sub.TensorsLength()):
+            tensor = sub.Tensors(t)
+            q = tensor.Quantization()
+            if q is None or q.ScaleLength() == 0:
+                continue
+            scale = float(np.max(q.ScaleAsNumpy()))
+            if scale > worst:
+                worst, where = scale, tensor.Name().decode(errors="replace")
+    if worst <= ABSURD_SCALE:
+        return
+    pools = padding.get("left") or []
+    cause = (f"a padded MaxPool ({', '.join(pools[:3])}) whose input has no known lower bound: onnx2tf pads it "
+             "with -FLT_MAX, and calibration saw that value" if pools else
+             "calibration saw a value near +-3.4e38 (onnx2tf pads MaxPools with -FLT_MAX)")
+    raise ExportError(
+        f"{path}: tensor '{where}' got an int8 scale of {worst:.3g}: {cause}. LiteRT's XNNPACK refuses such a model. "
+        "Fix: put a ReLU (or another bounded activation) before the pool, or pad explicitly with "
+        "F.pad(x, ..., value=<the input's minimum>) and use MaxPool2d(padding=0)"
+    )
+
+
+def _has_erf(path: Path) -> bool:
+    onnx = require("onnx", "tflite", "ONNX -> TFLite conversion")
+    return any(n.op_type == "Erf" for n in onnx.load(str(path)).graph.node)
+
+
+def _pseudo_ops(path: Path) -> list[str]:
+    """Ops onnx2tf should build from TFLite builtins: ``Erf`` (exact GELU, ViT and ConvNeXt) has no
+    TFLite kernel; onnx2tf's replacement is the Abramowitz-Stegun polynomial (error < 1.5e-7)."""
+    return ["erf"] if _has_erf(path) else []
+
+
+def _tanh_erf(model) -> int:
+    """Replace every ``Erf`` by ``tanh(1.1283792 z + 0.1009109 z^3)`` (GELU's tanh form); returns how many.
+
+    For full INT8 only: onnx2tf's polynomial Erf divides by ``|z| + 1e-11``,
+    which is 0 in int8 (LiteRT: "DIV failed to invoke"). The tanh form uses
+    int8 kernels only (MUL, ADD, TANH); it differs from erf by < 4e-4, far
+    below INT8 rounding.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes, count = [], 0
+    for node in graph.node:
+        if node.op_type != "Erf":
+            nodes.append(node)
+            continue
+        z, out, tag = node.input[0], node.output[0], f"{node.name or node.output[0]}_edgeprune"
+        for name, value in ((f"{tag}_a", 1.1283792), (f"{tag}_b", 0.1009109)):
+            graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        nodes += [
+            helper.make_node("Mul", [z, z], [f"{tag}_z2"], name=f"{tag}_z2"),
+            helper.make_node("Mul", [f"{tag}_z2", f"{tag}_b"], [f"{tag}_bz2"], name=f"{tag}_bz2"),
+            helper.make_node("Add", [f"{tag}_bz2", f"{tag}_a"], [f"{tag}_poly"], name=f"{tag}_poly"),
+            helper.make_node("Mul", [z, f"{tag}_poly"], [f"{tag}_arg"], name=f"{tag}_arg"),
+            helper.make_node("Tanh", [f"{tag}_arg"], [out], name=f"{tag}_tanh"),
+        ]
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
+def graph_digest(onnx_path: Path) -> str:
+    """sha256 of an ONNX model without its metadata (stamped per export, with a time): same graph, same digest."""
+    onnx = require("onnx", "tflite", "ONNX -> TFLite conversion")
+    proto = onnx.load(str(onnx_path))
+    del proto.metadata_props[:]
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+
+
+_CACHE_DIR: list[Path] = []
+
+
+def _cache_dir() -> Path:
+    """One folder per process for SavedModels: exporting one model for several boards converts it once."""
+    if not _CACHE_DIR:
+        import atexit
+
+        path = Path(tempfile.mkdtemp(prefix="edgeprune-onnx2tf-"))
+        atexit.register(shutil.rmtree, path, True)
+        _CACHE_DIR.append(path)
+    return _CACHE_DIR[0]
+
+
+def _key(onnx_path: Path, int8: bool) -> str:
+    """The SavedModel cache key: the graph, and whether it was prepared for full INT8 (Erf rewritten)."""
+    return graph_digest(onnx_path) + ("-int8" if int8 and _has_erf(onnx_path) else "")
+
+
+def saved_model(onnx_path: Path, workdir: Path, sample_nchw: np.ndarray | None, *, int8: bool = False) -> Path:
+    """onnx2tf: ONNX -> SavedModel (cached per graph for this process); returns the folder.
+
+    ``workdir`` is kept for callers; the SavedModel lives in a per-process
+    folder removed at exit, keyed by :func:`graph_digest`. ``int8``: the
+    SavedModel is for full-INT8 conversion (``Erf`` becomes :func:`_tanh_erf`).
+    """
     _quiet_tf()
-    digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
+    digest = _key(Path(onnx_path), int8)
     cached = _SAVED.get(digest)
     if cached is not None and (cached / "saved_model.pb").is_file():
         return cached
-    out = Path(workdir) / f"saved_model-{digest[:12]}"
-    copy = Path(workdir) / f"{digest[:12]}.onnx"
-    _fold_constants(Path(onnx_path), copy)  # a folded copy: onnx2tf rewrites its input in place
+    base = _cache_dir()
+    out = base / f"saved_model-{digest[:12]}"
+    copy = base / f"{digest[:12]}.onnx"
+    _fold_constants(Path(onnx_path), copy, key=digest, tanh_erf=int8)  # onnx2tf rewrites its input: a copy
     if sample_nchw is None or sample_nchw.ndim != 4:
         sample_nhwc = np.zeros((1, 8, 8, 3), np.float32)
     else:
@@ -113,6 +316,7 @@ def saved_model(onnx_path: Path, workdir: Path, sample_nchw: np.ndarray | None) 
                     output_signaturedefs=True,
                     non_verbose=True,
                     verbosity="error",
+                    replace_to_pseudo_operators=_pseudo_ops(copy),
                 )
         except SystemExit as exc:
             tail = " ".join(log.getvalue().split())[-400:]
@@ -166,11 +370,16 @@ def convert_onnx_to_tflite(onnx_path: Path, dest: Path, *, precision: str, calib
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-tfl-")))
-        sm = saved_model(Path(onnx_path), Path(workdir), calib)
+        sm = saved_model(Path(onnx_path), Path(workdir), calib, int8=precision == "int8")
         data = _tflite_bytes(sm, precision, calib, io_precision if precision == "int8" else "float32")
+        padding = _PADDING.get(_key(Path(onnx_path), precision == "int8"), {})
+        if precision == "int8":
+            _check_int8_scales(Path(dest), data, padding)
     dest = Path(dest)
     atomic_write_bytes(dest, data)
     info = {"converter": "onnx2tf -> SavedModel -> TFLiteConverter", "layout": "NHWC"}
+    if padding.get("rewritten"):
+        info["maxpool_padding"] = f"{padding['rewritten']} padded MaxPool(s): padding made explicit with a finite value"
     if precision == "int8":
         info["io_precision"] = io_precision
         info["calibration_samples"] = int(len(calib))

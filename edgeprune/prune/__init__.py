@@ -2,11 +2,14 @@
 
 Modules, in the order a model goes through them:
 
-- :mod:`~edgeprune.prune.rewrite`: make C2f-like blocks prunable (outputs unchanged);
-- :mod:`~edgeprune.prune.groups`: ``prunable_groups(model, x)`` -> ``PrunableGroup`` list;
+- :mod:`~edgeprune.prune.rewrite`: make C2f-like blocks prunable (outputs unchanged, the block
+  object and its attributes kept);
+- :mod:`~edgeprune.prune.groups`: ``prunable_groups(model, x)`` -> ``PrunableGroup`` list
+  (``include_protected=True``: also the groups kept whole, each with its ``reason``;
+  ``kept_whole(groups, plan)`` / ``protected_note(...)``: what stays whole and why);
 - :mod:`~edgeprune.prune.plan`: ``ChannelPlan`` (kept channels per group, JSON);
 - :mod:`~edgeprune.prune.importance`: which channels a group keeps;
-- :mod:`~edgeprune.prune.apply`: ``prune_(model, plan)``;
+- :mod:`~edgeprune.prune.apply`: ``prune_(model, plan)``, checked by :mod:`~edgeprune.prune.check`;
 - :mod:`~edgeprune.prune.io`: ``save_pruned`` / ``load_pruned`` (``.ept`` files).
 
 Importing this package imports torch; the CLI imports it inside commands.

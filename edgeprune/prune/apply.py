@@ -23,7 +23,7 @@ from torch import nn
 
 from edgeprune.errors import PruneError, did_you_mean
 from edgeprune.prune.check import check_surgery
-from edgeprune.prune.groups import analyse
+from edgeprune.prune.groups import analyse, flat_tensors
 from edgeprune.prune.importance import (
     accumulate_taylor_grads,
     choose_removed,
@@ -42,8 +42,23 @@ def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
 
 def _shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
     with torch.no_grad():
-        out = model(x)
-    return [tuple(o.shape) for o in (out if isinstance(out, (list, tuple)) else [out])]
+        return [tuple(o.shape) for o in flat_tensors(model(x))]
+
+
+def _leaf_owners(model: nn.Module) -> dict[int, tuple[str, nn.Module]]:
+    """Parameter id -> (name, module) for parameters owned by a layer with no conv/Linear inside.
+
+    torch-pruning handles per-channel parameters it finds outside known layers
+    (a hand-written LayerNorm's weight, a layer scale) as bare parameters;
+    the surgery check needs the layer that owns them.
+    """
+    owners = {}
+    for name, mod in model.named_modules():
+        if any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in mod.modules()):
+            continue
+        for p in mod.parameters(recurse=False):
+            owners[id(p)] = (name, mod)
+    return owners
 
 
 def check_plan(plan: ChannelPlan, groups) -> None:
@@ -125,7 +140,9 @@ def prune_(
     dg = analysis.dg
     reference = copy.deepcopy(model) if verify and todo else None
     names = {m: n for n, m in model.named_modules()}
+    owners = _leaf_owners(model)
     removed_by_group: dict[str, list[tuple[str, list[int]]]] = {}
+    normalised: dict[str, list[int]] = {}  # per-channel layers the check compares on kept channels
     for group, keep in todo:
         root = analysis.roots[group.id]
         fn = dg.get_pruner_of_module(root).prune_out_channels
@@ -145,9 +162,22 @@ def prune_(
                 for dep, idxs in tp_group
                 if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
             ]
+            for dep, idxs in tp_group:
+                mod = dep.target.module
+                if isinstance(mod, nn.LayerNorm) and mod in names:
+                    normalised[names[mod]] = list(idxs)
+                elif isinstance(mod, nn.Parameter) and id(mod) in owners:
+                    normalised[owners[id(mod)][0]] = list(idxs)
         tp_group.prune()
     model.zero_grad(set_to_none=True)
-    after = _shapes(model, x)
+    try:
+        after = _shapes(model, x)
+    except RuntimeError as exc:  # a size fixed in the model's code that the group analysis missed
+        pruned = ", ".join(g.id for g, _ in todo[:4])
+        raise PruneError(
+            f"the pruned model no longer runs ({str(exc).splitlines()[0][:160]}); groups pruned: "
+            f"{pruned}{' ...' if len(todo) > 4 else ''}: protect the layers named in the error"
+        ) from None
     if after != before:
         raise PruneError(
             f"pruning changed the output shapes {before} -> {after}: "
@@ -155,5 +185,5 @@ def prune_(
         )
     if reference is not None:
         reference.zero_grad(set_to_none=True)
-        check_surgery(reference, model, removed_by_group, x)
+        check_surgery(reference, model, removed_by_group, x, normalised=normalised)
     return model

@@ -1,4 +1,4 @@
-"""Coupled channel groups: which layers must shrink together.
+"""Coupled channel groups: which layers must shrink together, and which must not shrink at all.
 
 Built on torch-pruning's ``DependencyGraph`` (it traces autograd and follows
 residual adds, concats, splits, depthwise convs, pooling, upsampling and
@@ -6,20 +6,36 @@ flatten-before-Linear). edgeprune adds what it lacks:
 
 - C2f blocks (``chunk`` after a conv) are rewritten first
   (:mod:`edgeprune.prune.rewrite`), outputs unchanged;
+- a group's unit is its smallest producing layer: in a Ghost module
+  (``cat([x1, cheap(x1)])``) one primary channel carries its cheap twin, so
+  the group counts the primary conv's channels, not the concat's;
 - grouped convs (``1 < groups < channels``): torch-pruning slices their
   weights as if the same local channels went from every conv group. edgeprune
   makes that true: a group feeding or leaving a grouped conv keeps a multiple
   of ``groups`` channels and removes the same positions from every slice
   (``PrunableGroup.slices``). A grouped conv reached through a concat is not
   handled: its group is protected (``reason``);
+- sizes written in the model's code: a group whose channels are split into
+  pieces (``torch.split``/``chunk``/``unbind`` on channels), reshaped other
+  than by squeezing or flattening trailing dims (attention's
+  ``reshape(B, N, 3, heads, head_dim)``; ``view(B, heads, d, N)``), sliced
+  to fewer channels (``x[:, :k]`` that cuts), or normalised in fixed groups
+  (GroupNorm) cannot take fewer channels: it is protected, with the shapes in
+  its reason. Pruning attention by whole heads would need the block's code
+  to read its head count from the weights; timm's and Ultralytics' do not;
 - protection: a group whose channels reach a model output (classifier,
   detection head convs) is never prunable, nor is the stem (the first conv
   run on the input) unless ``protect_stem=False``, nor a group touching a
   layer the user names.
 
+Every group that is kept whole says why: :func:`kept_whole` lists them
+(protected, or left whole by a plan's rounding, e.g. a grouped conv whose
+conv-group count and the board's alignment leave no smaller count), and
+:func:`protected_note` turns that into the one line the CLI prints.
+
 A group's ``id`` is the name of the first (in ``named_modules`` order) conv or
-Linear whose output channels it removes: stable across runs for the same
-architecture, so a plan applies to a freshly built model.
+Linear with the fewest output channels among those it shrinks: stable across
+runs for the same architecture, so a plan applies to a freshly built model.
 
 Example::
 
@@ -34,8 +50,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from edgeprune.errors import PruneError, did_you_mean, require
+
+OUTPUT_REASON = "its channels are a model output"
 
 
 @dataclass(frozen=True)
@@ -79,12 +98,42 @@ class GroupAnalysis:
         return [g for g in self.groups if g.prunable]
 
 
+def flat_tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a model's output, in order (tuples, lists and dicts nested any depth)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in flat_tensors(o)]
+    return []
+
+
+class _Shapes(TorchFunctionMode):
+    """Records the output shape of every op with an autograd node: reshapes' targets are not saved on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                self.shapes.setdefault(t.grad_fn, tuple(t.shape))
+        return out
+
+
 def _is_grouped(m: nn.Module) -> bool:
     return (
         isinstance(m, nn.Conv2d)
         and 1 < m.groups
         and not (m.groups == m.in_channels == m.out_channels)
     )
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
 
 
 def _trace_ends(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, set[nn.Module]]:
@@ -115,11 +164,9 @@ def _trace_ends(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, se
     finally:
         for h in hooks:
             h.remove()
-    outs = [
-        o for o in (out if isinstance(out, (list, tuple)) else [out]) if isinstance(o, torch.Tensor)
-    ]
     ends: set[nn.Module] = set()
-    stack, seen = [o.grad_fn for o in outs if o.grad_fn is not None], set()
+    stack = [o.grad_fn for o in flat_tensors(out) if o.grad_fn is not None]
+    seen = set()
     while stack:
         fn = stack.pop()
         if fn in seen:
@@ -130,6 +177,72 @@ def _trace_ends(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, se
             continue
         stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
     return (order[0] if order else None), ends
+
+
+def _dims(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
+
+
+def _keeps_channels(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
+    """Does a reshape ``src -> dst`` leave every channel a whole unit?
+
+    Yes for adding or removing size-1 dims, for flattening trailing dims
+    (``(N, C, H, W) -> (N, C*H*W)`` before a Linear, ``-> (N, C, H*W)``)
+    and for merging leading dims; no when a dim is cut into several
+    (``(N, L, 3C) -> (N, L, 3, heads, d)``) or several are merged into the
+    channel dim (``(N, heads, d, L) -> (N, C, H, W)``).
+    """
+    a, b = [d for d in src if d != 1], [d for d in dst if d != 1]
+    if a == b:
+        return True
+    for k in range(1, len(a)):
+        if b == a[:k] + [math.prod(a[k:])] or b == [math.prod(a[: k + 1])] + a[k + 1 :]:
+            return True
+    # the reverse of a leading merge: nn.Linear on (N, H, W, C) views its result back that way
+    return any(a == [math.prod(b[: k + 1])] + b[k + 1 :] for k in range(1, len(b)))
+
+
+def _reshape_out(node, shapes: dict) -> tuple[int, ...] | None:
+    """A reshape's output shape: recorded, or saved by the op that consumes it (nn.Linear's inner view)."""
+    out = shapes.get(node.grad_fn)
+    if out is not None:
+        return out
+    n = math.prod(getattr(node.grad_fn, "_saved_self_sym_sizes", ()) or (0,))
+    for consumer in node.outputs:
+        for attr in ("_saved_mat1_sym_sizes", "_saved_self_sym_sizes"):
+            s = getattr(consumer.grad_fn, attr, None)
+            if s and math.prod(s) == n:
+                return tuple(s)
+    return None
+
+
+def _op_reason(node, shapes: dict, tp) -> str:
+    """Why an op on a group's channels fixes their count in the model's code ('' if it does not)."""
+    kind, fn = node.type, node.grad_fn
+    sizes = tuple(getattr(fn, "_saved_self_sym_sizes", ()) or ())
+    dim = getattr(fn, "_saved_dim", None)
+    spatial = dim is not None and (dim == 0 or (len(sizes) == 4 and dim in (2, 3, -1, -2)))
+    if kind in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND):
+        if spatial:
+            return ""
+        what = f"{_dims(sizes)} " if sizes else ""
+        return f"split ({fn.name().replace('Backward0', '').lower()} of {what}on dim {dim}) into pieces whose sizes are fixed in the model's code"
+    if kind == tp.ops.OPTYPE.RESHAPE:
+        out = _reshape_out(node, shapes)
+        if not sizes or out is None:
+            return "reshaped to a shape unknown to edgeprune"
+        if _keeps_channels(sizes, out):
+            return ""
+        return f"reshaped {_dims(sizes)} -> {_dims(out)} (e.g. into attention heads) with sizes fixed in the model's code"
+    if kind == tp.ops.OPTYPE.SLICE and sizes and dim is not None and not spatial:
+        start, end, step = fn._saved_start, fn._saved_end, fn._saved_step
+        size = sizes[dim]
+        if start in (0, None) and (end is None or end >= size) and step in (1, None):
+            return ""
+        return f"sliced to [{start}:{min(end, size)}] of {size} channels, bounds fixed in the model's code"
+    if kind == tp.ops.OPTYPE.GN:
+        return f"GroupNorm ({node.module.num_groups} groups) normalises fixed groups of channels"
+    return ""
 
 
 def analyse(
@@ -150,20 +263,62 @@ def analyse(
     protected = {by_name[p] for p in protect}
     protected |= {m for p in protect for m in by_name[p].modules()}
     model.eval()
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input, verbose=False
-        )
+    recorder = _Shapes()
+    try:
+        with torch.enable_grad(), recorder:
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, verbose=False
+            )
+    except Exception as exc:  # torch-pruning's tracer raises many types on code it does not know
+        import traceback
+
+        where = traceback.extract_tb(exc.__traceback__)[-1].name
+        raise PruneError(
+            f"torch-pruning cannot trace this model ({type(exc).__name__} in its {where}: "
+            f"{str(exc)[:120]}); its graph has an op on channels it does not model (e.g. a split "
+            "piece multiplied into a concat): prune a model built from standard blocks, or "
+            "rewrite that block"
+        ) from None
+    # Ops whose sizes are fixed in the model's code stop torch-pruning's propagation: every group
+    # that reaches one is protected below. Without the stop, index mappings through an attention
+    # block's view/split inside a residual loop grow without end (YOLO11's C2PSA: >15 GB, no result).
+    barriers = {}
+    for node in list(dg.module2node.values()):
+        why = _op_reason(node, recorder.shapes, tp)
+        if why:
+            barriers[node] = why
+            node.dependencies = []
     stem, ends = _trace_ends(model, example_input)
     stem = stem if protect_stem else None
     order = {m: i for i, m in enumerate(model.modules())}
     groups, roots = [], {}
     for group in dg.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
-        outs, ins, grouped_in, grouped_out = [], [], [], []
-        channels = len(group[0].idxs)
+        members = {dep.target.module for dep, _ in group}
+        param_outs = sorted(
+            (
+                m
+                for m in members
+                if isinstance(m, (nn.Conv2d, nn.Linear))
+                and m in names
+                and any(
+                    dep.target.module is m and dg.is_out_channel_pruning_fn(dep.handler)
+                    for dep, _ in group
+                )
+            ),
+            key=lambda m: (_out_channels(m), order[m]),
+        )
+        if not param_outs:
+            continue
+        root = param_outs[0]
+        channels = _out_channels(root)
+        if group[0].dep.target.module is not root:  # re-root on the smallest producing layer
+            fn = dg.get_pruner_of_module(root).prune_out_channels
+            group = dg.get_pruning_group(root, fn, list(range(channels)))
+        outs, ins, grouped_in, grouped_out, ops = [], [], [], [], []
         for dep, idxs in group:
             mod = dep.target.module
             if not isinstance(mod, nn.Module) or mod not in names:
+                ops.append(dep.target)
                 continue
             if dg.is_out_channel_pruning_fn(dep.handler):
                 outs.append(mod)
@@ -173,21 +328,21 @@ def analyse(
                 ins.append(mod)
                 if _is_grouped(mod):
                     grouped_in.append((mod, len(idxs)))
-        param_outs = sorted(
-            {m for m in outs if isinstance(m, (nn.Conv2d, nn.Linear))}, key=order.get
-        )
-        if not param_outs:
-            continue
-        root = param_outs[0]
+            if dep.target in barriers:  # a GroupNorm
+                ops.append(dep.target)
         gid = names[root]
-        reason = ""
-        if ends & set(outs) or not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in ins):
-            reason = "its channels are a model output"
+        reason, stops = "", [n for n in ops if n in barriers]
+        if ends & set(outs):
+            reason = OUTPUT_REASON
         elif stem is not None and stem in outs:
             reason = "input stem"
         elif protected & (set(outs) | set(ins)):
             hit = sorted(names[m] for m in protected & (set(outs) | set(ins)))
             reason = f"protected ({', '.join(hit)})"
+        elif stops:
+            reason = f"{barriers[stops[0]]} (after {gid})"
+        elif not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in ins):
+            reason = OUTPUT_REASON
         slices = 1
         for mod, n in grouped_in + grouped_out:
             full = mod.in_channels if (mod, n) in grouped_in else mod.out_channels
@@ -233,3 +388,65 @@ def prunable_groups(
         make_prunable(model, example_input)
         analysis = analyse(model, example_input, protect=protect, protect_stem=protect_stem)
     return analysis.groups if include_protected else analysis.prunable()
+
+
+def _general(reason: str) -> str:
+    """A reason without its shapes and layer names, to put groups kept whole for one cause together."""
+    for key, text in (
+        ("split", "split into pieces whose sizes are fixed in the model's code"),
+        ("reshaped", "reshaped with sizes fixed in the model's code (e.g. attention heads)"),
+        ("sliced", "sliced with bounds fixed in the model's code"),
+        ("GroupNorm", "GroupNorm over fixed groups of channels"),
+        ("protected (", "protected by --protect"),
+    ):
+        if reason.startswith(key):
+            return text
+    return reason
+
+
+def kept_whole(groups, plan=None) -> list[dict]:
+    """Every group that keeps all its channels and why: protected, or left whole by the plan.
+
+    One entry per cause: ``{"reason", "groups", "layers"}``. A prunable
+    group the plan keeps whole is explained from its counts: a grouped conv
+    whose conv-group count and the alignment leave no smaller multiple, or a
+    group smaller than the alignment.
+    """
+    entries: dict[str, dict] = {}
+
+    def add(reason: str, g) -> None:
+        e = entries.setdefault(reason, {"reason": reason, "groups": [], "layers": []})
+        e["groups"].append(g.id)
+        e["layers"].extend(g.layers)
+
+    for g in groups:
+        if not g.prunable:
+            add(_general(g.reason), g)
+            continue
+        if plan is None or g.id not in plan.keep or plan.keep[g.id] < g.channels:
+            continue
+        align = getattr(plan, "align", 1) or 1
+        step = math.lcm(align, g.slices)
+        if g.slices > 1 and step * 2 > g.channels:
+            add(
+                f"grouped conv with {g.slices} conv groups: kept counts must be multiples of "
+                f"lcm(alignment {align}, {g.slices} conv groups) = {step}, and {g.channels} channels "
+                "leave no smaller one (try --no-align)",
+                g,
+            )
+        elif step >= g.channels:
+            add(f"fewer channels than the alignment ({align})", g)
+    return list(entries.values())
+
+
+def protected_note(entries: list[dict], *, limit: int = 3) -> str:
+    """One line: which layers were kept whole and why, e.g. for the CLI."""
+    if not entries:
+        return ""
+    parts = []
+    for e in entries:  # a group is named by its first conv or Linear (its id)
+        ids = e["groups"]
+        shown = ", ".join(ids[:limit]) + (f" +{len(ids) - limit} more" if len(ids) > limit else "")
+        n = len(ids)
+        parts.append(f"{n} group{'s' if n > 1 else ''} ({shown}): {e['reason']}")
+    return "kept whole: " + "; ".join(parts)

@@ -194,7 +194,8 @@ def _prune_into(
     macs0, params0 = count_macs_params(net, shape)
     x = example_input(shape)
     step("tracing coupled channel groups")
-    groups = prunable_groups(net, x, protect=protect, protect_stem=protect_stem)
+    every = prunable_groups(net, x, protect=protect, protect_stem=protect_stem, include_protected=True)
+    groups = [g for g in every if g.prunable]
     if not groups:
         raise PruneError(
             f"{lm.name}: no prunable channel groups (every group is protected or an output)"
@@ -242,6 +243,9 @@ def _prune_into(
         verify=verify,
     )
     macs1, params1 = count_macs_params(net, shape)
+    from edgeprune.prune.groups import kept_whole, protected_note
+
+    whole = kept_whole(every, plan)  # which layers were kept whole, and why
     ept = save_pruned(net, plan, out / "model.ept", name=lm.name, task=lm.task, earlier=earlier)
     plan_path = out / "plan.json"
     atomic_write_text(plan_path, plan.to_json() + "\n")
@@ -273,6 +277,8 @@ def _prune_into(
         "removed_fraction": round(plan.removed_fraction(), 4),
         "groups_total": len(groups),
         "groups_pruned": len(plan.pruned_groups()),
+        "protected": whole,
+        "protected_note": protected_note(whole),
         "rewrites": plan.rewrites,
         "earlier_plans": len(earlier),
         "params_before": params0,
