@@ -8,6 +8,8 @@ round-trip gives identical outputs (bit for bit).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -195,6 +197,27 @@ def test_importance_criteria_on_real_digits(criterion):
     prune_(model, plan, importance=criterion, data=data)
     # Without fine-tuning a quarter of the channels costs some accuracy, not all of it.
     assert digits_accuracy(model) > 0.5
+
+
+def test_taylor_scores_a_dead_channel_zero_and_removes_it_first():
+    """The Taylor sum is the loss change of removing a channel: a channel that carries nothing scores 0."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[4].weight[5] = 0.0
+        model[4].bias[5] = 0.0  # channel 5 of the second conv's group is dead
+    x = example_input((1, 1, 8, 8))
+    groups = prunable_groups(model, x)
+    data = [(torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))) for _ in range(3)]
+    plan = ChannelPlan.from_keep(groups, {"3": 7}, input_shape=(1, 1, 8, 8))
+    ref = copy.deepcopy(model)
+    prune_(model, plan, importance="taylor", data=data)
+    gammas = model[4].weight.detach()
+    assert gammas.shape == (7,) and bool((gammas != 0).all())  # the dead channel went, the live ones stayed
+    assert torch.allclose(model(x), ref(x), atol=1e-5)  # removing it changed nothing
 
 
 def test_taylor_needs_data():
