@@ -1,0 +1,45 @@
+"""The accuracy gate shared by ``finetune`` and ``export``: how far below the original a model may fall.
+
+Accuracy is top-1 on labelled held-out data; on unlabelled data it is
+top-1 agreement with the original model (the original then scores 1.0).
+The drop is counted in percentage points: original 0.931, candidate 0.925
+-> 0.6 points. ``--max-accuracy-drop P`` fails the run (exit 2) when the
+drop is larger than ``P``; the report is written first, so the figures are
+there to read.
+
+Example::
+
+    check_drop(original=0.931, candidate=0.912, max_drop=1.0, what="model.ept", where="fashion-mnist test")
+    # AccuracyDropError: model.ept: top-1 0.912 vs the original's 0.931 on fashion-mnist test: 1.9 points > 1
+"""
+
+from __future__ import annotations
+
+from edgeprune.errors import EdgePruneError
+
+
+class AccuracyDropError(EdgePruneError):
+    """A model lost more accuracy against its original than ``--max-accuracy-drop`` allows."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, report=None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def drop_points(original: float, candidate: float) -> float:
+    """How many percentage points ``candidate`` is below ``original`` (negative: above)."""
+    return round((original - candidate) * 100.0, 2)
+
+
+def check_drop(*, original: float | None, candidate: float | None, max_drop: float | None, what: str,
+               where: str, metric: str = "top-1", report=None) -> None:
+    """Raise :class:`AccuracyDropError` when ``candidate`` is more than ``max_drop`` points below ``original``."""
+    if max_drop is None or original is None or candidate is None:
+        return
+    drop = drop_points(original, candidate)
+    if drop > max_drop:
+        raise AccuracyDropError(
+            f"{what}: {metric} {candidate:.4f} vs the original's {original:.4f} on {where}: "
+            f"{drop:.2f} points lost > --max-accuracy-drop {max_drop:g}", report)
