@@ -69,7 +69,7 @@ def headline(report: dict[str, Any]) -> str:
     if status == "passed":
         text = "Result: **passed**: every check, and the model holds up against its original"
     elif status == "lost-accuracy":
-        text = "Result: **NOT PASSED**: the files match the model they were made from, but that model lost accuracy against its original"
+        text = "Result: **NOT PASSED**: every conversion check passed, but the model lost accuracy against its original"
     else:
         text = "Result: **FAILED**"
     return text + (f": {reason}." if reason else ".")
@@ -88,8 +88,8 @@ def _accuracy_lines(acc: dict[str, Any]) -> list[str]:
         return f"| {label} | {_fmt(value, '.4f')} | {drop} |"
 
     lines.append(row("original (unpruned)", orig))
-    if acc.get("pruned") is not None:
-        lines.append(row("this model in PyTorch", acc.get("pruned")))
+    if acc.get("model") is not None:
+        lines.append(row("this (pruned) model in PyTorch", acc.get("model")))
     for step, value in (acc.get("artifacts") or {}).items():
         lines.append(row(step, value))
     if acc.get("max_accuracy_drop") is not None:
@@ -122,7 +122,7 @@ def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
             f"| {_fmt(ag.get('max_abs'), '.3g')} | {_fmt(ag.get('mean_abs'), '.3g')} | {a.get('seconds', 0):.1f} s |"
         )
     ver = report.get("verification") or {}
-    lines += ["", f"Agreement is against the original PyTorch model on {ver.get('samples', '?')} held-out inputs "
+    lines += ["", f"Agreement is against the PyTorch model being exported, on {ver.get('samples', '?')} held-out inputs "
               f"({ver.get('source', '?')})" + ("; top-1 does not apply to this model's outputs, cosine is checked."
                                                if not classifier else ".")]
     if "accuracy_pytorch" in ver:

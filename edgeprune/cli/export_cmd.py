@@ -4,8 +4,9 @@ Only click is imported at module level; the pipeline (torch, onnx, and
 tensorflow for TFLite) is imported when a command runs.
 
 Exit codes: 0 ok; 1 an error (one line ``error: ...``); 2 an artifact
-agrees with the original model less than ``--min-agreement`` (the line
-names the file and the figure; with ``--json`` the full report is still
+agrees with the original model less than ``--min-agreement``, or the file to
+ship is more than ``--max-accuracy-drop`` points below the original (the
+line names the file and the figure; with ``--json`` the full report is still
 printed on stdout).
 """
 
@@ -99,15 +100,28 @@ def _human(report: dict) -> None:
     if report.get("calibration"):
         cal = report["calibration"]
         con.print(f"calibration: {cal['samples']} samples from {cal['source']}")
+    acc = report.get("accuracy") or {}
+    if acc:
+        name = "top-1" if acc["metric"] == "top1" else "agreement with the original"
+        rows = [("original", acc.get("original")), ("model (PyTorch)", acc.get("model")),
+                *acc.get("artifacts", {}).items()]
+        con.print(f"{name} on {acc['samples']} held-out images ({acc['heldout']}): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in rows if v is not None))
     for w in report["warnings"]:
         con.print(f"[yellow]warning:[/] {w}")
     for n in report["notes"]:
         con.print(f"note: {n}")
+    verdict = report.get("verdict") or {}
+    status = verdict.get("status", "passed")
+    style = {"passed": "green", "failed": "red"}.get(status, "yellow")
+    label = {"passed": "passed", "failed": "FAILED"}.get(status, "NOT PASSED")
+    con.print(f"[bold {style}]{label}[/]" + (f": {verdict['reason']}" if verdict.get("reason") else ""))
     con.print(f"* = the file to ship; report: {os.path.join(report['output_dir'], 'report.md')} "
               f"(JSON: {os.path.join(report['output_dir'], 'export.json')})")
 
 
 def _run(*, as_json: bool, **kwargs) -> None:
+    from edgeprune.accuracy import AccuracyDropError
     from edgeprune.errors import ExportError
     from edgeprune.export.pipeline import AgreementError, export, resolve
     from edgeprune.profiles import load_profile
@@ -124,7 +138,7 @@ def _run(*, as_json: bool, **kwargs) -> None:
     try:
         with show(progress), _native_output_to(log):
             report = export(**kwargs)
-    except AgreementError as exc:
+    except (AgreementError, AccuracyDropError) as exc:
         if as_json:
             emit(exc.report.to_dict(), as_json=True, human=_human)
         raise
@@ -141,9 +155,17 @@ _common_options = [
     click.option("--calib", default=None, metavar="DATA",
                  help="Calibration data: a folder of images, a .npy array (NCHW or NHWC), or pkg.mod:fn. "
                       "Default: built-in sample photos (digits-cnn: the digits train split)."),
+    click.option("--data", default=None, metavar="D",
+                 help="Data for calibration (train split) and accuracy (held-out split, every artifact): class "
+                      "folders, a folder of images, .npy/.npz, pkg.mod:fn, or fashion-mnist / digits."),
+    click.option("--val-data", default=None, metavar="D", help="Held-out data (default: a seeded split of --data)."),
+    click.option("--max-accuracy-drop", type=click.FloatRange(0), default=None, metavar="P",
+                 help="Fail (exit 2) when the file to ship is more than P points below the original's "
+                      "top-1 (agreement with the original on unlabelled data)."),
     click.option("--calib-count", type=int, default=128, show_default=True, help="Calibration samples to use."),
-    click.option("--normalize", type=click.Choice(["imagenet", "unit"]), default=None,
-                 help="How images from --calib are scaled (default: imagenet for 3-channel classifiers, else unit)."),
+    click.option("--normalize", default=None, metavar="N",
+                 help="How images from --calib/--data are scaled: imagenet, unit or MEAN/STD (default: the "
+                      "model's; imagenet for 3-channel classifiers, else unit)."),
     click.option("--min-agreement", default=None, metavar="X",
                  help="Fail (exit 2) below this top-1 agreement with the original model, e.g. 0.95, "
                       "or 'top1=0.95,cosine=0.99'. Default per precision: fp32 0.99/0.9999, fp16 0.97/0.999, "
@@ -172,8 +194,8 @@ def _apply(options):
               help="Precision (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def export(target, model, fmt, precision, calib, calib_count, normalize, min_agreement, quantizer, output,
-           as_json) -> None:
+def export(target, model, fmt, precision, calib, data, val_data, max_accuracy_drop, calib_count, normalize,
+           min_agreement, quantizer, output, as_json) -> None:
     """Export a model to ONNX or TFLite for a board, checking every step against the original.
 
     \b
@@ -184,9 +206,9 @@ def export(target, model, fmt, precision, calib, calib_count, normalize, min_agr
       coral-usb         TFLite full INT8 (uint8 I/O), then edgetpu_compiler if installed
       local             ONNX fp32
     """
-    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision=precision, calib=calib,
-         calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
-         quantizer=quantizer, output_dir=output)
+    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision=precision, calib=calib, data=data,
+         val_data=val_data, max_accuracy_drop=max_accuracy_drop, calib_count=calib_count, normalize=normalize,
+         min_agreement=_parse_min_agreement(min_agreement), quantizer=quantizer, output_dir=output)
 
 
 @click.command()
@@ -196,12 +218,13 @@ def export(target, model, fmt, precision, calib, calib_count, normalize, min_agr
               help="Output format (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def quantize(target, model, fmt, calib, calib_count, normalize, min_agreement, quantizer, output, as_json) -> None:
+def quantize(target, model, fmt, calib, data, val_data, max_accuracy_drop, calib_count, normalize, min_agreement,
+             quantizer, output, as_json) -> None:
     """Quantize a model to INT8 for a board (the INT8 step of `export`), with agreement checks.
 
     Same as `edgeprune export --precision int8`: ONNX Q/DQ (TensorRT- or CPU-style per the
     profile) or full-INT8 TFLite, calibrated with --calib and checked on held-out inputs.
     """
-    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision="int8", calib=calib,
-         calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
-         quantizer=quantizer, output_dir=output)
+    _run(as_json=as_json, model=model, target=target, fmt=fmt, precision="int8", calib=calib, data=data,
+         val_data=val_data, max_accuracy_drop=max_accuracy_drop, calib_count=calib_count, normalize=normalize,
+         min_agreement=_parse_min_agreement(min_agreement), quantizer=quantizer, output_dir=output)

@@ -164,3 +164,31 @@ __all__ = [
     "default_normalize",
     "load_data",
 ]
+
+
+def split_for(model: Any, data: Any = None, *, val_data: Any = None, normalize: Any = None,
+              num_classes: int | None = None, limit: int | None = None) -> DataSplit | None:
+    """The data a stage uses for ``model`` (a LoadedModel): ``data`` if given, else the model's own.
+
+    "The model's own" is the built-in data set its data hook
+    (:func:`edgeprune.models.data_info`) names, when it is here; None
+    otherwise (the stage then falls back to what it did without data).
+
+    Example::
+
+        split = split_for(lm)            # digits-cnn -> the digits split; resnet18 -> None
+    """
+    from edgeprune.models import data_info
+
+    info = data_info(model)
+    shape = tuple(model.input_shape)
+    task = getattr(model, "task", "classify")
+    if data is None:
+        if not info.dataset or not available(info.dataset):
+            return None
+        data = info.dataset
+    return load_data(data, input_shape=shape, task=task, normalize=normalize or info.normalize,
+                     num_classes=num_classes, val_data=val_data, limit=limit)
+
+
+__all__ += ["split_for"]

@@ -107,6 +107,7 @@ def build_digits_cnn(pretrained: bool = True) -> DigitsCNN:
 def load_or_train(model: DigitsCNN) -> DigitsCNN:
     """Load the cached trained weights into ``model``, training and caching them first if needed."""
     from edgeprune._paths import atomic_write_bytes, cache_dir
+    from edgeprune.models.reference import record
 
     path = cache_dir() / CACHE_NAME
     if path.is_file():
@@ -114,6 +115,8 @@ def load_or_train(model: DigitsCNN) -> DigitsCNN:
             model.load_state_dict(
                 torch.load(path, map_location="cpu", weights_only=True), strict=True
             )
+            if record("digits-cnn") is None:  # weights cached by an older edgeprune
+                _save_record(model)
             return model.eval()
         except Exception:  # a stale or truncated cache: retrain and overwrite
             pass
@@ -124,9 +127,13 @@ def load_or_train(model: DigitsCNN) -> DigitsCNN:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic_write_bytes(path, buf.getvalue())
+    _save_record(model)
+    return model.eval()
+
+
+def _save_record(model: nn.Module) -> None:
     from edgeprune.models.reference import save_record
 
     save_record("digits-cnn", {"dataset": "digits", "test_top1": round(digits_accuracy(model), 4),
                                "split": "digits test split (359 images), never trained on",
                                "command": "trained on first use (edgeprune.models.digits)"})
-    return model.eval()

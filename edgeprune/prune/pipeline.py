@@ -37,11 +37,13 @@ ONNX_TOL = 1e-4
 CHECK_SAMPLES = 4
 
 
-def _check_inputs(lm, n: int) -> torch.Tensor:
-    if lm.name == "digits-cnn" or lm.base == "digits-cnn":
-        from edgeprune.models.digits import digits_data
+ACCURACY_SAMPLES = 2000  # held-out images for accuracy before/after pruning
 
-        return digits_data("test")[0][:n]
+
+def _check_inputs(lm, n: int, split=None) -> torch.Tensor:
+    """Real held-out images when there is data (``--data`` or the model's own), else seeded noise."""
+    if split is not None:
+        return split.heldout.get(range(min(n, len(split.heldout))))[0]
     g = torch.Generator().manual_seed(1)
     return torch.randn(n, *lm.input_shape[1:], generator=g)
 
@@ -55,13 +57,13 @@ def _outputs(model, x: torch.Tensor) -> list[np.ndarray]:
     return [np.concatenate([s[k] for s in outs]) for k in range(len(outs[0]))]
 
 
-def export_checked(model, lm, path: Path, *, metadata: dict[str, str]) -> dict:
+def export_checked(model, lm, path: Path, *, metadata: dict[str, str], split=None) -> dict:
     """Export to ONNX and compare with PyTorch; returns the agreement figures."""
     from edgeprune.export.onnx import export_onnx, run_onnx
     from edgeprune.verify import agreement
 
     export_onnx(model, lm.input_shape, path, metadata=metadata)
-    x = _check_inputs(lm, CHECK_SAMPLES)
+    x = _check_inputs(lm, CHECK_SAMPLES, split)
     ref = _outputs(model, x)
     got = run_onnx(path, x.numpy())
     agree = agreement(ref, got)
@@ -92,8 +94,17 @@ def prune_model(
     protect_stem: bool = True,
     latency_budget: float | None = None,
     speedup: float | None = None,
+    data=None,
+    val_data=None,
+    normalize=None,
 ) -> dict:
-    """Prune ``model`` for ``target`` and write the four files; returns the summary."""
+    """Prune ``model`` for ``target`` and write the four files; returns the summary.
+
+    ``data``: an :func:`edgeprune.data.load_data` spec (or a DataSplit) for
+    Taylor importance (its train split), the ONNX check's inputs and the
+    accuracy before and after (its held-out split). Without it the model's
+    own data set is used where its data hook names one that is here.
+    """
     from edgeprune.models import load_model
     from edgeprune.models.stats import count_macs_params
     from edgeprune.profiles import load_profile
@@ -135,21 +146,23 @@ def prune_model(
         plan.base = plan.base or lm.base
     else:
         plan = ChannelPlan.uniform(groups, ratio, align=multiple, input_shape=shape, base=lm.base)
-    data = None
-    if importance == "taylor":
-        if lm.base != "digits-cnn":
-            raise NotBuiltError(
-                "--importance taylor needs data; only digits-cnn has built-in data "
-                "in this version (--data is a later stage)"
-            )
-        from edgeprune.models.digits import digits_data
+    from edgeprune.data import split_for
 
-        xs, ys = digits_data("train")
-        data = list(zip(xs.split(64), ys.split(64), strict=True))[:8]
-    acc0 = _accuracy(lm, net)
+    if data is not None:
+        step(f"loading data {data}")
+    split = split_for(lm, data, val_data=val_data, normalize=normalize)
+    batches = None
+    if importance == "taylor":
+        if split is None:
+            raise PruneError(
+                f"--importance taylor needs data: give --data (a folder of class folders, .npz, "
+                f"pkg.mod:fn, or a built-in data set); '{lm.name}' has none of its own here"
+            )
+        batches = list(split.train.batches(64, limit=512))
+    acc0 = _accuracy(split, net)
     step("removing channels and checking the surgery")
     prune_(
-        net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x
+        net, plan, importance=importance, data=batches, protect=protect, protect_stem=protect_stem, x=x
     )
     macs1, params1 = count_macs_params(net, shape)
     out = output_dir(output)
@@ -167,6 +180,7 @@ def prune_model(
             "edgeprune.target": target,
             "edgeprune.plan": plan.note,
         },
+        split=split,
     )
     summary = {
         "model": str(ept),
@@ -196,17 +210,24 @@ def prune_model(
         },
         "pretrained": lm.pretrained,
     }
+    if split is not None:
+        summary["data"] = split.to_dict()
     if acc0 is not None:
+        n = min(len(split.heldout), ACCURACY_SAMPLES)  # as _accuracy measures
         summary["accuracy_before"] = acc0
-        summary["accuracy_after"] = _accuracy(lm, net)
-        summary["accuracy_note"] = "digits test split (360 images), no fine-tuning"
+        summary["accuracy_after"] = _accuracy(split, net)
+        summary["accuracy_note"] = (f"top-1 on {n} held-out images ({split.heldout.source}), before fine-tuning")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _accuracy(lm, net) -> float | None:
-    if lm.base != "digits-cnn":
+def _accuracy(split, net) -> float | None:
+    """Top-1 on the held-out split (labelled data only), None without labels."""
+    if split is None or not split.heldout.labelled:
         return None
-    from edgeprune.models.digits import digits_accuracy
+    from edgeprune.finetune.loop import predict, score
 
-    return round(digits_accuracy(net), 4)
+    held = split.heldout
+    if len(held) > ACCURACY_SAMPLES:  # evenly spread: a split in class order still gives every class
+        held = held.subset(np.linspace(0, len(held) - 1, ACCURACY_SAMPLES).round().astype(int))
+    return round(score(predict(net, held), held)["top1"], 4)
