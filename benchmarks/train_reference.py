@@ -20,7 +20,8 @@ Recipes (deterministic: fixed seeds, fixed batch order):
 Why 64 px: training throughput measured here (2 shared cores, one thread, channels-last) was about 100 images/s
 for MobileNetV2 at 64 px and 45 at 96 px; 64 px keeps both models' training inside ~1.5 h of CPU while the models
 stay large enough for latency to be measured on a board (MobileNetV2 ~25 M MACs, ResNet-18 ~150 M).
-Timings are printed, not recorded (this machine is shared).
+Timings are printed, not recorded (this machine is shared). Checkpoints go to ``<cache>/train-NAME/``: an
+interrupted training resumes when the same command runs again.
 """
 
 from __future__ import annotations
@@ -84,7 +85,14 @@ def train_one(name: str, *, epochs: int | None, limit: int | None, threads: int 
                   flush=True)
 
     t0 = time.time()
-    result = train(model, split, recipe=recipe, on_event=show)
+    from edgeprune._paths import cache_dir
+
+    # checkpoints: an interrupted training resumes when run again with the same arguments
+    ckpt = None if limit else cache_dir() / f"train-{name}"
+    result = train(model, split, recipe=recipe, on_event=show, ckpt_dir=ckpt,
+                   key=json.dumps({"name": name, "recipe": recipe.to_dict()}, sort_keys=True))
+    if result["resumed_from_step"]:
+        print(f"  {name}: resumed from the checkpoint at step {result['resumed_from_step']} in {ckpt}")
     test = score(predict(model, split.test), split.test)
     record = {
         "model": name, "dataset": "fashion-mnist", "input_shape": list(info.input_shape),

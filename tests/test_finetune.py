@@ -172,3 +172,11 @@ def test_training_on_real_fashion_mnist_learns(tmp_path):
     test = score(predict(net, split.test), split.test)
     assert test["samples"] == 3000 and test["top1"] > 0.7, test  # chance: 0.1
     assert result["metric"] == "top1" and (tmp_path / "best.pt").is_file()
+
+
+def test_python_api_mirrors_the_cli(pruned, tmp_path):
+    import edgeprune
+
+    split = edgeprune.load_data("digits", input_shape=(1, 1, 16, 16))
+    report = edgeprune.finetune_model(pruned, data=split, output=tmp_path, steps=4, threads=1)
+    assert report["data"]["source"] == "digits" and (tmp_path / "model.ept").is_file()

@@ -142,7 +142,7 @@ def _human(r: dict) -> None:
         value = acc.get(key)
         click.echo(f"  {label:16s} {'-' if value is None else f'{value:.4f}'}")
     if r.get("drop_points") is not None:
-        click.echo(f"  {r['drop_points']:+.2f} points below the original"
+        click.echo(f"  {r['drop_points']:.2f} points below the original"
                    if r["drop_points"] >= 0 else f"  {-r['drop_points']:.2f} points above the original")
     best = r.get("best") or {}
     click.echo(f"{r['steps']} steps ({r['epochs']:g} epochs), stopped: {r['stopped']}; best at epoch "
