@@ -43,3 +43,13 @@ def check_drop(*, original: float | None, candidate: float | None, max_drop: flo
         raise AccuracyDropError(
             f"{what}: {metric} {candidate:.4f} vs the original's {original:.4f} on {where}: "
             f"{drop:.2f} points lost > --max-accuracy-drop {max_drop:g}", report)
+
+
+def label_order_warning(original: float | None, num_classes: int | None, source: str) -> str | None:
+    """A warning when the original model scores near chance on labelled data: most often the labels
+    do not follow the model's class order (class folders are sorted by name)."""
+    if original is None or not num_classes or num_classes < 2 or original >= 2.0 / num_classes:
+        return None
+    return (f"the original model scores {original:.3f} top-1 on {source} (chance: {1 / num_classes:.3f}): "
+            "do the labels follow the model's class order? Class folders are read in sorted name order "
+            "(name them e.g. 0-cat, 1-dog); the accuracy figures mean nothing until they do")

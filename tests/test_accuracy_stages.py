@@ -154,3 +154,13 @@ def test_models_lists_data_set_and_accuracy(tmp_path):
     assert rows["mobilenetv2-fmnist"]["dataset"] == "fashion-mnist" and rows["resnet18-fmnist"]["input_shape"] == [1, 3, 64, 64]
     assert rows["digits-cnn"]["dataset"] == "digits"
     assert "train_reference.py" in rows["mobilenetv2-fmnist"]["weights"] or rows["mobilenetv2-fmnist"]["accuracy"]
+
+
+def test_labels_in_another_class_order_are_called_out(tmp_path):
+    """Class folders named zero/ one/ ... sort alphabetically: the labels no longer match the model's classes."""
+    from edgeprune.models.digits import digits_data
+
+    x, y = digits_data("test")
+    np.savez(tmp_path / "shifted.npz", x=(x.numpy()[:, 0] * 255).round().astype(np.uint8), y=(y.numpy() + 1) % 10)
+    report = export("digits-cnn", target="local", output_dir=tmp_path / "out", data=str(tmp_path / "shifted.npz"))
+    assert any("do the labels follow the model's class order?" in w for w in report.warnings)

@@ -340,6 +340,12 @@ def export(
     report.pruning, original_out = _pruning_check(loaded, ver.data, reference)
     acc_check = _accuracy_check(loaded, ver, reference, original_out, max_accuracy_drop)
     report.accuracy = acc_check.figures if acc_check else None
+    if acc_check is not None and ver.labels is not None:
+        from edgeprune.accuracy import label_order_warning
+
+        order = label_order_warning(acc_check.baseline, reference[0].shape[1], ver.source)
+        if order:
+            report.warnings.append(order)
     pruned_ag = (report.pruning or {}).get("agreement")
     lost = _model_lost_accuracy(report.accuracy, (report.pruning or {}).get("base"))
     if lost:

@@ -219,12 +219,15 @@ def _run(model, *, data, output: Path, teacher, recipe, device, val_data, val_fr
         "best_epoch": (result["best"] or {}).get("epoch"),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    if acc["original"] is None:
-        report["notes"] = [f"no teacher: '{lm.base}' has no built-in trained weights; trained on labels alone "
-                           "(give --teacher to distil, and to measure the drop)"]
-    from edgeprune.accuracy import AccuracyDropError
+    from edgeprune.accuracy import AccuracyDropError, label_order_warning
 
     where = f"{split.to_dict()['source']} {split.heldout_name} split ({len(held):,} images)"
+    order = label_order_warning(acc["original"], classes, where) if metric == "top1" else None
+    if order:
+        report.setdefault("notes", []).append(order)
+    if acc["original"] is None:
+        report.setdefault("notes", []).append(f"no teacher: '{lm.base}' has no built-in trained weights; trained "
+                                              "on labels alone (give --teacher to distil, and to measure the drop)")
     try:
         check_drop(original=acc["original"], candidate=acc["finetuned"], max_drop=max_accuracy_drop,
                    what=str(out / "model.ept"), where=where, metric="top-1" if metric == "top1" else "agreement",
