@@ -191,7 +191,9 @@ def finetune(module: nn.Module, teacher: nn.Module, split, args, work: Path, key
     from edgeprune.finetune.loop import Recipe, recalibrate_batchnorm, train
 
     recalibrate_batchnorm(module, split.train, batches=50, batch_size=64)
-    recipe = Recipe(epochs=None if args.steps else args.epochs, steps=args.steps, augment="flip+shift", seed=0)
+    # the same budget for every row: no early stopping (the best val checkpoint is still the result)
+    recipe = Recipe(epochs=None if args.steps else args.epochs, steps=args.steps, augment="flip+shift", seed=0,
+                    patience=10**9)
     return train(module, split, recipe=recipe, teacher=teacher, ckpt_dir=work / "ckpt" / key, key=key)
 
 

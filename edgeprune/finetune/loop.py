@@ -222,13 +222,17 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
     recipe = recipe.resolved()
     emit = on_event or (lambda kind, info: None)
     train_ds, val_ds = split.train, split.val
+    if recipe.val_limit and len(val_ds) > recipe.val_limit:  # evenly spread: a class-ordered split keeps every class
+        import numpy as np
+
+        val_ds = val_ds.subset(np.linspace(0, len(val_ds) - 1, recipe.val_limit).round().astype(np.int64))
     if not train_ds.labelled and teacher is None:
         raise EdgePruneError("unlabelled data needs a teacher to distil from (give --teacher)")
     metric = "top1" if val_ds.labelled else "agreement"
     if metric == "agreement" and teacher_val is None:
         if teacher is None:
             raise EdgePruneError("unlabelled validation data needs a teacher to measure agreement with")
-        teacher_val = predict(teacher, val_ds, device=device, limit=recipe.val_limit)
+        teacher_val = predict(teacher, val_ds, device=device)
     per_epoch = math.ceil(len(train_ds) / recipe.batch_size)
     total = recipe.steps if recipe.steps else (recipe.epochs * per_epoch if recipe.epochs else None)
     # once per epoch; a --steps run shorter than ten epochs evaluates ten times
@@ -269,7 +273,7 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
     def evaluate() -> bool:
         """One evaluation on val; True when training should stop early."""
         nonlocal best_state
-        s = score(predict(student, val_ds, device=device, limit=recipe.val_limit), val_ds, reference=teacher_val)
+        s = score(predict(student, val_ds, device=device), val_ds, reference=teacher_val)
         value = s[metric]
         entry = {"step": st["step"], "epoch": round(st["step"] / per_epoch, 3), metric: value,
                  "elapsed_s": round(st["elapsed"], 1)}

@@ -123,9 +123,10 @@ def finetune_model(
         recipe = Recipe(epochs=epochs, steps=steps, time_budget_s=time_budget * 60 if time_budget else None,
                         optimizer=optimizer, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
                         patience=patience, augment=augment or "", seed=seed).resolved()
-        return _run(model, data=data, output=Path(output), teacher=teacher, recipe=recipe, device=device,
-                    val_data=val_data, val_fraction=val_fraction, normalize=normalize, limit=limit,
-                    max_accuracy_drop=max_accuracy_drop, emit=emit)
+        with torch.random.fork_rng(devices=[]):  # seeded training leaves the caller's RNG as it was
+            return _run(model, data=data, output=Path(output), teacher=teacher, recipe=recipe, device=device,
+                        val_data=val_data, val_fraction=val_fraction, normalize=normalize, limit=limit,
+                        max_accuracy_drop=max_accuracy_drop, emit=emit)
     finally:
         torch.set_num_threads(before)
 
