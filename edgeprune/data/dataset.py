@@ -60,6 +60,11 @@ class Dataset:
         return self._labels
 
     @property
+    def x(self) -> np.ndarray:
+        """Every input, preprocessed, as one float32 NCHW array (decodes every image: for small sets)."""
+        return self.numpy()[0]
+
+    @property
     def labelled(self) -> bool:
         return self._labels is not None
 

@@ -160,7 +160,7 @@ def _run(model, *, data, output: Path, teacher, recipe, device, val_data, val_fr
     if teach is None and not split.train.labelled:
         raise EdgePruneError(f"{lm.source}: its base '{lm.base}' has no built-in trained weights to distil from "
                              "and the data has no labels; give --teacher (the unpruned model with its weights)")
-    student, tmod = lm.module, (teach.module if teach is not None else None)
+    student, tmod = lm.module.to(device), (teach.module.to(device) if teach is not None else None)
     key = _key({"student": model_sha256(student), "teacher": model_sha256(tmod) if tmod is not None else None,
                 "data": split.to_dict(), "recipe": recipe.to_dict()})
     out = output_dir(output)
@@ -254,6 +254,7 @@ def write_outputs(out: Path, lm, report: dict[str, Any]) -> None:
     from edgeprune.prune.io import save_pruned
     from edgeprune.report import write_finetune_report
 
-    save_pruned(lm.module, lm.plan, out / "model.ept", name=lm.name, task=lm.task, earlier=lm.earlier_plans)
+    save_pruned(lm.module.to("cpu"), lm.plan, out / "model.ept", name=lm.name, task=lm.task,
+                earlier=lm.earlier_plans)
     atomic_write_text(out / "finetune.json", json.dumps(report, indent=2, default=str) + "\n")
     write_finetune_report(report, out)
