@@ -154,7 +154,7 @@ _common_options = [
                  help="Built-in name (mobilenetv2, ...), pkg.mod:fn, or a saved/pruned model file."),
     click.option("--calib", default=None, metavar="DATA",
                  help="Calibration data: a folder of images, a .npy array (NCHW or NHWC), or pkg.mod:fn. "
-                      "Default: built-in sample photos (digits-cnn: the digits train split)."),
+                      "Default: --data's train split, else the model's own data set, else built-in sample photos."),
     click.option("--data", default=None, metavar="D",
                  help="Data for calibration (train split) and accuracy (held-out split, every artifact): class "
                       "folders, a folder of images, .npy/.npz, pkg.mod:fn, or fashion-mnist / digits."),
