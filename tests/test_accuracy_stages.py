@@ -164,3 +164,14 @@ def test_labels_in_another_class_order_are_called_out(tmp_path):
     np.savez(tmp_path / "shifted.npz", x=(x.numpy()[:, 0] * 255).round().astype(np.uint8), y=(y.numpy() + 1) % 10)
     report = export("digits-cnn", target="local", output_dir=tmp_path / "out", data=str(tmp_path / "shifted.npz"))
     assert any("do the labels follow the model's class order?" in w for w in report.warnings)
+
+
+def test_prune_takes_a_data_split_or_batches_for_taylor(tmp_path):
+    from edgeprune.data import load_data
+    from edgeprune.prune.pipeline import prune_model
+
+    split = load_data("digits", input_shape=(1, 1, 16, 16), normalize="unit")
+    a = prune_model("digits-cnn", target="local", ratio=0.3, importance="taylor", data=split, output=tmp_path / "a")
+    b = prune_model("digits-cnn", target="local", ratio=0.3, importance="taylor",
+                    data=split.train.batches(64, limit=512), output=tmp_path / "b")
+    assert a["data"]["source"] == "digits" and a["accuracy_after"] == b["accuracy_after"]  # the same 512 images

@@ -102,8 +102,10 @@ def prune_model(
 
     ``data``: an :func:`edgeprune.data.load_data` spec (or a DataSplit) for
     Taylor importance (its train split), the ONNX check's inputs and the
-    accuracy before and after (its held-out split). Without it the model's
-    own data set is used where its data hook names one that is here.
+    accuracy before and after (its held-out split); or an iterable of
+    batches (``split.train.batches(64)``), used for Taylor importance only.
+    Without it the model's own data set is used where its data hook names
+    one that is here.
     """
     from edgeprune.models import load_model
     from edgeprune.models.stats import count_macs_params
@@ -146,13 +148,15 @@ def prune_model(
         plan.base = plan.base or lm.base
     else:
         plan = ChannelPlan.uniform(groups, ratio, align=multiple, input_shape=shape, base=lm.base)
-    from edgeprune.data import split_for
+    from edgeprune.data import Dataset, DataSplit, split_for
 
+    batches = None
+    if data is not None and not isinstance(data, (str, os.PathLike, Dataset, DataSplit)):
+        batches, data = list(data), None  # already an iterable of batches (the API): Taylor importance only
     if data is not None:
         step(f"loading data {data}")
     split = split_for(lm, data, val_data=val_data, normalize=normalize)
-    batches = None
-    if importance == "taylor":
+    if importance == "taylor" and batches is None:
         if split is None:
             raise PruneError(
                 f"--importance taylor needs data: give --data (a folder of class folders, .npz, "
