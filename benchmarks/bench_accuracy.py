@@ -373,10 +373,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: mobilenetv2-fmnist, ORT fp32, budget 0.6, grid 0.25/0.5, 10 fine-tune steps on "
                          "2,000 images, 500 test images; writes nothing to RESULTS.md")
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--families", default=None, help=f"default: {','.join(FAMILIES)}")
+    ap.add_argument("--runtimes", default=None, help=f"default: {','.join(RUNTIMES)}")
     ap.add_argument("--methods", default=",".join(PLANNERS))
-    ap.add_argument("--budgets", default="0.8,0.6,0.4")
+    ap.add_argument("--budgets", default=None, help="default: 0.8,0.6,0.4")
     ap.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs, the same for every row")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps instead of epochs")
     ap.add_argument("--train-limit", type=int, default=None, help="fine-tune on at most this many training images")
@@ -387,12 +387,15 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".accuracy-work"))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    if args.quick:
-        args.families, args.runtimes, args.budgets = "mobilenetv2-fmnist", "ort-fp32", "0.6"
+    if args.quick:  # smaller defaults; anything given explicitly still applies
+        args.families = args.families or "mobilenetv2-fmnist"
+        args.runtimes = args.runtimes or "ort-fp32"
+        args.budgets = args.budgets or "0.6"
         args.steps, args.train_limit, args.test_limit = args.steps or 10, args.train_limit or 2000, args.test_limit or 500
         args.bench_runs, args.repeats = min(args.bench_runs, 30), 1
-    args.families = args.families.split(",")
-    args.runtimes = args.runtimes.split(",")
+    args.families = (args.families or ",".join(FAMILIES)).split(",")
+    args.runtimes = (args.runtimes or ",".join(RUNTIMES)).split(",")
+    args.budgets = args.budgets or "0.8,0.6,0.4"
     args.methods = args.methods.split(",")
     args.budgets = [float(b) for b in args.budgets.split(",")]
     if args.threads:
