@@ -225,6 +225,7 @@ def reference(name: str, args):
 
 def run_family(name: str, bench: Bench, args) -> dict:
     from edgeprune.data import load_data
+    from edgeprune.export.pipeline import model_sha256
     from edgeprune.models.stats import count_macs_params
 
     lm, weights = reference(name, args)
@@ -267,7 +268,10 @@ def run_family(name: str, bench: Bench, args) -> dict:
                         continue
                     ratio, _, module = min(fits, key=lambda t: t[0])
                     module = copy.deepcopy(module)
-                key = f"{name}-{_arch_key(module)}-{pname}"
+                # the fine-tune is keyed by what it starts from (weights, teacher) and how: a rerun resumes it,
+                # anything else trains afresh
+                key = hashlib.sha256(json.dumps([name, pname, model_sha256(module), model_sha256(lm.module),
+                                                 args.epochs, args.steps, args.train_limit]).encode()).hexdigest()[:20]
                 if key not in finetuned:
                     res = finetune(module, lm.module, split, args, bench.work, key)
                     macs, params = count_macs_params(module, tuple(lm.input_shape))
