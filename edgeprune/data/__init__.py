@@ -163,6 +163,7 @@ __all__ = [
     "data_home",
     "default_normalize",
     "load_data",
+    "split_for",
 ]
 
 
@@ -190,5 +191,3 @@ def split_for(model: Any, data: Any = None, *, val_data: Any = None, normalize: 
     return load_data(data, input_shape=shape, task=task, normalize=normalize or info.normalize,
                      num_classes=num_classes, val_data=val_data, limit=limit)
 
-
-__all__ += ["split_for"]
