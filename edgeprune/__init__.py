@@ -28,6 +28,8 @@ def __getattr__(name: str):
         "load_model": ("edgeprune.load", "load_model"),
         "bench_model": ("edgeprune.api", "bench_model"),
         "prune_model": ("edgeprune.api", "prune_model"),
+        "finetune_model": ("edgeprune.api", "finetune_model"),
+        "load_data": ("edgeprune.data", "load_data"),
         "export_model": ("edgeprune.api", "export_model"),
         "quantize_model": ("edgeprune.api", "quantize_model"),
         "ship_model": ("edgeprune.api", "ship_model"),
@@ -44,6 +46,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "EdgePruneError", "__version__", "load_profile", "list_profiles", "Profile", "resolve_target",
-    "list_models", "load_model", "bench_model", "prune_model", "export_model", "quantize_model",
-    "ship_model", "list_releases", "rollback",
+    "list_models", "load_model", "bench_model", "prune_model", "finetune_model", "load_data", "export_model",
+    "quantize_model", "ship_model", "list_releases", "rollback",
 ]

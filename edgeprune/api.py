@@ -10,6 +10,7 @@ CLI                                Python
 ``edgeprune prune ...``            ``edgeprune.prune_model(M, target=T, ratio=R, output=DIR)``
 ``prune --latency-budget MS``      ``edgeprune.prune_model(M, target=T, latency_budget=MS, output=DIR)``
 ``prune --speedup S``              ``edgeprune.prune_model(M, target=T, speedup=S, output=DIR)``
+``edgeprune finetune ...``         ``edgeprune.finetune_model(EPT, data=D, output=DIR)``
 ``edgeprune export ...``           ``edgeprune.export_model(M, target=T, output=DIR)``
 ``edgeprune quantize ...``         ``edgeprune.quantize_model(M, target=T, output=DIR)``
 (``deploy``'s ship stage)          ``edgeprune.ship_model(ARTIFACT, target=T, verify_inputs=X)``
@@ -78,6 +79,13 @@ def prune_model(model: str, *, target: str, output: str | os.PathLike[str], **op
     from edgeprune.prune.pipeline import prune_model as _prune
 
     return _prune(model, target=target, output=output, **options)
+
+
+def finetune_model(model: Any, *, data: Any, output: str | os.PathLike[str], **options: Any) -> dict:
+    """``edgeprune finetune``: see :func:`edgeprune.finetune.finetune_model` for the options."""
+    from edgeprune.finetune import finetune_model as _finetune
+
+    return _finetune(model, data=data, output=output, **options)
 
 
 def export_model(model: Any, *, target: str, output: str | os.PathLike[str], **options: Any):

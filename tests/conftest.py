@@ -24,6 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 if "EDGEPRUNE_CACHE_DIR" not in os.environ:
     import tempfile
 
+    # ...but the fetched data sets (scripts/fetch-data.sh) stay where the user's commands find them.
+    _xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    os.environ.setdefault("EDGEPRUNE_DATA_DIR", str(Path(_xdg) / "edgeprune" / "data"))
+
     os.environ["EDGEPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgeprune-test-cache-")
 os.environ.setdefault("EDGEPRUNE_CONFIG", str(Path(os.environ["EDGEPRUNE_CACHE_DIR"]) / "no-config.toml"))
 

@@ -142,14 +142,15 @@ def test_bad_model_file_is_one_line(capsys, tmp_path):
     assert code == 1 and "did you mean resnet18" in err and err.count("\n") == 1
 
 
-def test_models_lists_the_four_builtins(capsys):
+def test_models_lists_the_builtins(capsys):
     code, out, _ = run(capsys, "models", "--json")
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)["models"]}
-    assert set(rows) == {"resnet18", "mobilenetv2", "yolo-small", "digits-cnn"}
+    assert set(rows) == {"resnet18", "mobilenetv2", "yolo-small", "digits-cnn", "mobilenetv2-fmnist",
+                         "resnet18-fmnist"}
     assert rows["yolo-small"]["task"] == "detect" and rows["resnet18"]["params"] == 11689512
     code, out, _ = run(capsys, "models")
-    assert code == 0 and "mobilenetv2" in out and "pretrained" in out
+    assert code == 0 and "mobilenetv2" in out and "data set" in out and "weights" in out
 
 
 def test_prune_a_python_factory_with_weights(capsys, tmp_path, monkeypatch):

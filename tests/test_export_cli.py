@@ -56,7 +56,8 @@ def test_export_json_for_orin(tmp_path):
     assert {"path", "format", "precision", "sha256", "size_bytes", "agreement"} <= set(final)
     assert {"top1", "max_abs", "mean_abs", "cosine"} <= set(final["agreement"])
     assert final["agreement"]["top1"] >= 0.95
-    assert data["verification"]["source"] == "sklearn digits, test split"
+    assert data["verification"]["source"] == "digits test split (held out)"
+    assert data["verdict"]["status"] == "passed" and data["accuracy"]["metric"] == "top1"
     assert (tmp_path / "export.json").is_file()
 
 

@@ -233,14 +233,19 @@ def test_a_pruned_model_that_lost_accuracy_is_flagged_not_silent(tmp_path):
     ag = report.pruning["agreement"]
     assert ag["top1"] < 0.9 or ag["cosine"] < 0.95, ag  # the premise: this plan really hurts
     assert any("fine-tune it before shipping" in w and "digits-cnn" in w for w in report.warnings)
+    # ...and the headline never calls it passed (the conversion checks did pass)
+    assert report.passed and report.verdict["status"] == "lost-accuracy"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Result: **NOT PASSED**" in md and "**passed**" not in md
+    assert report.accuracy["original"] > report.accuracy["model"] + 0.01
 
 
 def test_export_writes_a_report_a_person_can_read(tmp_path):
     """Beside export.json: report.md with every artifact and its agreement, and a plot."""
     report = export("digits-cnn", target="local", output_dir=tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "passed" in md and report.final.path.name in md and report.final.sha256[:12] in md
-    assert "sklearn digits, test split" in md
+    assert "Result: **passed**" in md and report.final.path.name in md and report.final.sha256[:12] in md
+    assert "digits test split" in md
     pytest.importorskip("matplotlib")
     png = tmp_path / "report.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "report.png" in md

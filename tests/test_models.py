@@ -26,6 +26,8 @@ def test_builtin_names_and_shapes():
         "mobilenetv2",
         "yolo-small",
         "digits-cnn",
+        "mobilenetv2-fmnist",
+        "resnet18-fmnist",
     ]
     for name, shape in SMALL.items():
         model = build(name, pretrained=False)

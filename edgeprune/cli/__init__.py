@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("edgeprune.cli.models_cmd", "models", "List the built-in reference models."),
     "bench": ("edgeprune.cli.bench_cmd", "bench", "Measure a model's latency on one or more boards."),
     "prune": ("edgeprune.cli.prune_cmd", "prune", "Remove whole channels from a model, aligned to the board."),
+    "finetune": ("edgeprune.cli.finetune_cmd", "finetune", "Recover a pruned model's accuracy: distil from the original."),
     "quantize": ("edgeprune.cli.export_cmd", "quantize", "Quantize a model to INT8 for a board, with checks."),
     "export": ("edgeprune.cli.export_cmd", "export", "Export a model to ONNX or TFLite for a board, with checks."),
     "deploy": ("edgeprune.cli.deploy_cmd", "deploy", "Prune, fine-tune, quantize, export and ship to a board."),

@@ -4,9 +4,10 @@ Only click is imported at module level; the pipeline (torch, onnx, and
 tensorflow for TFLite) is imported when a command runs.
 
 Exit codes: 0 ok; 1 an error (one line ``error: ...``); 2 an artifact
-agrees with the original model less than ``--min-agreement`` (the line
-names the file, the figure and the option to relax; with ``--json`` the full
-report is printed on stdout beside ``"ok": false`` and the error).
+agrees with the original model less than ``--min-agreement``, or the file to
+ship is more than ``--max-accuracy-drop`` points below the original (the
+line names the file, the figure and the option to relax; with ``--json`` the
+full report is printed on stdout beside ``"ok": false`` and the error).
 """
 
 from __future__ import annotations
@@ -113,16 +114,29 @@ def _human(report: dict) -> None:
     if report.get("calibration"):
         cal = report["calibration"]
         con.print(f"calibration: {cal['samples']} samples from {cal['source']}")
+    acc = report.get("accuracy") or {}
+    if acc:
+        name = "top-1" if acc["metric"] == "top1" else "agreement with the original"
+        rows = [("original", acc.get("original")), ("model (PyTorch)", acc.get("model")),
+                *acc.get("artifacts", {}).items()]
+        con.print(f"{name} on {acc['samples']} held-out images ({acc['heldout']}): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in rows if v is not None))
     for w in report["warnings"]:
         con.print(f"[yellow]warning:[/] {w}")
     for n in report["notes"]:
         con.print(f"note: {n}")
+    verdict = report.get("verdict") or {}
+    status = verdict.get("status", "passed")
+    style = {"passed": "green", "failed": "red"}.get(status, "yellow")
+    label = {"passed": "passed", "failed": "FAILED"}.get(status, "NOT PASSED")
+    con.print(f"[bold {style}]{label}[/]" + (f": {verdict['reason']}" if verdict.get("reason") else ""))
     con.print(f"* = the file to ship; report: {os.path.join(report['output_dir'], 'report.md')} "
               f"(JSON: {os.path.join(report['output_dir'], 'export.json')})")
 
 
 def _run(*, as_json: bool, **kwargs) -> None:
     from edgeprune._paths import cache_dir, output_dir
+    from edgeprune.accuracy import AccuracyDropError
     from edgeprune.errors import ExportError
     from edgeprune.export.pipeline import AgreementError, export, resolve
     from edgeprune.profiles import load_profile
@@ -145,6 +159,9 @@ def _run(*, as_json: bool, **kwargs) -> None:
     except AgreementError:  # --json: the CLI prints the report with the error (AgreementError.json_result)
         os.unlink(log)
         raise
+    except AccuracyDropError:  # likewise (its json_result is the report)
+        os.unlink(log)
+        raise
     except ExportError as exc:  # a converter failed: its own output is in the log
         exc.args = (f"{exc} (converter output: {log})",)
         raise
@@ -165,10 +182,18 @@ _common_options = [
                       "with a warning. The output says which was used."),
     click.option("--calib", default=None, metavar="DATA",
                  help="Calibration data: a folder of images, a .npy array (NCHW or NHWC), or pkg.mod:fn. "
-                      "Default: built-in sample photos (digits-cnn: the digits train split)."),
+                      "Default: --data's train split, else the model's own data set, else built-in sample photos."),
+    click.option("--data", default=None, metavar="D",
+                 help="Data for calibration (train split) and accuracy (held-out split, every artifact): class "
+                      "folders, a folder of images, .npy/.npz, pkg.mod:fn, or fashion-mnist / digits."),
+    click.option("--val-data", default=None, metavar="D", help="Held-out data (default: a seeded split of --data)."),
+    click.option("--max-accuracy-drop", type=click.FloatRange(0), default=None, metavar="P",
+                 help="Fail (exit 2) when the file to ship is more than P points below the original's "
+                      "top-1 (agreement with the original on unlabelled data)."),
     click.option("--calib-count", type=int, default=128, show_default=True, help="Calibration samples to use."),
-    click.option("--normalize", type=click.Choice(["imagenet", "unit"]), default=None,
-                 help="How images from --calib are scaled (default: imagenet for 3-channel classifiers, else unit)."),
+    click.option("--normalize", default=None, metavar="N",
+                 help="How images from --calib/--data are scaled: imagenet, unit or MEAN/STD (default: the "
+                      "model's; imagenet for 3-channel classifiers, else unit)."),
     click.option("--min-agreement", default=None, metavar="X",
                  help="Fail (exit 2) below this top-1 agreement with the original model, e.g. 0.95, "
                       "or 'top1=0.95,cosine=0.99' (cosine: all outputs and each one; detectors also recall=, "
@@ -198,7 +223,8 @@ def _apply(options):
               help="Precision (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def export(target, model, weights, trust_factory, fmt, precision, input_shape, calib, calib_count, normalize,
+def export(target, model, weights, trust_factory, fmt, precision, input_shape, calib, data, val_data,
+           max_accuracy_drop, calib_count, normalize,
            min_agreement, quantizer, output, as_json) -> None:
     """Export a model to ONNX or TFLite for a board, checking every step against the original.
 
@@ -211,7 +237,7 @@ def export(target, model, weights, trust_factory, fmt, precision, input_shape, c
       local             ONNX fp32
     """
     _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
-         precision=precision, calib=calib,
+         precision=precision, calib=calib, data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop,
          calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
          quantizer=quantizer, output_dir=output, input_shape=input_shape)
 
@@ -223,7 +249,8 @@ def export(target, model, weights, trust_factory, fmt, precision, input_shape, c
               help="Output format (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def quantize(target, model, weights, trust_factory, fmt, input_shape, calib, calib_count, normalize, min_agreement,
+def quantize(target, model, weights, trust_factory, fmt, input_shape, calib, data, val_data, max_accuracy_drop,
+             calib_count, normalize, min_agreement,
              quantizer, output, as_json) -> None:
     """Quantize a model to INT8 for a board (the INT8 step of `export`), with agreement checks.
 
@@ -231,6 +258,6 @@ def quantize(target, model, weights, trust_factory, fmt, input_shape, calib, cal
     profile) or full-INT8 TFLite, calibrated with --calib and checked on held-out inputs.
     """
     _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
-         precision="int8", calib=calib,
+         precision="int8", calib=calib, data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop,
          calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
          quantizer=quantizer, output_dir=output, input_shape=input_shape)

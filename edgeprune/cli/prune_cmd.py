@@ -116,6 +116,15 @@ def _shape(ctx, param, value):
     help="Which channels a group keeps.",
 )
 @click.option(
+    "--data",
+    default=None,
+    metavar="D",
+    help="Data for --importance taylor (train split) and accuracy before/after (held-out split): class "
+    "folders, a folder of images, .npy/.npz, pkg.mod:fn, or fashion-mnist / digits. "
+    "Default: the model's own data set, if it has one here.",
+)
+@click.option("--val-data", default=None, metavar="D", help="Held-out data (default: a seeded split of --data).")
+@click.option(
     "--protect", multiple=True, metavar="LAYER", help="A layer name never to prune (repeatable)."
 )
 @click.option(
@@ -160,6 +169,8 @@ def prune(
     accept_new_host_key,
     no_cache,
     importance,
+    data,
+    val_data,
     protect,
     prune_stem,
     no_align,
@@ -209,6 +220,8 @@ def prune(
             use_cache=not no_cache,
             trust_factory=trust_factory,
             verify=not no_verify,
+            data=data,
+            val_data=val_data,
         )
     emit(summary, as_json=as_json, human=_human)
 

@@ -22,9 +22,15 @@ fit the model raise :class:`~edgeprune.errors.ExportError` naming both.
 Held-out verification inputs are never calibration inputs: when the user's
 data has more than ``count + 16`` samples, the tail is kept for verification;
 otherwise verification uses :func:`builtin_samples` with ``split="verify"``
-(other random crops than the calibration ones). For
-``digits-cnn`` the real digits train split calibrates and the test split
-(with labels) verifies, so real accuracy is reported too.
+(other random crops than the calibration ones).
+
+With ``--data`` (any :func:`edgeprune.data.load_data` spec, see
+:func:`samples_from_split`) calibration comes from the train split and
+verification from the held-out split, with labels where the data has them,
+so real accuracy is reported for every artifact. Without either, the
+model's data hook (:func:`edgeprune.models.data_info`) decides: a model
+trained on a built-in data set (digits-cnn, the Fashion-MNIST references)
+calibrates on that set's train split and is verified on its test split.
 
 Example::
 
@@ -47,6 +53,7 @@ from edgeprune.errors import ExportError, require
 DEFAULT_COUNT = 128
 MIN_RECOMMENDED = 32
 VERIFY_COUNT = 64
+ACCURACY_COUNT = 2000  # held-out labelled images measured per artifact (a top-1 to within ~1 point)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -81,7 +88,16 @@ def _normalize(x01: np.ndarray, how: str) -> np.ndarray:
         return ((x01 - IMAGENET_MEAN[None, :, None, None]) / IMAGENET_STD[None, :, None, None]).astype(np.float32)
     if how == "unit":
         return x01.astype(np.float32)
-    raise ExportError(f"unknown normalisation '{how}': use 'imagenet' or 'unit'")
+    from edgeprune.data.preprocess import parse_normalize
+
+    try:
+        mean, std = parse_normalize(how)
+    except Exception:
+        raise ExportError(f"unknown normalisation '{how}': use 'imagenet', 'unit' or MEAN/STD") from None
+    c = x01.shape[1]
+    mean = np.broadcast_to(np.asarray(mean, np.float32), (c,))[None, :, None, None]
+    std = np.broadcast_to(np.asarray(std, np.float32), (c,))[None, :, None, None]
+    return ((x01 - mean) / std).astype(np.float32)
 
 
 def _fit(arr: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -229,19 +245,45 @@ def load_calibration(
     return calib, verify
 
 
-def model_samples(loaded: Any, *, count: int = DEFAULT_COUNT, verify_count: int = VERIFY_COUNT,
-                  normalize: str | None = None) -> tuple[SampleSet, SampleSet]:
-    """Default calibration and verification sets for a loaded model (no ``--calib`` given)."""
-    shape = tuple(loaded.input_shape)
-    if getattr(loaded, "name", None) == "digits-cnn" or str(getattr(loaded, "base", "")) == "digits-cnn":
-        from edgeprune.models.digits import digits_data
+def samples_from_split(split, *, count: int = DEFAULT_COUNT, verify_count: int = VERIFY_COUNT,
+                       accuracy_count: int = ACCURACY_COUNT) -> tuple[SampleSet, SampleSet]:
+    """Calibration from ``split.train`` (``count`` spread over it), verification from ``split.heldout``.
 
-        xt, _ = digits_data("train")
-        xv, yv = digits_data("test")  # all 360: small, and real accuracy needs them
-        xt = xt.numpy()
-        calib = SampleSet(xt[_spread(len(xt), min(count, len(xt)))], "sklearn digits, train split")
-        verify = SampleSet(xv.numpy(), "sklearn digits, test split", labels=yv.numpy())
-        return calib, verify
-    norm = normalize or default_normalize(shape, getattr(loaded, "task", "classify"))
+    Labelled held-out data gives up to ``accuracy_count`` samples (accuracy
+    needs many), unlabelled up to ``verify_count``; both evenly spread, so a
+    folder sorted by class still gives every class.
+    """
+    train, held = split.train, split.heldout
+    cal_x, _ = train.subset(_spread(len(train), min(count, len(train)))).numpy()
+    n = min(len(held), accuracy_count if held.labelled else verify_count)
+    ver_x, ver_y = held.subset(_spread(len(held), n)).numpy()
+    cal = SampleSet(cal_x, f"{train.source}")
+    ver = SampleSet(ver_x, f"{held.source} (held out)", labels=ver_y)
+    return cal, ver
+
+
+def model_samples(loaded: Any, *, count: int = DEFAULT_COUNT, verify_count: int = VERIFY_COUNT,
+                  normalize: str | None = None, accuracy_count: int = ACCURACY_COUNT) -> tuple[SampleSet, SampleSet]:
+    """Default calibration and verification sets for a loaded model (no ``--calib`` or ``--data`` given).
+
+    The model's data hook names the built-in data set it was trained on; when
+    that set is here, its train split calibrates and its test split (labelled)
+    verifies. Otherwise: random crops of the built-in photos, and a warning
+    when the model's own data set is missing (with the command that fetches it).
+    """
+    from edgeprune import data as data_mod
+    from edgeprune.models import data_info
+
+    shape = tuple(loaded.input_shape)
+    info = data_info(loaded)
+    norm = normalize or info.normalize or default_normalize(shape, getattr(loaded, "task", "classify"))
+    if info.dataset and data_mod.available(info.dataset):
+        split = data_mod.load_data(info.dataset, input_shape=shape, normalize=norm,
+                                   task=getattr(loaded, "task", "classify"))
+        return samples_from_split(split, count=count, verify_count=verify_count, accuracy_count=accuracy_count)
+    if info.dataset:
+        warnings.warn(f"{getattr(loaded, 'name', 'the model')} was trained on {info.dataset}, which is not here: "
+                      f"checks ran on built-in photos instead; fetch it: bash scripts/fetch-data.sh {info.dataset}",
+                      CalibrationWarning, stacklevel=2)
     return (builtin_samples(shape, count, split="calib", normalize=norm),
             builtin_samples(shape, verify_count, split="verify", normalize=norm))

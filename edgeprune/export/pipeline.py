@@ -52,6 +52,7 @@ from edgeprune._paths import sha256_file, staged_output
 from edgeprune.errors import ExportError, ModelError
 from edgeprune.export.artifact import Artifact, stamp_metadata
 from edgeprune.export.calib import (
+    ACCURACY_COUNT,
     DEFAULT_COUNT,
     VERIFY_COUNT,
     SampleSet,
@@ -102,6 +103,9 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     passed: bool = True
+    accuracy: dict[str, Any] | None = None  # edgeprune.export.accuracy: original, model, every artifact
+    failure: str | None = None  # why it failed, for the verdict
+    verdict: dict[str, Any] = field(default_factory=lambda: {"status": "passed", "reason": None})
 
     @property
     def final(self) -> Artifact:
@@ -114,6 +118,7 @@ class ExportReport:
             "artifacts": [a.to_dict() for a in self.artifacts],
             "calibration": self.calibration, "verification": self.verification, "pruning": self.pruning,
             "input_shape": self.input_shape, "input_shape_source": self.input_shape_source, "outputs": self.outputs,
+            "accuracy": self.accuracy, "verdict": self.verdict,
             "warnings": self.warnings, "notes": self.notes, "edgeprune_version": __version__,
         }
 
@@ -298,8 +303,19 @@ def export(
     log_file: str | Path | None = None,
     input_shape: tuple[int, ...] | None = None,
     detector_outputs: str = "split",
+    data: Any = None,
+    val_data: Any = None,
+    max_accuracy_drop: float | None = None,
+    accuracy_count: int = ACCURACY_COUNT,
 ) -> ExportReport:
     """Export ``model`` (a ``--model`` spec or a LoadedModel) for ``target`` into ``output_dir``.
+
+    ``data`` (any :func:`edgeprune.data.load_data` spec, e.g. a folder of
+    class folders) calibrates on its train split and measures accuracy on its
+    held-out split (up to ``accuracy_count`` images) for the original, the
+    model and every artifact (``report.accuracy``); ``max_accuracy_drop``
+    (points) fails the export when the file to ship is further below the
+    original (:class:`~edgeprune.accuracy.AccuracyDropError`, exit 2).
 
     Raises :class:`AgreementError` (with the report) when an artifact falls
     below the agreement thresholds (over all outputs, for each output, and
@@ -325,7 +341,9 @@ def export(
 
     profile = load_profile(target)
     fmt, precision = resolve(profile, fmt, precision)  # refusals come before anything is written
-    failed: AgreementError | None = None
+    from edgeprune.accuracy import AccuracyDropError
+
+    failed: AgreementError | AccuracyDropError | None = None
     with staged_output(output_dir) as stage:
         try:
             return _export_into(
@@ -333,8 +351,9 @@ def export(
                 calib=calib, calib_count=calib_count, verify_count=verify_count, normalize=normalize,
                 min_agreement=min_agreement, quantizer=quantizer, name=name, weights=weights,
                 trust_factory=trust_factory, input_shape=input_shape, detector_outputs=detector_outputs,
+                data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop, accuracy_count=accuracy_count,
             )
-        except AgreementError as exc:  # its report (passed: false) is written: keep it, then raise
+        except (AgreementError, AccuracyDropError) as exc:  # its report (passed: false) is written: keep it
             failed = exc
         finally:
             if log_file is not None and Path(log_file).is_file():
@@ -347,6 +366,7 @@ def _export_into(
     out_dir: Path, final: Path, model: Any, *, profile, fmt: str, precision: str, calib, calib_count: int,
     verify_count: int, normalize: str | None, min_agreement, quantizer: str | None, name: str | None,
     weights: str | None, trust_factory: str | None, input_shape: tuple[int, ...] | None, detector_outputs: str,
+    data: Any, val_data: Any, max_accuracy_drop: float | None, accuracy_count: int,
 ) -> ExportReport:
     """The work of :func:`export`, writing into ``out_dir`` (staging) and recording paths in ``final``."""
     from edgeprune.export import calib as calib_mod
@@ -373,36 +393,62 @@ def _export_into(
 
     # Samples: calibration (for INT8) and held-out verification, never the same inputs.
     task = getattr(loaded, "task", "classify")
-    norm = normalize or default_normalize(input_shape, task)
+    from edgeprune.models import data_info
+
+    norm = normalize or data_info(loaded).normalize or default_normalize(input_shape, task)
     step("preparing calibration and held-out check inputs")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if calib is not None:
+        if data is not None:
+            from edgeprune.data import load_data
+
+            split = load_data(data, input_shape=input_shape, task=task, normalize=norm, val_data=val_data,
+                              num_classes=_classes(loaded.module, input_shape))
+            cal, ver = calib_mod.samples_from_split(split, count=calib_count, verify_count=verify_count,
+                                                    accuracy_count=accuracy_count)
+            if calib is not None:
+                cal, _ = calib_mod.load_calibration(calib, input_shape=input_shape, count=calib_count, normalize=norm)
+        elif calib is not None:
             cal, ver = calib_mod.load_calibration(calib, input_shape=input_shape, count=calib_count, normalize=norm)
             if ver is None:
                 _, ver = calib_mod.model_samples(loaded, count=1, verify_count=verify_count, normalize=norm)
         else:
-            cal, ver = calib_mod.model_samples(loaded, count=calib_count, verify_count=verify_count, normalize=norm)
+            cal, ver = calib_mod.model_samples(loaded, count=calib_count, verify_count=verify_count, normalize=norm,
+                                               accuracy_count=accuracy_count)
     report.warnings += [str(w.message) for w in caught]
     if any(s.needs_calibration for s in steps):
         report.calibration = {"source": cal.source, "samples": len(cal), "normalize": norm}
     report.verification = {"source": ver.source, "samples": len(ver)}
+    if data is not None:
+        report.verification["data"] = split.to_dict()
 
     from edgeprune.export.detect import describe, is_split, needs_own_scales, output_layout, pieces
 
     whole = _torch_outputs(loaded.module, ver.data)
     layout = output_layout(loaded.module, input_shape, task=task)
-    split = (detector_outputs == "split" and any(s.precision == "int8" for s in steps) and is_split(layout)
-             and needs_own_scales(layout, whole))
-    outs = OutputCheck(layout, [(1, *r.shape[1:]) for r in whole], split, input_shape)
+    split_outputs = (detector_outputs == "split" and any(s.precision == "int8" for s in steps)
+                     and is_split(layout) and needs_own_scales(layout, whole))
+    outs = OutputCheck(layout, [(1, *r.shape[1:]) for r in whole], split_outputs, input_shape)
     reference = pieces(whole, layout)  # every piece (a detector's boxes, scores) is verified on its own
     report.outputs = describe(layout)
-    report.verification["outputs_split"] = split
+    report.verification["outputs_split"] = split_outputs
     if ver.labels is not None and _is_classifier(reference):
         report.verification["accuracy_pytorch"] = float(np.mean(reference[0].argmax(1) == ver.labels))
-    report.pruning = _pruning_check(loaded, ver.data, whole)
+    report.pruning, original_out = _pruning_check(loaded, ver.data, whole)
+    acc_check = _accuracy_check(loaded, ver, reference, original_out, max_accuracy_drop)
+    report.accuracy = acc_check.figures if acc_check else None
+    if acc_check is not None and ver.labels is not None:
+        from edgeprune.accuracy import label_order_warning
+
+        order = label_order_warning(acc_check.baseline, reference[0].shape[1], ver.source)
+        if order:
+            report.warnings.append(order)
     pruned_ag = (report.pruning or {}).get("agreement")
-    if pruned_ag and (pruned_ag["top1"] < PRUNED_WARN_TOP1 or pruned_ag["cosine"] < PRUNED_WARN_COSINE):
+    lost = _model_lost_accuracy(report.accuracy, (report.pruning or {}).get("base"))
+    if lost:
+        report.warnings.append(lost)
+    elif not report.accuracy and pruned_ag and (pruned_ag["top1"] < PRUNED_WARN_TOP1
+                                                 or pruned_ag["cosine"] < PRUNED_WARN_COSINE):
         # Not a failure (pruning changes outputs on purpose), but never silent.
         report.warnings.append(
             f"the pruned model agrees with its unpruned base '{report.pruning['base']}' on "
@@ -427,7 +473,7 @@ def _export_into(
         "quantizer": quantizer,
     }
     options["float_tail"] = task == "detect" and detector_outputs == "split"  # ONNX INT8: the decode stays float
-    if split:
+    if split_outputs:
         options["output_layout"], options["output_shapes"] = layout, outs.artifact_shapes()
         report.notes.append(
             "boxes and class scores are separate outputs (output0, output1, ...; see 'outputs') so that each "
@@ -450,16 +496,20 @@ def _export_into(
             report.artifacts.append(art)
             if spec.format == "tflite" and spec.precision == "int8":
                 _check_full_int8(art, options["io_precision"])
+            if acc_check is not None:
+                art.extra["accuracy_vs_original"] = acc_check.add(art.step, outputs[0])
             bad = _thresholds(spec, min_agreement).failures(
                 art.agreement, classifier=classifier, outputs=art.extra.get("outputs"),
                 detection=art.extra.get("detection"))
             if bad:
                 report.passed = False
                 report.seconds = time.perf_counter() - t_start
-                _write_report(report, out_dir)
-                raise AgreementError(f"{final / dest.name}: {', '.join(bad)} against the original PyTorch "
+                err = AgreementError(f"{final / dest.name}: {', '.join(bad)} against the original PyTorch "
                                      f"model ({art.step}, {ver.source}, {len(ver)} samples); "
                                      f"{_relax_hint(art.agreement, classifier, spec.precision)}", report)
+                report.failure = str(err)
+                _write_report(report, out_dir)
+                raise err
             if spec.source is None or spec.key == ("onnx", "fp32"):
                 source = dest
             previous = outputs
@@ -467,6 +517,17 @@ def _export_into(
         step("compiling for the Edge TPU")
         _edgetpu(report, out_dir)
     report.seconds = time.perf_counter() - t_start
+    # the last file measured here (an Edge TPU binary is not run here: its int8 input model is)
+    measured = next((a for a in reversed(report.artifacts) if a.agreement), None)
+    gate = (acc_check.gate(measured.step, str(final / Path(measured.path).name))
+            if acc_check and measured else None)
+    if gate:
+        from edgeprune.accuracy import AccuracyDropError
+
+        report.passed = False
+        report.failure = gate
+        _write_report(report, out_dir)
+        raise AccuracyDropError(gate, report)
     _write_report(report, out_dir)
     return report
 
@@ -519,15 +580,18 @@ PRUNED_WARN_TOP1 = 0.9
 PRUNED_WARN_COSINE = 0.95
 
 
-def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]) -> dict[str, Any] | None:
+def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]
+                   ) -> tuple[dict[str, Any] | None, list[np.ndarray] | None]:
     """Pruned vs its unpruned base (information only: pruning changes outputs on purpose).
 
     The base is rebuilt with the weights edgeprune has for it (built-in
     trained weights where they exist); a model pruned from the user's own
     weights is compared with whatever its factory builds, which the report says.
+    Also returns the base's outputs when it has trained weights (the original
+    that accuracy is measured against), else None.
     """
     if getattr(loaded, "plan", None) is None or not getattr(loaded, "base", None):
-        return None
+        return None, None
     from edgeprune.verify import agreement
 
     base_name = str(loaded.base)
@@ -538,15 +602,53 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]) -> d
         pretrained = pretrained_available(base_name) if ":" not in base_name else False
         base = build_base(base_name, pretrained=pretrained, input_shape=tuple(loaded.input_shape))
         base_out = _torch_outputs(base.module, x)
-        return {"base": base_name, "base_weights": "built-in trained" if pretrained else "factory default",
-                "agreement": _round(agreement(base_out, reference))}
+        return ({"base": base_name, "base_weights": "built-in trained" if pretrained else "factory default",
+                 "agreement": _round(agreement(base_out, reference))}, base_out if pretrained else None)
     except Exception as exc:  # informational: never fail the export for it
-        return {"base": base_name, "error": f"{type(exc).__name__}: {exc}"}
+        return {"base": base_name, "error": f"{type(exc).__name__}: {exc}"}, None
+
+
+def _classes(module, input_shape: tuple[int, ...]) -> int | None:
+    out = _torch_outputs(module, np.zeros((1, *input_shape[1:]), np.float32))
+    return int(out[0].shape[1]) if _is_classifier(out) else None
+
+
+def _accuracy_check(loaded: Any, ver: SampleSet, reference: list[np.ndarray], original_out, max_drop):
+    """An AccuracyCheck for a classifier (None for other outputs: their agreement is what is checked)."""
+    from edgeprune.export.accuracy import AccuracyCheck
+
+    if not _is_classifier(reference):
+        return None
+    pruned = getattr(loaded, "plan", None) is not None
+    original = original_out[0] if original_out is not None else (None if pruned else reference[0])
+    return AccuracyCheck(labels=ver.labels, original=original, model=reference[0], heldout=ver.source,
+                         max_drop=max_drop, pruned=pruned)
+
+
+def _model_lost_accuracy(acc: dict[str, Any] | None, base: str | None) -> str | None:
+    """The warning for a pruned model below its original on labelled data (before any conversion)."""
+    from edgeprune.export.accuracy import LOST_POINTS
+
+    if not acc or acc.get("metric") != "top1" or acc.get("model") is None or acc.get("original") is None:
+        return None
+    drop = (acc["original"] - acc["model"]) * 100
+    if drop <= LOST_POINTS:
+        return None
+    return (f"the pruned model's top-1 is {acc['model']:.4f} vs {acc['original']:.4f} for its unpruned original {base} "
+            f"({drop:.2f} points lost) on {acc['samples']} held-out images: fine-tune it before shipping "
+            "(edgeprune finetune)")
 
 
 def _write_report(report: ExportReport, stage: Path) -> None:
     """Write export.json and report.md into ``stage``; every path they record is in the final folder."""
     from edgeprune import _paths
+    from edgeprune.export.accuracy import verdict
+
+    final = next((a for a in reversed(report.artifacts) if a.agreement), None)
+    report.verdict = verdict(passed=report.passed, failure=report.failure, accuracy=report.accuracy,
+                             final_step=final.step if final else None,
+                             pruning_agreement=(report.pruning or {}).get("agreement"),
+                             warn_top1=PRUNED_WARN_TOP1, warn_cosine=PRUNED_WARN_COSINE)
 
     for art in report.artifacts:
         if Path(art.path).parent == stage:

@@ -110,6 +110,7 @@ def plan_for_budget(
     max_rounds: int = 3,
     importance: str = "l1",
     data: Iterable | None = None,
+    sensitivity: str | None = None,
     protect: tuple[str, ...] = (),
     protect_stem: bool = True,
     align: bool = True,
@@ -122,6 +123,10 @@ def plan_for_budget(
     board=None,
 ) -> LoopResult:
     """Plan ``lm`` (a LoadedModel) for a latency budget on ``target``; see the module docstring.
+
+    ``importance`` picks which channels a group keeps; ``sensitivity`` (default:
+    the same criterion) scores channels across groups for the allocation:
+    ``"taylor"`` with ``data`` puts every group in one unit, the loss change.
 
     ``board``: an open-able measuring session (default: a
     :class:`~edgeprune.bench.batch.BatchSession` on ``target``); tests pass a
@@ -169,11 +174,12 @@ def plan_for_budget(
         for g in groups
     }
     full = {g: c[-1] for g, c in space.items()}
-    step(f"scoring channels ({importance})")
-    scores = channel_importance(net, x, inv.groups, criterion=importance, data=data, protect=protect,
+    sensitivity = sensitivity or importance
+    step(f"scoring channels ({sensitivity})")
+    scores = channel_importance(net, x, inv.groups, criterion=sensitivity, data=data, protect=protect,
                                 protect_stem=protect_stem)
     base_info = {"format": fmt, "precision": precision, "align": multiple, "min_keep": min_keep,
-                 "max_rounds": max_rounds, "importance": importance,
+                 "max_rounds": max_rounds, "importance": importance, "sensitivity": sensitivity,
                  "groups": len(groups), "layers": len(inv.layers),
                  "candidates": sum(len(c) for c in space.values())}
 

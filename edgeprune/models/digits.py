@@ -99,25 +99,41 @@ def train_digits_cnn(model: nn.Module, *, epochs: int = 10, seed: int = SEED) ->
 
 def build_digits_cnn(pretrained: bool = True) -> DigitsCNN:
     """The digits CNN; with ``pretrained`` its trained weights (trained once, then cached)."""
-    from edgeprune._paths import atomic_write_bytes, cache_dir
-
     torch.manual_seed(SEED)
     model = DigitsCNN()
-    if not pretrained:
-        return model
+    return load_or_train(model) if pretrained else model
+
+
+def load_or_train(model: DigitsCNN) -> DigitsCNN:
+    """Load the cached trained weights into ``model``, training and caching them first if needed."""
+    from edgeprune._paths import atomic_write_bytes, cache_dir
+    from edgeprune.models.reference import record
+
     path = cache_dir() / CACHE_NAME
     if path.is_file():
         try:
             model.load_state_dict(
                 torch.load(path, map_location="cpu", weights_only=True), strict=True
             )
+            if record("digits-cnn") is None:  # weights cached by an older edgeprune
+                _save_record(model)
             return model.eval()
         except Exception:  # a stale or truncated cache: retrain and overwrite
-            torch.manual_seed(SEED)
-            model = DigitsCNN()
-    with torch.enable_grad():
+            pass
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # the caller's RNG untouched
+        torch.manual_seed(SEED)
+        model.load_state_dict(DigitsCNN().state_dict())  # the same start as a fresh build
         train_digits_cnn(model)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic_write_bytes(path, buf.getvalue())
+    _save_record(model)
     return model.eval()
+
+
+def _save_record(model: nn.Module) -> None:
+    from edgeprune.models.reference import save_record
+
+    save_record("digits-cnn", {"dataset": "digits", "test_top1": round(digits_accuracy(model), 4),
+                               "split": "digits test split (359 images), never trained on",
+                               "command": "trained on first use (edgeprune.models.digits)"})

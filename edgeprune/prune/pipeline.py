@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from edgeprune._paths import atomic_write_text, staged_output
-from edgeprune.errors import BudgetError, ExportError, NotBuiltError, PruneError
+from edgeprune.errors import BudgetError, ExportError, PruneError
 from edgeprune.progress import step
 from edgeprune.prune.threads import single_threaded
 
@@ -37,11 +37,13 @@ ONNX_TOL = 1e-4
 CHECK_SAMPLES = 4
 
 
-def _check_inputs(lm, n: int) -> torch.Tensor:
-    if lm.name == "digits-cnn" or lm.base == "digits-cnn":
-        from edgeprune.models.digits import digits_data
+ACCURACY_SAMPLES = 2000  # held-out images for accuracy before/after pruning
 
-        return digits_data("test")[0][:n]
+
+def _check_inputs(lm, n: int, split=None) -> torch.Tensor:
+    """Real held-out images when there is data (``--data`` or the model's own), else seeded noise."""
+    if split is not None:
+        return split.heldout.get(range(min(n, len(split.heldout))))[0]
     g = torch.Generator().manual_seed(1)
     return torch.randn(n, *lm.input_shape[1:], generator=g)
 
@@ -55,13 +57,13 @@ def _outputs(model, x: torch.Tensor) -> list[np.ndarray]:
     return [np.concatenate([s[k] for s in outs]) for k in range(len(outs[0]))]
 
 
-def export_checked(model, lm, path: Path, *, metadata: dict[str, str]) -> dict:
+def export_checked(model, lm, path: Path, *, metadata: dict[str, str], split=None) -> dict:
     """Export to ONNX and compare with PyTorch; returns the agreement figures."""
     from edgeprune.export.onnx import export_onnx, run_onnx
     from edgeprune.verify import agreement
 
     export_onnx(model, lm.input_shape, path, metadata=metadata)
-    x = _check_inputs(lm, CHECK_SAMPLES)
+    x = _check_inputs(lm, CHECK_SAMPLES, split)
     ref = _outputs(model, x)
     got = run_onnx(path, x.numpy())
     agree = agreement(ref, got)
@@ -104,6 +106,8 @@ def prune_model(
     accept_new_host_key: bool = False,
     trust_factory: str | None = None,
     verify: bool = True,
+    val_data=None,
+    normalize=None,
 ) -> dict:
     """Prune ``model`` for ``target`` and write the four files; returns the summary.
 
@@ -121,6 +125,14 @@ def prune_model(
     ``latency_table.json`` and puts the budget and every round in
     ``summary.json`` (``latency``) and ``plan.json``. A budget not met on the
     board raises :class:`BudgetError` after writing everything.
+
+    ``data``: an :func:`edgeprune.data.load_data` spec (or a DataSplit) for
+    importance (its train split: Taylor scores for channels with
+    ``importance="taylor"``, and with a budget the sensitivity that compares
+    groups), the ONNX check's inputs and the accuracy before and after (its
+    held-out split); or an iterable of batches (``split.train.batches(64)``),
+    used for importance only. Without it the model's own data set is used
+    where its data hook names one that is here.
     """
     from edgeprune.profiles import load_profile
 
@@ -137,7 +149,7 @@ def prune_model(
         profile = load_profile(target)  # an unknown board is refused before anything is written
     budget = dict(
         latency_budget=latency_budget, speedup=speedup, fmt=fmt, precision=precision,
-        max_rounds=max_rounds, min_keep=min_keep, threads=threads, estimate=estimate, data=data,
+        max_rounds=max_rounds, min_keep=min_keep, threads=threads, estimate=estimate,
         host=host, use_cache=use_cache, accept_new_host_key=accept_new_host_key,
     ) if budgeted else None
     with staged_output(output) as stage:
@@ -145,7 +157,7 @@ def prune_model(
             stage, Path(output).expanduser(), model, profile=profile, target=target, ratio=ratio,
             plan_file=plan_file, weights=weights, input_shape=input_shape, importance=importance,
             protect=protect, align=align, protect_stem=protect_stem, trust_factory=trust_factory,
-            verify=verify, data=data, budget=budget,
+            verify=verify, data=data, val_data=val_data, normalize=normalize, budget=budget,
         )
     if latency is not None and latency.met is False:  # raised after the result is in place
         raise BudgetError(f"{latency.status} (written anyway: {summary['summary']})")
@@ -170,6 +182,8 @@ def _prune_into(
     trust_factory: str | None,
     verify: bool,
     data,
+    val_data,
+    normalize,
     budget: dict | None,
 ):
     """The work of :func:`prune_model`, writing into ``out`` and recording paths in ``final``.
@@ -200,16 +214,23 @@ def _prune_into(
         raise PruneError(
             f"{lm.name}: no prunable channel groups (every group is protected or an output)"
         )
-    if importance == "taylor" and data is None:
-        if lm.base != "digits-cnn":
-            raise NotBuiltError(
-                "--importance taylor needs data; only digits-cnn has built-in data "
-                "in this version (--data is a later stage)"
-            )
-        from edgeprune.models.digits import digits_data
+    from edgeprune.data import Dataset, DataSplit, split_for
 
-        xs, ys = digits_data("train")
-        data = list(zip(xs.split(64), ys.split(64), strict=True))[:8]
+    batches = None
+    if data is not None and not isinstance(data, (str, os.PathLike, Dataset, DataSplit)):
+        batches, data = list(data), None  # already an iterable of batches (the API): importance only
+    if data is not None:
+        step(f"loading data {data}")
+    split = split_for(lm, data, val_data=val_data, normalize=normalize)
+    if batches is None and split is not None and split.train.labelled and (
+        importance == "taylor" or (budget is not None and data is not None)
+    ):
+        batches = list(split.train.batches(64, limit=512))
+    if importance == "taylor" and batches is None:
+        raise PruneError(
+            f"--importance taylor needs data: give --data (a folder of class folders, .npz, "
+            f"pkg.mod:fn, or a built-in data set); '{lm.name}' has none of its own here"
+        )
     latency = None
     if budget is not None:
         from edgeprune.latency.layers import DEFAULT_MIN_KEEP
@@ -219,7 +240,8 @@ def _prune_into(
         latency = plan_for_budget(
             lm, target=target, host=budget["host"], latency_budget=budget["latency_budget"],
             speedup=budget["speedup"], fmt=budget["fmt"], precision=budget["precision"],
-            max_rounds=budget["max_rounds"], importance=importance, data=data,
+            max_rounds=budget["max_rounds"], importance=importance, data=batches,
+            sensitivity="taylor" if batches is not None else None,
             protect=tuple(protect), protect_stem=protect_stem, align=align,
             min_keep=DEFAULT_MIN_KEEP if min_keep is None else min_keep, threads=budget["threads"],
             estimate=budget["estimate"], use_cache=budget["use_cache"],
@@ -236,10 +258,10 @@ def _prune_into(
         plan.base = plan.base or lm.base
     else:
         plan = ChannelPlan.uniform(groups, ratio, align=multiple, input_shape=shape, base=lm.base)
-    acc0 = _accuracy(lm, net)
+    acc0 = _accuracy(split, net)
     step("removing channels and checking the surgery")
     prune_(
-        net, plan, importance=importance, data=data, protect=protect, protect_stem=protect_stem, x=x,
+        net, plan, importance=importance, data=batches, protect=protect, protect_stem=protect_stem, x=x,
         verify=verify,
     )
     macs1, params1 = count_macs_params(net, shape)
@@ -260,6 +282,7 @@ def _prune_into(
             "edgeprune.target": target,
             "edgeprune.plan": plan.note,
         },
+        split=split,
     )
     summary = {  # the paths the files will have once the staging folder is swapped in
         "model": str(final / ept.name),
@@ -297,17 +320,24 @@ def _prune_into(
         if latency.table is not None:
             latency.table.save(out / "latency_table.json")
             summary["latency_table"] = str(final / "latency_table.json")
+    if split is not None:
+        summary["data"] = split.to_dict()
     if acc0 is not None:
+        n = min(len(split.heldout), ACCURACY_SAMPLES)  # as _accuracy measures
         summary["accuracy_before"] = acc0
-        summary["accuracy_after"] = _accuracy(lm, net)
-        summary["accuracy_note"] = "digits test split (360 images), no fine-tuning"
+        summary["accuracy_after"] = _accuracy(split, net)
+        summary["accuracy_note"] = (f"top-1 on {n} held-out images ({split.heldout.source}), before fine-tuning")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary, latency
 
 
-def _accuracy(lm, net) -> float | None:
-    if lm.base != "digits-cnn":
+def _accuracy(split, net) -> float | None:
+    """Top-1 on the held-out split (labelled data only), None without labels."""
+    if split is None or not split.heldout.labelled:
         return None
-    from edgeprune.models.digits import digits_accuracy
+    from edgeprune.finetune.loop import predict, score
 
-    return round(digits_accuracy(net), 4)
+    held = split.heldout
+    if len(held) > ACCURACY_SAMPLES:  # evenly spread: a split in class order still gives every class
+        held = held.subset(np.linspace(0, len(held) - 1, ACCURACY_SAMPLES).round().astype(int))
+    return round(score(predict(net, held), held)["top1"], 4)

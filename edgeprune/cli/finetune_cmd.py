@@ -1,0 +1,153 @@
+"""``edgeprune finetune``: recover a pruned model's accuracy by distillation from its original (see edgeprune.finetune).
+
+Exit codes: 0 ok; 1 an error (one line); 2 the fine-tuned model is more than
+``--max-accuracy-drop`` points below the original (the figures are printed
+and written first); 130 interrupted (the checkpoint is saved: the same
+command resumes).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edgeprune.cli._common import emit, json_option
+
+
+class _Bar:
+    """A progress bar with loss, validation metric and ETA on the terminal's stderr; silent elsewhere."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.progress = None
+        self.task = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start" and info.get("finished"):
+            click.echo(f"already fine-tuned with these arguments (step {info['resumed_at']}, {info['checkpoints']}): "
+                       "measuring and writing the result again", err=True)
+        elif kind == "start" and info.get("resumed_at") is not None:
+            click.echo(f"resuming from the checkpoint at step {info['resumed_at']} ({info['checkpoints']}; "
+                       "same arguments as the interrupted run)", err=True)
+        if not self.tty:
+            return
+        if kind == "phase" and self.progress is None:
+            click.echo(click.style(f"  {info['message']}", dim=True), err=True)
+        elif kind == "start":
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("fine-tuning"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[metric]}"),
+                TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
+                console=Console(file=sys.stderr), transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=1000, loss="-", metric="-", speed="")
+        elif kind == "step" and self.progress is not None:
+            rate = info["images"] / info["elapsed_s"] if info["elapsed_s"] else 0
+            self.progress.update(self.task, completed=min(1000, int(info["progress"] * 1000)),
+                                 loss=f"{info['loss']:.3f}", speed=f"{rate:.0f} img/s")
+        elif kind == "eval" and self.progress is not None:
+            self.progress.update(self.task, metric=f"{info[info['metric']]:.4f} ({info['metric']})")
+        elif kind == "phase" and self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+            click.echo(click.style(f"  {info['message']}", dim=True), err=True)
+
+
+@click.command()
+@click.option("--model", "-m", required=True, metavar="PRUNED.ept", help="The pruned model that `edgeprune prune` wrote.")
+@click.option("--data", "-d", required=True, metavar="D",
+              help="Class folders, a folder of images (unlabelled), .npy/.npz, pkg.mod:fn, or fashion-mnist / digits.")
+@click.option("--output", "-o", required=True, metavar="DIR",
+              help="Folder for model.ept, finetune.json, report.md and checkpoints/.")
+@click.option("--teacher", default=None, metavar="M",
+              help="The unpruned original to distil from (default: the .ept's base with its built-in trained weights).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Passes over the training split (default 3).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Optimiser steps instead of epochs.")
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MIN",
+              help="Minutes of training instead of epochs (evaluations come on top).")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Where to train.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Peak learning rate (default: 0.01 sgd, 0.001 adamw).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
+              help="Distillation temperature.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help="Weight of the distillation term when labels exist (the rest is cross-entropy).")
+@click.option("--patience", type=click.IntRange(1), default=3, show_default=True,
+              help="Stop after this many evaluations without a better validation figure.")
+@click.option("--augment", type=click.Choice(["none", "shift", "flip+shift"]), default=None,
+              help="Training augmentation (default: the model's data hook; shift for your own models).")
+@click.option("--val-data", default=None, metavar="D", help="Validation data (default: a seeded split of --data).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True)
+@click.option("--normalize", default=None, metavar="N",
+              help="imagenet, unit or MEAN/STD (default: the model's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most this many images per split.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0), default=None, metavar="P",
+              help="Fail (exit 2) when the fine-tuned model is more than P points below the original.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's).")
+@json_option
+def finetune(model, data, output, teacher, epochs, steps, time_budget, device, lr, optimizer, batch_size,
+             temperature, alpha, patience, augment, val_data, val_fraction, normalize, seed, limit,
+             max_accuracy_drop, threads, as_json) -> None:
+    """Fine-tune a pruned model by distillation from its unpruned original.
+
+    \b
+    BatchNorm recalibration first, then KL on the teacher's logits (T=4) plus
+    cross-entropy on labels, SGD with a cosine schedule, early stopping on the
+    validation split; accuracy of the original, the pruned and the fine-tuned
+    model is measured on data fine-tuning never saw. Interrupted? Run the same
+    command again: it resumes from the last checkpoint.
+    \b
+    Example:
+      edgeprune finetune -m out/pruned/model.ept --data fashion-mnist -o out/finetuned --epochs 2
+    """
+    from edgeprune.accuracy import AccuracyDropError
+    from edgeprune.finetune import finetune_model
+
+    try:
+        with _Bar() as bar:
+            report = finetune_model(
+                model, data=data, output=output, teacher=teacher, epochs=epochs, steps=steps,
+                time_budget=time_budget, device=device, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                temperature=temperature, alpha=alpha, patience=patience, augment=augment, val_data=val_data,
+                val_fraction=val_fraction, normalize=normalize, seed=seed, limit=limit,
+                max_accuracy_drop=max_accuracy_drop, threads=threads, on_event=bar)
+    except AccuracyDropError as exc:
+        emit(exc.report, as_json=as_json, human=_human)
+        raise
+    emit(report, as_json=as_json, human=_human)
+
+
+def _human(r: dict) -> None:
+    acc = r["accuracy"]
+    name = "top-1" if r["metric"] == "top1" else "agreement"
+    held = r["heldout"]
+    click.echo(f"{name} on {held['samples']:,} held-out images ({r['data']['source']} {held['split']} split):")
+    for key, label in (("original", "original"), ("pruned", "pruned"), ("bn_recalibrated", "BN recalibrated"),
+                       ("finetuned", "fine-tuned")):
+        value = acc.get(key)
+        click.echo(f"  {label:16s} {'-' if value is None else f'{value:.4f}'}")
+    if r.get("drop_points") is not None:
+        click.echo(f"  {r['drop_points']:.2f} points below the original"
+                   if r["drop_points"] >= 0 else f"  {-r['drop_points']:.2f} points above the original")
+    best = r.get("best") or {}
+    click.echo(f"{r['steps']} steps ({r['epochs']:g} epochs), stopped: {r['stopped']}; best at epoch "
+               f"{best.get('epoch')}; {r['images_per_s']} images/s on {r['device']}"
+               + (f"; resumed from step {r['resumed_from_step']}" if r.get("resumed_from_step") else ""))
+    for note in r.get("notes") or []:
+        click.echo(f"note: {note}")
+    click.echo(f"  model  {r['model']}")

@@ -1,0 +1,172 @@
+"""``--data SPEC`` -> one dataset: which kind of thing the user pointed at, checked up front.
+
+Tried in this order:
+
+1. a built-in name (``fashion-mnist``, ``digits``): handled by :mod:`edgeprune.data.builtin`;
+2. a folder: one sub-folder per class (labelled; classes are the sorted
+   sub-folder names, labels their index), or images directly inside
+   (unlabelled: the measure becomes agreement with the original model);
+3. a ``.npy`` (``x`` only) or ``.npz`` (``x``, optional ``y``; also
+   accepted: ``images``/``data`` and ``labels``/``targets``);
+4. a Python factory ``package.module:function`` returning a torch
+   ``Dataset`` (items ``x`` or ``(x, y)``), an array ``x``, a pair
+   ``(x, y)`` or a dict with ``x``/``y``.
+
+Arrays: ``uint8`` means raw pixels, preprocessed like images (resize,
+channels, normalisation). Float arrays shaped exactly like the model's input
+(NCHW, or NHWC) are taken as model inputs already; other float arrays are
+taken as pixels in [0, 1].
+
+Every problem is one line naming the file: an empty folder, a class folder
+with no images, a file that is not an image, an array whose shape or
+labels cannot feed the model.
+
+Example::
+
+    ds = open_source("photos/", preprocess=pre, input_shape=(1, 3, 64, 64))
+    ds.classes      # ['cat', 'dog']
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.data.dataset import ArrayDataset, DataError, Dataset, ImageDataset, TorchDataset
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_X_KEYS = ("x", "images", "data")
+_Y_KEYS = ("y", "labels", "targets")
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _check_headers(files: list[Path]) -> None:
+    """Open every file's header (cheap): a file that is not an image fails here, naming it."""
+    from edgeprune.errors import require
+
+    image_mod = require("PIL.Image", "quantize", "reading image files")
+    for p in files:
+        try:
+            with image_mod.open(p):
+                pass
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"{p}: cannot decode this image ({type(exc).__name__}); remove or replace the file") from None
+
+
+def _from_folder(folder: Path, preprocess) -> Dataset:
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    per_class = {d.name: _images_in(d) for d in subdirs}
+    if any(per_class.values()):
+        empty = [n for n, f in per_class.items() if not f]
+        if empty:
+            raise DataError(f"{folder / empty[0]}: class folder with no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...); "
+                            "add images or remove the folder")
+        classes = list(per_class)
+        files = [f for n in classes for f in per_class[n]]
+        y = np.concatenate([np.full(len(per_class[n]), k, dtype=np.int64) for k, n in enumerate(classes)])
+        _check_headers(files)
+        return ImageDataset(files, y, preprocess=preprocess, source=f"{folder} (class folders)", classes=classes)
+    files = _images_in(folder)
+    if not files:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES[:5])}, ...) in this folder "
+                        "or in class sub-folders")
+    _check_headers(files)
+    return ImageDataset(files, None, preprocess=preprocess, source=f"{folder} (unlabelled images)")
+
+
+def _arrays(x, y, *, preprocess, input_shape, source: str) -> Dataset:
+    x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    if y is not None:
+        y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+        if y.ndim == 2 and y.shape[1] > 1:  # one-hot
+            y = y.argmax(1)
+        y = y.reshape(-1)
+        if len(y) != len(x):
+            raise DataError(f"{source}: {len(x)} images but {len(y)} labels")
+        if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{source}: labels must be whole class numbers, got {y.dtype} values like {y.flat[0]}")
+        y = y.astype(np.int64)
+    want = tuple(input_shape[1:])
+    if tuple(x.shape) == want:  # a single sample
+        x = x[None]
+    if x.ndim not in (3, 4) or not len(x):
+        raise DataError(f"{source}: array of shape {x.shape} is not a batch of images "
+                        f"(expected N x H x W, N x H x W x C or N x C x H x W; the model takes {tuple(input_shape)})")
+    if x.dtype != np.uint8 and x.ndim == 4:
+        if tuple(x.shape[1:]) == want:
+            return ArrayDataset(x, y, preprocess=preprocess, source=source, passthrough=True)
+        if tuple(x.shape[1:]) == (want[1], want[2], want[0]):
+            return ArrayDataset(x.transpose(0, 3, 1, 2), y, preprocess=preprocess, source=source, passthrough=True)
+    if x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+        raise DataError(f"{source}: samples of shape {x.shape[1:]} do not fit the model's input {tuple(input_shape)}: "
+                        "expected images with 1, 3 or 4 channels (NCHW or NHWC)")
+    if x.dtype != np.uint8:
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if lo < -1e-3 or hi > 1.0 + 1e-3:
+            raise DataError(f"{source}: float pixels range {lo:.3g}..{hi:.3g}; give uint8 (0-255), floats in [0, 1], "
+                            f"or model inputs shaped exactly {tuple(input_shape)} (N first)")
+        x = x.astype(np.float32)
+    return ArrayDataset(x, y, preprocess=preprocess, source=source)
+
+
+def _from_file(path: Path, preprocess, input_shape) -> Dataset:
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable numpy file ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        return _arrays(loaded, None, preprocess=preprocess, input_shape=input_shape, source=str(path))
+    with loaded:
+        xk = next((k for k in _X_KEYS if k in loaded.files), None)
+        if xk is None:
+            raise DataError(f"{path}: no images array (looked for {', '.join(_X_KEYS)}; found {', '.join(loaded.files)})")
+        yk = next((k for k in _Y_KEYS if k in loaded.files), None)
+        x, y = loaded[xk], (loaded[yk] if yk else None)
+    return _arrays(x, y, preprocess=preprocess, input_shape=input_shape, source=str(path))
+
+
+def _from_factory(spec: str, preprocess, input_shape) -> Dataset:
+    mod_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise DataError(f"--data {spec}: cannot import it ({exc}); is it on PYTHONPATH?") from None
+    result = fn()
+    if isinstance(result, dict):
+        return _arrays(result.get("x"), result.get("y"), preprocess=preprocess, input_shape=input_shape, source=spec)
+    if isinstance(result, (tuple, list)) and len(result) == 2 and hasattr(result[0], "shape"):
+        return _arrays(result[0], result[1], preprocess=preprocess, input_shape=input_shape, source=spec)
+    if hasattr(result, "shape"):
+        return _arrays(result, None, preprocess=preprocess, input_shape=input_shape, source=spec)
+    if hasattr(result, "__getitem__") and hasattr(result, "__len__"):
+        if not len(result):
+            raise DataError(f"--data {spec}: the dataset it returned is empty")
+        return TorchDataset(result, input_shape=input_shape, source=spec)
+    raise DataError(f"--data {spec}: returned {type(result).__name__}; return a torch Dataset, an array, or (x, y)")
+
+
+def open_source(spec: str, *, preprocess, input_shape: tuple[int, ...]) -> Dataset:
+    """One dataset from a user ``spec`` (not a built-in name); see the module docstring."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _from_folder(path, preprocess)
+    if path.suffix.lower() in (".npy", ".npz"):
+        return _from_file(path, preprocess, input_shape)
+    if _FACTORY.match(text) and not path.exists():
+        return _from_factory(text, preprocess, input_shape)
+    if not path.exists():
+        from edgeprune.data.builtin import BUILTIN
+
+        raise DataError(f"--data {text}: not found (a folder, a .npy/.npz file, a pkg.module:function factory, "
+                        f"or a built-in data set: {', '.join(BUILTIN)})")
+    raise DataError(f"--data {text}: not a folder of images, a .npy/.npz file or a pkg.module:function factory")
