@@ -150,7 +150,7 @@ def test_reference_model_without_weights_says_how_to_train_it(tmp_path):
 
 def test_models_lists_data_set_and_accuracy(tmp_path):
     proc = _cli("models", "--json", cwd=tmp_path)
-    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    rows = {r["name"]: r for r in json.loads(proc.stdout)["models"]}
     assert rows["mobilenetv2-fmnist"]["dataset"] == "fashion-mnist" and rows["resnet18-fmnist"]["input_shape"] == [1, 3, 64, 64]
     assert rows["digits-cnn"]["dataset"] == "digits"
     assert "train_reference.py" in rows["mobilenetv2-fmnist"]["weights"] or rows["mobilenetv2-fmnist"]["accuracy"]

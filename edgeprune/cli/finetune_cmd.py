@@ -115,20 +115,16 @@ def finetune(model, data, output, teacher, epochs, steps, time_budget, device, l
     Example:
       edgeprune finetune -m out/pruned/model.ept --data fashion-mnist -o out/finetuned --epochs 2
     """
-    from edgeprune.accuracy import AccuracyDropError
     from edgeprune.finetune import finetune_model
 
-    try:
-        with _Bar() as bar:
-            report = finetune_model(
-                model, data=data, output=output, teacher=teacher, epochs=epochs, steps=steps,
-                time_budget=time_budget, device=device, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                temperature=temperature, alpha=alpha, patience=patience, augment=augment, val_data=val_data,
-                val_fraction=val_fraction, normalize=normalize, seed=seed, limit=limit,
-                max_accuracy_drop=max_accuracy_drop, threads=threads, on_event=bar)
-    except AccuracyDropError as exc:
-        emit(exc.report, as_json=as_json, human=_human)
-        raise
+    # Below --max-accuracy-drop, AccuracyDropError carries the report: --json prints it with the error.
+    with _Bar() as bar:
+        report = finetune_model(
+            model, data=data, output=output, teacher=teacher, epochs=epochs, steps=steps,
+            time_budget=time_budget, device=device, lr=lr, optimizer=optimizer, batch_size=batch_size,
+            temperature=temperature, alpha=alpha, patience=patience, augment=augment, val_data=val_data,
+            val_fraction=val_fraction, normalize=normalize, seed=seed, limit=limit,
+            max_accuracy_drop=max_accuracy_drop, threads=threads, on_event=bar)
     emit(report, as_json=as_json, human=_human)
 
 
