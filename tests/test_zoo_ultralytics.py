@@ -30,7 +30,7 @@ if not ultralytics_real.available():
 import numpy as np  # noqa: E402
 
 from edgeprune.export.onnx import export_onnx, run_onnx  # noqa: E402
-from edgeprune.models import load_model  # noqa: E402
+from edgeprune.load import load_model  # noqa: E402
 from edgeprune.models.stats import count_macs_params  # noqa: E402
 from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned  # noqa: E402
 from edgeprune.prune.groups import flat_tensors  # noqa: E402
@@ -71,6 +71,6 @@ def test_real_ultralytics_model_prunes_runs_and_round_trips(name, tmp_path):
     err = max(float(np.abs(r.numpy() - o).max()) for r, o in zip(ref, onnx_out, strict=True))
     assert err <= 1e-4 * scale, (err, scale)
     save_pruned(model, plan, tmp_path / "m.ept", name=name, task="detect")
-    again = load_model(str(tmp_path / "m.ept"))
+    again = load_model(str(tmp_path / "m.ept"), trust_factory=f"tests.zoo.ultralytics_real:{name}")
     for a, b in zip(ref, _outs(again.module, x), strict=True):
         assert torch.equal(a, b)
