@@ -10,6 +10,7 @@ The Python API mirrors the CLI (see :mod:`edgeprune.api`)::
     summary = edgeprune.prune_model("mobilenetv2", target="local", ratio=0.3, output="out/")
     report = edgeprune.export_model(summary["model"], target="local", output="out/")
     edgeprune.bench_model(report.final.path, target="local").latency_ms["p50"]
+    edgeprune.deploy_model("digits-cnn", target="local", speedup=1.5, output="out/")  # all of it, shipped
 """
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ def __getattr__(name: str):
         "ship_model": ("edgeprune.api", "ship_model"),
         "list_releases": ("edgeprune.api", "list_releases"),
         "rollback": ("edgeprune.api", "rollback"),
+        "deploy_model": ("edgeprune.api", "deploy_model"),
     }
     if name in lazy:
         import importlib
@@ -47,5 +49,5 @@ def __getattr__(name: str):
 __all__ = [
     "EdgePruneError", "__version__", "load_profile", "list_profiles", "Profile", "resolve_target",
     "list_models", "load_model", "bench_model", "prune_model", "finetune_model", "load_data", "export_model",
-    "quantize_model", "ship_model", "list_releases", "rollback",
+    "quantize_model", "ship_model", "list_releases", "rollback", "deploy_model",
 ]

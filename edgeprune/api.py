@@ -14,6 +14,8 @@ CLI                                Python
 ``edgeprune export ...``           ``edgeprune.export_model(M, target=T, output=DIR)``
 ``edgeprune quantize ...``         ``edgeprune.quantize_model(M, target=T, output=DIR)``
 (``deploy``'s ship stage)          ``edgeprune.ship_model(ARTIFACT, target=T, verify_inputs=X)``
+``edgeprune deploy -t T ...``      ``edgeprune.deploy_model(M, target=T, speedup=S, output=DIR)``
+``deploy -t T1 -t T2 ...``         ``edgeprune.deploy_model(M, target=[T1, T2], ..., output=DIR)``
 ``edgeprune releases -t T``        ``edgeprune.list_releases(T)``
 ``edgeprune rollback -t T``        ``edgeprune.rollback(T, to=ID)``
 =================================  ====================================================
@@ -126,3 +128,21 @@ def rollback(target: str, *, to: str | None = None, **options: Any):
     from edgeprune.ship import rollback as _rollback
 
     return _rollback(target, to=to, **options)
+
+
+def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLike[str], **options: Any) -> dict:
+    """``edgeprune deploy``: the eight stages to one board or several (see :mod:`edgeprune.deploy`).
+
+    Options have the CLI's names: ``data``, ``val_data``, ``latency_budget``,
+    ``speedup``, ``ratio``, ``max_accuracy_drop`` (default 1.0), ``force``,
+    ``fmt``, ``precision``, ``weights``, ``trust_factory``, ``input_shape``,
+    ``importance``, ``protect``, ``epochs``, ``steps``, ``time_budget``,
+    ``max_rounds``, ``min_keep``, ``threads``, ``host``, ``accept_new_host_key``,
+    ``keep``, ``use_cache``, ``fresh``. One target returns its report dict and
+    raises the failing stage's error (``GateError`` below the gate); several
+    return ``{"ok": ..., "targets": [...]}``, one board's failure never
+    stopping the others.
+    """
+    from edgeprune.deploy import deploy_model as _deploy
+
+    return _deploy(model, target=target, output=output, **options)

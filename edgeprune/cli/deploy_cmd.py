@@ -1,24 +1,135 @@
+"""``edgeprune deploy``: prune, fine-tune, quantize, export, verify and ship, in one resumable run (edgeprune.deploy)."""
+
+from __future__ import annotations
+
+import sys
+
 import click
 
-from edgeprune.cli._common import host_option, json_option, target_option
+from edgeprune.cli._common import emit, host_option, json_option, model_options
+from edgeprune.cli.prune_cmd import _shape
 
 
 @click.command()
-@target_option
+@click.option("--target", "-t", "targets", required=True, multiple=True, metavar="NAME",
+              help="Board to deploy to (a profile or a targets-file entry); repeat for several boards at once.")
+@model_options
+@click.option("--data", "-d", default=None, metavar="D",
+              help="Data for fine-tuning, calibration and the accuracy gate: class folders, .npy/.npz, "
+              "pkg.mod:fn, or fashion-mnist / digits. Default: the model's own data set, if it has one here.")
+@click.option("--val-data", default=None, metavar="D",
+              help="Held-out data for the gate (default: the data set's test split, else a seeded split).")
+@click.option("--latency-budget", type=float, default=None, metavar="MS",
+              help="p50 latency the model must meet on the board, in ms (measured there).")
+@click.option("--speedup", type=float, default=None, metavar="S",
+              help="Budget = the unpruned model's p50 on the board / S.")
+@click.option("--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, metavar="R",
+              help="Remove this fraction of every group's channels instead of a latency budget.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0), default=1.0, show_default=True, metavar="P",
+              help="The gate: ship only if the exported file is at most P points of top-1 below the original "
+              "on held-out data.")
+@click.option("--force", is_flag=True,
+              help="Ship even below the gate or over the budget; the release's manifest records it and why.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
+              help="Artifact format (default: the profile's).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Artifact precision (default: the profile's).")
+@click.option("--input-shape", default=None, callback=_shape, metavar="N,C,H,W",
+              help="Input shape (batch 1); default: the model's own.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn", "taylor"]), default="l1", show_default=True,
+              help="Which channels a group keeps (with data, groups are compared by Taylor sensitivity).")
+@click.option("--protect", multiple=True, metavar="LAYER", help="A layer name never to prune (repeatable).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Fine-tuning passes (default 3).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Fine-tuning optimiser steps instead of epochs.")
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MIN",
+              help="Minutes of fine-tuning instead of epochs.")
+@click.option("--max-rounds", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Closed-loop rounds (plan, prune, export, measure on the board).")
+@click.option("--min-keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+              help="No group keeps less than this fraction of its channels (default 0.25).")
+@click.option("--threads", type=click.IntRange(0, 256), default=0,
+              help="Runtime threads on the board (0 = the runtime's default).")
 @host_option
-@click.option("--model", "-m", required=True, help="Model to deploy (see `edgeprune prune --help`).")
-@click.option("--data", default=None, help="Data for fine-tuning, calibration and accuracy checks.")
-@click.option("--latency-budget", type=float, default=None, metavar="MS", help="Latency budget on the board, in ms.")
-@click.option("--speedup", type=float, default=None, metavar="S", help="Wanted speedup on the board, e.g. 1.5.")
+@click.option("--accept-new-host-key", is_flag=True,
+              help="Record the board's SSH host key the first time (check the fingerprint shown).")
+@click.option("--keep", type=click.IntRange(1), default=3, show_default=True,
+              help="Releases kept on the board (the newest; current is never removed).")
+@click.option("--no-cache", is_flag=True, help="Measure again instead of reusing cached board measurements.")
+@click.option("--fresh", is_flag=True, help="Run every stage again instead of resuming an earlier run in --output.")
+@click.option("--output", "-o", default="deploy-out", show_default=True, metavar="DIR",
+              help="Folder for the stages (DIR/<stage>/), run.json and the report (DIR/report/).")
 @json_option
-def deploy(**_: object) -> None:
-    """Prune, fine-tune, quantize, export and ship a model to a board, in one go.
+def deploy(targets, model, weights, trust_factory, data, val_data, latency_budget, speedup, ratio,
+           max_accuracy_drop, force, fmt, precision, input_shape, importance, protect, epochs, steps,
+           time_budget, max_rounds, min_keep, threads, host, accept_new_host_key, keep, no_cache, fresh,
+           output, as_json) -> None:
+    """Prune, fine-tune, quantize, export, verify and ship a model to a board, in one go.
 
-    Not built yet: run the stages one by one (prune, export, bench).
+    \b
+    Stages (each writes DIR/<stage>/; run.json records them):
+      1 measure        the unpruned model, exported for the board, measured there
+      2 prune          latency-aware: plan, prune, export, measure on the board, correct
+      3 finetune       distillation from the original (when there is data)
+      4 export         the profile's format and precision, every step checked
+      5 verify         the accuracy gate on held-out data (--max-accuracy-drop)
+      6 measure-final  the artifact to ship, measured on the board
+      7 ship           upload, sha256, run held-out inputs on the board, atomic switch
+      8 report         DIR/report/: deploy.json, report.html, report.md
+
+    Run the same command again to resume after an interruption: completed stages are
+    reused (and said so), no completed board measurement is repeated. Below the
+    gate nothing is shipped (exit 2); a budget not met stops before shipping
+    (exit 4); --force ships anyway and records why. With several -t, boards
+    deploy at once into DIR/<target>/; one failing does not stop the others.
+
+    \b
+    Examples:
+      edgeprune deploy -t local -m digits-cnn --speedup 1.5 -o out/
+      edgeprune deploy -t jetson-nano -m my.pkg:build --weights w.pt --data images/ --latency-budget 8
+      edgeprune deploy -t pi-a -t pi-b -t pi-c -m mobilenetv2-fmnist --speedup 2
     """
-    from edgeprune.errors import NotBuiltError
+    from edgeprune.deploy import deploy_model
+    from edgeprune.progress import show
 
-    raise NotBuiltError(
-        "'edgeprune deploy' is not built yet in this version; run the stages one by one: "
-        "edgeprune prune, edgeprune export, edgeprune bench"
+    options = dict(
+        data=data, val_data=val_data, latency_budget=latency_budget, speedup=speedup, ratio=ratio,
+        max_accuracy_drop=max_accuracy_drop, force=force, fmt=fmt, precision=precision, weights=weights,
+        trust_factory=trust_factory, input_shape=input_shape, importance=importance, protect=tuple(protect),
+        epochs=epochs, steps=steps, time_budget=time_budget, max_rounds=max_rounds, min_keep=min_keep,
+        threads=threads, host=host, accept_new_host_key=accept_new_host_key, keep=keep,
+        use_cache=not no_cache, fresh=fresh,
     )
+    command = ["edgeprune", *sys.argv[1:]]
+    with show():
+        result = deploy_model(model, target=list(targets) if len(targets) > 1 else targets[0], output=output,
+                              command=command, **options)
+    if len(targets) == 1:
+        emit(result, as_json=as_json, human=_human_one)
+        return
+    emit(result, as_json=as_json, human=_human_many, ok=result["ok"])
+    if not result["ok"]:
+        raise click.exceptions.Exit(1)
+
+
+def _human_one(rep: dict) -> None:
+    from edgeprune.deploy.report import headline
+
+    click.echo(headline(rep))
+    reused = rep["run"]["reused"]
+    if reused:
+        click.echo(f"reused from an earlier run: {', '.join(reused)}")
+    click.echo(f"board measurements this run: {rep['run']['board_measurements']}; "
+               f"{rep['run']['seconds']:.0f} s")
+    click.echo(f"report: {rep['files']['html']} (and deploy.json, report.md beside it)")
+
+
+def _human_many(summary: dict) -> None:
+    for o in summary["targets"]:
+        if o["ok"]:
+            rep = o["report"]
+            lat = rep.get("latency") or {}
+            click.echo(f"ok      {o['target']}: shipped {o['shipped']} "
+                       f"({lat.get('final_ms') or 0:.4g} ms on the board; {(rep.get('gate') or {}).get('reason')})")
+        else:
+            click.echo(f"FAILED  {o['target']}: {o['error']['message']}")
+    click.echo(f"reports: {summary['output']}/<target>/report/report.html; summary: {summary['output']}/deploy.json")

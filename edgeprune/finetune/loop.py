@@ -9,7 +9,7 @@ One loop, plain values in and out: a student module, a :class:`DataSplit`, a
   learning rate of zero;
 - evaluates on ``split.val`` after every epoch (or every ``eval_every``
   steps): top-1 accuracy when val is labelled, else top-1 agreement with the
-  teacher; keeps the best weights; stops early after ``patience``
+  teacher; keeps the best weights (a tie goes to the later one); stops early after ``patience``
   evaluations without improvement (in the second half of the schedule only);
 - writes checkpoints atomically into ``ckpt_dir``: ``last.pt`` (weights,
   optimiser, position in the epoch, RNG state, history; at every
@@ -278,7 +278,9 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
         entry = {"step": st["step"], "epoch": round(st["step"] / per_epoch, 3), metric: value,
                  "elapsed_s": round(st["elapsed"], 1)}
         st["history"].append(entry)
-        improved = st["best"] is None or value > st["best"]["metric"]
+        # A tie counts as better: later in the cosine schedule at a lower rate, and a small validation
+        # split that saturates (100 % of 143 digits) must not freeze the first checkpoint that reached it.
+        improved = st["best"] is None or value >= st["best"]["metric"]
         if improved:
             st["best"] = {"metric": value, "step": st["step"], "epoch": entry["epoch"]}
             st["bad"] = 0

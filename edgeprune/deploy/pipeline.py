@@ -1,0 +1,647 @@
+"""The eight stages of ``edgeprune deploy`` for one board, resumable, and many boards at once.
+
+See :mod:`edgeprune.deploy` for what each stage does and writes. Each stage
+is a function ``(ctx) -> StageOut`` that writes only into its own folder
+``ctx.root / <stage>`` (through the stages' own staged outputs, so a stage
+interrupted half-way leaves no half-written result that looks finished);
+:func:`_run_stage` around it decides whether a completed earlier run can be
+reused (:mod:`edgeprune.deploy.manifest`), records the outcome, and turns
+Ctrl-C or a failure into a manifest entry that the next run starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeprune._paths import atomic_write_text
+from edgeprune.accuracy import AccuracyDropError, drop_points
+from edgeprune.deploy.manifest import RunManifest, digest
+from edgeprune.errors import BudgetError, EdgePruneError, PruneError
+from edgeprune.progress import note, step
+
+STAGES = ("measure", "prune", "finetune", "export", "verify", "measure-final", "ship", "report")
+DEFAULT_MAX_DROP = 1.0  # points of top-1 on held-out data; the gate
+LATENCY_SLACK = 0.10  # the final artifact may measure this much over the budget before it is flagged
+SHIP_SAMPLES = 32  # held-out inputs run on the board by the ship stage's check
+_CPU = threading.Lock()  # torch-heavy stages of several boards run one at a time on this computer
+
+
+class GateError(AccuracyDropError):
+    """The deployed model is further below its original than ``--max-accuracy-drop`` allows; nothing shipped."""
+
+    kind = "accuracy-gate"
+
+
+@dataclass
+class DeployOptions:
+    """Everything a deploy takes (the CLI's options, the API's keywords); see :func:`deploy_model`."""
+
+    model: str
+    output: str
+    data: str | None = None
+    val_data: str | None = None
+    latency_budget: float | None = None
+    speedup: float | None = None
+    ratio: float | None = None
+    max_accuracy_drop: float = DEFAULT_MAX_DROP
+    force: bool = False
+    fmt: str | None = None
+    precision: str | None = None
+    weights: str | None = None
+    trust_factory: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    importance: str = "l1"
+    protect: tuple[str, ...] = ()
+    epochs: int | None = None
+    steps: int | None = None
+    time_budget: float | None = None
+    max_rounds: int = 3
+    min_keep: float | None = None
+    threads: int = 0
+    host: str | None = None
+    accept_new_host_key: bool = False
+    keep: int = 3
+    use_cache: bool = True
+    fresh: bool = False
+
+    def check(self) -> None:
+        given = [n for n, v in (("--latency-budget", self.latency_budget), ("--speedup", self.speedup),
+                                ("--ratio", self.ratio)) if v is not None]
+        if len(given) != 1:
+            raise PruneError("give exactly one of --latency-budget MS, --speedup S or --ratio R"
+                             + (f" (got {' and '.join(given)})" if given else ""))
+        if not self.max_accuracy_drop >= 0:
+            raise EdgePruneError(f"--max-accuracy-drop {self.max_accuracy_drop}: points of top-1, 0 or more")
+        if self.keep < 1:
+            raise EdgePruneError(f"--keep {self.keep}: keep at least 1 release on the board")
+
+
+@dataclass
+class StageOut:
+    outputs: dict[str, Path] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+    board_measurements: int = 0
+    state: str = "done"
+
+
+@dataclass
+class Ctx:
+    """One board's deploy: its folder, options, manifest and what earlier stages produced."""
+
+    target: str
+    root: Path
+    opts: DeployOptions
+    manifest: RunManifest
+    label: str = ""
+    reused: list[str] = field(default_factory=list)
+    _original: Any = None
+    _split: Any = None
+    _split_done: bool = False
+
+    def dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def result(self, stage: str) -> dict[str, Any]:
+        return self.manifest.stage(stage).get("result") or {}
+
+    def say(self, text: str) -> None:
+        note(f"{self.label}{text}")
+
+    # -- the original model and its data, loaded once per board -------------------
+    def original(self):
+        if self._original is None:
+            from edgeprune.load import load_model
+
+            self._original = load_model(self.opts.model, weights=self.opts.weights,
+                                        input_shape=self.opts.input_shape, trust_factory=self.opts.trust_factory)
+        return self._original
+
+    def split(self):
+        """The data split for this model (``--data`` or its own built-in data set), or None."""
+        if not self._split_done:
+            from edgeprune.data import split_for
+
+            self._split = split_for(self.original(), self.opts.data, val_data=self.opts.val_data)
+            self._split_done = True
+        return self._split
+
+    def data_spec(self) -> str | None:
+        """What the stages are given as ``data``: ``--data``, else the model's built-in data set if here."""
+        if self.opts.data is not None:
+            return self.opts.data
+        if self.split() is None:
+            return None
+        from edgeprune.models import data_info
+
+        return data_info(self.original()).dataset
+
+
+# -- stages ---------------------------------------------------------------------------------
+
+def _bench(ctx: Ctx, artifact: Path, dest: Path):
+    from edgeprune.bench.runner import BenchSettings, bench_target
+    from edgeprune.reach import resolve_target
+
+    reach = resolve_target(ctx.target, host=ctx.opts.host)
+    res = bench_target(reach, artifact, settings=BenchSettings(threads=ctx.opts.threads),
+                       use_cache=ctx.opts.use_cache, accept_new_host_key=ctx.opts.accept_new_host_key)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest, json.dumps(res.to_dict(), indent=2, default=str) + "\n")
+    return res
+
+
+def _artifact_accuracy(report) -> tuple[float | None, dict[str, Any]]:
+    acc = report.accuracy or {}
+    final = report.final
+    value = (acc.get("artifacts") or {}).get(final.step)
+    return value, acc
+
+
+def stage_measure(ctx: Ctx) -> StageOut:
+    """1. The unpruned model, exported in the board's format and precision, measured on the board."""
+    from edgeprune.export.formats import Thresholds
+    from edgeprune.export.pipeline import export
+
+    o = ctx.opts
+    folder = ctx.dir("measure")
+    step(f"{ctx.label}exporting the unpruned model for {ctx.target}")
+    with _CPU:
+        report = export(ctx.original(), target=_profile_name(ctx), output_dir=folder / "export", fmt=o.fmt,
+                        precision=o.precision, data=ctx.data_spec(), val_data=o.val_data,
+                        min_agreement=Thresholds(top1=0.0, cosine=-1.0))  # a timing reference, not shipped
+    art = report.final
+    step(f"{ctx.label}{ctx.target}: measuring the unpruned model")
+    res = _bench(ctx, art.path, folder / "bench.json")
+    value, acc = _artifact_accuracy(report)
+    result = {"p50_ms": res.latency_ms.get("p50"), "p90_ms": res.latency_ms.get("p90"),
+              "format": report.format, "precision": report.precision, "step": art.step,
+              "bytes": art.size_bytes, "file": art.path.name, "cached": res.cached,
+              "runtime": res.runtime, "runtime_version": res.runtime_version,
+              "board": _board_facts(res), "metric": acc.get("metric"), "accuracy": value,
+              "original_accuracy": acc.get("original"), "heldout": acc.get("heldout"),
+              "samples": acc.get("samples")}
+    return StageOut(outputs={"artifact": art.path, "bench": folder / "bench.json"}, result=result,
+                    board_measurements=0 if res.cached else 1,
+                    note=f"unpruned {report.format} {report.precision}: p50 {res.latency_ms.get('p50'):.4g} ms"
+                         + (" (cached measurement)" if res.cached else ""))
+
+
+def stage_prune(ctx: Ctx) -> StageOut:
+    """2. Latency-aware pruning with the closed loop on the board (or ``--ratio``)."""
+    from edgeprune.prune.pipeline import prune_model
+
+    o = ctx.opts
+    folder = ctx.dir("prune")
+    forced_budget = None
+    with _CPU:
+        try:
+            summary = prune_model(
+                # a --ratio plan needs only the board's profile (its alignment); a budget, the board itself
+                o.model, target=ctx.target if o.ratio is None else _profile_name(ctx), output=folder, ratio=o.ratio, latency_budget=o.latency_budget,
+                speedup=o.speedup, weights=o.weights, input_shape=o.input_shape, importance=o.importance,
+                protect=o.protect, fmt=o.fmt, precision=o.precision, max_rounds=o.max_rounds,
+                min_keep=o.min_keep, threads=o.threads, data=ctx.data_spec(), val_data=o.val_data,
+                host=o.host, use_cache=o.use_cache, accept_new_host_key=o.accept_new_host_key,
+                trust_factory=o.trust_factory,
+            )
+        except BudgetError as exc:
+            if not o.force:
+                raise BudgetError(f"{exc}; loosen the budget, or --force to deploy the closest plan") from None
+            forced_budget = str(exc)
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+    lat = summary.get("latency") or {}
+    result = {
+        "latency": {k: lat.get(k) for k in ("budget_ms", "met", "status", "unpruned_ms", "rounds", "budget_from",
+                                             "board_visits", "chosen_round", "table")} if lat else None,
+        "channels": [{"group": g["id"], "channels": g["channels"], "keep": g["keep"]} for g in plan.get("groups", [])],
+        "protected": summary.get("protected") or [],
+        "removed_fraction": summary.get("removed_fraction"), "align": summary.get("align"),
+        "params_before": summary.get("params_before"), "params_after": summary.get("params_after"),
+        "macs_before": summary.get("macs_before"), "macs_after": summary.get("macs_after"),
+        "accuracy_before": summary.get("accuracy_before"), "accuracy_after": summary.get("accuracy_after"),
+        "accuracy_note": summary.get("accuracy_note"), "forced_budget": forced_budget,
+    }
+    if lat:
+        text = lat.get("status") or ""
+    else:
+        text = f"--ratio {o.ratio}: removed {summary.get('removed_fraction', 0):.0%} of prunable channels"
+    return StageOut(outputs={"model": folder / "model.ept", "plan": folder / "plan.json"}, result=result,
+                    board_measurements=int(lat.get("board_visits") or 0) if lat else 0,
+                    note=(f"FORCED: {text}" if forced_budget else text))
+
+
+def stage_finetune(ctx: Ctx) -> StageOut:
+    """3. Fine-tuning with distillation from the original, when there is data."""
+    from edgeprune.finetune import finetune_model
+    from edgeprune.load import load_model
+
+    o = ctx.opts
+    spec = ctx.data_spec()
+    if spec is None:
+        return StageOut(state="skipped", note="no data: give --data (a folder of class folders, .npz, pkg.mod:fn "
+                                              "or a built-in data set) to recover accuracy by fine-tuning")
+    folder = ctx.dir("finetune")
+    pruned = load_model(str(ctx.dir("prune") / "model.ept"), trust_factory=o.trust_factory)
+    step(f"{ctx.label}fine-tuning with distillation on {spec}")
+    with _CPU:
+        rep = finetune_model(pruned, data=spec, val_data=o.val_data, output=folder, teacher=ctx.original(),
+                             epochs=o.epochs, steps=o.steps, time_budget=o.time_budget,
+                             threads=o.threads or None)
+    acc = rep.get("accuracy") or {}
+    result = {"metric": rep.get("metric"), "accuracy": acc, "heldout": rep.get("heldout"),
+              "steps": rep.get("steps"), "epochs": rep.get("epochs"), "best_epoch": rep.get("best_epoch"),
+              "stopped": rep.get("stopped"), "images_per_s": rep.get("images_per_s"),
+              "drop_points": rep.get("drop_points"), "teacher": rep.get("teacher")}
+    text = (f"{rep.get('metric')} pruned {_pct(acc.get('pruned'))} -> fine-tuned {_pct(acc.get('finetuned'))} "
+            f"(original {_pct(acc.get('original'))}) in {rep.get('steps')} steps")
+    return StageOut(outputs={"model": folder / "model.ept", "report": folder / "finetune.json"},
+                    result=result, note=text)
+
+
+def _model_to_export(ctx: Ctx) -> Path:
+    ft = ctx.manifest.stage("finetune")
+    return ctx.dir("finetune" if ft.get("state") == "done" else "prune") / "model.ept"
+
+
+def stage_export(ctx: Ctx) -> StageOut:
+    """4. Quantize and export in the profile's format and precision, accuracy on held-out data."""
+    from edgeprune.export.pipeline import AgreementError, export
+    from edgeprune.load import load_model
+
+    o = ctx.opts
+    folder = ctx.dir("export")
+    model = load_model(str(_model_to_export(ctx)), trust_factory=o.trust_factory)
+    step(f"{ctx.label}exporting the pruned model for {ctx.target}")
+    with _CPU:
+        try:
+            report = export(model, target=_profile_name(ctx), output_dir=folder, fmt=o.fmt, precision=o.precision,
+                            data=ctx.data_spec(), val_data=o.val_data)
+        except AgreementError as exc:
+            raise AgreementError(f"{exc} (the export's report is in {folder}; nothing was shipped)") from None
+    art = report.final
+    value, acc = _artifact_accuracy(report)
+    result = {"artifact": str(art.path), "file": art.path.name, "step": art.step, "sha256": art.sha256,
+              "bytes": art.size_bytes, "format": report.format, "precision": report.precision,
+              "accuracy": acc, "final_accuracy": value, "verdict": report.verdict,
+              "artifacts": [{"step": a.step, "file": a.path.name, "bytes": a.size_bytes,
+                             "top1_agreement": (a.agreement or {}).get("top1"),
+                             "cosine": (a.agreement or {}).get("cosine")} for a in report.artifacts],
+              "warnings": report.warnings}
+    return StageOut(outputs={"artifact": art.path, "report": folder / "export.json"}, result=result,
+                    note=f"{art.step}: {art.size_bytes / 1e6:.3f} MB, {acc.get('metric', 'accuracy')} {_pct(value)}")
+
+
+def stage_verify(ctx: Ctx) -> StageOut:
+    """5. The accuracy gate: the file to ship against the original, on data the fine-tuning never saw."""
+    o = ctx.opts
+    exp = ctx.result("export")
+    acc = exp.get("accuracy") or {}
+    original, final = acc.get("original"), exp.get("final_accuracy")
+    gate: dict[str, Any] = {"max_accuracy_drop": o.max_accuracy_drop, "metric": acc.get("metric"),
+                            "heldout": acc.get("heldout"), "samples": acc.get("samples"),
+                            "original": original, "final": final, "drop": None, "passed": False,
+                            "forced": False, "reason": None}
+    verdict = (exp.get("verdict") or {}).get("status")
+    if original is None or final is None:
+        gate["reason"] = ("no held-out data to measure accuracy on, so the gate cannot be checked: give --data "
+                          "(labelled images the fine-tuning does not see), or --force to ship unchecked")
+    else:
+        drop = drop_points(original, final)
+        gate["drop"] = drop
+        where = f"on {acc.get('samples')} held-out samples ({acc.get('heldout')})"
+        if drop > o.max_accuracy_drop:
+            gate["reason"] = (f"{exp.get('step')} {acc.get('metric')} {final:.4f} vs the original's {original:.4f} "
+                              f"{where}: {drop:.2f} points lost, over --max-accuracy-drop {o.max_accuracy_drop:g}")
+        elif verdict == "failed":
+            gate["reason"] = f"the export's checks failed: {(exp.get('verdict') or {}).get('reason')}"
+        else:
+            gate["passed"] = True
+            gate["reason"] = (f"{exp.get('step')} {acc.get('metric')} {final:.4f} vs the original's {original:.4f} "
+                              f"{where}: " + (f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained")
+                              + f" (at most {o.max_accuracy_drop:g} allowed)")
+    if not gate["passed"]:
+        if not o.force:
+            folder = ctx.dir("verify")
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "gate.json", json.dumps(gate, indent=2) + "\n")
+            raise GateError(f"not shipped: below the accuracy gate: {gate['reason']}; fine-tune longer "
+                            "(--epochs), prune less, or --force to ship anyway", report=gate)
+        gate["forced"] = True
+    folder = ctx.dir("verify")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "gate.json", json.dumps(gate, indent=2) + "\n")
+    text = ("passed: " if gate["passed"] else "FAILED, shipped anyway with --force: ") + str(gate["reason"])
+    return StageOut(outputs={"gate": folder / "gate.json"}, result=gate, note=text)
+
+
+def stage_measure_final(ctx: Ctx) -> StageOut:
+    """6. The artifact to ship, measured on the board interleaved with the unpruned one (one agent run).
+
+    Interleaving (the closed loop's method) puts both under the same load, so
+    the speedup is a ratio measured at one moment, not two measurements taken
+    minutes apart on a board whose load moved.
+    """
+    from edgeprune.bench.batch import BatchSession, BatchSettings
+    from edgeprune.latency.loop import WHOLE
+    from edgeprune.reach import resolve_target
+
+    o = ctx.opts
+    folder = ctx.dir("measure-final")
+    art = Path(ctx.result("export")["artifact"])
+    unpruned = ctx.root / ctx.manifest.stage("measure")["outputs"]["artifact"]["path"]
+    models = {"shipped": art}
+    if unpruned.suffix == art.suffix:  # one agent run takes one format
+        models["unpruned"] = unpruned
+    step(f"{ctx.label}{ctx.target}: measuring the artifact to ship, interleaved with the unpruned one")
+    reach = resolve_target(ctx.target, host=o.host)
+    settings = BatchSettings(**{**WHOLE.__dict__, "threads": o.threads})
+    with BatchSession(reach, settings=settings, accept_new_host_key=o.accept_new_host_key) as board:
+        res = board.measure(models, settings=settings)
+    bad = [f"{k}: {t.error}" for k, t in res.timings.items() if not t.ok]
+    if bad:
+        from edgeprune.errors import AgentError
+
+        raise AgentError(f"{ctx.target}: the board could not run {'; '.join(bad)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "measure.json", json.dumps(asdict(res), indent=2, default=str) + "\n")
+    p50 = res.timings["shipped"].p50_ms
+    same = res.timings["unpruned"].p50_ms if "unpruned" in res.timings else None
+    before = same or ctx.result("measure").get("p50_ms")
+    budget = ((ctx.result("prune").get("latency") or {}).get("budget_ms"))
+    board_facts = dict(res.board or {})
+    board_facts.update(runtime=res.runtime, runtime_version=res.runtime_version, throttled=res.throttled)
+    result = {"p50_ms": round(p50, 5), "unpruned_same_batch_ms": None if same is None else round(same, 5),
+              "speedup": round(before / p50, 3) if before and p50 else None, "budget_ms": budget,
+              "within_budget": None if budget is None else bool(p50 <= budget * (1 + LATENCY_SLACK)),
+              "board": board_facts, "throttled": res.throttled, "other_busy_cores": res.other_busy_cores}
+    text = f"p50 {p50:.4g} ms" + (f", {result['speedup']:.2f}x the unpruned {before:.4g} ms measured beside it"
+                                  if same else "")
+    if budget is not None:
+        text += f"; budget {budget:.4g} ms"
+        if not result["within_budget"]:
+            text += (f": OVER by more than {LATENCY_SLACK:.0%} (the closed loop measured it within; "
+                     "the board may be busier now)")
+    if (res.other_busy_cores or 0) > 0.5:
+        text += f" [contended: other processes used {res.other_busy_cores:.1f} cores meanwhile]"
+    return StageOut(outputs={"measure": folder / "measure.json"}, result=result, board_measurements=1, note=text)
+
+
+def stage_ship(ctx: Ctx) -> StageOut:
+    """7. Ship: staging name, sha256, the held-out inputs run on the board, atomic switch (edgeprune.ship)."""
+    from edgeprune import __version__
+    from edgeprune.export.pipeline import model_sha256
+    from edgeprune.ship import ship_artifact
+
+    o = ctx.opts
+    folder = ctx.dir("ship")
+    exp = ctx.result("export")
+    art = Path(exp["artifact"])
+    x, source = _check_inputs(ctx)
+    gate = ctx.result("verify")
+    manifest = {
+        "source_model": o.model, "source_model_sha256": model_sha256(ctx.original().module),
+        "plan": json.loads((ctx.dir("prune") / "plan.json").read_text(encoding="utf-8")),
+        "profile": _profile_name(ctx), "format": exp.get("format"), "precision": exp.get("precision"),
+        "latency_ms": ctx.result("measure-final").get("p50_ms"),
+        "latency_unpruned_ms": ctx.result("measure").get("p50_ms"),
+        "budget_ms": ctx.result("measure-final").get("budget_ms"),
+        "accuracy": {"metric": gate.get("metric"), "original": gate.get("original"), "shipped": gate.get("final"),
+                     "drop_points": gate.get("drop"), "heldout": gate.get("heldout"), "samples": gate.get("samples")},
+        "forced": bool(gate.get("forced") or ctx.result("prune").get("forced_budget")),
+        "forced_why": "; ".join(r for r in (gate.get("reason") if gate.get("forced") else None,
+                                            ctx.result("prune").get("forced_budget")) if r) or None,
+        "edgeprune_version": __version__, "check_inputs": source,
+    }
+    step(f"{ctx.label}{ctx.target}: shipping {art.name}")
+    res = ship_artifact(art, target=ctx.target, host=o.host, manifest=manifest, verify_inputs=x,
+                        precision=exp.get("precision"), keep=o.keep, accept_new_host_key=o.accept_new_host_key)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "ship.json", json.dumps(res.to_dict(), indent=2, default=str) + "\n")
+    result = {"id": res.release, "target": res.target, "path": res.release_dir, "deploy_dir": res.deploy_dir,
+              "artifact": art.name, "sha256": res.sha256, "format": exp.get("format"),
+              "precision": exp.get("precision"), "previous": res.previous, "removed": res.removed,
+              "kept_releases": o.keep, "check_inputs": source,
+              "verification": {k: v for k, v in (res.check or {}).items() if isinstance(v, (int, float, str, bool))},
+              "forced": manifest["forced"]}
+    return StageOut(outputs={"ship": folder / "ship.json"}, result=result, board_measurements=1,
+                    note=res.summary())
+
+
+STAGE_FUNCS: dict[str, Callable[[Ctx], StageOut]] = {
+    "measure": stage_measure, "prune": stage_prune, "finetune": stage_finetune, "export": stage_export,
+    "verify": stage_verify, "measure-final": stage_measure_final, "ship": stage_ship,
+}
+
+
+def _stage_args(o: DeployOptions, name: str, target: str) -> dict[str, Any]:
+    """The options each stage's result depends on (its part of the resume key)."""
+    model = {"model": o.model, "model_file": _file_sha(o.model), "weights": o.weights,
+             "weights_file": _file_sha(o.weights), "input_shape": o.input_shape, "trust_factory": o.trust_factory}
+    data = {"data": o.data, "data_file": _file_sha(o.data), "val_data": o.val_data}
+    board = {"target": target, "host": o.host, "fmt": o.fmt, "precision": o.precision, "threads": o.threads}
+    return {
+        "measure": {**model, **data, **board},
+        "prune": {"latency_budget": o.latency_budget, "speedup": o.speedup, "ratio": o.ratio,
+                  "importance": o.importance, "protect": list(o.protect), "max_rounds": o.max_rounds,
+                  "min_keep": o.min_keep},
+        "finetune": {"epochs": o.epochs, "steps": o.steps, "time_budget": o.time_budget},
+        "export": {},
+        "verify": {"max_accuracy_drop": o.max_accuracy_drop, "force": o.force},
+        "measure-final": {},
+        "ship": {"keep": o.keep},
+    }[name]
+
+
+def _file_sha(spec: str | None) -> str | None:
+    """A file's sha256 when the spec names a file (an edited model or data file starts the stages over)."""
+    if not spec:
+        return None
+    from edgeprune._paths import sha256_file
+
+    p = Path(str(spec)).expanduser()
+    try:
+        return sha256_file(p) if p.is_file() else None
+    except OSError:
+        return None
+
+
+def _run_stage(ctx: Ctx, name: str, key: str, *, ran: bool) -> tuple[bool, dict[str, Any]]:
+    """Run or reuse stage ``name``; returns (ran, its record). Raises what the stage raised, after recording it."""
+    m = ctx.manifest
+    if not ran and not ctx.opts.fresh and m.reusable(name, key, ctx.root):
+        rec = m.stage(name)
+        ctx.reused.append(name)
+        ctx.say(f"{name}: reused from an earlier run ({rec.get('note') or rec.get('state')})")
+        return False, rec
+    m.start(name, key)
+    t0 = time.perf_counter()
+    step(f"{ctx.label}{name}")
+    try:
+        out = STAGE_FUNCS[name](ctx)
+    except KeyboardInterrupt:
+        m.fail(name, state="interrupted", error="interrupted (Ctrl-C); run the same command again to resume here",
+               seconds=time.perf_counter() - t0)
+        raise
+    except EdgePruneError as exc:
+        m.fail(name, state="failed", error=str(exc), seconds=time.perf_counter() - t0, kind=exc.kind)
+        raise
+    except Exception as exc:
+        m.fail(name, state="failed", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
+        raise
+    rec = m.finish(name, state=out.state, root=ctx.root, outputs=out.outputs, seconds=time.perf_counter() - t0,
+                   result=out.result, note=out.note, board_measurements=out.board_measurements,
+                   run=m.data.get("runs"))
+    ctx.say(f"{name}: {out.note or out.state} ({rec['seconds']:.1f} s)")
+    return True, rec
+
+
+def deploy_one(target: str, root: Path, opts: DeployOptions, *, label: str = "",
+               command: list[str] | None = None) -> dict[str, Any]:
+    """Run the eight stages for one board in ``root``; returns the report dict (also written as deploy.json).
+
+    Raises the failing stage's error after the report of the failed run is written.
+    """
+    from edgeprune.deploy.report import write_report
+
+    root.mkdir(parents=True, exist_ok=True)
+    args = {**{k: v for k, v in asdict(opts).items() if k not in ("output", "fresh")}, "target": target}
+    manifest = RunManifest.load_or_new(root / "run.json", args=args, command=command)
+    ctx = Ctx(target=target, root=root, opts=opts, manifest=manifest, label=label)
+    prev_key, prev_out = "", {}
+    ran = False
+    error: BaseException | None = None
+    t0 = time.perf_counter()
+    try:
+        for i, name in enumerate(STAGES[:-1]):
+            key = digest({"stage": name, "args": _stage_args(opts, name, target), "prev": prev_key,
+                          "prev_outputs": prev_out})
+            did, _ = _run_stage(ctx, name, key, ran=ran)
+            if did and not ran:
+                ran = True
+                manifest.forget_after(list(STAGES[i + 1 : -1]))  # every later stage runs again
+            prev_key, prev_out = key, manifest.output_sha(name)
+    except BaseException as exc:  # the report of a failed or interrupted run is still written
+        error = exc
+    report = write_report(ctx, seconds=time.perf_counter() - t0, error=error)
+    if error is not None:
+        raise error
+    return report
+
+
+def _profile_name(ctx: Ctx) -> str:
+    from edgeprune.reach import resolve_target
+
+    return resolve_target(ctx.target, host=ctx.opts.host).profile.name
+
+
+def _board_facts(res) -> dict[str, Any]:
+    board = dict(res.board or {})
+    board.update(runtime=res.runtime, runtime_version=res.runtime_version, throttled=res.throttled)
+    return board
+
+
+def _pct(v: Any) -> str:
+    return f"{v:.2%}" if isinstance(v, (int, float)) else "-"
+
+
+def _check_inputs(ctx: Ctx):
+    """Held-out inputs for the on-board check, in the artifact's own layout and dtype; and where they came from."""
+    import numpy as np
+
+    art = Path(ctx.result("export")["artifact"])
+    split = ctx.split()
+    if split is not None:
+        n = min(SHIP_SAMPLES, len(split.heldout))
+        x = split.heldout.get(range(n))[0].numpy()
+        source = f"{n} held-out samples ({split.heldout_name})"
+    else:
+        shape = tuple(ctx.original().input_shape)
+        x = np.random.default_rng(0).standard_normal((8, *shape[1:])).astype(np.float32)
+        source = "8 seeded random inputs (no data was given)"
+    return artifact_inputs(art, x), source
+
+
+def artifact_inputs(artifact: Path, x_nchw) -> Any:
+    """NCHW float inputs as ``artifact`` takes them: TFLite's NHWC and (u)int8 quantization, ONNX's dtype."""
+    import numpy as np
+
+    x = np.asarray(x_nchw, dtype=np.float32)
+    if artifact.suffix.lower() == ".tflite":
+        from edgeprune.export.tflite import TFLiteRunner, interpreter
+
+        det = interpreter(artifact, delegates=False).get_input_details()[0]
+        if x.ndim == 4 and tuple(det["shape"][1:]) != tuple(x.shape[1:]):
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        return TFLiteRunner._quant(x, det)
+    from edgeprune.export.onnx import onnx_session
+
+    kind = onnx_session(artifact).get_inputs()[0].type
+    return x.astype(np.float16) if kind == "tensor(float16)" else x
+
+
+# -- many boards ------------------------------------------------------------------------------
+
+def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLike[str],
+                 command: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """Deploy ``model`` to one board or several; see :mod:`edgeprune.deploy`.
+
+    One target: returns its report (``deploy.json``) and raises the failing
+    stage's error (a :class:`GateError` below the gate, ``BudgetError`` for a
+    budget not met, ...). Several: each board in ``output/<target>/``, all at
+    once; returns ``{"ok": all shipped, "targets": [...]}`` (also written as
+    ``output/deploy.json``); one board's failure never stops the others.
+    """
+    targets = [target] if isinstance(target, str) else list(dict.fromkeys(target))
+    if not targets:
+        raise EdgePruneError("give at least one --target")
+    opts = DeployOptions(model=str(model), output=str(output), **options)
+    opts.check()
+    _refuse_bad_output(Path(output))
+    from edgeprune.reach import resolve_target
+
+    for t in targets:  # an unknown board is refused before any work
+        resolve_target(t, host=opts.host)
+    root = Path(output).expanduser()
+    if len(targets) == 1:
+        return deploy_one(targets[0], root, opts, command=command)
+
+    def one(t: str) -> dict[str, Any]:
+        try:
+            rep = deploy_one(t, root / t, opts, label=f"[{t}] ", command=command)
+            return {"target": t, "ok": True, "shipped": (rep.get("release") or {}).get("id"), "report": rep}
+        except EdgePruneError as exc:
+            return {"target": t, "ok": False, "error": {"kind": exc.kind, "message": str(exc),
+                                                        "exit_code": exc.exit_code},
+                    "report": _read_json(root / t / "report" / "deploy.json")}
+
+    with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="edgeprune-deploy") as pool:
+        outcomes = list(pool.map(one, targets))
+    summary = {"ok": all(o["ok"] for o in outcomes), "output": str(root), "targets": outcomes}
+    atomic_write_text(root / "deploy.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _refuse_bad_output(path: Path) -> None:
+    from edgeprune.errors import OutputError
+
+    if not str(path).strip():
+        raise OutputError("--output is empty: name a folder for the deploy's stages and report")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--output {path}: a file is there; name a folder")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,214 @@
+"""Stage 8: the deploy's report, ``report/deploy.json`` (machines), ``report.html`` (people), ``report.md`` (terminals).
+
+Everything comes from the run manifest (:mod:`edgeprune.deploy.manifest`),
+so a resumed run reports the stages it reused exactly as the run that made
+them measured them, and a failed run still gets a report saying where it
+stopped. The dict's layout is what :func:`edgeprune.htmlreport.render_html`
+draws.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeprune import __version__
+from edgeprune._paths import atomic_write_text
+
+
+def build_report(ctx, *, seconds: float, error: BaseException | None) -> dict[str, Any]:
+    from edgeprune.deploy.pipeline import STAGES
+
+    m = ctx.manifest
+    res = {name: m.stage(name).get("result") or {} for name in STAGES}
+    stages = []
+    for name in STAGES[:-1]:
+        rec = m.stage(name)
+        if not rec:
+            stages.append({"name": name, "state": "not run"})
+            continue
+        row = {"name": name, "state": rec.get("state"), "seconds": rec.get("seconds"),
+               "board_measurements": rec.get("board_measurements", 0) if name not in ctx.reused else 0,
+               "reused": name in ctx.reused}
+        if rec.get("note"):
+            row["note"] = ("reused: " if name in ctx.reused else "") + rec["note"]
+        if rec.get("error"):
+            row["error"] = rec["error"]
+        stages.append(row)
+    measure, prune, ft, exp = res["measure"], res["prune"], res["finetune"], res["export"]
+    final, gate, ship = res["measure-final"], res["verify"], res["ship"]
+    lat = prune.get("latency") or {}
+    rounds = [{"round": r.get("round"), "predicted_ms": r.get("predicted_ms"), "measured_ms": r.get("measured_ms"),
+               "budget_ms": r.get("budget_ms", lat.get("budget_ms")), "verdict": r.get("verdict", "")}
+              for r in lat.get("rounds") or []]
+    latency = {"unpruned_ms": final.get("unpruned_same_batch_ms") or measure.get("p50_ms"), "budget_ms": lat.get("budget_ms"),
+               "final_ms": final.get("p50_ms"), "speedup": final.get("speedup"), "rounds": rounds,
+               "loop_unpruned_ms": lat.get("unpruned_ms"), "status": lat.get("status"),
+               "budget_from": lat.get("budget_from")}
+    if not rounds:
+        latency["note"] = (f"pruned with --ratio {ctx.opts.ratio}: no latency budget, no closed loop"
+                           if ctx.opts.ratio is not None else "the closed loop did not run")
+    report = {
+        "ok": error is None and bool(ship.get("id")),
+        "edgeprune_version": __version__,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(m.data.get("command") or []) or None,
+        "target": ctx.target,
+        "output": str(ctx.root),
+        "model": {"name": ctx.opts.model, "weights": ctx.opts.weights},
+        "run": {"runs": m.data.get("runs"), "reused": list(ctx.reused), "seconds": round(seconds, 2),
+                "board_measurements": sum(s.get("board_measurements") or 0 for s in stages)},
+        "stages": stages,
+        "latency": latency,
+        "accuracy": _accuracy_rows(measure, prune, ft, exp),
+        "size": _size_rows(measure, prune, exp),
+        "channels": prune.get("channels") or [],
+        "protected": prune.get("protected") or [],
+        "board": final.get("board") or measure.get("board") or {},
+        "gate": gate or None,
+        "release": ship or None,
+        "warnings": list(exp.get("warnings") or []),
+    }
+    if final.get("within_budget") is False:
+        report["warnings"].append(
+            f"the shipped artifact measured {final.get('p50_ms'):.4g} ms, over the budget of "
+            f"{final.get('budget_ms'):.4g} ms by more than 10 % in the final measurement")
+    if prune.get("forced_budget"):
+        report["warnings"].append(f"deployed with --force although the latency budget was not met: "
+                                  f"{prune['forced_budget']}")
+    if error is not None:
+        report["error"] = {"kind": getattr(error, "kind", "interrupted" if isinstance(error, KeyboardInterrupt)
+                                           else "error"), "message": str(error) or type(error).__name__}
+    return report
+
+
+def _accuracy_rows(measure, prune, ft, exp) -> list[dict[str, Any]]:
+    acc = exp.get("accuracy") or {}
+    metric = acc.get("metric") or measure.get("metric") or ft.get("metric") or "top1"
+    original = acc.get("original") if acc.get("original") is not None else measure.get("original_accuracy")
+    where = f"{acc.get('samples') or measure.get('samples')} held-out ({acc.get('heldout') or measure.get('heldout')})"
+    rows = []
+
+    def add(stage: str, value: Any, split: str = where) -> None:
+        if isinstance(value, (int, float)):
+            rows.append({"stage": stage, "metric": metric, "value": round(float(value), 4), "split": split,
+                         "delta_points": (round((value - original) * 100, 2) if original is not None else None)})
+
+    add("original (PyTorch)", original)
+    add(f"unpruned, {measure.get('step', 'exported')}", measure.get("accuracy"))
+    fta = ft.get("accuracy") or {}
+    ft_where = f"{(ft.get('heldout') or {}).get('samples')} held-out ({(ft.get('heldout') or {}).get('split')})"
+    if fta:
+        add("pruned (PyTorch)", fta.get("pruned"), ft_where)
+        add("BatchNorm recalibrated", fta.get("bn_recalibrated"), ft_where)
+        add("fine-tuned (PyTorch)", fta.get("finetuned"), ft_where)
+    else:
+        add("pruned (PyTorch)", prune.get("accuracy_after"), prune.get("accuracy_note") or where)
+    add(f"shipped, {exp.get('step', 'exported')}", exp.get("final_accuracy"))
+    return rows
+
+
+def _size_rows(measure, prune, exp) -> list[dict[str, Any]]:
+    rows = []
+    if measure:
+        rows.append({"stage": "unpruned", "file": measure.get("file"), "bytes": measure.get("bytes"),
+                     "params": prune.get("params_before"), "macs": prune.get("macs_before")})
+    if prune:
+        rows.append({"stage": "pruned", "file": "model.ept", "bytes": None,
+                     "params": prune.get("params_after"), "macs": prune.get("macs_after")})
+    if exp:
+        rows.append({"stage": "shipped", "file": exp.get("file"), "bytes": exp.get("bytes"),
+                     "params": prune.get("params_after"), "macs": prune.get("macs_after")})
+    return rows
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    """The report for terminals: the verdict first, then the figures."""
+    lines = [f"# edgeprune deploy: {rep['model']['name']} to {rep['target']}", ""]
+    lines += [f"**{headline(rep)}**", ""]
+    lat = rep.get("latency") or {}
+    lines += ["## Latency on the board (p50, measured)", "",
+              f"- unpruned: {_ms(lat.get('unpruned_ms'))}; budget: {_ms(lat.get('budget_ms'))}; "
+              f"shipped: {_ms(lat.get('final_ms'))}; speedup: {_x(lat.get('speedup'))}"]
+    if lat.get("rounds"):
+        lines += ["", "| round | predicted ms | measured ms | budget ms |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['round']} | {_n(r.get('predicted_ms'))} | {_n(r.get('measured_ms'))} | "
+                  f"{_n(r.get('budget_ms'))} |" for r in lat["rounds"]]
+    if rep.get("accuracy"):
+        lines += ["", "## Accuracy per stage", "", "| stage | value | vs original | data |", "|---|---:|---:|---|"]
+        lines += [f"| {r['stage']} | {r['value']:.2%} | "
+                  f"{'-' if r.get('delta_points') is None else format(r['delta_points'], '+.2f') + ' pts'} | "
+                  f"{r.get('split', '')} |" for r in rep["accuracy"]]
+    if rep.get("size"):
+        lines += ["", "## Size per stage", "", "| stage | file | bytes | params | MACs |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {r['stage']} | {r.get('file') or '-'} | {_int(r.get('bytes'))} | {_int(r.get('params'))} | "
+                  f"{_int(r.get('macs'))} |" for r in rep["size"]]
+    if rep.get("channels"):
+        lines += ["", "## Channels kept per group", "", "| group | kept / original |", "|---|---:|"]
+        lines += [f"| {c['group']} | {c['keep']} / {c['channels']} |" for c in rep["channels"]]
+    rel = rep.get("release") or {}
+    if rel.get("id"):
+        lines += ["", "## Release", "", f"- id `{rel['id']}` at `{rel.get('path')}` (sha256 `{rel.get('sha256')}`)",
+                  f"- previous: {rel.get('previous') or 'none'}; on-board check inputs: {rel.get('check_inputs')}"]
+    lines += ["", "## Stages", "", "| stage | state | seconds | board measurements | note |", "|---|---|---:|---:|---|"]
+    for s in rep.get("stages", []):
+        text = (s.get("note") or s.get("error") or "").replace("|", "/")
+        lines.append(f"| {s['name']} | {s['state']} | {_n(s.get('seconds'))} | {s.get('board_measurements', '-')} | "
+                     f"{text} |")
+    if rep.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in rep["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def headline(rep: dict[str, Any]) -> str:
+    """One line: shipped or not, and why (never 'passed' over a failure)."""
+    gate = rep.get("gate") or {}
+    rel = rep.get("release") or {}
+    failed = [s for s in rep.get("stages", []) if s.get("state") in ("failed", "interrupted", "running")]
+    if failed:
+        s = failed[0]
+        return f"NOT shipped: stage {s['name']} {s['state']}: {s.get('error', '')}"
+    if rel.get("id"):
+        lat = rep.get("latency") or {}
+        forced = " with --force (FAILED the accuracy gate)" if gate.get("forced") else ""
+        return (f"Shipped release {rel['id']} to {rep['target']}{forced}: {gate.get('reason')}; "
+                f"{_ms(lat.get('final_ms'))} on the board vs {_ms(lat.get('unpruned_ms'))} unpruned "
+                f"({_x(lat.get('speedup'))})")
+    return "NOT shipped: the run stopped before the ship stage"
+
+
+def write_report(ctx, *, seconds: float, error: BaseException | None) -> dict[str, Any]:
+    """Build the report and write the three files into ``root/report/`` (atomically, each)."""
+    from edgeprune.htmlreport import render_html
+
+    t0 = time.perf_counter()
+    rep = build_report(ctx, seconds=seconds, error=error)
+    folder = ctx.root / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "deploy.json", json.dumps(rep, indent=2, default=str) + "\n")
+    atomic_write_text(folder / "report.html", render_html(rep))
+    atomic_write_text(folder / "report.md", markdown(rep))
+    rep["files"] = {k: str(folder / f) for k, f in (("json", "deploy.json"), ("html", "report.html"),
+                                                   ("markdown", "report.md"))}
+    ctx.manifest.finish("report", state="done", root=ctx.root,
+                        outputs={k: Path(v) for k, v in rep["files"].items()},
+                        seconds=time.perf_counter() - t0, note=headline(rep))
+    return rep
+
+
+def _ms(v: Any) -> str:
+    return f"{v:.4g} ms" if isinstance(v, (int, float)) else "-"
+
+
+def _x(v: Any) -> str:
+    return f"{v:.2f}x" if isinstance(v, (int, float)) else "-"
+
+
+def _n(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) else "-"
+
+
+def _int(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else "-"
