@@ -1,45 +1,41 @@
 #!/usr/bin/env bash
-# Set up edgeprune on this machine, then run the whole job with this machine as the board
-# (--target local), on real labelled data, with accuracy measured at every stage on images
-# that fine-tuning never saw:
-#   1. export the original model, with its accuracy on the held-out test split;
-#   2. prune 30 % of its channels, aligned to the board (accuracy before and after);
-#   3. fine-tune the pruned model by distillation from the original (edgeprune finetune);
-#   4. export the fine-tuned model, failing if it is more than 1.5 points below the original;
-#   5. measure the original and the final model on the board with the on-device agent.
-# The model: mobilenetv2-fmnist (Fashion-MNIST, 64 px) when its trained weights are cached
-# (python benchmarks/train_reference.py), else digits-cnn on scikit-learn's digits (seconds).
-# EDGEPRUNE_MODEL / EDGEPRUNE_DATA choose others. Results land in edgeprune-out/.
+# Set up edgeprune on this machine, then run the main job with this machine as the board:
 #
-# `edgeprune deploy` (all of this in one command) is not built yet: until it is, this runs the
-# stages one by one, as you would by hand.
+#   edgeprune deploy --target local --model MODEL --speedup S ...
+#
+# which measures the unpruned model on the board (the on-device agent), prunes it to a latency
+# budget measured there (closed loop), fine-tunes it by distillation from the original on real
+# labelled data, quantizes and exports it, gates it on accuracy measured on held-out images the
+# fine-tuning never saw (at most 1 point of top-1 below the original), measures the result on the
+# board beside the unpruned one, ships it as a release (sha256, on-board check, atomic switch),
+# and writes a report (edgeprune-out/report/report.html, deploy.json, report.md).
+#
+# The model: mobilenetv2-fmnist (Fashion-MNIST, 64 px) when its trained weights are cached
+# (python benchmarks/train_reference.py, ~30 min on 2 cores); else digits-cnn on scikit-learn's
+# digits, trained in seconds, exported to full-INT8 TFLite (LiteRT's per-call cost is small enough
+# for a model this tiny to show its speedup). EDGEPRUNE_MODEL / EDGEPRUNE_DATA / EDGEPRUNE_OUT choose others.
+# Run it again: every completed stage is reused (run.json), nothing is measured twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 OUT="${EDGEPRUNE_OUT:-edgeprune-out}"
-if [ -z "${EDGEPRUNE_MODEL:-}" ] && python -c "import sys; from edgeprune.models import pretrained_available; from edgeprune.data import available; sys.exit(0 if pretrained_available('mobilenetv2-fmnist') and available('fashion-mnist') else 1)"; then
-  MODEL=mobilenetv2-fmnist; DATA=fashion-mnist; TUNE=(--time-budget 5)
+if [ -n "${EDGEPRUNE_MODEL:-}" ]; then
+  MODEL="$EDGEPRUNE_MODEL"; ARGS=(--speedup 1.5)
+  [ -z "${EDGEPRUNE_DATA:-}" ] || ARGS+=(--data "$EDGEPRUNE_DATA")
+elif python -c "import sys; from edgeprune.models import pretrained_available; from edgeprune.data import available; sys.exit(0 if pretrained_available('mobilenetv2-fmnist') and available('fashion-mnist') else 1)"; then
+  MODEL=mobilenetv2-fmnist; ARGS=(--speedup 1.5 --time-budget 5)
 else
-  MODEL="${EDGEPRUNE_MODEL:-digits-cnn}"; DATA="${EDGEPRUNE_DATA:-digits}"; TUNE=(--epochs 3)
-  [ -n "${EDGEPRUNE_MODEL:-}" ] || echo "quickstart: mobilenetv2-fmnist is not trained here (python benchmarks/train_reference.py, ~30 min): using digits-cnn"
+  MODEL=digits-cnn; ARGS=(--speedup 1.3 --format tflite --precision int8 --threads 1 --max-rounds 4)
+  echo "quickstart: mobilenetv2-fmnist is not trained here (python benchmarks/train_reference.py, ~30 min): using digits-cnn"
 fi
-rm -rf "$OUT"
 
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
 
-step "The board: this machine, figures measured and cached" \
+step "The board: this machine, its figures measured and cached" \
   edgeprune targets show local
-step "Export the original model for the board (ONNX fp32), with its accuracy on held-out data" \
-  edgeprune export --target local --model "$MODEL" --data "$DATA" --output "$OUT/original"
-step "Prune 30 % of the channels, counts aligned to the board (accuracy before and after)" \
-  edgeprune prune --target local --model "$MODEL" --data "$DATA" --ratio 0.3 --output "$OUT/pruned"
-step "Fine-tune the pruned model: distillation from the original, early stopping, checkpoints" \
-  edgeprune finetune --model "$OUT/pruned/model.ept" --data "$DATA" "${TUNE[@]}" --output "$OUT/finetuned"
-step "Export the fine-tuned model, checked against PyTorch and the original; fail beyond 1.5 points" \
-  edgeprune export --target local --model "$OUT/finetuned/model.ept" --data "$DATA" --max-accuracy-drop 1.5 --output "$OUT/export"
-step "Measure the original on the board" \
-  edgeprune bench --target local "$OUT/original/$MODEL.fp32.onnx"
-step "Measure the pruned, fine-tuned model on the board" \
-  edgeprune bench --target local "$OUT/export/$MODEL.fp32.onnx"
-printf '\nDone. Artifacts, reports (report.md) and JSON (export.json, finetune.json, summary.json) are in %s/.\n' "$OUT"
+step "Deploy: measure, prune to a budget measured on the board, fine-tune, quantize, gate, ship, report" \
+  edgeprune deploy --target local --model "$MODEL" "${ARGS[@]}" --output "$OUT"
+step "The releases on the board (the previous ones are kept for rollback)" \
+  edgeprune releases --target local
+printf '\nDone. Open %s/report/report.html; the stages are in %s/<stage>/, their record in %s/run.json.\n' "$OUT" "$OUT" "$OUT"

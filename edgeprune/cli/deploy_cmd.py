@@ -99,10 +99,31 @@ def deploy(targets, model, weights, trust_factory, data, val_data, latency_budge
         threads=threads, host=host, accept_new_host_key=accept_new_host_key, keep=keep,
         use_cache=not no_cache, fresh=fresh,
     )
+    import os
+    import shutil
+    import tempfile
+
+    from edgeprune._paths import cache_dir
+    from edgeprune.cli.export_cmd import _native_output_to
+
     command = ["edgeprune", *sys.argv[1:]]
-    with show():
-        result = deploy_model(model, target=list(targets) if len(targets) > 1 else targets[0], output=output,
-                              command=command, **options)
+    # What TensorFlow, onnx2tf and NNCF print goes to a log (DIR/deploy.log once the run ends);
+    # progress goes to the real stderr, kept open before that redirection.
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fd, log = tempfile.mkstemp(prefix="deploy-", suffix=".log", dir=logs)
+    os.close(fd)
+    progress = os.fdopen(os.dup(2), "w", buffering=1)
+    try:
+        with show(progress), _native_output_to(log):
+            result = deploy_model(model, target=list(targets) if len(targets) > 1 else targets[0],
+                                  output=output, command=command, **options)
+    finally:
+        progress.close()
+        if os.path.isdir(output):
+            shutil.move(log, os.path.join(output, "deploy.log"))
+        else:
+            os.unlink(log)
     if len(targets) == 1:
         emit(result, as_json=as_json, human=_human_one)
         return
@@ -120,7 +141,8 @@ def _human_one(rep: dict) -> None:
         click.echo(f"reused from an earlier run: {', '.join(reused)}")
     click.echo(f"board measurements this run: {rep['run']['board_measurements']}; "
                f"{rep['run']['seconds']:.0f} s")
-    click.echo(f"report: {rep['files']['html']} (and deploy.json, report.md beside it)")
+    click.echo(f"report: {rep['files']['html']} (and deploy.json, report.md beside it; "
+               f"converter output: {rep['output']}/deploy.log)")
 
 
 def _human_many(summary: dict) -> None:
