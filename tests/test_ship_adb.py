@@ -9,6 +9,7 @@ Termux's). It checks our quoting and the ship/rollback flow through adb, not adb
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,23 @@ def test_phone_default_deploy_folder_is_under_data_local_tmp(fake_phone, monkeyp
     monkeypatch.setenv("EDGEPRUNE_TARGETS", str(fake_phone / "t2.toml"))
     assert deploy_dir_for(resolve_target("phone2")) == "/data/local/tmp/edgeprune-deploy"
     assert deploy_dir_for(resolve_target("phone2")) != resolve_target("phone2").workdir
+
+
+@pytest.mark.timeout(900)
+def test_deploy_to_a_phone_through_adb(fake_phone):
+    """The whole deploy to a (FAKE adb) phone: full-INT8 TFLite, gate, release under its deploy folder."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("tensorflow")
+    from edgeprune.deploy import deploy_model
+    from edgeprune.prune.threads import one_thread
+
+    with one_thread():
+        rep = deploy_model("digits-cnn", target="phone", ratio=0.3, steps=120, output=fake_phone / "out")
+    assert rep["ok"] and rep["gate"]["passed"]
+    rel = rep["release"]
+    assert (rel["format"], rel["precision"]) == ("tflite", "int8") and rel["verification"]["passed"]
+    deploy = fake_phone / "data-local-tmp" / "edgeprune-deploy"
+    assert (deploy / "current").resolve() == deploy / "releases" / rel["id"]
+    assert (deploy / "current" / "model.tflite").read_bytes() == Path(
+        rep["output"], "export", rel["artifact"]).read_bytes()
+    assert rep["board"]["runtime"] == "litert"
