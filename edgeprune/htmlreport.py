@@ -42,6 +42,7 @@ table{border-collapse:collapse;background:#fff;margin:6px 0 10px;min-width:50%}
 th,td{border:1px solid #d8dde3;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f4;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:flex;flex-wrap:wrap;gap:16px}.card{display:inline-block;background:#fff;border:1px solid #d8dde3;border-radius:6px;padding:10px}
+.card svg{display:block}
 svg text{font:11px 'DejaVu Sans',sans-serif;fill:#1d232a}
 code{background:#eef1f4;padding:1px 4px;border-radius:3px}
 ul.warnings li{margin:2px 0}
@@ -95,7 +96,11 @@ def _nice_max(value: float) -> float:
 
 def bar_chart(labels: Sequence[str], series: dict[str, Sequence[float | None]], *, title: str,
               unit: str = "", width: int = 480, height: int = 240, ymin: float | None = None) -> str:
-    """Grouped vertical bars, one group per label, one colour per series (inline SVG)."""
+    """Grouped vertical bars, one group per label, one colour per series (inline SVG).
+
+    ``height`` sets the plot area (``height - 88`` px); the SVG is as tall as its labels need.
+    Labels wrap onto two lines to fit their slot; a missing value is marked "n/a".
+    """
     values = [v for vs in series.values() for v in vs if isinstance(v, (int, float))]
     if not labels or not values:
         return ""
@@ -103,11 +108,15 @@ def bar_chart(labels: Sequence[str], series: dict[str, Sequence[float | None]], 
     bottom = ymin if ymin is not None else 0.0
     if bottom >= top:
         bottom = 0.0
-    left, right, tpad, bpad = 64, 10, 26, 62
-    pw, ph = width - left - right, height - tpad - bpad
+    left, right, tpad = 64, 10, 26
+    pw, ph = width - left - right, height - tpad - 62
     n, k = len(labels), max(len(series), 1)
     slot = pw / n
     bw = max(4.0, slot * 0.8 / k)
+    wrapped = [_wrap(label, max(4, int(slot / 6.6))) for label in labels]
+    lines = max(len(w) for w in wrapped)
+    legend = len(series) > 1
+    height = int(tpad + ph + 8 + 14 * lines + (22 if legend else 4))
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
            f'aria-label="{_e(title)}"><text x="{left}" y="16" font-weight="bold">{_e(title)}</text>']
     for i in range(5):
@@ -119,16 +128,21 @@ def bar_chart(labels: Sequence[str], series: dict[str, Sequence[float | None]], 
         colour = PALETTE[j % len(PALETTE)]
         for i, v in enumerate(vs):
             if not isinstance(v, (int, float)):
+                x = left + i * slot + (slot - bw * k) / 2 + (j + 0.5) * bw
+                out.append(f'<text x="{x:.1f}" y="{tpad + ph - 4}" text-anchor="middle" fill="#8a949e">n/a'
+                           f'<title>{_e(name)} {_e(labels[i])}: no figure</title></text>')
                 continue
             frac = (max(min(v, top), bottom) - bottom) / (top - bottom)
             x = left + i * slot + (slot - bw * k) / 2 + j * bw
             h = ph * frac
             out.append(f'<rect x="{x:.1f}" y="{tpad + ph - h:.1f}" width="{bw:.1f}" height="{h:.1f}" '
                        f'fill="{colour}"><title>{_e(name)} {_e(labels[i])}: {_num(v, ".4g")}{_e(unit)}</title></rect>')
-    for i, label in enumerate(labels):
+    for i, (label, rows) in enumerate(zip(labels, wrapped, strict=True)):
         x = left + i * slot + slot / 2
-        out.append(f'<text x="{x:.1f}" y="{tpad + ph + 14}" text-anchor="middle">{_e(_short(label, 16))}</text>')
-    if len(series) > 1:
+        spans = "".join(f'<tspan x="{x:.1f}" dy="{0 if r == 0 else 13}">{_e(line)}</tspan>'
+                        for r, line in enumerate(rows))
+        out.append(f'<text x="{x:.1f}" y="{tpad + ph + 14}" text-anchor="middle"><title>{_e(label)}</title>{spans}</text>')
+    if legend:
         x = left
         for j, name in enumerate(series):
             out.append(f'<rect x="{x}" y="{height - 16}" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
@@ -219,6 +233,20 @@ def _short(text: Any, n: int) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1):]
 
 
+def _wrap(text: Any, n: int) -> list[str]:
+    """``text`` on at most two lines of about ``n`` characters, broken at spaces; the rest elided."""
+    words, lines = str(text).split(), [""]
+    for word in words:
+        if lines[-1] and len(lines[-1]) + 1 + len(word) > n:
+            if len(lines) == 2:
+                lines[-1] += " " + word  # elided below
+                continue
+            lines.append(word)
+        else:
+            lines[-1] = f"{lines[-1]} {word}" if lines[-1] else word
+    return [line if len(line) <= n else line[:n - 1] + "…" for line in lines]
+
+
 # -- the page ------------------------------------------------------------------------
 
 
@@ -270,11 +298,18 @@ def _section_latency(rep: dict[str, Any]) -> str:
         parts.append(f'<div class="card">{chart}</div>')
         parts.append(_table(["round", "predicted ms", "measured ms", "budget ms", "within"],
                             [[r.get("round"), _num(r.get("predicted_ms"), ".4g"), _num(r.get("measured_ms"), ".4g"),
-                              _num(r.get("budget_ms"), ".4g"), r.get("verdict", "")] for r in rounds],
+                              _num(r.get("budget_ms"), ".4g"), r.get("verdict") or _within(r)] for r in rounds],
                             numeric=(0, 1, 2, 3)))
     elif lat.get("note"):
         parts.append(f"<p>{_e(lat['note'])}</p>")
     return "".join(parts)
+
+
+def _within(r: dict[str, Any]) -> str:
+    m, b = r.get("measured_ms"), r.get("budget_ms")
+    if not (isinstance(m, (int, float)) and isinstance(b, (int, float))):
+        return "-"
+    return "yes" if m <= b else "no (over)"
 
 
 def _section_accuracy(rep: dict[str, Any]) -> str:
@@ -286,8 +321,8 @@ def _section_accuracy(rep: dict[str, Any]) -> str:
     vals = [r.get("value") for r in rows]
     nums = [v for v in vals if isinstance(v, (int, float))]
     ymin = max(0.0, math.floor((min(nums) - 0.05) * 20) / 20) if nums else 0.0
-    chart = bar_chart(labels, {metric: vals}, title=f"{metric} per stage ({rows[0].get('split', 'held-out')})",
-                      ymin=ymin)
+    chart = bar_chart(labels, {metric: vals}, title=f"{metric} per stage: {rows[0].get('split', 'held-out')}",
+                      ymin=ymin, width=max(480, 74 + 100 * len(labels)))
     table = _table(["stage", "metric", "value", "vs original", "data"],
                    [[r.get("stage"), r.get("metric"), _pct(r.get("value")),
                      _num(r.get("delta_points"), "+.2f", " pts") if r.get("delta_points") is not None else "-",
@@ -304,7 +339,7 @@ def _section_size(rep: dict[str, Any]) -> str:
     for key, title, scale, unit in (("bytes", "file size", 1e-6, " MB"), ("params", "parameters", 1e-6, " M"),
                                     ("macs", "MACs", 1e-6, " M")):
         vals = [r[key] * scale if isinstance(r.get(key), (int, float)) else None for r in rows]
-        chart = bar_chart(labels, {title: vals}, title=f"{title} per stage", unit=unit, width=330)
+        chart = bar_chart(labels, {title: vals}, title=f"{title} per stage", unit=unit, width=310)
         if chart:
             charts.append(f'<div class="card">{chart}</div>')
     table = _table(["stage", "file", "size", "params", "MACs"],
@@ -334,7 +369,8 @@ def _section_board(rep: dict[str, Any]) -> str:
         return ""
     keys = ("hostname", "model", "machine", "cpu_model", "cores", "cpu_quota", "governor", "freq_mhz",
             "memory_total_mb", "os", "python", "runtime", "runtime_version", "threads")
-    rows = [[k, board[k]] for k in keys if board.get(k) not in (None, "")]
+    rows = [[k, _num(board[k], ".6g") if isinstance(board[k], float) else board[k]]
+            for k in keys if board.get(k) not in (None, "")]
     temps = board.get("temperatures_c") or {}
     if temps:
         rows.append(["temperatures", ", ".join(f"{k} {v:.0f} °C" for k, v in list(temps.items())[:6]
@@ -354,7 +390,7 @@ def _section_release(rep: dict[str, Any]) -> str:
     if ver:
         rows.append(["on-board check", ", ".join(f"{k} {v}" for k, v in ver.items()
                                                  if isinstance(v, (int, float, str, bool)))])
-    return "<h2>The release shipped</h2>" + _table(["", ""], rows)
+    return "<h2>The release shipped</h2>" + _table(["field", "value"], rows)
 
 
 def _section_stages(rep: dict[str, Any]) -> str:

@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EDGEPRUNE_EXTRAS="all,test" bash scripts/setup.sh
-# The SSH test farm needs sshd, nftables and iproute2 (root: installs them; else the
-# farm falls back to an unprivileged sshd on loopback where it can).
+# The SSH test farm needs sshd, nftables and iproute2, the HTML report's test Chromium
+# (root: installs them; else the farm falls back to an unprivileged sshd on loopback
+# where it can, and the browser test skips).
 if [ -f scripts/install-farm-deps.sh ]; then
   bash scripts/install-farm-deps.sh
 fi
