@@ -318,7 +318,7 @@ def stage_verify(ctx: Ctx) -> StageOut:
     else:
         drop = drop_points(original, final)
         gate["drop"] = drop
-        where = f"on {acc.get('samples')} held-out samples ({acc.get('heldout')})"
+        where = f"on {acc.get('samples')} held-out samples, {acc.get('heldout')}"
         if drop > o.max_accuracy_drop:
             gate["reason"] = (f"{exp.get('step')} {acc.get('metric')} {final:.4f} vs the original's {original:.4f} "
                               f"{where}: {drop:.2f} points lost, over --max-accuracy-drop {o.max_accuracy_drop:g}")

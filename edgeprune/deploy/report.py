@@ -88,7 +88,7 @@ def _accuracy_rows(measure, prune, ft, exp) -> list[dict[str, Any]]:
     acc = exp.get("accuracy") or {}
     metric = acc.get("metric") or measure.get("metric") or ft.get("metric") or "top1"
     original = acc.get("original") if acc.get("original") is not None else measure.get("original_accuracy")
-    where = f"{acc.get('samples') or measure.get('samples')} held-out ({acc.get('heldout') or measure.get('heldout')})"
+    where = f"{acc.get('samples') or measure.get('samples')} held-out: {acc.get('heldout') or measure.get('heldout')}"
     rows = []
 
     def add(stage: str, value: Any, split: str = where) -> None:
@@ -99,7 +99,7 @@ def _accuracy_rows(measure, prune, ft, exp) -> list[dict[str, Any]]:
     add("original (PyTorch)", original)
     add(f"unpruned, {measure.get('step', 'exported')}", measure.get("accuracy"))
     fta = ft.get("accuracy") or {}
-    ft_where = f"{(ft.get('heldout') or {}).get('samples')} held-out ({(ft.get('heldout') or {}).get('split')})"
+    ft_where = f"{(ft.get('heldout') or {}).get('samples')} held-out: {(ft.get('heldout') or {}).get('split')} split"
     if fta:
         add("pruned (PyTorch)", fta.get("pruned"), ft_where)
         add("BatchNorm recalibrated", fta.get("bn_recalibrated"), ft_where)
