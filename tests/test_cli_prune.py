@@ -146,7 +146,7 @@ def test_models_lists_the_builtins(capsys):
     code, out, _ = run(capsys, "models", "--json")
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)["models"]}
-    assert set(rows) == {"resnet18", "mobilenetv2", "yolo-small", "digits-cnn", "mobilenetv2-fmnist",
+    assert set(rows) == {"resnet18", "mobilenetv2", "yolo-small", "digits-cnn", "fmnist-cnn", "mobilenetv2-fmnist",
                          "resnet18-fmnist"}
     assert rows["yolo-small"]["task"] == "detect" and rows["resnet18"]["params"] == 11689512
     code, out, _ = run(capsys, "models")

@@ -112,3 +112,17 @@ def test_a_board_that_slows_down_between_visits_keeps_one_table_level(cache, tmp
     assert drifting.drift and all(d == pytest.approx(1 / 1.4, rel=1e-3) for d in drifting.drift)
     for k, e in steady.entries.items():
         assert drifting.entries[k].ms == pytest.approx(e.ms, rel=1e-9), k
+
+
+def test_a_speedup_is_judged_in_the_same_batch_when_the_board_slows_down(cache):
+    """A board 1.4x slower after its first visit: --speedup (relative) is met by the speedup measured
+    beside the unpruned model; an absolute --latency-budget is not met by a board that got slower."""
+    r = plan_for_budget(lm(), target="local", speedup=1.6, board=FakeFormulaBoard(slower_after_first_visit=1.4))
+    assert r.met is True and "faster than the unpruned model in the same batch" in r.status
+    chosen = next(x for x in r.rounds if x["round"] == r.info["chosen_round"])
+    assert chosen["measured_ms"] > r.budget_ms >= chosen["judged_ms"]  # raw p50 over, same-batch speedup met
+    assert chosen["speedup_same_batch"] >= 1.6 * 0.999 and chosen["judged_by"] == "speedup in the same batch"
+    absolute = plan_for_budget(lm(), target="local", latency_budget=r.budget_ms,
+                               board=FakeFormulaBoard(slower_after_first_visit=1.4))
+    assert all(x["judged_ms"] == x["measured_ms"] for x in absolute.rounds)
+    assert absolute.met is False and "was not met" in absolute.status

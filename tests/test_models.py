@@ -26,6 +26,7 @@ def test_builtin_names_and_shapes():
         "mobilenetv2",
         "yolo-small",
         "digits-cnn",
+        "fmnist-cnn",
         "mobilenetv2-fmnist",
         "resnet18-fmnist",
     ]
@@ -78,6 +79,25 @@ def test_digits_cnn_trains_caches_and_is_accurate(tmp_path, monkeypatch):
     assert acc >= 0.95, acc
     again = build_digits_cnn(pretrained=True)  # from the cache, same weights
     assert digits_accuracy(again) == acc
+
+
+def test_fmnist_cnn_prunes_and_says_how_to_get_its_data(monkeypatch, tmp_path):
+    """The quick start's model: prunable at 50 % (its training, about a minute, is run by the quick start
+    and bench_deploy, not here); without Fashion-MNIST it names the fetch script."""
+    from edgeprune.errors import ModelError
+    from edgeprune.models import pretrained_available
+    from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_
+
+    model = build("fmnist-cnn", pretrained=False)
+    x = example_input((1, 1, 28, 28))
+    groups = prunable_groups(model, x)
+    assert len(groups) == 4  # the stem and the head's input are protected
+    prune_(model, ChannelPlan.uniform(groups, 0.5, align=8, input_shape=(1, 1, 28, 28)), x=x)
+    assert model(x).shape == (1, 10)
+    monkeypatch.setenv("EDGEPRUNE_DATA_DIR", str(tmp_path / "nodata"))
+    assert not pretrained_available("fmnist-cnn")
+    with pytest.raises(ModelError, match="bash scripts/fetch-data.sh fashion-mnist"):
+        build("fmnist-cnn")
 
 
 # -- --model specs and bad files -------------------------------------------

