@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _results import machine_line, write_section  # noqa: E402
 
-QUICK = "--speedup 1.5 --precision int8 --threads 1 --time-budget 2"
+QUICK = "--speedup 1.5 --format tflite --precision int8 --threads 1 --time-budget 2"
 
 
 def loadavg() -> str:

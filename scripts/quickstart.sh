@@ -11,7 +11,8 @@
 # and writes a report (edgeprune-out/report/report.html, deploy.json, report.md).
 #
 # The model: fmnist-cnn, a small CNN for Fashion-MNIST (28 px, 11 M MACs) that trains on first use in
-# about a minute (87 % top-1 on the 10,000 held-out test images), deployed as ONNX INT8 on one thread.
+# about a minute (87 % top-1 on the 10,000 held-out test images), deployed as full-INT8 TFLite (LiteRT,
+# one thread), what a Raspberry Pi or a phone runs.
 # EDGEPRUNE_MODEL (e.g. mobilenetv2-fmnist once python benchmarks/train_reference.py has trained it,
 # ~30 min on 2 cores) / EDGEPRUNE_DATA / EDGEPRUNE_OUT choose others.
 # Run it again: every completed stage is reused (run.json), nothing is measured twice.
@@ -24,7 +25,7 @@ if [ -n "${EDGEPRUNE_MODEL:-}" ]; then
   MODEL="$EDGEPRUNE_MODEL"; ARGS=(--speedup 1.5)
   [ -z "${EDGEPRUNE_DATA:-}" ] || ARGS+=(--data "$EDGEPRUNE_DATA")
 else
-  MODEL=fmnist-cnn; ARGS=(--speedup 1.5 --precision int8 --threads 1 --time-budget 2)
+  MODEL=fmnist-cnn; ARGS=(--speedup 1.5 --format tflite --precision int8 --threads 1 --time-budget 2)
 fi
 
 step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
