@@ -129,10 +129,10 @@ def main() -> None:
         f"**Resume**: the same command in a new folder, interrupted with SIGINT (Ctrl-C) after "
         f"{interrupted_s:.1f} s, at the `{stopped}` stage; then run again: **{resumed_s:.1f} s** "
         f"({cold_s - resumed_s:.1f} s, {1 - resumed_s / cold_s:.0%}, less than the cold run), "
-        f"{resumed['run']['board_measurements']} board measurements, reused: {', '.join(resumed['run']['reused'])}. "
+        f"{resumed['run']['board_measurements']} board measurement(s); reused: {', '.join(resumed['run']['reused'])}. "
         "(The interrupted run itself had the caches of the cold one: latency table and bench results.)",
         "",
-        "| stage | state | wall s | board measurements |",
+        "| stage | state | wall s (a reused stage: the run that made it) | board measurements this run |",
         "|---|---|---:|---:|",
         *stage_rows(resumed),
     ]
