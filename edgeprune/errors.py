@@ -93,11 +93,23 @@ class ShipCheckError(ShipError):
 
 
 class BudgetError(EdgePruneError):
-    """A latency budget or speedup cannot be met on the target (exit 4: measured, not met)."""
+    """A latency budget or speedup cannot be met on the target (exit 4: measured, not met).
+
+    ``result``: what was written anyway (prune's summary), printed beside the
+    error with ``--json`` so that a pipeline sees every round.
+    """
 
     exit_code = 4
 
     kind = "budget"
+
+    def __init__(self, message: str = "", *, details: dict[str, Any] | None = None,
+                 result: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.result = dict(result or {})
+
+    def json_result(self) -> dict[str, Any]:
+        return self.result
 
 
 class MissingDependencyError(EdgePruneError):

@@ -160,7 +160,7 @@ def prune_model(
             verify=verify, data=data, val_data=val_data, normalize=normalize, budget=budget,
         )
     if latency is not None and latency.met is False:  # raised after the result is in place
-        raise BudgetError(f"{latency.status} (written anyway: {summary['summary']})")
+        raise BudgetError(f"{latency.status} (written anyway: {summary['summary']})", result=summary)
     return summary
 
 
