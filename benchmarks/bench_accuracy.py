@@ -97,8 +97,13 @@ def edgeprune_uniform(lm, ratio: float, precision: str) -> nn.Module:
     return model
 
 
-def edgeprune_latency_aware(lm, budget_ms: float, runtime: str):
-    """edgeprune's latency-aware allocation for ``budget_ms`` on ``runtime``, or None where it is not built yet."""
+def edgeprune_latency_aware(lm, budget_ms: float, runtime: str, *, fraction: float | None = None):
+    """edgeprune's latency-aware allocation for the budget on ``runtime``.
+
+    The budgets are fractions of the unpruned p50, so edgeprune is asked as a user would ask it:
+    ``--speedup 1/fraction``, judged by the closed loop against the unpruned model measured in the same
+    batch (its agent runs: rounds of interleaved runs). The row's own figure is then measured by this
+    benchmark's method for every row alike (bench_model, 100 runs, median of --repeats)."""
     import tempfile
 
     from edgeprune.errors import BudgetError
@@ -108,7 +113,9 @@ def edgeprune_latency_aware(lm, budget_ms: float, runtime: str):
     fmt, precision = RUNTIMES[runtime]
     with tempfile.TemporaryDirectory() as out:
         try:
-            prune_model(lm.base, target="local", output=out, latency_budget=budget_ms, fmt=fmt, precision=precision)
+            # threads=1: Bench.latency measures on one thread
+            budget = {"speedup": 1.0 / fraction} if fraction else {"latency_budget": budget_ms}
+            prune_model(lm.base, target="local", output=out, fmt=fmt, precision=precision, threads=1, **budget)
         except BudgetError as exc:  # the closest plan is written; the row's own measurement shows the miss
             print(f"  edgeprune: {exc}", flush=True)
         return load_model(str(Path(out) / "model.ept")).module
@@ -254,7 +261,7 @@ def run_family(name: str, bench: Bench, args) -> dict:
                 planner = PLANNERS[pname]
                 label, module, ratio = planner.label, None, None
                 if planner.by_budget is not None:
-                    module = planner.by_budget(lm, budget, runtime)
+                    module = planner.by_budget(lm, budget, runtime, fraction=b)
                 if module is None:
                     label = UNIFORM_LABEL if pname == "edgeprune" else planner.label
                     fits = [(r, ms, m) for r, ms, m in measured[pname] if ms <= budget]
