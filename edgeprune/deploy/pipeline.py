@@ -331,17 +331,13 @@ def stage_verify(ctx: Ctx) -> StageOut:
             gate["reason"] = (f"{exp.get('step')} {acc.get('metric')} {final:.4f} vs the original's {original:.4f} "
                               f"{where}: " + (f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained")
                               + f" (at most {o.max_accuracy_drop:g} allowed)")
-    if not gate["passed"]:
-        if not o.force:
-            folder = ctx.dir("verify")
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(folder / "gate.json", json.dumps(gate, indent=2) + "\n")
-            raise GateError(f"not shipped: below the accuracy gate: {gate['reason']}; fine-tune longer "
-                            "(--epochs), prune less, or --force to ship anyway", report=gate)
-        gate["forced"] = True
+    gate["forced"] = not gate["passed"] and o.force
     folder = ctx.dir("verify")
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "gate.json", json.dumps(gate, indent=2) + "\n")
+    if not gate["passed"] and not o.force:
+        raise GateError(f"not shipped: below the accuracy gate: {gate['reason']}; fine-tune longer "
+                        "(--epochs), prune less, or --force to ship anyway", report=gate)
     text = ("passed: " if gate["passed"] else "FAILED, shipped anyway with --force: ") + str(gate["reason"])
     return StageOut(outputs={"gate": folder / "gate.json"}, result=gate, note=text)
 
@@ -384,14 +380,12 @@ def stage_measure_final(ctx: Ctx) -> StageOut:
     # judged as the closed loop judges: --speedup is relative, so by the speedup measured in this batch
     relative = bool(same and lat.get("unpruned_ms") and str(lat.get("budget_from", "")).startswith("speedup"))
     judged = p50 * lat["unpruned_ms"] / same if relative else p50
-    board_facts = dict(res.board or {})
-    board_facts.update(runtime=res.runtime, runtime_version=res.runtime_version, throttled=res.throttled)
     result = {"p50_ms": round(p50, 5), "unpruned_same_batch_ms": None if same is None else round(same, 5),
               "speedup": round(before / p50, 3) if before and p50 else None, "budget_ms": budget,
               "judged_ms": round(judged, 5),
               "judged_by": "speedup in the same batch" if relative else "measured p50",
               "within_budget": None if budget is None else bool(judged <= budget * (1 + LATENCY_SLACK)),
-              "board": board_facts, "throttled": res.throttled, "other_busy_cores": res.other_busy_cores}
+              "board": _board_facts(res), "throttled": res.throttled, "other_busy_cores": res.other_busy_cores}
     text = f"p50 {p50:.4g} ms" + (f", {result['speedup']:.2f}x the unpruned {before:.4g} ms measured beside it"
                                   if same else "")
     if budget is not None:
