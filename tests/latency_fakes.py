@@ -52,10 +52,13 @@ class FakeFormulaBoard:
 
     def __init__(self, *, block: int = 32, per_call_ms: float = 0.02, graph_factor: float = 1.25,
                  per_node_ms: float = 0.004, board_id: str = "fake-board-1",
-                 slower_after_first_visit: float = 1.0) -> None:
+                 slower_after_first_visit: float = 1.0, area_factor: dict[int, float] | None = None) -> None:
         self.block, self.per_call, self.graph_factor, self.per_node = block, per_call_ms, graph_factor, per_node_ms
         self.board_id = board_id
         self.slower = slower_after_first_visit  # a board that gets busier/hotter after the first visit
+        # in a whole model, a conv whose input has this many pixels costs this factor times its cost alone
+        # (a layer alone is not a layer in a graph: layout reorders, weights hot in cache)
+        self.area_factor = dict(area_factor or {})
         self.visits = 0
         self.models_seen = 0
 
@@ -78,14 +81,15 @@ class FakeFormulaBoard:
         shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
                   for v in list(g.value_info) + list(g.output) + list(g.input)}
         inits = {i.name: numpy_helper.to_array(i).shape for i in g.initializer}
-        ms, nodes = 0.0, 0
+        ms, nodes, whole = 0.0, 0, len(g.node) > 1
         for n in g.node:
             nodes += 1
             if n.op_type == "Conv":
                 cout, cin_g, k, _ = inits[n.input[1]]
                 groups = next((a.i for a in n.attribute if a.name == "group"), 1)
-                out = shapes[n.output[0]]
-                ms += self.conv_ms(cin_g * groups, cout, k, groups, out[2] * out[3])
+                out, inp = shapes[n.output[0]], shapes[n.input[0]]
+                f = self.area_factor.get(inp[2] * inp[3], 1.0) if whole else 1.0
+                ms += f * self.conv_ms(cin_g * groups, cout, k, groups, out[2] * out[3])
             elif n.op_type == "Gemm":
                 cout, cin = inits[n.input[1]]
                 ms += self.conv_ms(cin, cout, 1, 1, 1)

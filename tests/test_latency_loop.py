@@ -126,3 +126,26 @@ def test_a_speedup_is_judged_in_the_same_batch_when_the_board_slows_down(cache):
                                board=FakeFormulaBoard(slower_after_first_visit=1.4))
     assert all(x["judged_ms"] == x["measured_ms"] for x in absolute.rounds)
     assert absolute.met is False and "was not met" in absolute.status
+
+
+def test_stage_probes_fit_what_layers_cost_inside_the_graph(cache):
+    """A FAKE board whose whole models run the 32 px convs at 0.4x and the 16 px ones at 2x their cost
+    alone (layout reorders, weights hot in cache): the stage probes, measured in the first batch with the
+    unpruned model, put round 1's prediction on the board; one scale for the whole table does not."""
+    factor = {32 * 32: 0.4, 16 * 16: 2.0}
+    errors, visits, keep = {}, {}, {}
+    for probes in (True, False):
+        board = FakeFormulaBoard(graph_factor=1.0, per_node_ms=0.0, area_factor=factor)
+        r = plan_for_budget(lm(), target="local", speedup=2.0, board=board, max_rounds=1, probe_stages=probes,
+                            use_cache=False)  # each run measures its own table: the same visits
+        visits[probes] = board.visits
+        first = r.rounds[0]
+        errors[probes] = abs(first["predicted_ms"] / first["measured_ms"] - 1)
+        keep[probes] = first["keep"]["features.3"]  # produced at 32 px: cheap inside the graph
+        if probes:
+            stages = r.info["stages"]
+            assert [s["input_px"] for s in stages] == [[32], [16]]
+            assert stages[0]["scale"] < 1 < stages[1]["scale"] and all("probe_ms" in s for s in stages)
+    assert visits[True] == visits[False]  # the probes went in the first batch, with the unpruned model
+    assert errors[True] < 0.03 and errors[False] > 0.10, errors
+    assert keep[True] > keep[False]  # knowing the 32 px stage is cheap, the plan keeps more of it

@@ -162,3 +162,69 @@ def test_infeasible_budget_says_so_with_the_fastest_plan():
     a = allocate(space, scores, pred, 0.01)
     assert not a.feasible and a.keep == {"A": 32, "B": 32}
     assert a.fastest_ms == pytest.approx(pred.predict({"A": 32, "B": 32})) == a.predicted_ms
+
+
+def _two_resolutions():
+    """a (3 -> A) at 32x32, b (A -> B) at 32x32 stride 2, c (B -> C) at 16x16, d (C -> 10) at 16x16."""
+    def mk(ci, co, hw, s=1):
+        return LayerShape("conv", ci, co, (3, 3), (s, s), (1, 1), hw=(hw, hw))
+
+    layers = [
+        Layer("a", mk(3, 64, 32), "A", (), 3),
+        Layer("b", mk(64, 64, 32, 2), "B", (("A", 1, 64),), 0),
+        Layer("c", mk(64, 128, 16), "C", (("B", 1, 64),), 0),
+        Layer("d", mk(128, 10, 16), None, (("C", 1, 128),), 0),
+    ]
+    space = {g: candidate_counts(n, multiple=8) for g, n in (("A", 64), ("B", 64), ("C", 128))}
+    return layers, space
+
+
+def test_stages_split_by_resolution_and_each_gets_a_probe():
+    from edgeprune.latency.predict import stage_probes, stages_of
+
+    layers, space = _two_resolutions()
+    stages, info = stages_of(layers)
+    assert stages == {"a": 0, "b": 0, "c": 1, "d": 1}
+    assert [s["input_px"] for s in info] == [[32], [16]]
+    assert sum(s["macs_share"] for s in info) == pytest.approx(1.0, abs=1e-3)
+    probes = stage_probes(layers, space, stages, len(info))
+    # each probe takes the groups its stage produces to their smallest candidate, the rest stay whole
+    assert probes == {0: {"A": space["A"][0], "B": space["B"][0]}, 1: {"C": space["C"][0]}}
+
+
+def test_a_small_resolution_joins_its_neighbour():
+    from edgeprune.latency.predict import stages_of
+
+    layers, _ = _two_resolutions()
+    tiny = Layer("fc", LayerShape("linear", 128, 10, hw=(1, 1)), None, (("C", 1, 128),), 0)
+    stages, info = stages_of([*layers, tiny])
+    assert stages["fc"] == stages["d"] and len(info) == 2  # a Linear's few MACs are no stage of their own
+
+
+def test_stage_scales_recover_what_a_layer_costs_in_the_graph():
+    """Whole models where the 32 px layers cost 0.5x and the 16 px ones 2x their table entries: the fit on
+    the unpruned model and one probe per stage finds both, and the prediction follows the board."""
+    from edgeprune.latency.predict import fit_stage_scales, stage_probes, stages_of
+
+    layers, space = _two_resolutions()
+    pred = Predictor(layers, FakeCosts(), calibration=Calibration(base_ms=0.05))
+    stages, info = stages_of(layers)
+    true = [0.5, 2.0]
+
+    def board(keep):  # a FAKE board: its whole-model latency from the per-stage truth
+        return 0.05 + sum(s * t for s, t in zip(true, pred.stage_sums(keep, stages, 2), strict=True))
+
+    full = {g: c[-1] for g, c in space.items()}
+    rows = [(pred.stage_sums(full, stages, 2), board(full))]
+    for keep in stage_probes(layers, space, stages, len(info)).values():
+        rows.append((pred.stage_sums({**full, **keep}, stages, 2), board({**full, **keep})))
+    scales = fit_stage_scales(rows, 0.05)
+    assert scales == pytest.approx(true, rel=0.05)
+    single = (board(full) - 0.05) / sum(rows[0][0])
+    pred.set_layer_scale({n: scales[k] / single for n, k in stages.items()})
+    pred.calibration.add(pred.table_ms(full), board(full))
+    plan = {"A": 64, "B": 64, "C": 32}  # only the expensive 16 px stage cut
+    assert pred.predict(plan) == pytest.approx(board(plan), rel=0.03)
+    one_scale = Predictor(layers, FakeCosts(), calibration=Calibration(base_ms=0.05))
+    one_scale.calibration.add(one_scale.table_ms(full), board(full))
+    assert abs(one_scale.predict(plan) / board(plan) - 1) > 0.15  # what one scale gets wrong

@@ -8,10 +8,14 @@ runs (through :mod:`edgeprune.prune.pipeline`):
 2. export the unpruned model in the board's format and precision (the
    profile's, or ``fmt``/``precision``) and measure it on the board: its p50,
    the runtime's per-call cost (the baseline), and the board's identity;
-   ``--speedup S`` sets the budget to that p50 / S;
+   ``--speedup S`` sets the budget to that p50 / S. In the same batch go the
+   stage probes (:func:`.predict.stage_probes`: per resolution stage, the
+   model with that stage's groups at their minimum);
 3. fill the latency table (:mod:`.measure`): the cached entries for this
    board identity are reused, only missing shapes are built and measured;
-4. calibrate the prediction on the unpruned measurement (:mod:`.predict`);
+4. calibrate the prediction (:mod:`.predict`): per-stage scales fitted on the
+   unpruned model and the probes (what a layer costs in the graph against
+   alone), then the whole-model calibration on the unpruned measurement;
 5. each round: allocate for ``AIM`` x budget (a margin for the noise of the
    board's measurement), prune a copy, export it, and measure it on the board
    *interleaved with the unpruned model* in one batch. The round is reported
@@ -127,12 +131,17 @@ def plan_for_budget(
     use_cache: bool = True,
     accept_new_host_key: bool = False,
     board=None,
+    probe_stages: bool = True,
 ) -> LoopResult:
     """Plan ``lm`` (a LoadedModel) for a latency budget on ``target``; see the module docstring.
 
     ``importance`` picks which channels a group keeps; ``sensitivity`` (default:
     the same criterion) scores channels across groups for the allocation:
     ``"taylor"`` with ``data`` puts every group in one unit, the loss change.
+
+    ``probe_stages``: fit a scale per resolution stage from whole-model probes
+    measured with the unpruned model (one batch; see :mod:`.predict`). Off,
+    one scale serves the whole table.
 
     ``board``: an open-able measuring session (default: a
     :class:`~edgeprune.bench.batch.BatchSession` on ``target``); tests pass a
@@ -142,7 +151,13 @@ def plan_for_budget(
     from edgeprune.latency.allocate import allocate, channel_importance
     from edgeprune.latency.estimate import RooflineEstimate
     from edgeprune.latency.layers import layer_inventory
-    from edgeprune.latency.predict import Calibration, Predictor
+    from edgeprune.latency.predict import (
+        Calibration,
+        Predictor,
+        fit_stage_scales,
+        stage_probes,
+        stages_of,
+    )
     from edgeprune.prune import ChannelPlan, example_input, prune_
     from edgeprune.reach import resolve_target
 
@@ -231,8 +246,18 @@ def plan_for_budget(
         work = Path(tmp)
         step(f"exporting the unpruned model ({fmt} {precision})")
         full_art = _export(net, lm, profile.name, fmt, precision, work, "unpruned")
-        step(f"{target}: measuring the unpruned model")
-        first = board.measure({"unpruned": full_art}, settings=whole)
+        stage_map, stage_info = stages_of(inv.layers)
+        probes = stage_probes(inv.layers, space, stage_map, len(stage_info)) \
+            if probe_stages and len(stage_info) > 1 else {}
+        probe_arts = {}
+        for k, keep_k in probes.items():
+            step(f"exporting stage probe {k + 1}/{len(stage_info)} (its {len(keep_k)} group(s) at their minimum)")
+            probe = copy.deepcopy(net)
+            prune_(probe, make_plan({**full, **keep_k}, f"stage probe {k}"), importance=importance, protect=protect,
+                   protect_stem=protect_stem, x=x, verify=False)
+            probe_arts[f"probe{k}"] = _export(probe, lm, profile.name, fmt, precision, work, f"probe{k}")
+        step(f"{target}: measuring the unpruned model" + (f" and {len(probe_arts)} stage probes" if probe_arts else ""))
+        first = board.measure({"unpruned": full_art, **probe_arts}, settings=whole)
         t_un = first.timings["unpruned"]
         if not t_un.ok:
             raise AgentError(f"{target}: the board cannot run the unpruned model: {t_un.error}")
@@ -263,6 +288,24 @@ def plan_for_budget(
              f"the cache, {measured_now} measured now ({getattr(board, 'visits', 0) - visits0} board visits)")
 
         pred = Predictor(inv.layers, table, calibration=Calibration(base_ms=base_ms))
+        n_st = len(stage_info)
+        fit_rows = [(pred.stage_sums(full, stage_map, n_st), unpruned)]
+        for k, keep_k in probes.items():
+            tk = first.timings.get(f"probe{k}")
+            stage_info[k]["probe_groups"] = len(keep_k)
+            if tk is not None and tk.ok:
+                stage_info[k]["probe_ms"] = round(tk.p50_ms, 4)
+                fit_rows.append((pred.stage_sums({**full, **keep_k}, stage_map, n_st), tk.p50_ms))
+        if len(fit_rows) > 1:
+            scales = fit_stage_scales(fit_rows, base_ms)
+            single = max(unpruned - base_ms, 1e-9) / max(sum(fit_rows[0][0]), 1e-12)
+            pred.set_layer_scale({name: scales[k] / single for name, k in stage_map.items()})
+            for k, st in enumerate(stage_info):
+                st["table_ms"] = round(fit_rows[0][0][k], 4)
+                st["scale"] = round(scales[k] / single, 3)  # in the graph against alone, relative to the mean
+            note("in-graph cost against the table, per stage (1 = the model's mean): " + ", ".join(
+                f"{'/'.join(map(str, st['input_px'])) or 'fc'} px: {st['scale']:.2f}"
+                for st in stage_info))
         pred.calibration.add(pred.table_ms(full), unpruned)
         measured_plans: dict[tuple, dict] = {}
         if unpruned <= budget:
@@ -326,6 +369,7 @@ def plan_for_budget(
                       "cache": str(cache_path(table)), "lookups": dict(table.stats),
                       "drift": table.drift[-10:]},
             "calibration": pred.calibration.to_dict(),
+            "stages": stage_info,
         }
     plan = chosen["plan"] if chosen and "plan" in chosen else make_plan(full, "unpruned: within the budget")
     plan.note = f"latency budget {budget:.4g} ms on {target}: {status}"

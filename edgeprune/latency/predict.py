@@ -18,6 +18,27 @@ calibrated against whole models measured on the same board
   them, the nearest segment's line is extended (a part of the whole-model
   cost that plans do not shrink shows as its intercept).
 
+**Stages: a layer alone is not a layer in a graph.** The table's micro-models
+measure each layer alone, and a layer alone costs differently from the same
+layer inside the model, unevenly across the network: on ONNX Runtime (1
+thread, MobileNetV2 at 64 px, this 2-core AVX2 VM) a lone 32x32 conv pays the
+reorder into and out of the blocked layout that a graph pays once (its table
+entry is 2.3-3.5x its in-graph time from ORT's own profiler), while a lone
+2x2 conv with 150 k weights runs with its weights hot in cache, which the
+whole model's 9 MB of weights are not (0.3-0.6x its in-graph time). One scale
+for the whole table then tells the allocation that the high-resolution
+layers buy much more time than they do, and it strips them (and the accuracy
+with them). So layers are put in *stages* by input resolution
+(:func:`stages_of`: at most ``MAX_STAGES``, each at least ``MIN_STAGE_SHARE``
+of the model's MACs), and each stage gets its own scale, fitted
+(:func:`fit_stage_scales`) on whole models measured in one batch with the
+unpruned one: one *probe* per stage, the unpruned model with the groups that
+live in that stage at their minimum (:func:`stage_probes`). The fit is a least-squares
+one, pulled towards the single scale so that a stage the probes barely move
+stays near it. The scales multiply the layers' table entries
+(``Predictor.layer_scale``); the calibration above then works on the scaled
+sum.
+
 Example::
 
     pred = Predictor(layers, table, calibration=Calibration(base_ms=0.01))
@@ -31,6 +52,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from edgeprune.latency.layers import Layer
+
+MAX_STAGES = 4
+MIN_STAGE_SHARE = 0.10  # of the model's MACs: a smaller stage joins its neighbour
+PRIOR_WEIGHT = 0.03  # a stage scale off by 100 % weighs as a 3 % miss on one whole-model measurement
+SCALE_LIMITS = (0.25, 4.0)  # of the single scale
 
 
 def _monotone(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -90,10 +116,12 @@ class Predictor:
     ``lookup(shape) -> ms`` and ``source``).
     """
 
-    def __init__(self, layers: list[Layer], costs, *, calibration: Calibration | None = None) -> None:
+    def __init__(self, layers: list[Layer], costs, *, calibration: Calibration | None = None,
+                 layer_scale: Mapping[str, float] | None = None) -> None:
         self.layers = layers
         self.costs = costs
         self.calibration = calibration or Calibration()
+        self.layer_scale = dict(layer_scale or {})  # layer name -> in-graph / alone (see the module docstring)
         self._cache: dict[tuple[str, int, int], float] = {}
         self.by_group: dict[str, list[Layer]] = {}
         for lay in layers:
@@ -109,8 +137,21 @@ class Predictor:
         k = (layer.name, cin, cout)
         v = self._cache.get(k)
         if v is None:
-            v = self._cache[k] = self.costs.lookup(layer.shape.with_channels(cin, cout)) * layer.calls
+            v = self._cache[k] = (self.costs.lookup(layer.shape.with_channels(cin, cout)) * layer.calls
+                                   * self.layer_scale.get(layer.name, 1.0))
         return v
+
+    def set_layer_scale(self, scale: Mapping[str, float]) -> None:
+        self.layer_scale = dict(scale)
+        self._cache.clear()
+
+    def stage_sums(self, keep: Mapping[str, int], stages: Mapping[str, int], n: int) -> list[float]:
+        """Unscaled table ms per stage (``stages``: layer name -> stage index)."""
+        out = [0.0] * n
+        for lay in self.layers:
+            cin, cout = lay.channels_under(keep)
+            out[stages[lay.name]] += self.costs.lookup(lay.shape.with_channels(cin, cout)) * lay.calls
+        return out
 
     def table_ms(self, keep: Mapping[str, int]) -> float:
         return sum(self.layer_ms(lay, keep) for lay in self.layers)
@@ -127,3 +168,68 @@ class Predictor:
             {"layer": lay.name, "shape": lay.shape_under(keep).key(), "ms": round(self.layer_ms(lay, keep), 5)}
             for lay in self.layers
         ]
+
+
+def stages_of(layers: list[Layer]) -> tuple[dict[str, int], list[dict]]:
+    """Layers -> stage index by input resolution (largest first; a Linear joins the last stage).
+
+    Adjacent resolutions are merged until every stage holds at least
+    ``MIN_STAGE_SHARE`` of the MACs and there are at most ``MAX_STAGES``.
+    Returns ``({layer name: stage}, [{"input_px": [sides], "macs_share": f}, ...])`` (a side is the
+    square root of height x width; a Linear has none).
+    """
+    def res(lay: Layer) -> int:
+        return 0 if lay.shape.kind == "linear" else lay.shape.hw[0] * lay.shape.hw[1]
+
+    total = sum(lay.shape.macs * lay.calls for lay in layers) or 1
+    by_res: dict[int, float] = {}
+    for lay in layers:
+        by_res[res(lay)] = by_res.get(res(lay), 0.0) + lay.shape.macs * lay.calls / total
+    stages = [[[r], m] for r, m in sorted(by_res.items(), reverse=True)]
+    while len(stages) > 1 and (len(stages) > MAX_STAGES or min(m for _, m in stages) < MIN_STAGE_SHARE):
+        i = min(range(len(stages)), key=lambda k: stages[k][1])
+        j = i - 1 if i == len(stages) - 1 or (i > 0 and stages[i - 1][1] < stages[i + 1][1]) else i + 1
+        a, b = sorted((i, j))
+        stages[a] = [stages[a][0] + stages[b][0], stages[a][1] + stages[b][1]]
+        del stages[b]
+    index = {r: k for k, (rs, _) in enumerate(stages) for r in rs}
+    return ({lay.name: index[res(lay)] for lay in layers},
+            [{"input_px": [round(r ** 0.5) for r in rs if r], "macs_share": round(m, 4)} for rs, m in stages])
+
+
+def stage_probes(layers: list[Layer], space: Mapping[str, list[int]], stages: Mapping[str, int],
+                 n: int) -> dict[int, dict[str, int]]:
+    """Per stage, a probe plan: every prunable group produced in that stage (the stage of the layer
+    whose output channels it sets; the largest one if several) at its smallest candidate count (the
+    largest change, for the clearest signal over the board's noise), every other group whole. A stage
+    that produces no prunable group gets no probe: its scale stays near the single one."""
+    home: dict[str, tuple[int, int]] = {}  # group -> (MACs of its largest producer, its stage)
+    for lay in layers:
+        g = lay.out_group
+        if g in space:
+            macs = lay.shape.macs * lay.calls
+            if g not in home or macs > home[g][0]:
+                home[g] = (macs, stages[lay.name])
+    probes: dict[int, dict[str, int]] = {}
+    for g, (_, k) in home.items():
+        if space[g][0] < space[g][-1]:
+            probes.setdefault(k, {})[g] = space[g][0]
+    return dict(sorted(probes.items()))
+
+
+def fit_stage_scales(rows: list[tuple[list[float], float]], base_ms: float) -> list[float]:
+    """Per-stage scales ``s`` with ``measured - base ~= sum_k s_k * T_k`` over the measured ``rows``
+    (``(per-stage table ms, measured ms)``; the first is the unpruned model), by least squares pulled
+    towards the single scale ``(M0 - base) / T0`` (``PRIOR_WEIGHT``) and clipped to ``SCALE_LIMITS``
+    of it."""
+    import numpy as np
+
+    t0, m0 = rows[0]
+    n = len(t0)
+    single = max(m0 - base_ms, 1e-9) / max(sum(t0), 1e-12)
+    c = PRIOR_WEIGHT * m0 / single
+    a = [list(t) for t, _ in rows] + [[c if i == k else 0.0 for i in range(n)] for k in range(n)]
+    y = [m - base_ms for _, m in rows] + [c * single] * n
+    s, *_ = np.linalg.lstsq(np.asarray(a, dtype=float), np.asarray(y, dtype=float), rcond=None)
+    lo, hi = SCALE_LIMITS
+    return [float(min(max(v, lo * single), hi * single)) for v in s]
