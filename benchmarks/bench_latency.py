@@ -49,12 +49,21 @@ RUNTIMES = {"ort-fp32": ("onnx", "fp32"), "litert-int8": ("tflite", "int8")}
 SHAPE = (1, 3, 224, 224)
 
 
+def _model_shape(name: str, shape: tuple) -> tuple[str, tuple]:
+    """``NAME@PX`` -> (NAME, (1, 3, PX, PX)); a plain NAME keeps ``shape``."""
+    if "@" in name:
+        name, px = name.split("@")
+        return name, (1, 3, int(px), int(px))
+    return name, shape
+
+
 def budget_hit(models, runtimes, budgets, threads, shape, work: Path) -> list[dict]:
     import edgeprune
     from edgeprune.errors import BudgetError, EdgePruneError
 
     rows = []
-    for name in models:
+    for spec in models:
+        name, shape_m = _model_shape(spec, shape)
         for rt in runtimes:
             fmt, precision = RUNTIMES[rt]
             runs = [(b, False) for b in budgets] + [(budgets[0], True)]
@@ -64,7 +73,7 @@ def budget_hit(models, runtimes, budgets, threads, shape, work: Path) -> list[di
                 try:
                     s = edgeprune.prune_model(name, target="local", output=out, speedup=1.0 / frac, fmt=fmt,
                                               precision=precision, threads=threads, max_rounds=3,
-                                              input_shape=shape)
+                                              input_shape=shape_m)
                 except BudgetError:
                     import json
 
@@ -78,7 +87,7 @@ def budget_hit(models, runtimes, budgets, threads, shape, work: Path) -> list[di
                 lat = s["latency"]
                 chosen = next(r for r in lat["rounds"] if r["round"] == lat["chosen_round"])
                 rows.append({
-                    "model": name, "runtime": rt, "budget": frac, "cached_rerun": again,
+                    "model": name, "input": shape_m[-1], "runtime": rt, "budget": frac, "cached_rerun": again,
                     "unpruned_ms": lat["unpruned_ms"], "budget_ms": lat["budget_ms"],
                     "measured_ms": chosen["measured_ms"],
                     "speedup_same_batch": chosen.get("speedup_same_batch"),
@@ -102,10 +111,11 @@ def predictor_error(models, runtimes, n_plans, threads, shape, work: Path, seed:
 
     rows = []
     profile = load_profile("local")
-    for name in models:
+    for spec in models:
+        name, shape_m = _model_shape(spec, shape)
         for rt in runtimes:
             try:
-                rows.append(_predictor_one(name, rt, n_plans, threads, shape, work, seed, profile))
+                rows.append(_predictor_one(name, rt, n_plans, threads, shape_m, work, seed, profile))
             except EdgePruneError as exc:
                 rows.append({"model": name, "runtime": rt, "error": str(exc)[:300]})
                 print(f"predictor {name} {rt}: {exc}", flush=True)
@@ -120,7 +130,13 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
     from edgeprune.latency.layers import candidate_counts, layer_inventory
     from edgeprune.latency.loop import WHOLE, _export
     from edgeprune.latency.measure import MICRO, measure_shapes, shapes_to_measure
-    from edgeprune.latency.predict import Calibration, Predictor
+    from edgeprune.latency.predict import (
+        Calibration,
+        Predictor,
+        fit_stage_scales,
+        stage_probes,
+        stages_of,
+    )
     from edgeprune.latency.table import cache_path, load_cached
     from edgeprune.load import load_model
     from edgeprune.models.stats import count_macs_params
@@ -146,18 +162,36 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
         plans.append((keep, art, count_macs_params(m, shape)[0]))
         print(f"predictor {name} {rt}: plan {i + 1}/{n_plans} exported", flush=True)
     full_art = _export(net, lm, "local", fmt, precision, work, f"{name}-{rt}-unpruned")
+    # the stage probes, as the loop makes them (predict.stage_probes), measured with the unpruned model
+    stage_map, stage_info = stages_of(inv.layers)
+    probes = stage_probes(inv.layers, space, stage_map, len(stage_info))
+    probe_arts = {}
+    for k, keep_k in probes.items():
+        m = __import__("copy").deepcopy(net)
+        prune_(m, ChannelPlan.from_keep(inv.prunable, {**full, **keep_k}, align=multiple, input_shape=shape,
+                                        base=lm.base), x=x, verify=False)
+        probe_arts[f"probe{k}"] = _export(m, lm, "local", fmt, precision, work, f"{name}-{rt}-probe{k}")
     settings = BatchSettings(threads=threads)
     with BatchSession(resolve_target("local"), settings=settings) as board:
         whole = BatchSettings(**{**WHOLE.__dict__, "threads": threads})
-        first = board.measure({"unpruned": full_art}, settings=whole)
+        first = board.measure({"unpruned": full_art, **probe_arts}, settings=whole)
         table = load_cached(board.identity(first), fmt=fmt, precision=precision)
         missing = table.missing(shapes_to_measure(inv.layers, space))
         if missing:
             measure_shapes(board, table, missing, settings=BatchSettings(**{**MICRO.__dict__, "threads": threads}))
             table.save(cache_path(table))
         base = first.baseline.p50_ms if first.baseline else 0.0
+        n_st = len(stage_info)
+        p0 = Predictor(inv.layers, table)
+        m0 = first.timings["unpruned"].p50_ms
+        fit_rows = [(p0.stage_sums(full, stage_map, n_st), m0)] + [
+            (p0.stage_sums({**full, **keep_k}, stage_map, n_st), first.timings[f"probe{k}"].p50_ms)
+            for k, keep_k in probes.items() if first.timings[f"probe{k}"].ok]
+        scales = fit_stage_scales(fit_rows, base) if len(fit_rows) > 1 else [1.0] * n_st
+        single = max(m0 - base, 1e-9) / max(sum(fit_rows[0][0]), 1e-12)
+        layer_scale = {n: scales[k] / single for n, k in stage_map.items()} if len(fit_rows) > 1 else {}
         est = RooflineEstimate(profile, precision)
-        errs = {"table": [], "roofline": [], "macs": []}
+        errs = {"staged": [], "table": [], "roofline": [], "macs": []}
         for start in range(0, len(plans), 10):  # 10 plans + the unpruned model per batch
             part = plans[start:start + 10]
             res = board.measure({"unpruned": full_art, **{str(start + j): p[1] for j, p in enumerate(part)}},
@@ -165,18 +199,23 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
             m_full = res.timings["unpruned"].p50_ms
             pt = Predictor(inv.layers, table, calibration=Calibration(base_ms=base))
             pt.calibration.add(pt.table_ms(full), m_full)
+            ps = Predictor(inv.layers, table, calibration=Calibration(base_ms=base), layer_scale=layer_scale)
+            ps.calibration.add(ps.table_ms(full), m_full)
             pe = Predictor(inv.layers, est, calibration=Calibration(base_ms=base))
             pe.calibration.add(pe.table_ms(full), m_full)
             for j, (keep, _, macs) in enumerate(part):
                 m = res.timings[str(start + j)].p50_ms
+                errs["staged"].append(abs(ps.predict(keep) - m) / m)
                 errs["table"].append(abs(pt.predict(keep) - m) / m)
                 errs["roofline"].append(abs(pe.predict(keep) - m) / m)
                 errs["macs"].append(abs(m_full * macs / macs_full - m) / m)
-    row = {"model": name, "runtime": rt, "plans": len(plans),
+    row = {"model": name, "runtime": rt, "plans": len(plans), "input": shape[-1],
            **{f"mape_{k}": 100 * statistics.mean(v) for k, v in errs.items()},
            **{f"max_{k}": 100 * max(v) for k, v in errs.items()},
-           "lookups": dict(table.stats)}
-    print(f"predictor {name} {rt}: MAPE table {row['mape_table']:.1f} %, roofline "
+           "lookups": dict(table.stats), "stage_scales": [round(v / single, 3) for v in scales],
+           "stages": [s["input_px"] for s in stage_info]}
+    print(f"predictor {name} {rt}: MAPE table with stage scales {row['mape_staged']:.1f} %, "
+          f"table {row['mape_table']:.1f} %, roofline "
           f"{row['mape_roofline']:.1f} %, MACs {row['mape_macs']:.1f} %", flush=True)
     return row
 
@@ -268,19 +307,24 @@ def _fmt_predictor(rows, cmd) -> str:
         "",
         f"Command: `{cmd}`. Machine: {machine_line()}.",
         "Each plan sets every group to a random candidate count; predictions are calibrated on the unpruned "
-        "model measured in the same batch (one point, as in a closed loop's first round). MAPE (max) over the "
-        "plans. Goal for the table: <= 5 %.",
+        "model measured in the same batch (one point, as in a closed loop's first round). `table + stage scales` "
+        "is what the loop predicts with: the table with a scale per resolution stage fitted on the stage probes "
+        "measured in the first batch (edgeprune/latency/predict.py); `table, one scale` without them. "
+        "MAPE (max) over the plans. Goal for the table: <= 5 %.",
         "",
-        "| model | runtime | plans | table MAPE (max) | roofline estimate MAPE (max) | MAC-proportional MAPE (max) "
-        "| table lookups |",
-        "|---|---|---|---|---|---|---|",
+        "| model | input | runtime | plans | table + stage scales MAPE (max) | stage scales | table, one scale MAPE (max) "
+        "| roofline estimate MAPE (max) | MAC-proportional MAPE (max) | table lookups |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['runtime']} | - | not measured: {r['error']} | | | |")
+            lines.append(f"| {r['model']} | - | {r['runtime']} | - | not measured: {r['error']} | | | | | |")
             continue
+        scales = ", ".join(f"{'/'.join(map(str, px)) or 'fc'} px {v:.2f}"
+                           for px, v in zip(r["stages"], r["stage_scales"], strict=True))
         lines.append(
-            f"| {r['model']} | {r['runtime']} | {r['plans']} | {r['mape_table']:.1f} % ({r['max_table']:.1f} %) | "
+            f"| {r['model']} | {r['input']} px | {r['runtime']} | {r['plans']} | {r['mape_staged']:.1f} % "
+            f"({r['max_staged']:.1f} %) | {scales} | {r['mape_table']:.1f} % ({r['max_table']:.1f} %) | "
             f"{r['mape_roofline']:.1f} % ({r['max_roofline']:.1f} %) | {r['mape_macs']:.1f} % ({r['max_macs']:.1f} %) "
             f"| {', '.join(f'{k} {v}' for k, v in sorted(r['lookups'].items()))} |"
         )
@@ -304,7 +348,8 @@ def _fmt_micro(rows, cmd) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small settings: does it run? (minutes)")
-    ap.add_argument("--models", default="mobilenetv2,resnet18")
+    ap.add_argument("--models", default="mobilenetv2,resnet18",
+                    help="comma-separated; NAME@PX measures NAME at PX x PX input (default 224)")
     ap.add_argument("--runtimes", default="ort-fp32,litert-int8")
     ap.add_argument("--budgets", default="0.8,0.6,0.4")
     ap.add_argument("--plans", type=int, default=20)
