@@ -130,13 +130,7 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
     from edgeprune.latency.layers import candidate_counts, layer_inventory
     from edgeprune.latency.loop import WHOLE, _export
     from edgeprune.latency.measure import MICRO, measure_shapes, shapes_to_measure
-    from edgeprune.latency.predict import (
-        Calibration,
-        Predictor,
-        fit_stage_scales,
-        stage_probes,
-        stages_of,
-    )
+    from edgeprune.latency.predict import Calibration, Predictor, StageFit
     from edgeprune.latency.table import cache_path, load_cached
     from edgeprune.load import load_model
     from edgeprune.models.stats import count_macs_params
@@ -162,11 +156,10 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
         plans.append((keep, art, count_macs_params(m, shape)[0]))
         print(f"predictor {name} {rt}: plan {i + 1}/{n_plans} exported", flush=True)
     full_art = _export(net, lm, "local", fmt, precision, work, f"{name}-{rt}-unpruned")
-    # the stage probes, as the loop makes them (predict.stage_probes), measured with the unpruned model
-    stage_map, stage_info = stages_of(inv.layers)
-    probes = stage_probes(inv.layers, space, stage_map, len(stage_info))
+    # the stage probes, as the loop makes them (predict.StageFit), measured with the unpruned model
+    sf = StageFit.plan(inv.layers, space)
     probe_arts = {}
-    for k, keep_k in probes.items():
+    for k, keep_k in sf.probes.items():
         m = __import__("copy").deepcopy(net)
         prune_(m, ChannelPlan.from_keep(inv.prunable, {**full, **keep_k}, align=multiple, input_shape=shape,
                                         base=lm.base), x=x, verify=False)
@@ -181,15 +174,9 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
             measure_shapes(board, table, missing, settings=BatchSettings(**{**MICRO.__dict__, "threads": threads}))
             table.save(cache_path(table))
         base = first.baseline.p50_ms if first.baseline else 0.0
-        n_st = len(stage_info)
-        p0 = Predictor(inv.layers, table)
-        m0 = first.timings["unpruned"].p50_ms
-        fit_rows = [(p0.stage_sums(full, stage_map, n_st), m0)] + [
-            (p0.stage_sums({**full, **keep_k}, stage_map, n_st), first.timings[f"probe{k}"].p50_ms)
-            for k, keep_k in probes.items() if first.timings[f"probe{k}"].ok]
-        scales = fit_stage_scales(fit_rows, base) if len(fit_rows) > 1 else [1.0] * n_st
-        single = max(m0 - base, 1e-9) / max(sum(fit_rows[0][0]), 1e-12)
-        layer_scale = {n: scales[k] / single for n, k in stage_map.items()} if len(fit_rows) > 1 else {}
+        staged = Predictor(inv.layers, table)
+        sf.apply(staged, full, {k: first.timings[f"probe{k}"].p50_ms for k in sf.probes},
+                 first.timings["unpruned"].p50_ms, base)
         est = RooflineEstimate(profile, precision)
         errs = {"staged": [], "table": [], "roofline": [], "macs": []}
         for start in range(0, len(plans), 10):  # 10 plans + the unpruned model per batch
@@ -199,7 +186,8 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
             m_full = res.timings["unpruned"].p50_ms
             pt = Predictor(inv.layers, table, calibration=Calibration(base_ms=base))
             pt.calibration.add(pt.table_ms(full), m_full)
-            ps = Predictor(inv.layers, table, calibration=Calibration(base_ms=base), layer_scale=layer_scale)
+            ps = Predictor(inv.layers, table, calibration=Calibration(base_ms=base),
+                           layer_scale=staged.layer_scale)
             ps.calibration.add(ps.table_ms(full), m_full)
             pe = Predictor(inv.layers, est, calibration=Calibration(base_ms=base))
             pe.calibration.add(pe.table_ms(full), m_full)
@@ -212,8 +200,8 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
     row = {"model": name, "runtime": rt, "plans": len(plans), "input": shape[-1],
            **{f"mape_{k}": 100 * statistics.mean(v) for k, v in errs.items()},
            **{f"max_{k}": 100 * max(v) for k, v in errs.items()},
-           "lookups": dict(table.stats), "stage_scales": [round(v / single, 3) for v in scales],
-           "stages": [s["input_px"] for s in stage_info]}
+           "lookups": dict(table.stats), "stage_scales": [s.get("scale", 1.0) for s in sf.info],
+           "stages": [s["input_px"] for s in sf.info]}
     print(f"predictor {name} {rt}: MAPE table with stage scales {row['mape_staged']:.1f} %, "
           f"table {row['mape_table']:.1f} %, roofline "
           f"{row['mape_roofline']:.1f} %, MACs {row['mape_macs']:.1f} %", flush=True)

@@ -9,7 +9,7 @@ runs (through :mod:`edgeprune.prune.pipeline`):
    profile's, or ``fmt``/``precision``) and measure it on the board: its p50,
    the runtime's per-call cost (the baseline), and the board's identity;
    ``--speedup S`` sets the budget to that p50 / S. In the same batch go the
-   stage probes (:func:`.predict.stage_probes`: per resolution stage, the
+   stage probes (:class:`.predict.StageFit`: per resolution stage, the
    model with that stage's groups at their minimum);
 3. fill the latency table (:mod:`.measure`): the cached entries for this
    board identity are reused, only missing shapes are built and measured;
@@ -151,13 +151,7 @@ def plan_for_budget(
     from edgeprune.latency.allocate import allocate, channel_importance
     from edgeprune.latency.estimate import RooflineEstimate
     from edgeprune.latency.layers import layer_inventory
-    from edgeprune.latency.predict import (
-        Calibration,
-        Predictor,
-        fit_stage_scales,
-        stage_probes,
-        stages_of,
-    )
+    from edgeprune.latency.predict import Calibration, Predictor, StageFit
     from edgeprune.prune import ChannelPlan, example_input, prune_
     from edgeprune.reach import resolve_target
 
@@ -246,12 +240,10 @@ def plan_for_budget(
         work = Path(tmp)
         step(f"exporting the unpruned model ({fmt} {precision})")
         full_art = _export(net, lm, profile.name, fmt, precision, work, "unpruned")
-        stage_map, stage_info = stages_of(inv.layers)
-        probes = stage_probes(inv.layers, space, stage_map, len(stage_info)) \
-            if probe_stages and len(stage_info) > 1 else {}
+        sf = StageFit.plan(inv.layers, space, enabled=probe_stages)
         probe_arts = {}
-        for k, keep_k in probes.items():
-            step(f"exporting stage probe {k + 1}/{len(stage_info)} (its {len(keep_k)} group(s) at their minimum)")
+        for k, keep_k in sf.probes.items():
+            step(f"exporting stage probe {k + 1}/{len(sf.info)} (its {len(keep_k)} group(s) at their minimum)")
             probe = copy.deepcopy(net)
             prune_(probe, make_plan({**full, **keep_k}, f"stage probe {k}"), importance=importance, protect=protect,
                    protect_stem=protect_stem, x=x, verify=False)
@@ -288,24 +280,10 @@ def plan_for_budget(
              f"the cache, {measured_now} measured now ({getattr(board, 'visits', 0) - visits0} board visits)")
 
         pred = Predictor(inv.layers, table, calibration=Calibration(base_ms=base_ms))
-        n_st = len(stage_info)
-        fit_rows = [(pred.stage_sums(full, stage_map, n_st), unpruned)]
-        for k, keep_k in probes.items():
-            tk = first.timings.get(f"probe{k}")
-            stage_info[k]["probe_groups"] = len(keep_k)
-            if tk is not None and tk.ok:
-                stage_info[k]["probe_ms"] = round(tk.p50_ms, 4)
-                fit_rows.append((pred.stage_sums({**full, **keep_k}, stage_map, n_st), tk.p50_ms))
-        if len(fit_rows) > 1:
-            scales = fit_stage_scales(fit_rows, base_ms)
-            single = max(unpruned - base_ms, 1e-9) / max(sum(fit_rows[0][0]), 1e-12)
-            pred.set_layer_scale({name: scales[k] / single for name, k in stage_map.items()})
-            for k, st in enumerate(stage_info):
-                st["table_ms"] = round(fit_rows[0][0][k], 4)
-                st["scale"] = round(scales[k] / single, 3)  # in the graph against alone, relative to the mean
-            note("in-graph cost against the table, per stage (1 = the model's mean): " + ", ".join(
-                f"{'/'.join(map(str, st['input_px'])) or 'fc'} px: {st['scale']:.2f}"
-                for st in stage_info))
+        probe_ms = {k: first.timings[f"probe{k}"].p50_ms for k in sf.probes
+                    if f"probe{k}" in first.timings and first.timings[f"probe{k}"].ok}
+        if sf.apply(pred, full, probe_ms, unpruned, base_ms):
+            note(f"in-graph cost against the table, per stage (1 = the model's mean): {sf.describe()}")
         pred.calibration.add(pred.table_ms(full), unpruned)
         measured_plans: dict[tuple, dict] = {}
         if unpruned <= budget:
@@ -369,7 +347,7 @@ def plan_for_budget(
                       "cache": str(cache_path(table)), "lookups": dict(table.stats),
                       "drift": table.drift[-10:]},
             "calibration": pred.calibration.to_dict(),
-            "stages": stage_info,
+            "stages": sf.info,
         }
     plan = chosen["plan"] if chosen and "plan" in chosen else make_plan(full, "unpruned: within the budget")
     plan.note = f"latency budget {budget:.4g} ms on {target}: {status}"

@@ -233,3 +233,51 @@ def fit_stage_scales(rows: list[tuple[list[float], float]], base_ms: float) -> l
     s, *_ = np.linalg.lstsq(np.asarray(a, dtype=float), np.asarray(y, dtype=float), rcond=None)
     lo, hi = SCALE_LIMITS
     return [float(min(max(v, lo * single), hi * single)) for v in s]
+
+
+@dataclass
+class StageFit:
+    """The stage calibration of one model: its stages, its probes, and (after :meth:`apply`) the scales.
+
+    Example::
+
+        sf = StageFit.plan(layers, space)           # sf.probes: {stage: keep of the groups it changes}
+        ...export {**full, **keep} for each probe, measure them with the unpruned model in one batch...
+        sf.apply(pred, full, {k: probe_ms}, unpruned_ms, base_ms)   # pred now predicts with the scales
+    """
+
+    stages: dict[str, int]
+    info: list[dict]
+    probes: dict[int, dict[str, int]]
+
+    @classmethod
+    def plan(cls, layers: list[Layer], space: Mapping[str, list[int]], *, enabled: bool = True) -> StageFit:
+        stages, info = stages_of(layers)
+        probes = stage_probes(layers, space, stages, len(info)) if enabled and len(info) > 1 else {}
+        return cls(stages, info, probes)
+
+    def apply(self, pred: Predictor, full: Mapping[str, int], probe_ms: Mapping[int, float],
+              unpruned_ms: float, base_ms: float) -> bool:
+        """Fit the scales on the unpruned model and the probes measured (``probe_ms``: stage -> p50, all
+        from the batch that measured ``unpruned_ms``) and set them on ``pred``. False when no probe
+        was measured (one scale stays)."""
+        n = len(self.info)
+        rows = [(pred.stage_sums(full, self.stages, n), unpruned_ms)]
+        for k, keep in self.probes.items():
+            self.info[k]["probe_groups"] = len(keep)
+            if k in probe_ms:
+                self.info[k]["probe_ms"] = round(probe_ms[k], 4)
+                rows.append((pred.stage_sums({**full, **keep}, self.stages, n), probe_ms[k]))
+        if len(rows) < 2:
+            return False
+        scales = fit_stage_scales(rows, base_ms)
+        single = max(unpruned_ms - base_ms, 1e-9) / max(sum(rows[0][0]), 1e-12)
+        pred.set_layer_scale({name: scales[k] / single for name, k in self.stages.items()})
+        for k, st in enumerate(self.info):
+            st["table_ms"] = round(rows[0][0][k], 4)
+            st["scale"] = round(scales[k] / single, 3)  # in the graph against alone, relative to the mean
+        return True
+
+    def describe(self) -> str:
+        return ", ".join(f"{'/'.join(map(str, st['input_px'])) or 'fc'} px: {st['scale']:.2f}"
+                         for st in self.info if "scale" in st)
