@@ -343,7 +343,8 @@ def main() -> None:
     ap.add_argument("--plans", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="budget,predictor,micro")
-    ap.add_argument("--cache", default=None, help="cache folder to use (default: a fresh one)")
+    ap.add_argument("--cache", default=None,
+                    help="cache folder to use (default: a fresh one, with the cached model weights linked in)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     shape = SHAPE
@@ -351,7 +352,14 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",")]
     if args.quick:
         shape, models, runtimes, budgets, args.plans = (1, 3, 64, 64), ["resnet18"], ["ort-fp32"], [0.7], 3
-    os.environ["EDGEPRUNE_CACHE_DIR"] = args.cache or tempfile.mkdtemp(prefix="edgeprune-bench-latency-")
+    if not args.cache:  # a fresh cache (real table build times), with the trained models' weights linked in
+        from edgeprune._paths import cache_dir
+
+        real = cache_dir()
+        args.cache = tempfile.mkdtemp(prefix="edgeprune-bench-latency-")
+        for f in [*real.glob("*-v[0-9]*.pt"), *real.glob("*-v[0-9]*.json")]:
+            os.symlink(f, Path(args.cache) / f.name)
+    os.environ["EDGEPRUNE_CACHE_DIR"] = args.cache
     cmd = "python benchmarks/bench_latency.py " + " ".join(sys.argv[1:])
     only = args.only.split(",")
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-latency-") as tmp:
