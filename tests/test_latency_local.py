@@ -68,6 +68,9 @@ def test_speedup_on_local_then_the_cached_table(capsys, cache, tmp_path):
     assert table.identity["board_id"] == lat["board_id"] and table.identity["threads"] == 1
     assert table.fmt == "onnx" and len(table.entries) >= lat["table"]["shapes_for_this_model"]
     assert lat["table"]["measured_now"] >= lat["table"]["shapes_for_this_model"] > 10
+    # the stage scales, fitted on probes measured on the board in the first batch
+    probed = [st for st in lat["stages"] if "probe_ms" in st]
+    assert probed and all(st["probe_ms"] > 0 and st["scale"] > 0 for st in probed)
     # a second run on the same board: the whole table comes from the cache
     code, out, err = run(capsys, *args, "-o", str(tmp_path / "b"))
     again = json.loads(out)["latency"]

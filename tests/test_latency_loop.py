@@ -149,3 +149,16 @@ def test_stage_probes_fit_what_layers_cost_inside_the_graph(cache):
     assert visits[True] == visits[False]  # the probes went in the first batch, with the unpruned model
     assert errors[True] < 0.03 and errors[False] > 0.10, errors
     assert keep[True] > keep[False]  # knowing the 32 px stage is cheap, the plan keeps more of it
+
+
+def test_taylor_importance_with_data_plans_and_probes(cache):
+    """--importance taylor with data: the rounds score channels with the data, the stage probes (timing
+    only) need none."""
+    import torch
+
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    r = plan_for_budget(lm(), target="local", speedup=1.5, board=FakeFormulaBoard(), importance="taylor",
+                        data=data, max_rounds=2)
+    assert r.info["importance"] == "taylor" and r.rounds and r.plan.removed_fraction() > 0
+    assert any("probe_ms" in st for st in r.info["stages"])

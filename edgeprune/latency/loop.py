@@ -245,7 +245,8 @@ def plan_for_budget(
         for k, keep_k in sf.probes.items():
             step(f"exporting stage probe {k + 1}/{len(sf.info)} (its {len(keep_k)} group(s) at their minimum)")
             probe = copy.deepcopy(net)
-            prune_(probe, make_plan({**full, **keep_k}, f"stage probe {k}"), importance=importance, protect=protect,
+            # timing only: which channels go does not change the latency ("first": no scoring, no data)
+            prune_(probe, make_plan({**full, **keep_k}, f"stage probe {k}"), importance="first", protect=protect,
                    protect_stem=protect_stem, x=x, verify=False)
             probe_arts[f"probe{k}"] = _export(probe, lm, profile.name, fmt, precision, work, f"probe{k}")
         step(f"{target}: measuring the unpruned model" + (f" and {len(probe_arts)} stage probes" if probe_arts else ""))
