@@ -1,13 +1,7 @@
-"""The adb transport's logic against a FAKE adb (no phone or adbd can exist here).
-
-The fake is a shell script named ``adb``: ``shell`` runs its arguments joined
-by spaces with ``sh -c`` (what adbd does with them), ``push`` copies. It checks
-our quoting, upload protocol and timeout handling, not adb itself.
-"""
+"""The adb transport's logic against a FAKE adb (tests/fake_adb.py: no phone or adbd can exist here)."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 import pytest
@@ -16,33 +10,12 @@ from edgeprune._paths import sha256_file
 from edgeprune.errors import TransportError
 from edgeprune.reach import resolve_target
 from edgeprune.transport import open_transport
-
-FAKE_ADB = """#!/bin/sh
-# FAKE adb for edgeprune's tests.
-[ "$1" = "-s" ] && shift 2
-case "$1" in
-  get-state) echo device ;;
-  shell) shift; exec sh -c "$*" ;;
-  push) cp "$2" "$3" ;;
-  *) echo "fake adb: unsupported $1" >&2; exit 1 ;;
-esac
-"""
+from tests.fake_adb import install_fake_phone
 
 
 @pytest.fixture
 def phone(tmp_path, monkeypatch):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "adb").write_text(FAKE_ADB)
-    (bindir / "adb").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
-    targets = tmp_path / "targets.toml"
-    targets.write_text(
-        f'[phone]\nprofile = "pixel-8"\nhost = "FAKE123"\nworkdir = "{tmp_path / "data-local-tmp"}"\n'
-        f'python = "{sys.executable}"\n'
-    )
-    monkeypatch.setenv("EDGEPRUNE_TARGETS", str(targets))
-    return tmp_path
+    return install_fake_phone(tmp_path, monkeypatch, workdir=tmp_path / "data-local-tmp")
 
 
 def test_upload_and_run_with_quoting(phone):

@@ -76,6 +76,47 @@ host_option = click.option(
 )
 
 
+accept_new_host_key_option = click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Record the board's SSH host key the first time (check the fingerprint shown).",
+)
+
+
+def budget_options(only: str = "") -> Callable[[Callable], Callable]:
+    """The closed loop's options, shared by ``prune`` and ``deploy``: ``--latency-budget``, ``--speedup``,
+    ``--format``, ``--precision``, ``--max-rounds``, ``--min-keep`` and ``--threads``. ``only`` prefixes
+    the help of those that apply only with a budget (``prune`` also takes ``--ratio`` and ``--plan``)."""
+
+    def h(text: str) -> str:
+        return only + text if only else text[0].upper() + text[1:]
+
+    options = [
+        click.option("--latency-budget", type=float, default=None, metavar="MS",
+                     help="p50 latency the pruned model must meet on the board, in ms (measured there by the "
+                     "agent)."),
+        click.option("--speedup", type=float, default=None, metavar="S",
+                     help="Budget = the unpruned model's p50 on the board / S (measured in the same run)."),
+        click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
+                     help=h("the artifact the board runs (default: the profile's).")),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+                     help=h("the artifact's precision (default: the profile's).")),
+        click.option("--max-rounds", type=click.IntRange(1, 20), default=3, show_default=True,
+                     help=h("closed-loop rounds (plan, prune, export, measure on the board).")),
+        click.option("--min-keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+                     help=h("no group keeps less than this fraction of its channels (default 0.25).")),
+        click.option("--threads", type=click.IntRange(0, 256), default=0,
+                     help=h("runtime threads on the board (0 = the runtime's default).")),
+    ]
+
+    def apply(f: Callable) -> Callable:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
 _json_out: IO[str] | None = None  # the real stdout while json_mode() is on
 
 
@@ -150,3 +191,51 @@ def console():
     from rich.console import Console
 
     return Console()
+
+
+@contextlib.contextmanager
+def native_output_to(log_path: str):
+    """Send what TensorFlow, onnx2tf and NNCF print on fds 1 and 2 to ``log_path``.
+
+    TensorFlow's C++ logging ignores Python's streams and would interleave
+    with --json on stdout; the log stays next to the artifacts for when a
+    conversion fails.
+    """
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+@contextlib.contextmanager
+def converters_to_log(prefix: str) -> Iterator[str]:
+    """Run the body with the converters' output (fds 1 and 2) going to a new log in the cache's
+    ``logs/`` folder, and edgeprune's progress to the real stderr (kept open before the redirection).
+    Yields the log's path; what becomes of the log afterwards is the caller's choice."""
+    import tempfile
+
+    from edgeprune._paths import cache_dir
+    from edgeprune.progress import show
+
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fd, log = tempfile.mkstemp(prefix=f"{prefix}-", suffix=".log", dir=logs)
+    os.close(fd)
+    progress = os.fdopen(os.dup(2), "w", buffering=1)
+    try:
+        with show(progress), native_output_to(log):
+            yield log
+    finally:
+        progress.close()

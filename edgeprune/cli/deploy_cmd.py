@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from edgeprune.cli._common import emit, host_option, json_option, model_options
+from edgeprune.cli._common import (
+    accept_new_host_key_option,
+    budget_options,
+    converters_to_log,
+    emit,
+    host_option,
+    json_option,
+    model_options,
+)
 from edgeprune.cli.prune_cmd import _shape
 
 
@@ -19,10 +27,7 @@ from edgeprune.cli.prune_cmd import _shape
               "pkg.mod:fn, or fashion-mnist / digits. Default: the model's own data set, if it has one here.")
 @click.option("--val-data", default=None, metavar="D",
               help="Held-out data for the gate (default: the data set's test split, else a seeded split).")
-@click.option("--latency-budget", type=float, default=None, metavar="MS",
-              help="p50 latency the model must meet on the board, in ms (measured there).")
-@click.option("--speedup", type=float, default=None, metavar="S",
-              help="Budget = the unpruned model's p50 on the board / S.")
+@budget_options()
 @click.option("--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, metavar="R",
               help="Remove this fraction of every group's channels instead of a latency budget.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(0), default=1.0, show_default=True, metavar="P",
@@ -30,10 +35,6 @@ from edgeprune.cli.prune_cmd import _shape
               "on held-out data.")
 @click.option("--force", is_flag=True,
               help="Ship even below the gate or over the budget; the release's manifest records it and why.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
-              help="Artifact format (default: the profile's).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Artifact precision (default: the profile's).")
 @click.option("--input-shape", default=None, callback=_shape, metavar="N,C,H,W",
               help="Input shape (batch 1); default: the model's own.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn", "taylor"]), default="l1", show_default=True,
@@ -43,15 +44,8 @@ from edgeprune.cli.prune_cmd import _shape
 @click.option("--steps", type=click.IntRange(1), default=None, help="Fine-tuning optimiser steps instead of epochs.")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MIN",
               help="Minutes of fine-tuning instead of epochs.")
-@click.option("--max-rounds", type=click.IntRange(1, 20), default=3, show_default=True,
-              help="Closed-loop rounds (plan, prune, export, measure on the board).")
-@click.option("--min-keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
-              help="No group keeps less than this fraction of its channels (default 0.25).")
-@click.option("--threads", type=click.IntRange(0, 256), default=0,
-              help="Runtime threads on the board (0 = the runtime's default).")
 @host_option
-@click.option("--accept-new-host-key", is_flag=True,
-              help="Record the board's SSH host key the first time (check the fingerprint shown).")
+@accept_new_host_key_option
 @click.option("--keep", type=click.IntRange(1), default=3, show_default=True,
               help="Releases kept on the board (the newest; current is never removed).")
 @click.option("--no-cache", is_flag=True, help="Measure again instead of reusing cached board measurements.")
@@ -89,7 +83,6 @@ def deploy(targets, model, weights, trust_factory, data, val_data, latency_budge
       edgeprune deploy -t pi-a -t pi-b -t pi-c -m mobilenetv2-fmnist --speedup 2
     """
     from edgeprune.deploy import deploy_model
-    from edgeprune.progress import show
 
     options = dict(
         data=data, val_data=val_data, latency_budget=latency_budget, speedup=speedup, ratio=ratio,
@@ -101,28 +94,19 @@ def deploy(targets, model, weights, trust_factory, data, val_data, latency_budge
     )
     import os
     import shutil
-    import tempfile
-
-    from edgeprune._paths import cache_dir
-    from edgeprune.cli.export_cmd import _native_output_to
 
     command = ["edgeprune", *sys.argv[1:]]
     # What TensorFlow, onnx2tf and NNCF print goes to a log (DIR/deploy.log once the run ends);
     # progress goes to the real stderr, kept open before that redirection.
-    logs = cache_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    fd, log = tempfile.mkstemp(prefix="deploy-", suffix=".log", dir=logs)
-    os.close(fd)
-    progress = os.fdopen(os.dup(2), "w", buffering=1)
+    log = None
     try:
-        with show(progress), _native_output_to(log):
+        with converters_to_log("deploy") as log:
             result = deploy_model(model, target=list(targets) if len(targets) > 1 else targets[0],
                                   output=output, command=command, **options)
     finally:
-        progress.close()
-        if os.path.isdir(output):
+        if log is not None and os.path.isdir(output):
             shutil.move(log, os.path.join(output, "deploy.log"))
-        else:
+        elif log is not None:
             os.unlink(log)
     if len(targets) == 1:
         emit(result, as_json=as_json, human=_human_one)

@@ -12,14 +12,11 @@ full report is printed on stdout beside ``"ok": false`` and the error).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import tempfile
 
 import click
 
-from edgeprune.cli._common import emit, json_option, model_options, target_option
+from edgeprune.cli._common import converters_to_log, emit, json_option, model_options, target_option
 from edgeprune.cli.prune_cmd import _shape
 
 
@@ -46,32 +43,6 @@ def _parse_min_agreement(value: str | None):
         return Thresholds(**{k: float(parts.get(k, 0.0)) for k in keys})
     except ValueError:
         raise click.BadParameter(f"'{value}': values must be numbers") from None
-
-
-@contextlib.contextmanager
-def _native_output_to(log_path: str):
-    """Send what TensorFlow, onnx2tf and NNCF print on fds 1 and 2 to ``log_path``.
-
-    TensorFlow's C++ logging ignores Python's streams and would interleave
-    with --json on stdout; the log stays next to the artifacts for when a
-    conversion fails.
-    """
-    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def _human(report: dict) -> None:
@@ -135,26 +106,20 @@ def _human(report: dict) -> None:
 
 
 def _run(*, as_json: bool, **kwargs) -> None:
-    from edgeprune._paths import cache_dir, output_dir
+    from edgeprune._paths import output_dir
     from edgeprune.accuracy import AccuracyDropError
     from edgeprune.errors import ExportError
     from edgeprune.export.pipeline import AgreementError, export, resolve
     from edgeprune.profiles import load_profile
-    from edgeprune.progress import show
 
     # refusals (jetson-nano INT8, a precision the board lacks) come before anything is written
     resolve(load_profile(kwargs["target"]), kwargs["fmt"], kwargs["precision"])
     output_dir(kwargs["output_dir"], create=False)  # refuse a bad --output before any work
     # The converters' output goes to a log outside the result; a finished export carries a copy
     # as export.log, a failed one leaves it here and the error names it.
-    logs = cache_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    fd, log = tempfile.mkstemp(prefix="export-", suffix=".log", dir=logs)
-    os.close(fd)
-    # progress goes to the real stderr, kept open before the converters' output is sent to the log
-    progress = os.fdopen(os.dup(2), "w", buffering=1)
+    log = None
     try:
-        with show(progress), _native_output_to(log):
+        with converters_to_log("export") as log:
             report = export(**kwargs, log_file=log)
     except AgreementError:  # --json: the CLI prints the report with the error (AgreementError.json_result)
         os.unlink(log)
@@ -166,10 +131,9 @@ def _run(*, as_json: bool, **kwargs) -> None:
         exc.args = (f"{exc} (converter output: {log})",)
         raise
     except BaseException:
-        os.unlink(log)
+        if log:
+            os.unlink(log)
         raise
-    finally:
-        progress.close()
     os.unlink(log)
     emit(report.to_dict(), as_json=as_json, human=_human)
 

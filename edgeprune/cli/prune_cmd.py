@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from edgeprune.cli._common import emit, host_option, json_option, model_options, target_option
+from edgeprune.cli._common import (
+    accept_new_host_key_option,
+    budget_options,
+    emit,
+    host_option,
+    json_option,
+    model_options,
+    target_option,
+)
 
 
 def _shape(ctx, param, value):
@@ -45,64 +53,14 @@ def _shape(ctx, param, value):
     metavar="FILE",
     help="Apply a channel plan JSON instead of --ratio.",
 )
-@click.option(
-    "--latency-budget",
-    type=float,
-    default=None,
-    metavar="MS",
-    help="p50 latency the pruned model must meet on the board, in ms (measured there by the agent).",
-)
-@click.option(
-    "--speedup",
-    type=float,
-    default=None,
-    metavar="S",
-    help="Budget = the unpruned model's p50 on the board / S (measured in the same run).",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["onnx", "tflite"]),
-    default=None,
-    help="With a budget: the artifact the board runs (default: the profile's).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
-    default=None,
-    help="With a budget: its precision (default: the profile's).",
-)
-@click.option(
-    "--max-rounds",
-    type=click.IntRange(1, 20),
-    default=3,
-    show_default=True,
-    help="With a budget: closed-loop rounds (plan, prune, export, measure on the board).",
-)
-@click.option(
-    "--min-keep",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=None,
-    metavar="F",
-    help="With a budget: no group keeps less than this fraction of its channels (default 0.25).",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(0, 256),
-    default=0,
-    help="With a budget: runtime threads on the board (0 = the runtime's default).",
-)
+@budget_options(only="With a budget: ")
 @click.option(
     "--estimate",
     is_flag=True,
     help="With a budget: plan from the profile's roofline estimate, without a board (not measured).",
 )
 @host_option
-@click.option(
-    "--accept-new-host-key",
-    is_flag=True,
-    help="Record the board's SSH host key the first time (check the fingerprint shown).",
-)
+@accept_new_host_key_option
 @click.option(
     "--no-cache",
     is_flag=True,
