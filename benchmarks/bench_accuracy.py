@@ -171,7 +171,7 @@ class Bench:
         fmt, precision = RUNTIMES[runtime]
         out = self.work / "export" / name
         return export(_wrap(module, lm, name), target="local", fmt=fmt, precision=precision, output_dir=out,
-                      data="fashion-mnist", accuracy_count=self.args.test_limit if accuracy else 64,
+                      data="fashion-mnist", accuracy_count=(self.args.test_limit or 10000) if accuracy else 64,
                       min_agreement=0.0, name=name)
 
     def latency(self, module: nn.Module, lm, runtime: str) -> float:
