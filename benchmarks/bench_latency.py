@@ -128,7 +128,7 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
     from edgeprune.bench.batch import BatchSession, BatchSettings
     from edgeprune.latency.estimate import RooflineEstimate
     from edgeprune.latency.layers import candidate_counts, layer_inventory
-    from edgeprune.latency.loop import WHOLE, _export
+    from edgeprune.latency.loop import WHOLE, _export, export_stage_probes
     from edgeprune.latency.measure import MICRO, measure_shapes, shapes_to_measure
     from edgeprune.latency.predict import Calibration, Predictor, StageFit
     from edgeprune.latency.table import cache_path, load_cached
@@ -158,12 +158,8 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
     full_art = _export(net, lm, "local", fmt, precision, work, f"{name}-{rt}-unpruned")
     # the stage probes, as the loop makes them (predict.StageFit), measured with the unpruned model
     sf = StageFit.plan(inv.layers, space)
-    probe_arts = {}
-    for k, keep_k in sf.probes.items():
-        m = __import__("copy").deepcopy(net)
-        prune_(m, ChannelPlan.from_keep(inv.prunable, {**full, **keep_k}, align=multiple, input_shape=shape,
-                                        base=lm.base), x=x, verify=False)
-        probe_arts[f"probe{k}"] = _export(m, lm, "local", fmt, precision, work, f"{name}-{rt}-probe{k}")
+    probe_arts = export_stage_probes(sf, lm, full, inv.prunable, profile_name="local", fmt=fmt,
+                                     precision=precision, folder=work, align=multiple, prefix=f"{name}-{rt}-")
     settings = BatchSettings(threads=threads)
     with BatchSession(resolve_target("local"), settings=settings) as board:
         whole = BatchSettings(**{**WHOLE.__dict__, "threads": threads})
@@ -175,8 +171,7 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
             table.save(cache_path(table))
         base = first.baseline.p50_ms if first.baseline else 0.0
         staged = Predictor(inv.layers, table)
-        sf.apply(staged, full, {k: first.timings[f"probe{k}"].p50_ms for k in sf.probes},
-                 first.timings["unpruned"].p50_ms, base)
+        sf.apply(staged, full, sf.measured(first.timings), first.timings["unpruned"].p50_ms, base)
         est = RooflineEstimate(profile, precision)
         errs = {"staged": [], "table": [], "roofline": [], "macs": []}
         for start in range(0, len(plans), 10):  # 10 plans + the unpruned model per batch

@@ -72,7 +72,7 @@ def run_model(name, shape, ratio, round_tos, threads, work: Path, digits: bool) 
     from edgeprune.export.onnx import export_onnx
     from edgeprune.latency.allocate import allocate, channel_importance
     from edgeprune.latency.layers import candidate_counts, layer_inventory
-    from edgeprune.latency.loop import WHOLE, _export
+    from edgeprune.latency.loop import WHOLE, _export, export_stage_probes
     from edgeprune.latency.measure import MICRO, measure_shapes, shapes_to_measure
     from edgeprune.latency.predict import Calibration, Predictor, StageFit
     from edgeprune.latency.table import cache_path, load_cached
@@ -96,12 +96,8 @@ def run_model(name, shape, ratio, round_tos, threads, work: Path, digits: bool) 
     rows = []
     full_art = _export(net, lm, "local", "onnx", "fp32", work, f"{name}-unpruned")
     sf = StageFit.plan(inv.layers, space)  # the loop's stage probes: the predictor the loop plans with
-    probe_arts = {}
-    for k, keep_k in sf.probes.items():
-        m = copy.deepcopy(net)
-        prune_(m, ChannelPlan.from_keep(inv.prunable, {**full, **keep_k}, align=multiple, input_shape=shape,
-                                        base=lm.base), x=x, verify=False)
-        probe_arts[f"probe{k}"] = _export(m, lm, "local", "onnx", "fp32", work, f"{name}-probe{k}")
+    probe_arts = export_stage_probes(sf, lm, full, inv.prunable, profile_name="local", fmt="onnx",
+                                     precision="fp32", folder=work, align=multiple, prefix=f"{name}-")
     with BatchSession(resolve_target("local"), settings=BatchSettings(threads=threads)) as board:
         first = board.measure({"unpruned": full_art, **probe_arts}, settings=whole)
         table = load_cached(board.identity(first), fmt="onnx", precision="fp32")
@@ -111,8 +107,7 @@ def run_model(name, shape, ratio, round_tos, threads, work: Path, digits: bool) 
             table.save(cache_path(table))
         base = first.baseline.p50_ms if first.baseline else 0.0
         pred = Predictor(inv.layers, table, calibration=Calibration(base_ms=base))
-        sf.apply(pred, full, {k: first.timings[f"probe{k}"].p50_ms for k in sf.probes},
-                 first.timings["unpruned"].p50_ms, base)
+        sf.apply(pred, full, sf.measured(first.timings), first.timings["unpruned"].p50_ms, base)
         pred.calibration.add(pred.table_ms(full), first.timings["unpruned"].p50_ms)
         for global_pruning in (False, True):
             for round_to in round_tos:

@@ -228,3 +228,23 @@ def test_stage_scales_recover_what_a_layer_costs_in_the_graph():
     one_scale = Predictor(layers, FakeCosts(), calibration=Calibration(base_ms=0.05))
     one_scale.calibration.add(one_scale.table_ms(full), board(full))
     assert abs(one_scale.predict(plan) / board(plan) - 1) > 0.15  # what one scale gets wrong
+
+
+def test_stage_fit_uses_only_the_probes_the_board_ran():
+    """A probe the board failed to run (or did not send back) drops out of the fit; the stages keep one
+    scale rather than fitting on an error's zero time."""
+    from types import SimpleNamespace
+
+    from edgeprune.latency.predict import StageFit
+
+    layers, space = _two_resolutions()
+    sf = StageFit.plan(layers, space)
+    assert sorted(sf.probes) == [0, 1] and sf.probe_name(1) == "probe1"
+    ok = SimpleNamespace(ok=True, p50_ms=1.5)
+    failed = SimpleNamespace(ok=False, p50_ms=0.0, error="out of memory")
+    assert sf.measured({"unpruned": ok, "probe0": ok, "probe1": failed}) == {0: 1.5}
+    assert sf.measured({"unpruned": ok}) == {}
+    pred = Predictor(layers, FakeCosts(), calibration=Calibration(base_ms=0.05))
+    full = {g: c[-1] for g, c in space.items()}
+    assert sf.apply(pred, full, sf.measured({"unpruned": ok}), 2.0, 0.05) is False
+    assert "scale" not in sf.info[0] and sf.info[0]["probe_groups"] == 2

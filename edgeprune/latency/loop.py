@@ -102,6 +102,31 @@ def _export(module, lm, profile_name: str, fmt: str, precision: str, folder: Pat
     return report.final.path
 
 
+def export_stage_probes(sf, lm, full: dict[str, int], groups, *, profile_name: str, fmt: str, precision: str,
+                        folder: Path, align: int, prefix: str = "", protect: Iterable[str] = (),
+                        protect_stem: bool = True) -> dict[str, Path]:
+    """Export the stage probes of ``sf`` (a :class:`.predict.StageFit`): for each stage, ``lm``'s model
+    with the groups that stage produces at their minimum and every other group full. Returns
+    ``{sf.probe_name(k): artifact}``, to measure in the same batch as the unpruned model.
+
+    Timing only: which channels go does not change the latency, so the probes keep the first
+    channels (no scoring, no data) and are not verified."""
+    from edgeprune.prune import ChannelPlan, example_input, prune_
+
+    shape = tuple(lm.input_shape)
+    x = example_input(shape)
+    arts = {}
+    for k, keep_k in sf.probes.items():
+        step(f"exporting stage probe {k + 1}/{len(sf.info)} (its {len(keep_k)} group(s) at their minimum)")
+        plan = ChannelPlan.from_keep(groups, {**full, **keep_k}, align=align, input_shape=shape, base=lm.base)
+        plan.note = f"stage probe {k}"
+        probe = copy.deepcopy(lm.module)
+        prune_(probe, plan, importance="first", protect=protect, protect_stem=protect_stem, x=x, verify=False)
+        name = sf.probe_name(k)
+        arts[name] = _export(probe, lm, profile_name, fmt, precision, folder, prefix + name)
+    return arts
+
+
 def _open_board(reach, *, threads: int, accept_new_host_key: bool):
     from edgeprune.bench.batch import BatchSession
 
@@ -241,14 +266,9 @@ def plan_for_budget(
         step(f"exporting the unpruned model ({fmt} {precision})")
         full_art = _export(net, lm, profile.name, fmt, precision, work, "unpruned")
         sf = StageFit.plan(inv.layers, space, enabled=probe_stages)
-        probe_arts = {}
-        for k, keep_k in sf.probes.items():
-            step(f"exporting stage probe {k + 1}/{len(sf.info)} (its {len(keep_k)} group(s) at their minimum)")
-            probe = copy.deepcopy(net)
-            # timing only: which channels go does not change the latency ("first": no scoring, no data)
-            prune_(probe, make_plan({**full, **keep_k}, f"stage probe {k}"), importance="first", protect=protect,
-                   protect_stem=protect_stem, x=x, verify=False)
-            probe_arts[f"probe{k}"] = _export(probe, lm, profile.name, fmt, precision, work, f"probe{k}")
+        probe_arts = export_stage_probes(sf, lm, full, groups, profile_name=profile.name, fmt=fmt,
+                                         precision=precision, folder=work, align=multiple, protect=protect,
+                                         protect_stem=protect_stem)
         step(f"{target}: measuring the unpruned model" + (f" and {len(probe_arts)} stage probes" if probe_arts else ""))
         first = board.measure({"unpruned": full_art, **probe_arts}, settings=whole)
         t_un = first.timings["unpruned"]
@@ -281,9 +301,7 @@ def plan_for_budget(
              f"the cache, {measured_now} measured now ({getattr(board, 'visits', 0) - visits0} board visits)")
 
         pred = Predictor(inv.layers, table, calibration=Calibration(base_ms=base_ms))
-        probe_ms = {k: first.timings[f"probe{k}"].p50_ms for k in sf.probes
-                    if f"probe{k}" in first.timings and first.timings[f"probe{k}"].ok}
-        if sf.apply(pred, full, probe_ms, unpruned, base_ms):
+        if sf.apply(pred, full, sf.measured(first.timings), unpruned, base_ms):
             note(f"in-graph cost against the table, per stage (1 = the model's mean): {sf.describe()}")
         pred.calibration.add(pred.table_ms(full), unpruned)
         measured_plans: dict[tuple, dict] = {}

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgeprune.latency.layers import Layer
 
@@ -242,8 +243,9 @@ class StageFit:
     Example::
 
         sf = StageFit.plan(layers, space)           # sf.probes: {stage: keep of the groups it changes}
-        ...export {**full, **keep} for each probe, measure them with the unpruned model in one batch...
-        sf.apply(pred, full, {k: probe_ms}, unpruned_ms, base_ms)   # pred now predicts with the scales
+        arts = loop.export_stage_probes(sf, ...)    # {sf.probe_name(k): artifact}
+        first = board.measure({"unpruned": full_art, **arts})
+        sf.apply(pred, full, sf.measured(first.timings), unpruned_ms, base_ms)   # pred predicts with the scales
     """
 
     stages: dict[str, int]
@@ -255,6 +257,21 @@ class StageFit:
         stages, info = stages_of(layers)
         probes = stage_probes(layers, space, stages, len(info)) if enabled and len(info) > 1 else {}
         return cls(stages, info, probes)
+
+    @staticmethod
+    def probe_name(k: int) -> str:
+        """The name stage ``k``'s probe has in a board batch (beside ``"unpruned"``)."""
+        return f"probe{k}"
+
+    def measured(self, timings: Mapping[str, Any]) -> dict[int, float]:
+        """Stage -> p50 ms of the probes a batch's ``timings`` ran; a probe that failed or is missing
+        is left out (its stage keeps the single scale's share of the fit)."""
+        out = {}
+        for k in self.probes:
+            t = timings.get(self.probe_name(k))
+            if t is not None and t.ok:
+                out[k] = t.p50_ms
+        return out
 
     def apply(self, pred: Predictor, full: Mapping[str, int], probe_ms: Mapping[int, float],
               unpruned_ms: float, base_ms: float) -> bool:
