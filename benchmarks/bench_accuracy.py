@@ -369,8 +369,9 @@ def goals(fam: dict) -> list[str]:
 def markdown(results: list[dict], args, command: str) -> str:
     from _results import machine_line
 
+    commands = list(dict.fromkeys(rt.get("command", command) for fam in results for rt in fam["runtimes"].values()))
     lines = ["## Accuracy at equal measured latency (Fashion-MNIST, issue 11)", "",
-             f"Command: `{command}`", f"Machine: {machine_line()}", "",
+             *(f"Command: `{c}`" for c in commands), f"Machine: {machine_line()}", "",
              "Top-1 on the held-out test split "
              f"({args.test_limit or 10000} images), after the same fine-tuning for every row "
              f"({args.steps and f'{args.steps} steps' or f'{args.epochs} epoch(s)'} of distillation from the unpruned model, "
@@ -383,6 +384,7 @@ def markdown(results: list[dict], args, command: str) -> str:
             metric = "top1_int8" if runtime == "tflite-int8" else "top1_fp32"
             u = rt["unpruned"]
             lines += [f"### {fam['family']}, {runtime} ({fam['weights']})", "",
+                      *([f"Command: `{rt['command']}`", ""] if len(commands) > 1 else []),
                       f"Unpruned: p50 {u['p50_ms']:.3f} ms, top-1 {_num(u.get(metric))}"
                       + (f" (fp32 {u['top1_fp32']:.4f})" if runtime == "tflite-int8" else ""), "",
                       "| budget | method | ratio | p50 ms (budget) | MACs | top-1 | "
@@ -404,6 +406,30 @@ def markdown(results: list[dict], args, command: str) -> str:
             lines.append("")
         lines += ["Goals:", "", *goals(fam), ""]
     return "\n".join(lines)
+
+
+def settings_of(args) -> dict:
+    """What makes two runs' tables comparable: the same fine-tuning, test split and clock."""
+    return {k: getattr(args, k) for k in ("epochs", "steps", "train_limit", "test_limit", "bench_runs",
+                                          "repeats", "methods", "budgets")}
+
+
+def merge(previous: list[dict], results: list[dict]) -> list[dict]:
+    """This run's tables, plus the tables of earlier runs (``results.json``) for the families and
+    runtimes this run did not measure, kept only when made with the same settings: a long benchmark
+    can then be run a family or a runtime at a time, and each table names the command that made it."""
+    settings = next((rt["settings"] for fam in results for rt in fam["runtimes"].values()), None)
+    merged = {fam["family"]: {**fam, "runtimes": dict(fam["runtimes"])} for fam in results}
+    for fam in previous:
+        for runtime, rt in fam.get("runtimes", {}).items():
+            if rt.get("settings") != settings:
+                continue
+            into = merged.setdefault(fam["family"], {**fam, "runtimes": {}})
+            into["runtimes"].setdefault(runtime, rt)
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    for fam in merged.values():
+        fam["runtimes"] = {r: fam["runtimes"][r] for r in sorted(fam["runtimes"], key=list(RUNTIMES).index)}
+    return sorted(merged.values(), key=lambda f: order.get(f["family"], len(order)))
 
 
 def main() -> None:
@@ -443,8 +469,14 @@ def main() -> None:
     bench = Bench(args, work)
     t0 = time.time()
     results = [run_family(f, bench, args) for f in args.families]
-    command = "python benchmarks/bench_accuracy.py " + " ".join(sys.argv[1:])
-    text = markdown(results, args, command.strip())
+    command = ("python benchmarks/bench_accuracy.py " + " ".join(sys.argv[1:])).strip()
+    for fam in results:
+        for rt in fam["runtimes"].values():
+            rt.update(command=command, settings=settings_of(args))
+    previous = work / "results.json"
+    if previous.is_file() and not args.quick:
+        results = merge(json.loads(previous.read_text()), results)
+    text = markdown(results, args, command)
     print(text)
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"({time.time() - t0:.0f} s; JSON: {work / 'results.json'})")
