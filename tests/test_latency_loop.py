@@ -162,3 +162,19 @@ def test_taylor_importance_with_data_plans_and_probes(cache):
                         data=data, max_rounds=2)
     assert r.info["importance"] == "taylor" and r.rounds and r.plan.removed_fraction() > 0
     assert any("probe_ms" in st for st in r.info["stages"])
+
+
+def test_a_model_that_is_mostly_per_call_cost_is_named_so(cache, monkeypatch):
+    """A FAKE board where an empty model costs 200 ms: the loop says that channel removal cannot touch most
+    of the latency (and keeps the share in the summary) instead of silently stripping every group."""
+    from edgeprune import progress
+
+    notes = []
+    monkeypatch.setattr(progress, "_listener", lambda message, kind="step": notes.append((kind, message)))
+    r = plan_for_budget(lm(), target="local", speedup=1.5, board=FakeFormulaBoard(per_call_ms=200.0),
+                        max_rounds=1)
+    assert r.info["per_call_share"] >= 0.5
+    assert any(k == "note" and "is per-call cost" in m for k, m in notes), notes
+    assert r.met is False  # 1.5x of a model that is mostly an empty call's cost
+    quiet = plan_for_budget(lm(), target="local", speedup=1.2, board=FakeFormulaBoard(), max_rounds=1)
+    assert quiet.info["per_call_share"] < 0.5

@@ -62,6 +62,7 @@ from edgeprune.progress import Counter, note, step
 
 AIM = 0.95  # plan for 95 % of the budget: the board's p50 moves a few % between batches
 BAND = 0.90  # "met" = measured within [0.9, 1.0] x budget; further under, plan again
+PER_CALL_WARN = 0.5  # warn when at least half the unpruned p50 is per-call cost (the empty model's p50)
 WHOLE = BatchSettings(rounds=12, runs=5, warmup=5, max_s=90.0, timeout_s=600.0)
 
 
@@ -304,6 +305,13 @@ def plan_for_budget(
         if sf.apply(pred, full, sf.measured(first.timings), unpruned, base_ms):
             note(f"in-graph cost against the table, per stage (1 = the model's mean): {sf.describe()}")
         pred.calibration.add(pred.table_ms(full), unpruned)
+        per_call = base_ms / unpruned if unpruned > 0 else 0.0
+        if per_call >= PER_CALL_WARN:
+            note(f"warning: {per_call:.0%} of the unpruned model's {unpruned:.3f} ms on {target} is per-call "
+                 f"cost (an empty model measures {base_ms:.3f} ms), which removing channels cannot touch: "
+                 f"a budget under {base_ms:.3f} ms cannot be met and the savings left are near the "
+                 "measurement noise; a bigger batch or input, or a board where the model costs more, "
+                 "is where pruning pays")
         measured_plans: dict[tuple, dict] = {}
         if unpruned <= budget:
             rounds.append(_round_row(0, full, pred.predict(full), unpruned, unpruned, budget, None, first))
@@ -355,7 +363,7 @@ def plan_for_budget(
             **base_info,
             "runtime": first.runtime, "runtime_version": first.runtime_version,
             "board_id": identity.get("board_id"), "host_key": identity.get("host_key"),
-            "threads": threads, "baseline_ms": round(base_ms, 5),
+            "threads": threads, "baseline_ms": round(base_ms, 5), "per_call_share": round(per_call, 3),
             "budget_from": "latency_budget" if latency_budget is not None else f"speedup {speedup:g}",
             "chosen_round": chosen["round"] if chosen else None,
             "board_visits": getattr(board, "visits", None),
