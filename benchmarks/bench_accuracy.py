@@ -370,7 +370,8 @@ def markdown(results: list[dict], args, command: str) -> str:
     from _results import machine_line
 
     commands = list(dict.fromkeys(rt.get("command", command) for fam in results for rt in fam["runtimes"].values()))
-    lines = ["## Accuracy at equal measured latency (Fashion-MNIST, issue 11)", "",
+    title = "Accuracy at equal measured latency" if args.section == "accuracy" else f"Accuracy: {args.section}"
+    lines = [f"## {title} (Fashion-MNIST, issue 11)", "",
              *(f"Command: `{c}`" for c in commands), f"Machine: {machine_line()}", "",
              "Top-1 on the held-out test split "
              f"({args.test_limit or 10000} images), after the same fine-tuning for every row "
@@ -450,6 +451,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for fine-tuning (default: torch's)")
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".accuracy-work"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--section", default="accuracy",
+                    help="the RESULTS.md section to write (another one keeps a run with other settings, e.g. a "
+                         "longer fine-tune, beside the headline; give it its own --workdir too)")
     args = ap.parse_args()
     if args.quick:  # smaller defaults; anything given explicitly still applies
         args.families = args.families or "mobilenetv2-fmnist"
@@ -483,7 +487,7 @@ def main() -> None:
     if not (args.quick or args.no_write):
         from _results import write_section
 
-        write_section("accuracy", text)
+        write_section(args.section, text)
 
 
 if __name__ == "__main__":
