@@ -116,11 +116,24 @@ def edgeprune_latency_aware(lm, budget_ms: float, runtime: str, *, fraction: flo
             # threads=1: Bench.latency measures on one thread
             budget = {"speedup": 1.0 / fraction} if fraction else {"latency_budget": budget_ms}
             # data: the model's own training split (as `prune --data fashion-mnist`): Taylor sensitivity
-            prune_model(lm.base, target="local", output=out, fmt=fmt, precision=precision, threads=1,
-                        data="fashion-mnist", **budget)
+            summary = prune_model(lm.base, target="local", output=out, fmt=fmt, precision=precision, threads=1,
+                                  data="fashion-mnist", **budget)
         except BudgetError as exc:  # the closest plan is written; the row's own measurement shows the miss
             print(f"  edgeprune: {exc}", flush=True)
+            summary = exc.result or {}
+        LOOP_LOG[(lm.name, runtime, fraction or budget_ms)] = loop_line(summary.get("latency") or {})
         return load_model(str(Path(out) / "model.ept")).module
+
+
+LOOP_LOG: dict[tuple, str] = {}  # (family, runtime, budget) -> what edgeprune's own closed loop judged
+
+
+def loop_line(lat: dict) -> str:
+    """The loop's rounds as its own batches judged them (x budget), and the round it chose."""
+    rounds = [r for r in lat.get("rounds", []) if r.get("round")]
+    marks = ", ".join(f"{r['measured_over_budget']:.2f}" for r in rounds)
+    return (f"{'met' if lat.get('met') else 'NOT met'}; rounds judged {marks} x budget, chose round "
+            f"{lat.get('chosen_round')}") if rounds else str(lat.get("status", "no loop"))
 
 
 def tp_prune(lm, ratio: float, *, global_pruning: bool) -> nn.Module:
@@ -313,6 +326,8 @@ def run_family(name: str, bench: Bench, args) -> dict:
                 ft = finetuned[key]
                 cell = {"label": label, "ratio": ratio, "p50_ms": round(bench.latency(module, lm, runtime), 4),
                         "budget_ms": round(budget, 4), **{k: v for k, v in ft.items() if k != "module"}}
+                if planner.by_budget is not None and (name, runtime, b) in LOOP_LOG:
+                    cell["loop"] = LOOP_LOG[(name, runtime, b)]
                 if runtime == "tflite-int8":
                     if "top1_int8" not in ft:
                         ft["top1_int8"] = _int8_top1(bench, ft["module"], lm, key)
@@ -404,6 +419,9 @@ def markdown(results: list[dict], args, command: str) -> str:
                     lines.append(f"| {b}x | {cell['label']} | {_num(cell['ratio'], '.2f')} | {cell['p50_ms']:.3f} "
                                  f"({cell['budget_ms']:.3f}) | {cell['macs'] / 1e6:.1f}M | {_num(cell.get(metric))} |"
                                  f"{loss} {cell['images_per_s']} |")
+            loops = [f"{b}x: {c['loop']}" for b, row in rt["budgets"].items() for c in row.values() if "loop" in c]
+            if loops:
+                lines += ["", "edgeprune's closed loop, in its own batches: " + "; ".join(loops) + "."]
             lines.append("")
         lines += ["Goals:", "", *goals(fam), ""]
     return "\n".join(lines)
