@@ -106,6 +106,22 @@ def test_calibration_one_point_and_many():
     assert all(b >= a - 1e-12 for a, b in zip(values, values[1:], strict=False))
 
 
+def test_two_close_rounds_do_not_send_the_extrapolation_far_under():
+    """Rounds 1 and 2 both a few % over, close together: their segment's slope is mostly noise. Extrapolated
+    as it is, it asked for a plan 40 % under the budget (seen on resnet18-fmnist: rounds at 1.05, 1.01,
+    then 0.62 x budget); bounded by the nearest point's ratio, the next plan lands near the budget."""
+    cal = Calibration(base_ms=0.1)
+    truth = lambda t: 0.1 + t  # noqa: E731  the board: 1 ms per table ms
+    cal.add(10.0, truth(10.0))  # the unpruned model
+    cal.add(5.0, 5.2)  # round 1: 4 % over what the board does on average
+    cal.add(4.8, 5.16)  # round 2: a smaller plan, only 0.04 ms faster (slope 0.2: noise)
+    target = 0.95 * 5.0
+    # the plan the allocation would pick: the largest table sum predicted under the target
+    t_plan = max(t for t in np.linspace(0.5, 4.8, 431) if cal(t) <= target)
+    assert truth(t_plan) / 5.0 > 0.85  # unbounded, the segment's line asked for t = 2.75 (0.57 x budget)
+    assert truth(t_plan) <= 5.0
+
+
 class FakeCosts:
     """A fake board's layer costs from a formula (no hardware): a cliff after every 32 outputs."""
 

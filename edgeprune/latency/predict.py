@@ -72,6 +72,9 @@ def _monotone(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(st / n, sm / n) for st, sm, n in blocks]
 
 
+SLOPE_LIMITS = (0.7, 1.5)  # extrapolation slope, as a fraction of the nearest point's ms-per-table-ms
+
+
 @dataclass
 class Calibration:
     """Table sum -> whole-model ms on this board, from whole-model measurements."""
@@ -94,12 +97,17 @@ class Calibration:
             return self.base_ms + table_ms * self._ratio(t, m)
         if table_ms <= pts[0][0] or table_ms >= pts[-1][0]:
             (t0, m0), (t1, m1) = pts[:2] if table_ms <= pts[0][0] else pts[-2:]
+            t, m = pts[0] if table_ms <= pts[0][0] else pts[-1]
+            ratio = self._ratio(t, m)
             slope = (m1 - m0) / max(t1 - t0, 1e-12)
             if slope <= 0:  # flattened by noise: fall back to the nearest point's ratio
-                t, m = pts[0] if table_ms <= pts[0][0] else pts[-1]
-                return self.base_ms + table_ms * self._ratio(t, m)
-            # the nearest segment's line: keeps the cost a plan does not shrink (adds, per-node)
-            return max(m0 + slope * (table_ms - t0), self.base_ms + 1e-6)
+                return self.base_ms + table_ms * ratio
+            # the nearest segment's line: keeps the cost a plan does not shrink (adds, per-node). Two
+            # rounds' plans close together give a segment whose slope is mostly noise (a few % of p50
+            # over a small step), and extrapolated far it turns a 5 % miss into a plan 40 % under the
+            # budget; so the slope stays within SLOPE_LIMITS of the nearest point's own ratio.
+            slope = min(max(slope, SLOPE_LIMITS[0] * ratio), SLOPE_LIMITS[1] * ratio)
+            return max(m + slope * (table_ms - t), self.base_ms + 1e-6)
         for (t0, m0), (t1, m1) in zip(pts, pts[1:], strict=False):
             if t0 <= table_ms <= t1:
                 return m0 + (m1 - m0) * (table_ms - t0) / max(t1 - t0, 1e-12)
