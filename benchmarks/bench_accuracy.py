@@ -470,8 +470,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".accuracy-work"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--section", default="accuracy",
-                    help="the RESULTS.md section to write (another one keeps a run with other settings, e.g. a "
-                         "longer fine-tune, beside the headline; give it its own --workdir too)")
+                    help="the RESULTS.md section to write: another one keeps a run with other settings (e.g. a "
+                         "longer fine-tune) beside the headline, with its own results-SECTION.json; checkpoints "
+                         "and measured latencies are shared")
     args = ap.parse_args()
     if args.quick:  # smaller defaults; anything given explicitly still applies
         args.families = args.families or "mobilenetv2-fmnist"
@@ -495,13 +496,15 @@ def main() -> None:
     for fam in results:
         for rt in fam["runtimes"].values():
             rt.update(command=command, settings=settings_of(args))
-    previous = work / "results.json"
-    if previous.is_file() and not args.quick:
-        results = merge(json.loads(previous.read_text()), results)
+    # one JSON per RESULTS.md section: a run for another section (other settings) shares the workdir's
+    # checkpoints and latency cache but never replaces the headline's tables
+    saved = work / ("results.json" if args.section == "accuracy" else f"results-{args.section}.json")
+    if saved.is_file() and not args.quick:
+        results = merge(json.loads(saved.read_text()), results)
     text = markdown(results, args, command)
     print(text)
-    (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    print(f"({time.time() - t0:.0f} s; JSON: {work / 'results.json'})")
+    saved.write_text(json.dumps(results, indent=1, default=str))
+    print(f"({time.time() - t0:.0f} s; JSON: {saved})")
     if not (args.quick or args.no_write):
         from _results import write_section
 

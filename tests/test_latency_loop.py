@@ -116,7 +116,8 @@ def test_a_board_that_slows_down_between_visits_keeps_one_table_level(cache, tmp
 
 def test_a_speedup_is_judged_in_the_same_batch_when_the_board_slows_down(cache):
     """A board 1.4x slower after its first visit: --speedup (relative) is met by the speedup measured
-    beside the unpruned model; an absolute --latency-budget is not met by a board that got slower."""
+    beside the unpruned model; an absolute --latency-budget is judged on the raw p50, and the rounds after
+    the first plan for the board as it now measures (slower), so the budget is met on the board as it is."""
     r = plan_for_budget(lm(), target="local", speedup=1.6, board=FakeFormulaBoard(slower_after_first_visit=1.4))
     assert r.met is True and "faster than the unpruned model in the same batch" in r.status
     chosen = next(x for x in r.rounds if x["round"] == r.info["chosen_round"])
@@ -125,7 +126,11 @@ def test_a_speedup_is_judged_in_the_same_batch_when_the_board_slows_down(cache):
     absolute = plan_for_budget(lm(), target="local", latency_budget=r.budget_ms,
                                board=FakeFormulaBoard(slower_after_first_visit=1.4))
     assert all(x["judged_ms"] == x["measured_ms"] for x in absolute.rounds)
-    assert absolute.met is False and "was not met" in absolute.status
+    first, *later = absolute.rounds
+    assert first["measured_ms"] > absolute.budget_ms  # round 1 was planned for the board's first speed
+    assert later and absolute.met is True, absolute.status
+    chosen = next(x for x in absolute.rounds if x["round"] == absolute.info["chosen_round"])
+    assert chosen["round"] > 1 and chosen["measured_ms"] <= absolute.budget_ms
 
 
 def test_stage_probes_fit_what_layers_cost_inside_the_graph(cache):

@@ -86,9 +86,11 @@ def _shape(ctx, param, value):
     "--protect", multiple=True, metavar="LAYER", help="A layer name never to prune (repeatable)."
 )
 @click.option(
-    "--prune-stem",
-    is_flag=True,
-    help="Also prune the input stem's group (protected by default; in ResNets it spans the first stage).",
+    "--prune-stem/--protect-stem",
+    default=None,
+    help="Whether the input stem's group (in ResNets the whole first stage) may lose channels. Default: "
+    "protected under --ratio; under a budget the allocation weighs it like every group (at small inputs it "
+    "is a large share of the latency); under --plan the plan decides.",
 )
 @click.option(
     "--no-align", is_flag=True, help="Do not round kept channel counts to the board's alignment."
@@ -164,7 +166,7 @@ def prune(
             importance=importance,
             protect=tuple(protect),
             align=not no_align,
-            protect_stem=not prune_stem,
+            protect_stem=None if prune_stem is None else not prune_stem,
             latency_budget=latency_budget,
             speedup=speedup,
             fmt=fmt,

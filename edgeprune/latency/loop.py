@@ -23,7 +23,10 @@ runs (through :mod:`edgeprune.prune.pipeline`):
    budget``; otherwise the measured point joins the calibration (scaled by
    how the unpruned model measured in the same batch, so that a busier board
    in one round does not bend the model) and the next round plans again, up
-   to ``max_rounds``;
+   to ``max_rounds``. With an absolute ``--latency-budget`` the next round
+   plans for the board's load as the last batch measured it (the budget
+   divided by how much slower the unpruned model ran there than at first):
+   a board that stays slower is planned for as it is;
 6. the result is the round that met the budget keeping the most importance;
    if none met it, the closest, with ``met=False`` and a one-line ``status``
    saying so (the caller exits non-zero). If even every group at its minimum
@@ -148,7 +151,7 @@ def plan_for_budget(
     data: Iterable | None = None,
     sensitivity: str | None = None,
     protect: tuple[str, ...] = (),
-    protect_stem: bool = True,
+    protect_stem: bool = False,
     align: bool = True,
     min_keep: float = DEFAULT_MIN_KEEP,
     max_steps: int = DEFAULT_MAX_STEPS,
@@ -164,6 +167,10 @@ def plan_for_budget(
     ``importance`` picks which channels a group keeps; ``sensitivity`` (default:
     the same criterion) scores channels across groups for the allocation:
     ``"taylor"`` with ``data`` puts every group in one unit, the loss change.
+
+    ``protect_stem``: off by default: the stem's group is weighed like every
+    other (at a 64 px input it runs at 32 px and is a large share of the
+    latency; protected, the allocation has to cut elsewhere what it would save).
 
     ``probe_stages``: fit a scale per resolution stage from whole-model probes
     measured with the unpruned model (one batch; see :mod:`.predict`). Off,
@@ -317,13 +324,15 @@ def plan_for_budget(
             rounds.append(_round_row(0, full, pred.predict(full), unpruned, unpruned, budget, None, first))
             note(f"round 0: the unpruned model measures {unpruned:.3f} ms, within the budget of "
                  f"{budget:.3f} ms: nothing to remove")
+        load = 1.0  # the board's speed now against its first measurement (absolute budgets only)
         for r in range(1, max_rounds + 1):
             if unpruned <= budget:
                 break
-            alloc = allocate(space, scores, pred, AIM * budget)
+            aim = budget / load  # the budget at the load level the calibration is kept at
+            alloc = allocate(space, scores, pred, AIM * aim)
             key = tuple(sorted(alloc.keep.items()))
             if key in measured_plans and measured_plans[key]["judged_ms"] < BAND * budget:
-                alloc = allocate(space, scores, pred, budget)  # under the band: use the margin too
+                alloc = allocate(space, scores, pred, aim)  # under the band: use the margin too
                 key = tuple(sorted(alloc.keep.items()))
             if key in measured_plans:  # the correction led back to a plan already measured
                 note(f"round {r}: the corrected prediction chose the plan of round "
@@ -350,6 +359,10 @@ def plan_for_budget(
             note(_round_line(row))
             # join the calibration at the load level of the first measurement
             pred.calibration.add(alloc.table_ms, t.p50_ms * unpruned / tu.p50_ms)
+            if latency_budget is not None:
+                # an absolute budget is judged on the raw p50: a board that is now slower (busier, hotter) than
+                # at its first measurement needs a plan for the board as it is, not as it was
+                load = tu.p50_ms / unpruned
             if BAND * budget <= row["judged_ms"] <= budget:
                 break
             if row["judged_ms"] > budget and not alloc.feasible:
