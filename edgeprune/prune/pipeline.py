@@ -134,7 +134,7 @@ def prune_model(
     under a ``plan_file``, which says what each group keeps. At small inputs
     the stem runs at the highest resolution and is a large share of the
     latency: protected, MobileNetV2-fmnist at 0.4x its LiteRT INT8 latency
-    scored 85.39 % after fine-tuning, weighed 89.58 % (benchmarks/RESULTS.md).
+    scored 85.39 % after fine-tuning, weighed 88.85 % (benchmarks/RESULTS.md).
 
     ``data``: an :func:`edgeprune.data.load_data` spec (or a DataSplit) for
     importance (its train split: Taylor scores for channels with
