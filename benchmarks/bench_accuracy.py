@@ -108,7 +108,7 @@ def edgeprune_latency_aware(lm, budget_ms: float, runtime: str, *, fraction: flo
 
     from edgeprune.errors import BudgetError
     from edgeprune.load import load_model
-    from edgeprune.prune.pipeline import prune_model
+    from edgeprune.api import prune_model
 
     fmt, precision = RUNTIMES[runtime]
     with tempfile.TemporaryDirectory() as out:
@@ -179,11 +179,11 @@ class Bench:
 
     def export(self, module: nn.Module, lm, runtime: str, name: str, *, accuracy: bool = False):
         """An ExportReport for ``module`` on ``runtime`` (calibrated on the train split, checked on the test split)."""
-        from edgeprune.export.pipeline import export
+        from edgeprune.api import export_model as export
 
         fmt, precision = RUNTIMES[runtime]
         out = self.work / "export" / name
-        return export(_wrap(module, lm, name), target="local", fmt=fmt, precision=precision, output_dir=out,
+        return export(_wrap(module, lm, name), target="local", fmt=fmt, precision=precision, output=out,
                       data="fashion-mnist", accuracy_count=(self.args.test_limit or 10000) if accuracy else 64,
                       min_agreement=0.0, name=name)
 

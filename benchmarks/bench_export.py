@@ -112,7 +112,7 @@ def loaded_model(name: str):
 
 def bench_model(name: str, out: Path, *, rounds: int, runs: int) -> list[dict]:
     from edgeprune.export.formats import Thresholds
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
 
     lm = loaded_model(name)
     rows = []
@@ -120,7 +120,7 @@ def bench_model(name: str, out: Path, *, rounds: int, runs: int) -> list[dict]:
     for label, target, fmt, precision, quantizer in PATHS:
         t = time.perf_counter()
         rep = export(lm, target=target, fmt=fmt, precision=precision, quantizer=quantizer,
-                     output_dir=out / f"{name}-{target}-{fmt}-{precision}",
+                     output=out / f"{name}-{target}-{fmt}-{precision}",
                      min_agreement=Thresholds(0.0, 0.0))  # record, never stop the benchmark
         wall = time.perf_counter() - t
         final = rep.final

@@ -138,7 +138,7 @@ def prune_and_export(label: str, spec: str, shape: tuple[int, ...], out: Path) -
     from edgeprune.errors import EdgePruneError
     from edgeprune.export.formats import Thresholds
     from edgeprune.export.onnx import export_onnx, run_onnx
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
     from edgeprune.models.stats import count_macs_params
     from edgeprune.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_
@@ -168,7 +168,7 @@ def prune_and_export(label: str, spec: str, shape: tuple[int, ...], out: Path) -
     row["onnx_max_abs"] = max(float(np.abs(r - g).max()) for r, g in zip(ref, got, strict=True))
     off = Thresholds(top1=0.0, cosine=-1.0, recall=0.0, score_corr=-1.0)
     try:
-        rep = export(lm, target=TARGET, output_dir=out / "int8", calib_count=32, verify_count=8, min_agreement=off)
+        rep = export(lm, target=TARGET, output=out / "int8", calib_count=32, verify_count=8, min_agreement=off)
         rows = rep.final.extra["outputs"]
         worst = min(rows, key=lambda r: r["cosine"])
         row["tflite_int8"] = "exported, runs (XNNPACK)"
@@ -188,7 +188,7 @@ def torch_no_grad():
 
 def detector_before_after(out: Path) -> list[dict]:
     from edgeprune.export.formats import Thresholds
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
 
     off = Thresholds(top1=0.0, cosine=-1.0, recall=0.0, score_corr=-1.0)
     rows = []
@@ -198,7 +198,7 @@ def detector_before_after(out: Path) -> list[dict]:
                                              ("local", "onnx", "int8", "ONNX INT8, ORT (local)")):
             for mode in ("keep", "split"):
                 lm = build(spec, shape)
-                rep = export(lm, target=target, fmt=fmt, precision=precision, output_dir=out / f"{label}{what}{mode}"[:60],
+                rep = export(lm, target=target, fmt=fmt, precision=precision, output=out / f"{label}{what}{mode}"[:60],
                              calib_count=64, verify_count=16, min_agreement=off, detector_outputs=mode)
                 final = rep.final
                 by_role: dict[str, list[float]] = {}

@@ -69,32 +69,224 @@ def bench_model(
                       accept_new_host_key=accept_new_host_key)
 
 
-def prune_model(model: str, *, target: str, output: str | os.PathLike[str], **options: Any) -> dict:
-    """``edgeprune prune``: see :func:`edgeprune.prune.pipeline.prune_model` for the options.
+def _model(model: Any, *, weights=None, input_shape=None, trust_factory=None, normalize=None, data=None,
+           teacher=None):
+    """``model`` as a LoadedModel: loaded here from a ``--model`` spec (said on the terminal), or as given."""
+    from edgeprune.load import load_model, say_loaded
+    from edgeprune.models import LoadedModel
 
-    Latency budgets: ``latency_budget=`` (ms) or ``speedup=``, with ``fmt=``,
-    ``precision=``, ``max_rounds=``, ``min_keep=``, ``threads=``, ``estimate=``
-    and ``data=`` (an iterable of ``(x, y)`` or ``x`` batches for Taylor
-    importance); raises :class:`~edgeprune.errors.BudgetError` when the board
-    measured the budget as not met (the summary is written first).
+    if isinstance(model, LoadedModel):
+        return model
+    spec_data = data if isinstance(data, (str, os.PathLike)) else None
+    lm = load_model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory,
+                    normalize=normalize, data=spec_data)
+    if teacher is not None:
+        lm.original = teacher
+    say_loaded(lm)
+    return lm
+
+
+def _teacher(teacher: Any, lm, trust_factory=None):
+    """``--teacher``: the unpruned original with its weights, loaded at the pruned model's input size."""
+    if teacher is None:
+        return None
+    from edgeprune.load import load_model
+    from edgeprune.models import _REGISTRY, LoadedModel
+
+    if isinstance(teacher, LoadedModel):
+        return teacher
+    from edgeprune.finetune.run import check_teacher
+
+    spec = str(teacher)
+    loaded = load_model(spec, input_shape=None if spec in _REGISTRY else tuple(lm.input_shape),
+                        trust_factory=trust_factory, normalize=lm.normalize)
+    check_teacher(loaded, lm, name=spec)
+    return loaded
+
+
+def _split(lm, data: Any, *, val_data=None, val_fraction: float = 0.1, limit=None, seed: int = 0):
+    """The data for ``lm``: ``data`` (any ``--data`` spec, or a DataSplit), else the model's own built-in set."""
+    from edgeprune.data import DataOptions
+    from edgeprune.load import split_for_model
+
+    return split_for_model(lm, DataOptions(data=data, val_data=val_data, val_fraction=val_fraction, limit=limit,
+                                           seed=seed))
+
+
+def prune_model(
+    model: Any,
+    *,
+    target: str,
+    output: str | os.PathLike[str],
+    ratio: float | None = None,
+    plan_file: str | os.PathLike[str] | None = None,
+    latency_budget: float | None = None,
+    speedup: float | None = None,
+    weights: str | None = None,
+    trust_factory: str | None = None,
+    input_shape: Any = None,
+    normalize: Any = None,
+    data: Any = None,
+    val_data: Any = None,
+    val_fraction: float = 0.1,
+    importance: str = "l1",
+    protect: tuple[str, ...] = (),
+    align: bool = True,
+    protect_stem: bool | None = None,
+    verify: bool = True,
+    fmt: str | None = None,
+    precision: str | None = None,
+    io_precision: str | None = None,
+    max_rounds: int = 3,
+    tolerance: float = 0.10,
+    min_keep: float | None = None,
+    threads: int = 0,
+    estimate: bool = False,
+    host: str | None = None,
+    use_cache: bool = True,
+    accept_new_host_key: bool = False,
+) -> dict:
+    """``edgeprune prune``: exactly one of ``ratio``, ``plan_file``, ``latency_budget`` (ms) or ``speedup``.
+
+    ``model``: a ``--model`` spec (loaded here with ``weights``,
+    ``input_shape``, ``trust_factory``, ``normalize``) or a LoadedModel.
+    ``data``: any ``--data`` spec (its train split for Taylor importance, its
+    held-out split for the ONNX check and the accuracy before and after), or
+    an iterable of ``(x, y)`` / ``x`` batches (importance only). With a budget
+    (the board measures it; ``estimate=True`` plans from the profile alone)
+    raises :class:`~edgeprune.errors.BudgetError` when the board measured it
+    as not met, after writing everything. Returns ``summary.json``'s dict.
     """
-    from edgeprune.prune.pipeline import prune_model as _prune
+    from edgeprune.data import Dataset, DataSplit
+    from edgeprune.errors import PruneError
+    from edgeprune.prune.pipeline import PruneOptions, prune_to_plan, read_plan, uniform_plan
+    from edgeprune.reach import resolve_target
 
-    return _prune(model, target=target, output=output, **options)
+    if sum(v is not None for v in (ratio, plan_file, latency_budget, speedup)) != 1:
+        raise PruneError("give exactly one of --ratio R, --plan FILE, --latency-budget MS or --speedup S")
+    options = PruneOptions(importance=importance, protect=tuple(protect), align=align, protect_stem=protect_stem,
+                           verify=verify)
+    budgeted = latency_budget is not None or speedup is not None
+    if budgeted:
+        from edgeprune.latency.job import BudgetOptions
+
+        budget = BudgetOptions(latency_budget=latency_budget, speedup=speedup, fmt=fmt, precision=precision,
+                               io_precision=io_precision, max_rounds=max_rounds, tolerance=tolerance,
+                               min_keep=min_keep, threads=threads, estimate=estimate, use_cache=use_cache)
+    # an unknown board is refused before anything is loaded; a board's address is needed only for a budget
+    reach = resolve_target(target, host=host, board=budgeted and not estimate)
+    batches = None
+    if data is not None and not isinstance(data, (str, os.PathLike, Dataset, DataSplit)):
+        batches, data = list(data), None  # an iterable of batches: importance only
+    lm = _model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory,
+                normalize=normalize, data=data)
+    split = _split(lm, data, val_data=val_data, val_fraction=val_fraction)
+    if budgeted:
+        from edgeprune.latency.job import prune_for_budget
+
+        return prune_for_budget(lm, reach=None if estimate else reach, profile=reach.profile, budget=budget,
+                                options=options, output=output, split=split, batches=batches,
+                                accept_new_host_key=accept_new_host_key).to_dict()
+    if ratio is not None:
+        plan, kind = uniform_plan(lm, ratio, profile=reach.profile, options=options), "ratio"
+    else:
+        plan, kind = read_plan(plan_file, lm), "plan"
+    from edgeprune.prune.pipeline import importance_batches
+
+    batches = importance_batches(split, importance=importance, budget=False, given=batches, name=lm.name)
+    return prune_to_plan(lm, plan, profile=reach.profile, target=target, output=output, options=options,
+                         kind=kind, split=split, batches=batches, ratio=ratio).to_dict()
 
 
-def finetune_model(model: Any, *, data: Any, output: str | os.PathLike[str], **options: Any) -> dict:
-    """``edgeprune finetune``: see :func:`edgeprune.finetune.finetune_model` for the options."""
-    from edgeprune.finetune import finetune_model as _finetune
+def finetune_model(
+    model: Any,
+    *,
+    data: Any,
+    output: str | os.PathLike[str],
+    teacher: Any = None,
+    trust_factory: str | None = None,
+    val_data: Any = None,
+    val_fraction: float = 0.1,
+    normalize: Any = None,
+    limit: int | None = None,
+    epochs: int | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    device: str = "cpu",
+    lr: float | None = None,
+    optimizer: str = "sgd",
+    batch_size: int = 64,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    patience: int = 3,
+    augment: str | None = None,
+    seed: int = 0,
+    max_accuracy_drop: float | None = None,
+    threads: int | None = None,
+    on_event=None,
+) -> dict:
+    """``edgeprune finetune``: distil the pruned ``model`` (an ``.ept`` or a LoadedModel) on ``data``.
 
-    return _finetune(model, data=data, output=output, **options)
+    The teacher is ``teacher`` (the unpruned model with its weights: a spec or
+    a LoadedModel), else the ``.ept``'s own original (a built-in base's
+    trained weights, or the weights file the ``.ept`` records for a factory
+    you trust). Returns ``finetune.json``'s dict; see
+    :mod:`edgeprune.finetune` for the recipe.
+    """
+    from edgeprune.finetune.run import FinetuneOptions
+    from edgeprune.finetune.run import finetune_model as _finetune
+
+    options = FinetuneOptions(epochs=epochs, steps=steps, time_budget=time_budget, device=device, lr=lr,
+                              optimizer=optimizer, batch_size=batch_size, temperature=temperature, alpha=alpha,
+                              patience=patience, augment=augment, seed=seed, max_accuracy_drop=max_accuracy_drop,
+                              threads=threads)
+    lm = _model(model, trust_factory=trust_factory, normalize=normalize)
+    teach = _teacher(teacher, lm, trust_factory)
+    split = _split(lm, data, val_data=val_data, val_fraction=val_fraction, limit=limit, seed=seed)
+    return _finetune(lm, split=split, output=output, options=options, teacher=teach, on_event=on_event).to_dict()
 
 
-def export_model(model: Any, *, target: str, output: str | os.PathLike[str], **options: Any):
-    """``edgeprune export``: see :func:`edgeprune.export.pipeline.export` for the options."""
-    from edgeprune.export.pipeline import export
+def export_model(
+    model: Any,
+    *,
+    target: str,
+    output: str | os.PathLike[str],
+    fmt: str | None = None,
+    precision: str | None = None,
+    io_precision: str | None = None,
+    weights: str | None = None,
+    trust_factory: str | None = None,
+    input_shape: Any = None,
+    normalize: Any = None,
+    data: Any = None,
+    val_data: Any = None,
+    calib: Any = None,
+    calib_count: int = 128,
+    verify_count: int | None = None,
+    accuracy_count: int | None = None,
+    min_agreement: Any = None,
+    quantizer: str | None = None,
+    name: str | None = None,
+    detector_outputs: str = "split",
+    max_accuracy_drop: float | None = None,
+    log_file: str | os.PathLike[str] | None = None,
+):
+    """``edgeprune export``: an ``ExportReport`` (every artifact, its checks and accuracy; see
+    :func:`edgeprune.export.pipeline.export`)."""
+    from edgeprune.export.calib import ACCURACY_COUNT, VERIFY_COUNT
+    from edgeprune.export.pipeline import ExportOptions, export
+    from edgeprune.reach import resolve_target
 
-    return export(model, target=target, output_dir=output, **options)
+    options = ExportOptions(fmt=fmt, precision=precision, io_precision=io_precision, calib=calib,
+                            calib_count=calib_count, verify_count=verify_count or VERIFY_COUNT,
+                            accuracy_count=accuracy_count or ACCURACY_COUNT, min_agreement=min_agreement,
+                            quantizer=quantizer, name=name, detector_outputs=detector_outputs,
+                            max_accuracy_drop=max_accuracy_drop)
+    reach = resolve_target(target, board=False)
+    lm = _model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory,
+                normalize=normalize, data=data)
+    split = _split(lm, data, val_data=val_data) if data is not None or val_data is not None else None
+    return export(lm, profile=reach.profile, output_dir=output, options=options, split=split, log_file=log_file)
 
 
 def quantize_model(model: Any, *, target: str, output: str | os.PathLike[str], **options: Any):

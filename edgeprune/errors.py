@@ -112,6 +112,13 @@ class BudgetError(EdgePruneError):
         return self.result
 
 
+class PreprocessError(EdgePruneError):
+    """The model scores far below what its data allows with the preprocessing given: probably the wrong one."""
+
+    exit_code = 2
+    kind = "preprocessing"
+
+
 class MissingDependencyError(EdgePruneError):
     """An optional dependency is not installed; the message names the extra."""
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeprune.errors import ProfileError, did_you_mean
+from edgeprune.errors import EdgePruneError, ProfileError, did_you_mean
 from edgeprune.transport import transport_class
 from edgeprune.transport.ssh import parse_host
 
@@ -144,12 +144,17 @@ def load_targets(path: Path | None = None) -> dict[str, dict[str, Any]]:
     return data
 
 
-def resolve_target(name: str, *, host: str | None = None) -> Reach:
+def resolve_target(name: str, *, host: str | None = None, board: bool = True) -> Reach:
     """Where ``--target name`` is: profile, transport, address, user, key, workdir.
+
+    ``board=False``: only the profile is needed (a ``--ratio`` prune, an
+    export), so a board without a known address resolves too; its Reach
+    then has no address.
 
     Example::
 
         resolve_target("raspberry-pi-5", host="pi@10.0.0.7").address   # 'pi@10.0.0.7:22'
+        resolve_target("raspberry-pi-5", board=False).profile.name      # 'raspberry-pi-5'
     """
     from edgeprune.profiles import load_profile
 
@@ -171,7 +176,12 @@ def resolve_target(name: str, *, host: str | None = None) -> Reach:
     reach = Reach(name=name, profile=profile, transport=profile.transport)
     reach.sources["profile"] = src_file if "profile" in entry else "target name"
     # What --host means, where else the address comes from, the default workdir: the transport's.
-    transport_class(reach.transport).locate(reach, host=host, entry=entry, source=src_file, tfile=tfile)
+    try:
+        transport_class(reach.transport).locate(reach, host=host, entry=entry, source=src_file, tfile=tfile)
+    except EdgePruneError:
+        if board:
+            raise
+        return reach  # only the profile was needed
     # The deploy folder (edgeprune.ship) is separate from the agent's workdir, for every transport.
     reach.put("deploy_dir", entry.get("deploy_dir"), src_file)
     reach.put("deploy_dir", profile.data["reach"].get("deploy_dir"), f"profile {profile.name}")

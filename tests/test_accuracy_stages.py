@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
 from edgeprune.accuracy import AccuracyDropError  # noqa: E402
-from edgeprune.export.pipeline import export  # noqa: E402
+from edgeprune.api import export_model as export  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,7 +47,7 @@ def digit_folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
-    from edgeprune.prune.pipeline import prune_model
+    from edgeprune.api import prune_model
 
     out = tmp_path_factory.mktemp("pruned")
     prune_model("digits-cnn", target="local", ratio=0.6, output=out)
@@ -89,7 +89,7 @@ def test_a_user_folder_through_prune_finetune_export(digit_folders, tmp_path):
 
 def test_export_gate_fails_a_pruned_model_with_the_figures(pruned, digit_folders, tmp_path):
     with pytest.raises(AccuracyDropError, match=r"points lost > --max-accuracy-drop 1") as info:
-        export(str(pruned), target="local", output_dir=tmp_path, data=str(digit_folders), max_accuracy_drop=1)
+        export(str(pruned), target="local", output=tmp_path, data=str(digit_folders), max_accuracy_drop=1)
     assert info.value.exit_code == 2
     saved = json.loads((tmp_path / "export.json").read_text())
     assert saved["passed"] is False and saved["verdict"]["status"] == "failed"
@@ -99,7 +99,7 @@ def test_export_gate_fails_a_pruned_model_with_the_figures(pruned, digit_folders
 
 
 def test_export_accuracy_on_every_artifact_of_an_int8_chain(digit_folders, tmp_path):
-    report = export("digits-cnn", target="jetson-orin-nano", output_dir=tmp_path, data=str(digit_folders))
+    report = export("digits-cnn", target="jetson-orin-nano", output=tmp_path, data=str(digit_folders))
     acc = report.accuracy
     assert set(acc["artifacts"]) == {a.step for a in report.artifacts}
     assert acc["model"] is None and acc["original"] > 0.9  # not pruned: the model is the original
@@ -116,7 +116,7 @@ def test_unlabelled_folder_measures_agreement_with_the_original(pruned, tmp_path
     (tmp_path / "flat").mkdir()
     for i, img in enumerate(x.numpy()):
         Image.fromarray((img[0] * 255).round().astype(np.uint8), "L").save(tmp_path / "flat" / f"{i}.png")
-    report = export(str(pruned), target="local", output_dir=tmp_path / "out", data=str(tmp_path / "flat"))
+    report = export(str(pruned), target="local", output=tmp_path / "out", data=str(tmp_path / "flat"))
     acc = report.accuracy
     assert acc["metric"] == "agreement" and acc["original"] == 1.0 and acc["model"] < 1.0
     assert report.verdict["status"] == "lost-accuracy"
@@ -133,7 +133,7 @@ def test_headline_never_passed_over_a_failure():
 
 def test_prune_taylor_needs_data_for_a_model_without_its_own(tmp_path):
     from edgeprune.errors import PruneError
-    from edgeprune.prune.pipeline import prune_model
+    from edgeprune.api import prune_model
 
     with pytest.raises(PruneError, match=r"--importance taylor needs data: give --data"):
         prune_model("resnet18", target="local", ratio=0.3, importance="taylor", output=tmp_path,
@@ -162,13 +162,13 @@ def test_labels_in_another_class_order_are_called_out(tmp_path):
 
     x, y = digits_data("test")
     np.savez(tmp_path / "shifted.npz", x=(x.numpy()[:, 0] * 255).round().astype(np.uint8), y=(y.numpy() + 1) % 10)
-    report = export("digits-cnn", target="local", output_dir=tmp_path / "out", data=str(tmp_path / "shifted.npz"))
+    report = export("digits-cnn", target="local", output=tmp_path / "out", data=str(tmp_path / "shifted.npz"))
     assert any("do the labels follow the model's class order?" in w for w in report.warnings)
 
 
 def test_prune_takes_a_data_split_or_batches_for_taylor(tmp_path):
     from edgeprune.data import load_data
-    from edgeprune.prune.pipeline import prune_model
+    from edgeprune.api import prune_model
 
     split = load_data("digits", input_shape=(1, 1, 16, 16), normalize="unit")
     a = prune_model("digits-cnn", target="local", ratio=0.3, importance="taylor", data=split, output=tmp_path / "a")

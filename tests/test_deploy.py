@@ -147,6 +147,7 @@ def test_below_the_gate_nothing_ships_and_force_ships_it_recording_why(here):
     forced = deploy_model("digits-cnn", force=True, **kw)
     assert forced["run"]["reused"] == ["measure", "prune", "finetune", "export"]
     assert forced["gate"]["forced"] is True and forced["release"]["forced"] is True
+    assert forced["ok"] is False and forced["shipped"] is True and forced["forced"]  # never ok over a forced gate
     m = json.loads((here / "board" / "current" / "manifest.json").read_text())
     assert m["forced"] is True and "points lost" in m["forced_why"]
     html = (here / "out" / "report" / "report.html").read_text()

@@ -21,7 +21,8 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from edgeprune.export.formats import Thresholds  # noqa: E402
-from edgeprune.export.pipeline import export, resolve  # noqa: E402
+from edgeprune.api import export_model as export  # noqa: E402
+from edgeprune.export.pipeline import resolve  # noqa: E402
 from edgeprune.profiles import list_profiles, load_profile  # noqa: E402
 from tests.sizes import SMALL  # noqa: E402
 
@@ -55,7 +56,7 @@ def test_the_groups_cover_every_shipped_profile():
 @pytest.mark.parametrize("model", list(SMALL))
 def test_builtin_model_exports_to_the_profile_default_and_runs(model, names, tmp_path):
     target = names[0]
-    report = export(model, target=target, output_dir=tmp_path, input_shape=SMALL[model], calib_count=16,
+    report = export(model, target=target, output=tmp_path, input_shape=SMALL[model], calib_count=16,
                     verify_count=4, min_agreement=ANY)
     final = [a for a in report.artifacts if a.agreement is not None][-1]  # not the unverifiable Edge TPU file
     fmt, precision, io, _ = _config(load_profile(target))

@@ -132,9 +132,9 @@ def digits():
 
 
 def test_coral_export_runs_compiler_and_reports_memory_and_ops(digits, tmp_path, fake_compiler):
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
 
-    report = export(digits, target="coral-usb", output_dir=tmp_path / "out")
+    report = export(digits, target="coral-usb", output=tmp_path / "out")
     int8 = next(a for a in report.artifacts if a.step == "tflite int8")
     compiled = report.final
     assert compiled.step == "edgetpu compile" and compiled.path.name == "digits-cnn.int8_edgetpu.tflite"
@@ -151,10 +151,10 @@ def test_coral_export_runs_compiler_and_reports_memory_and_ops(digits, tmp_path,
 
 
 def test_coral_without_compiler_still_makes_int8_and_says_how(digits, tmp_path, monkeypatch):
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no edgetpu_compiler anywhere
-    report = export(digits, target="coral-dev-board", output_dir=tmp_path / "out")
+    report = export(digits, target="coral-dev-board", output=tmp_path / "out")
     assert report.final.step == "tflite int8" and report.final.path.is_file()
     assert report.notes == [INSTALL_HINT]
     assert "apt-get install edgetpu-compiler" in INSTALL_HINT and "x86-64" in INSTALL_HINT

@@ -38,14 +38,14 @@ import json, sys
 import torch
 from torch import nn
 from edgeprune.models import LoadedModel
-from edgeprune.export.pipeline import export
+from edgeprune.api import export_model as export
 
 torch.manual_seed(0)
 net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                     nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
 lm = LoadedModel(module=net, input_shape=(1, 3, 32, 32), name="tiny3ch", source="test", task="classify")
-r = export(lm, target="raspberry-pi-5", output_dir=sys.argv[1], calib_count=32, verify_count=16)
+r = export(lm, target="raspberry-pi-5", output=sys.argv[1], calib_count=32, verify_count=16)
 print("RESULT", json.dumps({"step": r.final.step, "cosine": r.final.agreement["cosine"]}))
 """
 

@@ -23,7 +23,8 @@ import pytest
 from edgeprune._paths import sha256_file
 from edgeprune.errors import ExportError
 from edgeprune.export.artifact import read_metadata
-from edgeprune.export.pipeline import AgreementError, export
+from edgeprune.api import export_model as export
+from edgeprune.export.pipeline import AgreementError
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -55,7 +56,7 @@ def _export(digits, tmp_path_factory, target, fmt, precision):
     key = (target, fmt, precision)
     if key not in _CACHE:
         out = tmp_path_factory.mktemp(f"{target}-{fmt}-{precision}")
-        _CACHE[key] = export(digits, target=target, fmt=fmt, precision=precision, output_dir=out)
+        _CACHE[key] = export(digits, target=target, fmt=fmt, precision=precision, output=out)
     return _CACHE[key]
 
 
@@ -145,26 +146,26 @@ def test_full_int8_tflite_has_no_float_tensors_beyond_io(digits, tmp_path_factor
 
 def test_jetson_nano_refuses_int8_with_the_reason(digits, tmp_path):
     with pytest.raises(ExportError, match="INT8 refused: .*no INT8 hardware"):
-        export(digits, target="jetson-nano", precision="int8", output_dir=tmp_path)
+        export(digits, target="jetson-nano", precision="int8", output=tmp_path)
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_precision_the_board_does_not_run_is_refused(digits, tmp_path):
     with pytest.raises(ExportError, match="raspberry-pi-5 runs fp32, int8, not fp16"):
-        export(digits, target="raspberry-pi-5", precision="fp16", output_dir=tmp_path)
+        export(digits, target="raspberry-pi-5", precision="fp16", output=tmp_path)
     with pytest.raises(ExportError, match="coral-usb runs edgetpu, litert, which load no onnx file"):
-        export(digits, target="coral-usb", fmt="onnx", output_dir=tmp_path)
+        export(digits, target="coral-usb", fmt="onnx", output=tmp_path)
     with pytest.raises(ExportError, match="jetson-nano runs tensorrt, onnxruntime, which load no tflite file"):
-        export(digits, target="jetson-nano", fmt="tflite", output_dir=tmp_path)
+        export(digits, target="jetson-nano", fmt="tflite", output=tmp_path)
     with pytest.raises(ExportError, match="coral-usb runs int8, not fp32"):
-        export(digits, target="coral-usb", precision="fp32", output_dir=tmp_path)
+        export(digits, target="coral-usb", precision="fp32", output=tmp_path)
 
 
 def test_min_agreement_fails_below_threshold_and_keeps_report(digits, tmp_path):
     from edgeprune.export.formats import Thresholds
 
     with pytest.raises(AgreementError) as info:
-        export(digits, target="jetson-orin-nano", output_dir=tmp_path,
+        export(digits, target="jetson-orin-nano", output=tmp_path,
                min_agreement=Thresholds(top1=1.0, cosine=0.99999999))
     msg = str(info.value)
     assert "digits-cnn.int8.onnx" in msg and "cosine" in msg
@@ -195,7 +196,7 @@ def test_broken_conversion_is_caught_by_default(digits, tmp_path, monkeypatch):
 
     monkeypatch.setattr(eonnx, "convert_fp16", scrambling)
     with pytest.raises(AgreementError, match="fp16"):
-        export(digits, target="jetson-nano", output_dir=tmp_path)
+        export(digits, target="jetson-nano", output=tmp_path)
 
 
 def test_user_calibration_npy_with_held_out_tail(digits, tmp_path):
@@ -204,7 +205,7 @@ def test_user_calibration_npy_with_held_out_tail(digits, tmp_path):
     x, _ = digits_data("train")
     np.save(tmp_path / "calib.npy", x.numpy()[:200])
     report = export(digits, target="raspberry-pi-5", calib=str(tmp_path / "calib.npy"), calib_count=100,
-                    output_dir=tmp_path / "out")
+                    output=tmp_path / "out")
     assert report.calibration["samples"] == 100
     assert "held out" in report.verification["source"]
     assert report.final.agreement["top1"] >= 0.95
@@ -212,10 +213,10 @@ def test_user_calibration_npy_with_held_out_tail(digits, tmp_path):
 
 def test_pruned_model_exports_with_plan_and_pruning_check(tmp_path):
     """A model saved by `edgeprune prune` (.ept) goes through export; the plan travels in the metadata."""
-    prune = pytest.importorskip("edgeprune.prune.pipeline")
+    prune = pytest.importorskip("edgeprune.api")
     prune.prune_model("digits-cnn", target="raspberry-pi-5", output=tmp_path / "pruned", ratio=0.25)
     ept = next((tmp_path / "pruned").glob("*.ept"))
-    report = export(str(ept), target="raspberry-pi-5", output_dir=tmp_path / "out")
+    report = export(str(ept), target="raspberry-pi-5", output=tmp_path / "out")
     assert report.pruning is not None and report.pruning["base"] == "digits-cnn"
     assert 0.5 <= report.pruning["agreement"]["top1"] <= 1.0  # pruned vs original, for information
     meta = read_metadata(report.final.path)
@@ -226,10 +227,10 @@ def test_pruned_model_exports_with_plan_and_pruning_check(tmp_path):
 
 def test_a_pruned_model_that_lost_accuracy_is_flagged_not_silent(tmp_path):
     """Pruning 60 % of digits-cnn without fine-tuning loses accuracy: export says so in a warning."""
-    prune = pytest.importorskip("edgeprune.prune.pipeline")
+    prune = pytest.importorskip("edgeprune.api")
     prune.prune_model("digits-cnn", target="local", output=tmp_path / "pruned", ratio=0.6)
     ept = next((tmp_path / "pruned").glob("*.ept"))
-    report = export(str(ept), target="local", output_dir=tmp_path / "out")
+    report = export(str(ept), target="local", output=tmp_path / "out")
     ag = report.pruning["agreement"]
     assert ag["top1"] < 0.9 or ag["cosine"] < 0.95, ag  # the premise: this plan really hurts
     assert any("fine-tune it before shipping" in w and "digits-cnn" in w for w in report.warnings)
@@ -242,7 +243,7 @@ def test_a_pruned_model_that_lost_accuracy_is_flagged_not_silent(tmp_path):
 
 def test_export_writes_a_report_a_person_can_read(tmp_path):
     """Beside export.json: report.md with every artifact and its agreement, and a plot."""
-    report = export("digits-cnn", target="local", output_dir=tmp_path)
+    report = export("digits-cnn", target="local", output=tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "Result: **passed**" in md and report.final.path.name in md and report.final.sha256[:12] in md
     assert "digits test split" in md

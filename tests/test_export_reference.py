@@ -100,10 +100,10 @@ def test_yolo_outputs_depend_on_the_input(yolo):
 
 
 def test_mobilenetv2_raspberry_pi_5_full_int8(tmp_path):
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
     from edgeprune.export.tflite import tensor_report
 
-    report = export("mobilenetv2", target="raspberry-pi-5", output_dir=tmp_path, calib_count=CALIB)
+    report = export("mobilenetv2", target="raspberry-pi-5", output=tmp_path, calib_count=CALIB)
     final = report.final
     assert final.step == "tflite int8"
     rep = tensor_report(final.path)
@@ -114,10 +114,10 @@ def test_mobilenetv2_raspberry_pi_5_full_int8(tmp_path):
 
 
 def test_yolo_small_orin_int8_qdq(yolo, tmp_path):
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
     from edgeprune.export.quantize import zero_points
 
-    report = export(yolo, target="jetson-orin-nano", output_dir=tmp_path, calib_count=CALIB, verify_count=16,
+    report = export(yolo, target="jetson-orin-nano", output=tmp_path, calib_count=CALIB, verify_count=16,
                     min_agreement=LOOSE)
     final = report.final
     assert final.step == "onnx int8"
@@ -134,10 +134,10 @@ def test_yolo_small_orin_int8_qdq(yolo, tmp_path):
 
 @pytest.mark.slow
 def test_yolo_small_coral_full_int8_tflite(yolo, tmp_path):
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
     from edgeprune.export.tflite import tensor_report
 
-    report = export(yolo, target="coral-usb", output_dir=tmp_path, calib_count=CALIB, verify_count=16,
+    report = export(yolo, target="coral-usb", output=tmp_path, calib_count=CALIB, verify_count=16,
                     min_agreement=LOOSE)
     final = report.final
     rep = tensor_report(final.path)
@@ -148,8 +148,8 @@ def test_yolo_small_coral_full_int8_tflite(yolo, tmp_path):
 
 @pytest.mark.slow
 def test_resnet18_jetson_nano_fp16(tmp_path):
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
 
-    report = export("resnet18", target="jetson-nano", output_dir=tmp_path, verify_count=16)
+    report = export("resnet18", target="jetson-nano", output=tmp_path, verify_count=16)
     assert report.final.step == "onnx fp16"
     assert report.final.agreement["cosine"] >= 0.999

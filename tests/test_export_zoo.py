@@ -32,7 +32,8 @@ pytest.importorskip("onnxruntime")
 
 from edgeprune.errors import ExportError  # noqa: E402
 from edgeprune.export.formats import Thresholds  # noqa: E402
-from edgeprune.export.pipeline import AgreementError, export  # noqa: E402
+from edgeprune.api import export_model as export  # noqa: E402
+from edgeprune.export.pipeline import AgreementError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -96,7 +97,7 @@ def test_unbounded_padded_maxpool_int8_fails_naming_the_cause(tmp_path):
     lm = LoadedModel(module=_Stem(torch.nn.Identity()).eval(), input_shape=(1, 3, 32, 32), name="stem",
                      source="test", task="classify")
     with pytest.raises(ExportError, match=r"int8 scale of .*MaxPool.*-FLT_MAX") as exc:
-        export(lm, target="raspberry-pi-4", output_dir=tmp_path, calib_count=16, verify_count=8)
+        export(lm, target="raspberry-pi-4", output=tmp_path, calib_count=16, verify_count=8)
     assert "\n" not in str(exc.value)
 
 
@@ -104,7 +105,7 @@ def test_decoded_detector_int8_collapse_fails_and_the_split_export_keeps_the_sco
     from edgeprune.export.tflite import interpreter
 
     with pytest.raises(AgreementError) as exc:
-        export(DETECTOR, target="raspberry-pi-5", output_dir=tmp_path / "whole", input_shape=SHAPE,
+        export(DETECTOR, target="raspberry-pi-5", output=tmp_path / "whole", input_shape=SHAPE,
                calib_count=32, verify_count=8, min_agreement=SANE, detector_outputs="keep")
     final = exc.value.report.artifacts[-1]
     rows = {r["role"]: r for r in final.extra["outputs"]}
@@ -112,7 +113,7 @@ def test_decoded_detector_int8_collapse_fails_and_the_split_export_keeps_the_sco
     assert rows["scores"]["cosine"] < 0.05 and final.extra["detection"]["recall"] < 0.05
     assert "output0 scores' cosine" in str(exc.value) and "confident detections" in str(exc.value)
 
-    report = export(DETECTOR, target="raspberry-pi-5", output_dir=tmp_path / "split", input_shape=SHAPE,
+    report = export(DETECTOR, target="raspberry-pi-5", output=tmp_path / "split", input_shape=SHAPE,
                     calib_count=32, verify_count=8, min_agreement=SANE)
     final = report.final
     rows = {r["role"]: r for r in final.extra["outputs"]}
@@ -134,7 +135,7 @@ def test_decoded_detector_int8_collapse_fails_and_the_split_export_keeps_the_sco
 def test_onnx_int8_detector_is_split_with_the_decode_kept_float(tmp_path):
     import onnx
 
-    report = export(DETECTOR, target="local", fmt="onnx", precision="int8", output_dir=tmp_path,
+    report = export(DETECTOR, target="local", fmt="onnx", precision="int8", output=tmp_path,
                     input_shape=SHAPE, calib_count=32, verify_count=8, min_agreement=SANE)
     final = report.final
     graph = onnx.load(str(final.path)).graph
@@ -158,10 +159,10 @@ def test_export_input_shape_is_used_and_its_source_stated(tmp_path):
     data = json.loads((out / "export.json").read_text())
     assert data["input_shape"] == [1, 3, 96, 96] and data["input_shape_source"] == "--input-shape"
     assert "1x3x96x96 (from --input-shape)" in run.stdout
-    report = export(DETECTOR, target="local", output_dir=tmp_path / "default", verify_count=4)
+    report = export(DETECTOR, target="local", output=tmp_path / "default", verify_count=4)
     assert report.input_shape == [1, 3, 224, 224] and "default" in report.input_shape_source
     assert any("pass --input-shape" in w for w in report.warnings)
-    builtin = export("digits-cnn", target="local", output_dir=tmp_path / "builtin", verify_count=4)
+    builtin = export("digits-cnn", target="local", output=tmp_path / "builtin", verify_count=4)
     assert builtin.input_shape_source == "the built-in digits-cnn's own size" and not builtin.warnings
 
 
@@ -206,7 +207,7 @@ def test_exact_gelu_converts_to_tflite(tmp_path, precision, max_err):
 
     torch.manual_seed(0)
     lm = LoadedModel(module=_Gelu().eval(), input_shape=(1, 3, 32, 32), name="gelu", source="test", task="classify")
-    report = export(lm, target="raspberry-pi-5", precision=precision, output_dir=tmp_path, calib_count=32,
+    report = export(lm, target="raspberry-pi-5", precision=precision, output=tmp_path, calib_count=32,
                     verify_count=8, min_agreement=Thresholds(top1=0.0, cosine=0.9))
     assert report.final.step == f"tflite {precision}"
     if max_err is not None:

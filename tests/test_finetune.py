@@ -15,7 +15,8 @@ pytest.importorskip("torch_pruning")
 
 from edgeprune.accuracy import AccuracyDropError  # noqa: E402
 from edgeprune.errors import EdgePruneError, ModelError  # noqa: E402
-from edgeprune.finetune import Interrupted, finetune_model  # noqa: E402
+from edgeprune.api import finetune_model  # noqa: E402
+from edgeprune.finetune import Interrupted  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     """digits-cnn with 60 % of its channels removed: it loses accuracy (the premise of every test here)."""
-    from edgeprune.prune.pipeline import prune_model
+    from edgeprune.api import prune_model
 
     out = tmp_path_factory.mktemp("pruned")
     summary = prune_model("digits-cnn", target="local", ratio=0.6, output=out)

@@ -275,7 +275,7 @@ def test_grouped_conv_pruning_equals_masking_the_removed_channels():
 
 
 def test_exported_program_cannot_be_pruned_one_line(tmp_path):
-    from edgeprune.prune.pipeline import prune_model
+    from edgeprune.api import prune_model
 
     model = build("digits-cnn", pretrained=False)
     path = tmp_path / "d.pt2"

@@ -139,12 +139,12 @@ def _steps_of(run) -> int:
 def test_export_interrupted_at_every_step_keeps_the_earlier_export(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from edgeprune.export.pipeline import export
+    from edgeprune.api import export_model as export
 
     out = tmp_path / "export"
 
     def run():
-        return export("digits-cnn", target="jetson-nano", output_dir=out)  # onnx fp32 then fp16
+        return export("digits-cnn", target="jetson-nano", output=out)  # onnx fp32 then fp16
 
     total = _steps_of(run)
     assert total >= 5
@@ -183,7 +183,7 @@ def test_export_interrupted_at_every_step_keeps_the_earlier_export(tmp_path):
 
 def test_prune_interrupted_at_every_step_keeps_the_earlier_prune(tmp_path):
     pytest.importorskip("torch_pruning")
-    from edgeprune.prune.pipeline import prune_model
+    from edgeprune.api import prune_model
 
     out = tmp_path / "pruned"
 
@@ -206,7 +206,7 @@ def test_prune_interrupted_at_every_step_keeps_the_earlier_prune(tmp_path):
 
 def test_a_new_folder_interrupted_does_not_appear(tmp_path):
     pytest.importorskip("torch_pruning")
-    from edgeprune.prune.pipeline import prune_model
+    from edgeprune.api import prune_model
 
     out = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt), Interrupt(4):

@@ -68,6 +68,14 @@ def model_options(f: Callable) -> Callable:
     return f
 
 
+normalize_option = click.option(
+    "--normalize", default=None, metavar="N",
+    help="How the model's inputs are normalised: imagenet (mean/std), unit ([0, 1] pixels) or MEAN/STD "
+    "(e.g. 0.5/0.5). Default: the built-in model's own, else imagenet for 3-channel classifiers, else unit; "
+    "with labelled data, a model that scores far below what its data allows is checked against the others.",
+)
+
+
 host_option = click.option(
     "--host",
     metavar="USER@ADDR[:PORT]",
@@ -101,8 +109,14 @@ def budget_options(only: str = "") -> Callable[[Callable], Callable]:
                      help=h("the artifact the board runs (default: the profile's).")),
         click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
                      help=h("the artifact's precision (default: the profile's).")),
+        click.option("--io-precision", type=click.Choice(["int8", "uint8", "float32"]), default=None,
+                     help=h("a full-INT8 TFLite file's input/output type (default: the profile's; "
+                            "--target local --io-precision int8 gives the file a Raspberry Pi runs).")),
         click.option("--max-rounds", type=click.IntRange(1, 20), default=3, show_default=True,
                      help=h("closed-loop rounds (plan, prune, export, measure on the board).")),
+        click.option("--tolerance", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.10,
+                     show_default=True, metavar="T",
+                     help=h("the budget is met when the board's figure is within [1 - T, 1] of it.")),
         click.option("--min-keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
                      help=h("no group keeps less than this fraction of its channels (default 0.25).")),
         click.option("--threads", type=click.IntRange(0, 256), default=0,

@@ -14,6 +14,7 @@ from edgeprune.cli._common import (
     host_option,
     json_option,
     model_options,
+    normalize_option,
 )
 from edgeprune.cli.prune_cmd import _shape
 
@@ -27,6 +28,9 @@ from edgeprune.cli.prune_cmd import _shape
               "pkg.mod:fn, or fashion-mnist / digits. Default: the model's own data set, if it has one here.")
 @click.option("--val-data", default=None, metavar="D",
               help="Held-out data for the gate (default: the data set's test split, else a seeded split).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Share of --data held out (per class) when there is no --val-data.")
+@normalize_option
 @budget_options()
 @click.option("--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, metavar="R",
               help="Remove this fraction of every group's channels instead of a latency budget.")
@@ -53,10 +57,10 @@ from edgeprune.cli.prune_cmd import _shape
 @click.option("--output", "-o", default="deploy-out", show_default=True, metavar="DIR",
               help="Folder for the stages (DIR/<stage>/), run.json and the report (DIR/report/).")
 @json_option
-def deploy(targets, model, weights, trust_factory, data, val_data, latency_budget, speedup, ratio,
-           max_accuracy_drop, force, fmt, precision, input_shape, importance, protect, epochs, steps,
-           time_budget, max_rounds, min_keep, threads, host, accept_new_host_key, keep, no_cache, fresh,
-           output, as_json) -> None:
+def deploy(targets, model, weights, trust_factory, data, val_data, val_fraction, normalize, latency_budget,
+           speedup, fmt, precision, io_precision, max_rounds, tolerance, min_keep, threads, ratio,
+           max_accuracy_drop, force, input_shape, importance, protect, epochs, steps, time_budget, host,
+           accept_new_host_key, keep, no_cache, fresh, output, as_json) -> None:
     """Prune, fine-tune, quantize, export, verify and ship a model to a board, in one go.
 
     \b
@@ -78,6 +82,7 @@ def deploy(targets, model, weights, trust_factory, data, val_data, latency_budge
 
     \b
     Examples:
+      edgeprune deploy -t local -m usernet:build --weights w.pt --data images/ --normalize unit --speedup 1.3
       edgeprune deploy -t local -m digits-cnn --speedup 1.5 -o out/
       edgeprune deploy -t jetson-nano -m my.pkg:build --weights w.pt --data images/ --latency-budget 8
       edgeprune deploy -t pi-a -t pi-b -t pi-c -m mobilenetv2-fmnist --speedup 2
@@ -85,11 +90,12 @@ def deploy(targets, model, weights, trust_factory, data, val_data, latency_budge
     from edgeprune.deploy import deploy_model
 
     options = dict(
-        data=data, val_data=val_data, latency_budget=latency_budget, speedup=speedup, ratio=ratio,
-        max_accuracy_drop=max_accuracy_drop, force=force, fmt=fmt, precision=precision, weights=weights,
+        data=data, val_data=val_data, val_fraction=val_fraction, normalize=normalize,
+        latency_budget=latency_budget, speedup=speedup, ratio=ratio, max_accuracy_drop=max_accuracy_drop,
+        force=force, fmt=fmt, precision=precision, io_precision=io_precision, weights=weights,
         trust_factory=trust_factory, input_shape=input_shape, importance=importance, protect=tuple(protect),
-        epochs=epochs, steps=steps, time_budget=time_budget, max_rounds=max_rounds, min_keep=min_keep,
-        threads=threads, host=host, accept_new_host_key=accept_new_host_key, keep=keep,
+        epochs=epochs, steps=steps, time_budget=time_budget, max_rounds=max_rounds, tolerance=tolerance,
+        min_keep=min_keep, threads=threads, host=host, accept_new_host_key=accept_new_host_key, keep=keep,
         use_cache=not no_cache, fresh=fresh,
     )
     import os

@@ -16,7 +16,14 @@ import os
 
 import click
 
-from edgeprune.cli._common import converters_to_log, emit, json_option, model_options, target_option
+from edgeprune.cli._common import (
+    converters_to_log,
+    emit,
+    json_option,
+    model_options,
+    normalize_option,
+    target_option,
+)
 from edgeprune.cli.prune_cmd import _shape
 
 
@@ -108,19 +115,20 @@ def _human(report: dict) -> None:
 def _run(*, as_json: bool, **kwargs) -> None:
     from edgeprune._paths import output_dir
     from edgeprune.accuracy import AccuracyDropError
+    from edgeprune.api import export_model
     from edgeprune.errors import ExportError
-    from edgeprune.export.pipeline import AgreementError, export, resolve
-    from edgeprune.profiles import load_profile
+    from edgeprune.export.pipeline import AgreementError, resolve
+    from edgeprune.reach import resolve_target
 
     # refusals (jetson-nano INT8, a precision the board lacks) come before anything is written
-    resolve(load_profile(kwargs["target"]), kwargs["fmt"], kwargs["precision"])
-    output_dir(kwargs["output_dir"], create=False)  # refuse a bad --output before any work
+    resolve(resolve_target(kwargs["target"], board=False).profile, kwargs["fmt"], kwargs["precision"])
+    output_dir(kwargs["output"], create=False)  # refuse a bad --output before any work
     # The converters' output goes to a log outside the result; a finished export carries a copy
     # as export.log, a failed one leaves it here and the error names it.
     log = None
     try:
         with converters_to_log("export") as log:
-            report = export(**kwargs, log_file=log)
+            report = export_model(**kwargs, log_file=log)
     except AgreementError:  # --json: the CLI prints the report with the error (AgreementError.json_result)
         os.unlink(log)
         raise
@@ -155,9 +163,10 @@ _common_options = [
                  help="Fail (exit 2) when the file to ship is more than P points below the original's "
                       "top-1 (agreement with the original on unlabelled data)."),
     click.option("--calib-count", type=int, default=128, show_default=True, help="Calibration samples to use."),
-    click.option("--normalize", default=None, metavar="N",
-                 help="How images from --calib/--data are scaled: imagenet, unit or MEAN/STD (default: the "
-                      "model's; imagenet for 3-channel classifiers, else unit)."),
+    normalize_option,
+    click.option("--io-precision", type=click.Choice(["int8", "uint8", "float32"]), default=None,
+                 help="A full-INT8 TFLite file's input/output type (default: the profile's); "
+                      "--target local --io-precision int8 gives exactly the file a Raspberry Pi runs."),
     click.option("--min-agreement", default=None, metavar="X",
                  help="Fail (exit 2) below this top-1 agreement with the original model, e.g. 0.95, "
                       "or 'top1=0.95,cosine=0.99' (cosine: all outputs and each one; detectors also recall=, "
@@ -188,7 +197,7 @@ def _apply(options):
 @_apply(_common_options[1:])
 @json_option
 def export(target, model, weights, trust_factory, fmt, precision, input_shape, calib, data, val_data,
-           max_accuracy_drop, calib_count, normalize,
+           max_accuracy_drop, calib_count, normalize, io_precision,
            min_agreement, quantizer, output, as_json) -> None:
     """Export a model to ONNX or TFLite for a board, checking every step against the original.
 
@@ -202,8 +211,9 @@ def export(target, model, weights, trust_factory, fmt, precision, input_shape, c
     """
     _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
          precision=precision, calib=calib, data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop,
-         calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
-         quantizer=quantizer, output_dir=output, input_shape=input_shape)
+         calib_count=calib_count, normalize=normalize, io_precision=io_precision,
+         min_agreement=_parse_min_agreement(min_agreement), quantizer=quantizer, output=output,
+         input_shape=input_shape)
 
 
 @click.command()
@@ -214,7 +224,7 @@ def export(target, model, weights, trust_factory, fmt, precision, input_shape, c
 @_apply(_common_options[1:])
 @json_option
 def quantize(target, model, weights, trust_factory, fmt, input_shape, calib, data, val_data, max_accuracy_drop,
-             calib_count, normalize, min_agreement,
+             calib_count, normalize, io_precision, min_agreement,
              quantizer, output, as_json) -> None:
     """Quantize a model to INT8 for a board (the INT8 step of `export`), with agreement checks.
 
@@ -223,5 +233,6 @@ def quantize(target, model, weights, trust_factory, fmt, input_shape, calib, dat
     """
     _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
          precision="int8", calib=calib, data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop,
-         calib_count=calib_count, normalize=normalize, min_agreement=_parse_min_agreement(min_agreement),
-         quantizer=quantizer, output_dir=output, input_shape=input_shape)
+         calib_count=calib_count, normalize=normalize, io_precision=io_precision,
+         min_agreement=_parse_min_agreement(min_agreement), quantizer=quantizer, output=output,
+         input_shape=input_shape)

@@ -72,6 +72,9 @@ class _Bar:
               help="Folder for model.ept, finetune.json, report.md and checkpoints/.")
 @click.option("--teacher", default=None, metavar="M",
               help="The unpruned original to distil from (default: the .ept's base with its built-in trained weights).")
+@click.option("--trust-factory", default=None, metavar="PKG.MOD:FN",
+              help="Allow a .ept file whose base architecture is this Python factory to import and call it "
+              "(a model file alone never runs code).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Passes over the training split (default 3).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Optimiser steps instead of epochs.")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MIN",
@@ -100,7 +103,7 @@ class _Bar:
               help="Fail (exit 2) when the fine-tuned model is more than P points below the original.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's).")
 @json_option
-def finetune(model, data, output, teacher, epochs, steps, time_budget, device, lr, optimizer, batch_size,
+def finetune(model, data, output, teacher, trust_factory, epochs, steps, time_budget, device, lr, optimizer, batch_size,
              temperature, alpha, patience, augment, val_data, val_fraction, normalize, seed, limit,
              max_accuracy_drop, threads, as_json) -> None:
     """Fine-tune a pruned model by distillation from its unpruned original.
@@ -115,12 +118,12 @@ def finetune(model, data, output, teacher, epochs, steps, time_budget, device, l
     Example:
       edgeprune finetune -m out/pruned/model.ept --data fashion-mnist -o out/finetuned --epochs 2
     """
-    from edgeprune.finetune import finetune_model
+    from edgeprune.api import finetune_model
 
     # Below --max-accuracy-drop, AccuracyDropError carries the report: --json prints it with the error.
     with _Bar() as bar:
         report = finetune_model(
-            model, data=data, output=output, teacher=teacher, epochs=epochs, steps=steps,
+            model, data=data, output=output, teacher=teacher, trust_factory=trust_factory, epochs=epochs, steps=steps,
             time_budget=time_budget, device=device, lr=lr, optimizer=optimizer, batch_size=batch_size,
             temperature=temperature, alpha=alpha, patience=patience, augment=augment, val_data=val_data,
             val_fraction=val_fraction, normalize=normalize, seed=seed, limit=limit,

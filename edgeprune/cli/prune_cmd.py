@@ -11,6 +11,7 @@ from edgeprune.cli._common import (
     host_option,
     json_option,
     model_options,
+    normalize_option,
     target_option,
 )
 
@@ -18,15 +19,13 @@ from edgeprune.cli._common import (
 def _shape(ctx, param, value):
     if value is None:
         return None
+    from edgeprune.errors import ModelError
+    from edgeprune.models.loading import parse_shape
+
     try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(","))
-    except ValueError:
-        raise click.BadParameter(f"'{value}': expected e.g. 1,3,224,224") from None
-    if len(shape) != 4 or shape[0] != 1 or min(shape) < 1:
-        raise click.BadParameter(
-            f"'{value}': expected 4 positive numbers, batch 1, e.g. 1,3,224,224"
-        )
-    return shape
+        return parse_shape(value)
+    except ModelError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
 
 
 @click.command()
@@ -82,6 +81,7 @@ def _shape(ctx, param, value):
     "Default: the model's own data set, if it has one here.",
 )
 @click.option("--val-data", default=None, metavar="D", help="Held-out data (default: a seeded split of --data).")
+@normalize_option
 @click.option(
     "--protect", multiple=True, metavar="LAYER", help="A layer name never to prune (repeatable)."
 )
@@ -121,7 +121,9 @@ def prune(
     speedup,
     fmt,
     precision,
+    io_precision,
     max_rounds,
+    tolerance,
     min_keep,
     threads,
     estimate,
@@ -131,6 +133,7 @@ def prune(
     importance,
     data,
     val_data,
+    normalize,
     protect,
     prune_stem,
     no_align,
@@ -151,8 +154,8 @@ def prune(
       edgeprune prune --target local --model mobilenetv2 --speedup 1.5 --output out/
       edgeprune prune --target lab-pi --model resnet18 --latency-budget 40 --output out/
     """
+    from edgeprune.api import prune_model
     from edgeprune.progress import show
-    from edgeprune.prune.pipeline import prune_model
 
     with show():
         summary = prune_model(
@@ -171,7 +174,9 @@ def prune(
             speedup=speedup,
             fmt=fmt,
             precision=precision,
+            io_precision=io_precision,
             max_rounds=max_rounds,
+            tolerance=tolerance,
             min_keep=min_keep,
             threads=threads,
             estimate=estimate,
@@ -182,6 +187,7 @@ def prune(
             verify=not no_verify,
             data=data,
             val_data=val_data,
+            normalize=normalize,
         )
     emit(summary, as_json=as_json, human=_human)
 

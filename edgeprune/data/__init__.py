@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,14 @@ def _check_labels(ds: Dataset, num_classes: int | None, what: str) -> None:
         raise DataError(f"{what}: label {bad} is out of range: the model outputs {num_classes} classes (0-{num_classes - 1})")
 
 
+def _described(ds: Dataset, pre: Preprocess) -> str:
+    """The preprocessing ``ds`` really gets: arrays already shaped as model inputs get none."""
+    if getattr(ds, "passthrough", False):
+        return (f"none: the arrays are model inputs already ({pre.channels}x{pre.size[0]}x{pre.size[1]}, "
+                "used as given, not normalised)")
+    return pre.describe()
+
+
 def _open(spec, *, pre: Preprocess, input_shape, task: str) -> Dataset:
     from edgeprune.data.sources import open_source
 
@@ -131,7 +140,7 @@ def load_data(
         return split
     ds = _open(spec, pre=pre, input_shape=input_shape, task=task)
     _check_labels(ds, num_classes, str(spec))
-    info: dict[str, Any] = {"source": str(spec), "kind": _kind(ds, spec), "preprocess": pre.describe()}
+    info: dict[str, Any] = {"source": str(spec), "kind": _kind(ds, spec), "preprocess": _described(ds, pre)}
     if val_data is not None:
         val = _open(val_data, pre=pre, input_shape=input_shape, task=task)
         _check_labels(val, num_classes, str(val_data))
@@ -156,6 +165,7 @@ def load_data(
 __all__ = [
     "BUILTIN",
     "DataError",
+    "DataOptions",
     "DataSplit",
     "Dataset",
     "Preprocess",
@@ -167,27 +177,43 @@ __all__ = [
 ]
 
 
-def split_for(model: Any, data: Any = None, *, val_data: Any = None, normalize: Any = None,
-              num_classes: int | None = None, limit: int | None = None) -> DataSplit | None:
-    """The data a stage uses for ``model`` (a LoadedModel): ``data`` if given, else the model's own.
+@dataclass(frozen=True)
+class DataOptions:
+    """What ``--data``, ``--val-data``, ``--val-fraction`` and ``--limit`` say, the same on every command."""
 
-    "The model's own" is the built-in data set its data hook
-    (:func:`edgeprune.models.data_info`) names, when it is here; None
-    otherwise (the stage then falls back to what it did without data).
+    data: Any = None
+    val_data: Any = None
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.val_fraction, (int, float)) and 0.0 < self.val_fraction < 1.0):
+            raise DataError(f"--val-fraction {self.val_fraction}: a fraction between 0 and 1")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise DataError(f"--limit {self.limit}: a whole number of images, 1 or more")
+
+
+def split_for(model: Any, data: Any = None, *, default: str | None = None, val_data: Any = None,
+              val_fraction: float = DEFAULT_VAL_FRACTION, limit: int | None = None,
+              seed: int = 0) -> DataSplit | None:
+    """The data a stage uses for ``model`` (a LoadedModel): ``data`` if given, else the built-in set ``default``.
+
+    The model gives the input shape, task, preprocessing (``model.normalize``)
+    and class count; ``default`` is the built-in data set the model's data
+    hook names (used when it is here; None otherwise: the stage then falls
+    back to what it does without data).
 
     Example::
 
-        split = split_for(lm)            # digits-cnn -> the digits split; resnet18 -> None
+        split = split_for(lm, "photos/")          # the user's folder, preprocessed for lm
+        split = split_for(lm, default="digits")   # digits-cnn's own data set
     """
-    from edgeprune.models import data_info
-
-    info = data_info(model)
-    shape = tuple(model.input_shape)
-    task = getattr(model, "task", "classify")
     if data is None:
-        if not info.dataset or not available(info.dataset):
+        if not default or not available(default):
             return None
-        data = info.dataset
-    return load_data(data, input_shape=shape, task=task, normalize=normalize or info.normalize,
-                     num_classes=num_classes, val_data=val_data, limit=limit)
-
+        data = default
+    return load_data(data, input_shape=tuple(model.input_shape), task=getattr(model, "task", "classify"),
+                     normalize=getattr(model, "normalize", None), num_classes=getattr(model, "num_classes", None),
+                     val_data=val_data, val_fraction=val_fraction, limit=limit, seed=seed)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,3 +171,54 @@ def open_source(spec: str, *, preprocess, input_shape: tuple[int, ...]) -> Datas
         raise DataError(f"--data {text}: not found (a folder, a .npy/.npz file, a pkg.module:function factory, "
                         f"or a built-in data set: {', '.join(BUILTIN)})")
     raise DataError(f"--data {text}: not a folder of images, a .npy/.npz file or a pkg.module:function factory")
+
+
+def common_image_size(spec: Any) -> tuple[tuple[int, int], str] | None:
+    """``((H, W), what)``: the most common size of the images ``spec`` names (a folder, .npy/.npz), or None.
+
+    Reads headers only (at most 64 images): the input size of a model that does not say its own.
+    """
+    from collections import Counter
+
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        files = [f for d in subdirs for f in _images_in(d)[:8]][:64] or _images_in(path)[:64]
+        if not files:
+            return None
+        try:
+            from PIL import Image
+        except ImportError:
+            return None
+        sizes: Counter = Counter()
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    sizes[(im.height, im.width)] += 1
+            except (OSError, ValueError, SyntaxError):
+                continue
+        if not sizes:
+            return None
+        (h, w), n = sizes.most_common(1)[0]
+        return (h, w), f"the common size of the images in {path} ({n} of {sum(sizes.values())} read are {h}x{w})"
+    if path.suffix.lower() in (".npy", ".npz") and path.is_file():
+        try:
+            loaded = np.load(path, allow_pickle=False, mmap_mode="r") if path.suffix.lower() == ".npy" else \
+                np.load(path, allow_pickle=False)
+        except (ValueError, OSError):
+            return None
+        if isinstance(loaded, np.ndarray):
+            x = loaded
+        else:
+            with loaded:
+                key = next((k for k in _X_KEYS if k in loaded.files), None)
+                if key is None:
+                    return None
+                x = loaded[key]
+        if x.ndim == 3:
+            return (int(x.shape[1]), int(x.shape[2])), f"the images in {path} ({x.shape[1]}x{x.shape[2]})"
+        if x.ndim == 4:
+            h, w = (x.shape[2], x.shape[3]) if x.shape[1] in (1, 3, 4) else (x.shape[1], x.shape[2])
+            return (int(h), int(w)), f"the images in {path} ({h}x{w})"
+    return None

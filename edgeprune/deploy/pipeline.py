@@ -17,15 +17,36 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edgeprune import __version__
 from edgeprune._paths import atomic_write_text
 from edgeprune.accuracy import AccuracyDropError, drop_points
+from edgeprune.bench.batch import BatchSession, BatchSettings
+from edgeprune.bench.runner import BenchSettings, bench_target
+from edgeprune.checks.preprocess import check_preprocessing
+from edgeprune.data import DEFAULT_VAL_FRACTION, DataOptions
 from edgeprune.deploy.manifest import RunManifest, digest
-from edgeprune.errors import BudgetError, EdgePruneError, PruneError
+from edgeprune.errors import AgentError, BudgetError, EdgePruneError, PruneError
+from edgeprune.export.formats import Thresholds
+from edgeprune.export.pipeline import AgreementError, ExportOptions, export, model_sha256
+from edgeprune.finetune.run import FinetuneOptions, finetune_model
+from edgeprune.latency.job import BudgetOptions, prune_for_budget
+from edgeprune.latency.loop import WHOLE
+from edgeprune.load import load_model, say_loaded, split_for_model
+from edgeprune.models.loading import parse_shape
 from edgeprune.progress import note, step
+from edgeprune.prune.pipeline import (
+    PruneOptions,
+    PruneResult,
+    importance_batches,
+    prune_to_plan,
+    uniform_plan,
+)
+from edgeprune.reach import resolve_target
+from edgeprune.ship import ship_artifact
 
 STAGES = ("measure", "prune", "finetune", "export", "verify", "measure-final", "ship", "report")
 DEFAULT_MAX_DROP = 1.0  # points of top-1 on held-out data; the gate
@@ -41,48 +62,83 @@ class GateError(AccuracyDropError):
     kind = "accuracy-gate"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeployOptions:
-    """Everything a deploy takes (the CLI's options, the API's keywords); see :func:`deploy_model`."""
+    """Everything a deploy takes, built once (by the CLI or :func:`deploy_model`) and handed to every stage.
+
+    The model as the user named it (``model``, ``weights``, ``trust_factory``,
+    ``input_shape``, ``normalize``); the data (``data``: a
+    :class:`~edgeprune.data.DataOptions`); the plan (``budget``: a
+    :class:`~edgeprune.latency.job.BudgetOptions`, or ``ratio``); how
+    channels go (``prune``), how it is fine-tuned (``finetune``) and exported
+    (``export``: format, precision, I/O type); the gate; the board and the
+    run. Only what changes a stage's result is part of its resume key
+    (:func:`_stage_args`): trust, ``--json`` and verbosity are not.
+    """
 
     model: str
     output: str
-    data: str | None = None
-    val_data: str | None = None
-    latency_budget: float | None = None
-    speedup: float | None = None
-    ratio: float | None = None
-    max_accuracy_drop: float = DEFAULT_MAX_DROP
-    force: bool = False
-    fmt: str | None = None
-    precision: str | None = None
     weights: str | None = None
     trust_factory: str | None = None
     input_shape: tuple[int, ...] | None = None
-    importance: str = "l1"
-    protect: tuple[str, ...] = ()
-    epochs: int | None = None
-    steps: int | None = None
-    time_budget: float | None = None
-    max_rounds: int = 3
-    min_keep: float | None = None
-    threads: int = 0
+    normalize: Any = None
+    data: DataOptions = DataOptions()
+    budget: BudgetOptions | None = None
+    ratio: float | None = None
+    prune: PruneOptions = PruneOptions()
+    finetune: FinetuneOptions = FinetuneOptions()
+    export: ExportOptions = ExportOptions()
+    max_accuracy_drop: float = DEFAULT_MAX_DROP
+    force: bool = False
     host: str | None = None
     accept_new_host_key: bool = False
     keep: int = 3
     use_cache: bool = True
     fresh: bool = False
 
-    def check(self) -> None:
-        given = [n for n, v in (("--latency-budget", self.latency_budget), ("--speedup", self.speedup),
-                                ("--ratio", self.ratio)) if v is not None]
+    @classmethod
+    def from_options(cls, *, model: str, output: str, data: Any = None, val_data: Any = None,
+                     val_fraction: float = DEFAULT_VAL_FRACTION, latency_budget: float | None = None,
+                     speedup: float | None = None, ratio: float | None = None, fmt: str | None = None,
+                     precision: str | None = None, io_precision: str | None = None, max_rounds: int = 3,
+                     tolerance: float = 0.10, min_keep: float | None = None, threads: int = 0,
+                     importance: str = "l1", protect: tuple[str, ...] = (), epochs: int | None = None,
+                     steps: int | None = None, time_budget: float | None = None, device: str = "cpu",
+                     input_shape: Any = None, use_cache: bool = True, **rest: Any) -> DeployOptions:
+        """From the CLI's option names (the API's keywords), e.g. ``speedup=1.5, data="images/"``."""
+        given = [n for n, v in (("--latency-budget", latency_budget), ("--speedup", speedup),
+                                ("--ratio", ratio)) if v is not None]
         if len(given) != 1:
             raise PruneError("give exactly one of --latency-budget MS, --speedup S or --ratio R"
                              + (f" (got {' and '.join(given)})" if given else ""))
-        if not self.max_accuracy_drop >= 0:
+        unknown = sorted(set(rest) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise TypeError(f"deploy_model() got unexpected options: {', '.join(unknown)}")
+        budget = None if ratio is not None else BudgetOptions(
+            latency_budget=latency_budget, speedup=speedup, fmt=fmt, precision=precision, io_precision=io_precision,
+            max_rounds=max_rounds, tolerance=tolerance, min_keep=min_keep, threads=threads, use_cache=use_cache)
+        shape = parse_shape(input_shape) if input_shape is not None else None
+        opts = cls(model=str(model), output=str(output), input_shape=shape,
+                   data=DataOptions(data=data, val_data=val_data, val_fraction=val_fraction),
+                   budget=budget, ratio=ratio, prune=PruneOptions(importance=importance, protect=tuple(protect)),
+                   finetune=FinetuneOptions(epochs=epochs, steps=steps, time_budget=time_budget, device=device,
+                                            threads=threads or None),
+                   export=ExportOptions(fmt=fmt, precision=precision, io_precision=io_precision),
+                   use_cache=use_cache, **rest)
+        opts.check()
+        return opts
+
+    @property
+    def threads(self) -> int:
+        return self.budget.threads if self.budget is not None else (self.finetune.threads or 0)
+
+    def check(self) -> None:
+        if not (isinstance(self.max_accuracy_drop, (int, float)) and 0 <= self.max_accuracy_drop < float("inf")):
             raise EdgePruneError(f"--max-accuracy-drop {self.max_accuracy_drop}: points of top-1, 0 or more")
         if self.keep < 1:
             raise EdgePruneError(f"--keep {self.keep}: keep at least 1 release on the board")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise PruneError(f"--ratio {self.ratio}: the fraction of channels removed must be in [0, 1)")
 
 
 @dataclass
@@ -96,17 +152,30 @@ class StageOut:
 
 @dataclass
 class Ctx:
-    """One board's deploy: its folder, options, manifest and what earlier stages produced."""
+    """One board's deploy: the resolved board, the model and data loaded once, and what the stages made.
+
+    ``reach`` is resolved once for the whole run; ``original`` (the user's
+    model with the user's weights: the teacher and the reference of every
+    accuracy figure) and ``split`` (the data) are loaded once and shared by
+    every stage. Stages that run hand their model on in memory (``models``);
+    a stage reused from an earlier run is read back from its folder, rebuilt
+    with the factories the user named for this run.
+    """
 
     target: str
+    reach: Any
     root: Path
     opts: DeployOptions
     manifest: RunManifest
+    original: Any
+    split: Any = None
     label: str = ""
     reused: list[str] = field(default_factory=list)
-    _original: Any = None
-    _split: Any = None
-    _split_done: bool = False
+    models: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def profile(self):
+        return self.reach.profile
 
     def dir(self, stage: str) -> Path:
         return self.root / stage
@@ -117,43 +186,18 @@ class Ctx:
     def say(self, text: str) -> None:
         note(f"{self.label}{text}")
 
-    # -- the original model and its data, loaded once per board -------------------
-    def original(self):
-        if self._original is None:
-            from edgeprune.load import load_model
-
-            self._original = load_model(self.opts.model, weights=self.opts.weights,
-                                        input_shape=self.opts.input_shape, trust_factory=self.opts.trust_factory)
-        return self._original
-
-    def split(self):
-        """The data split for this model (``--data`` or its own built-in data set), or None."""
-        if not self._split_done:
-            from edgeprune.data import split_for
-
-            self._split = split_for(self.original(), self.opts.data, val_data=self.opts.val_data)
-            self._split_done = True
-        return self._split
-
-    def data_spec(self) -> str | None:
-        """What the stages are given as ``data``: ``--data``, else the model's built-in data set if here."""
-        if self.opts.data is not None:
-            return self.opts.data
-        if self.split() is None:
-            return None
-        from edgeprune.models import data_info
-
-        return data_info(self.original()).dataset
+    def model_of(self, stage: str):
+        """The model stage ``stage`` (prune or finetune) made: in memory, else read back from its folder."""
+        if stage not in self.models:
+            self.models[stage] = load_model(self.dir(stage) / "model.ept", trust_factory=self.original.trusted,
+                                            original=self.original)
+        return self.models[stage]
 
 
 # -- stages ---------------------------------------------------------------------------------
 
 def _bench(ctx: Ctx, artifact: Path, dest: Path):
-    from edgeprune.bench.runner import BenchSettings, bench_target
-    from edgeprune.reach import resolve_target
-
-    reach = resolve_target(ctx.target, host=ctx.opts.host)
-    res = bench_target(reach, artifact, settings=BenchSettings(threads=ctx.opts.threads),
+    res = bench_target(ctx.reach, artifact, settings=BenchSettings(threads=ctx.opts.threads),
                        use_cache=ctx.opts.use_cache, accept_new_host_key=ctx.opts.accept_new_host_key)
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest, json.dumps(res.to_dict(), indent=2, default=str) + "\n")
@@ -167,20 +211,18 @@ def _artifact_accuracy(report) -> tuple[float | None, dict[str, Any]]:
     return value, acc
 
 
+def _export_options(ctx: Ctx, **over: Any) -> ExportOptions:
+    return replace(ctx.opts.export, accuracy_count=GATE_SAMPLES, **over)
+
+
 def stage_measure(ctx: Ctx) -> StageOut:
     """1. The unpruned model, exported in the board's format and precision, measured on the board."""
-    from edgeprune.export.formats import Thresholds
-    from edgeprune.export.pipeline import export
-
-    o = ctx.opts
     folder = ctx.dir("measure")
     step(f"{ctx.label}exporting the unpruned model for {ctx.target}")
     with _CPU:
-        report = export(ctx.original(), target=_profile_name(ctx), output_dir=folder / "export", fmt=o.fmt,
-                        precision=o.precision, data=ctx.data_spec(), val_data=o.val_data,
-                        min_agreement=Thresholds(top1=0.0, cosine=-1.0),  # a timing reference, not shipped
-                        accuracy_count=GATE_SAMPLES)
-    art = report.final
+        report = export(ctx.original, profile=ctx.profile, output_dir=folder / "export", split=ctx.split,
+                        options=_export_options(ctx, min_agreement=Thresholds(top1=0.0, cosine=-1.0)))
+    art = report.final  # a timing reference, not shipped: no agreement gate
     step(f"{ctx.label}{ctx.target}: measuring the unpruned model")
     res = _bench(ctx, art.path, folder / "bench.json")
     value, acc = _artifact_accuracy(report)
@@ -197,99 +239,100 @@ def stage_measure(ctx: Ctx) -> StageOut:
                          + (" (cached measurement)" if res.cached else ""))
 
 
+def _prune_result(pr: PruneResult) -> dict[str, Any]:
+    """What the report needs of the prune stage (the whole summary is prune/summary.json)."""
+    d = pr.to_dict()
+    lat = d.get("latency") or {}
+    return {
+        "latency": {k: lat.get(k) for k in ("budget_ms", "met", "status", "unpruned_ms", "rounds", "budget_from",
+                                             "board_visits", "chosen_round", "table")} if lat else None,
+        "channels": [{"group": g, "channels": pr.plan.channels[g], "keep": k} for g, k in pr.plan.keep.items()],
+        **{k: d.get(k) for k in ("protected", "removed_fraction", "align", "params_before", "params_after",
+                                 "macs_before", "macs_after", "accuracy_before", "accuracy_after", "accuracy_note")},
+    }
+
+
 def stage_prune(ctx: Ctx) -> StageOut:
     """2. Latency-aware pruning with the closed loop on the board (or ``--ratio``)."""
-    from edgeprune.prune.pipeline import prune_model
-
     o = ctx.opts
     folder = ctx.dir("prune")
     forced_budget = None
     with _CPU:
-        try:
-            summary = prune_model(
-                # a --ratio plan needs only the board's profile (its alignment); a budget, the board itself
-                o.model, target=ctx.target if o.ratio is None else _profile_name(ctx), output=folder, ratio=o.ratio, latency_budget=o.latency_budget,
-                speedup=o.speedup, weights=o.weights, input_shape=o.input_shape, importance=o.importance,
-                protect=o.protect, fmt=o.fmt, precision=o.precision, max_rounds=o.max_rounds,
-                min_keep=o.min_keep, threads=o.threads, data=ctx.data_spec(), val_data=o.val_data,
-                host=o.host, use_cache=o.use_cache, accept_new_host_key=o.accept_new_host_key,
-                trust_factory=o.trust_factory,
-            )
-        except BudgetError as exc:
-            if not o.force:
-                raise BudgetError(f"{exc}; loosen the budget, or --force to deploy the closest plan") from None
-            forced_budget = str(exc)
-            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
-    lat = summary.get("latency") or {}
-    result = {
-        "latency": {k: lat.get(k) for k in ("budget_ms", "met", "status", "unpruned_ms", "rounds", "budget_from",
-                                             "board_visits", "chosen_round", "table")} if lat else None,
-        "channels": [{"group": g["id"], "channels": g["channels"], "keep": g["keep"]} for g in plan.get("groups", [])],
-        "protected": summary.get("protected") or [],
-        "removed_fraction": summary.get("removed_fraction"), "align": summary.get("align"),
-        "params_before": summary.get("params_before"), "params_after": summary.get("params_after"),
-        "macs_before": summary.get("macs_before"), "macs_after": summary.get("macs_after"),
-        "accuracy_before": summary.get("accuracy_before"), "accuracy_after": summary.get("accuracy_after"),
-        "accuracy_note": summary.get("accuracy_note"), "forced_budget": forced_budget,
-    }
-    if lat:
-        text = lat.get("status") or ""
-    else:
-        text = f"--ratio {o.ratio}: removed {summary.get('removed_fraction', 0):.0%} of prunable channels"
+        if o.budget is None:
+            plan = uniform_plan(ctx.original, o.ratio, profile=ctx.profile, options=o.prune)
+            batches = importance_batches(ctx.split, importance=o.prune.importance, budget=False, name=ctx.original.name)
+            pr = prune_to_plan(ctx.original, plan, profile=ctx.profile, target=ctx.target, output=folder,
+                               options=o.prune, kind="ratio", split=ctx.split, batches=batches, ratio=o.ratio)
+        else:
+            try:
+                pr = prune_for_budget(ctx.original, reach=ctx.reach, budget=o.budget, options=o.prune,
+                                      output=folder, split=ctx.split, accept_new_host_key=o.accept_new_host_key)
+            except BudgetError as exc:
+                if not o.force:
+                    raise BudgetError(f"{exc}; loosen the budget, or --force to deploy the closest plan") from None
+                forced_budget = str(exc)
+                pr = None
+    if pr is not None:
+        ctx.models["prune"] = pr.model
+        result = _prune_result(pr)
+    else:  # --force past a budget not met: the closest plan was written; read it back
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+        lat = summary.get("latency") or {}
+        result = {"latency": {k: lat.get(k) for k in ("budget_ms", "met", "status", "unpruned_ms", "rounds",
+                                                       "budget_from", "board_visits", "chosen_round", "table")},
+                  "channels": [{"group": g["id"], "channels": g["channels"], "keep": g["keep"]}
+                               for g in plan.get("groups", [])],
+                  **{k: summary.get(k) for k in ("protected", "removed_fraction", "align", "params_before",
+                                                 "params_after", "macs_before", "macs_after", "accuracy_before",
+                                                 "accuracy_after", "accuracy_note")}}
+    result["forced_budget"] = forced_budget
+    lat = result.get("latency") or {}
+    text = (lat.get("status") or "") if lat else \
+        f"--ratio {o.ratio}: removed {result.get('removed_fraction') or 0:.0%} of prunable channels"
     return StageOut(outputs={"model": folder / "model.ept", "plan": folder / "plan.json"}, result=result,
                     board_measurements=int(lat.get("board_visits") or 0) if lat else 0,
                     note=(f"FORCED: {text}" if forced_budget else text))
 
 
 def stage_finetune(ctx: Ctx) -> StageOut:
-    """3. Fine-tuning with distillation from the original, when there is data."""
-    from edgeprune.finetune import finetune_model
-    from edgeprune.load import load_model
-
-    o = ctx.opts
-    spec = ctx.data_spec()
-    if spec is None:
+    """3. Fine-tuning with distillation from the original (the user's weights), when there is data."""
+    if ctx.split is None:
         return StageOut(state="skipped", note="no data: give --data (a folder of class folders, .npz, pkg.mod:fn "
                                               "or a built-in data set) to recover accuracy by fine-tuning")
     folder = ctx.dir("finetune")
-    pruned = load_model(str(ctx.dir("prune") / "model.ept"), trust_factory=o.trust_factory)
-    step(f"{ctx.label}fine-tuning with distillation on {spec}")
+    step(f"{ctx.label}fine-tuning with distillation on {ctx.split.to_dict().get('source')}")
     with _CPU:
-        rep = finetune_model(pruned, data=spec, val_data=o.val_data, output=folder, teacher=ctx.original(),
-                             epochs=o.epochs, steps=o.steps, time_budget=o.time_budget,
-                             threads=o.threads or None)
+        fr = finetune_model(ctx.model_of("prune"), split=ctx.split, output=folder, options=ctx.opts.finetune)
+    ctx.models["finetune"] = fr.model
+    rep = fr.to_dict()
     acc = rep.get("accuracy") or {}
-    result = {"metric": rep.get("metric"), "accuracy": acc, "heldout": rep.get("heldout"),
-              "steps": rep.get("steps"), "epochs": rep.get("epochs"), "best_epoch": rep.get("best_epoch"),
-              "stopped": rep.get("stopped"), "images_per_s": rep.get("images_per_s"),
-              "drop_points": rep.get("drop_points"), "teacher": rep.get("teacher")}
+    result = {k: rep.get(k) for k in ("metric", "heldout", "steps", "epochs", "best_epoch", "stopped",
+                                      "images_per_s", "drop_points", "teacher")}
+    result["accuracy"] = acc
     text = (f"{rep.get('metric')} pruned {_pct(acc.get('pruned'))} -> fine-tuned {_pct(acc.get('finetuned'))} "
             f"(original {_pct(acc.get('original'))}) in {rep.get('steps')} steps")
     return StageOut(outputs={"model": folder / "model.ept", "report": folder / "finetune.json"},
                     result=result, note=text)
 
 
-def _model_to_export(ctx: Ctx) -> Path:
+def _model_to_export(ctx: Ctx):
     ft = ctx.manifest.stage("finetune")
-    return ctx.dir("finetune" if ft.get("state") == "done" else "prune") / "model.ept"
+    return ctx.model_of("finetune" if ft.get("state") == "done" else "prune")
 
 
 def stage_export(ctx: Ctx) -> StageOut:
     """4. Quantize and export in the profile's format and precision, accuracy on held-out data."""
-    from edgeprune.export.pipeline import AgreementError, export
-    from edgeprune.load import load_model
-
-    o = ctx.opts
     folder = ctx.dir("export")
-    model = load_model(str(_model_to_export(ctx)), trust_factory=o.trust_factory)
+    model = _model_to_export(ctx)
     step(f"{ctx.label}exporting the pruned model for {ctx.target}")
     with _CPU:
         try:
-            report = export(model, target=_profile_name(ctx), output_dir=folder, fmt=o.fmt, precision=o.precision,
-                            data=ctx.data_spec(), val_data=o.val_data, accuracy_count=GATE_SAMPLES)
+            report = export(model, profile=ctx.profile, output_dir=folder, split=ctx.split,
+                            options=_export_options(ctx))
         except AgreementError as exc:
-            raise AgreementError(f"{exc} (the export's report is in {folder}; nothing was shipped)") from None
+            raise AgreementError(f"{exc} (the export's report is in {folder}; nothing was shipped)",
+                                 exc.report) from None
     art = report.final
     value, acc = _artifact_accuracy(report)
     result = {"artifact": str(art.path), "file": art.path.name, "step": art.step, "sha256": art.sha256,
@@ -298,9 +341,21 @@ def stage_export(ctx: Ctx) -> StageOut:
               "artifacts": [{"step": a.step, "file": a.path.name, "bytes": a.size_bytes,
                              "top1_agreement": (a.agreement or {}).get("top1"),
                              "cosine": (a.agreement or {}).get("cosine")} for a in report.artifacts],
-              "warnings": report.warnings}
+              "warnings": report.warnings, "pruning": report.pruning}
     return StageOut(outputs={"artifact": art.path, "report": folder / "export.json"}, result=result,
                     note=f"{art.step}: {art.size_bytes / 1e6:.3f} MB, {acc.get('metric', 'accuracy')} {_pct(value)}")
+
+
+def _why_no_gate(ctx: Ctx, exp: dict[str, Any]) -> str:
+    """Exactly why the gate cannot be checked."""
+    if ctx.split is None:
+        return ("no held-out data to measure accuracy on: give --data (labelled images the fine-tuning does "
+                "not see)")
+    acc = exp.get("accuracy") or {}
+    if acc.get("original") is None:
+        note = (exp.get("pruning") or {}).get("note") or "the unpruned original's accuracy was not measured"
+        return f"the original's accuracy is unknown: {note}"
+    return f"the exported file's accuracy was not measured ({acc.get('metric')} on {acc.get('heldout')})"
 
 
 def stage_verify(ctx: Ctx) -> StageOut:
@@ -315,8 +370,7 @@ def stage_verify(ctx: Ctx) -> StageOut:
                             "forced": False, "reason": None}
     verdict = (exp.get("verdict") or {}).get("status")
     if original is None or final is None:
-        gate["reason"] = ("no held-out data to measure accuracy on, so the gate cannot be checked: give --data "
-                          "(labelled images the fine-tuning does not see), or --force to ship unchecked")
+        gate["reason"] = f"the gate cannot be checked: {_why_no_gate(ctx, exp)}; or --force to ship unchecked"
     else:
         drop = drop_points(original, final)
         gate["drop"] = drop
@@ -349,10 +403,6 @@ def stage_measure_final(ctx: Ctx) -> StageOut:
     the speedup is a ratio measured at one moment, not two measurements taken
     minutes apart on a board whose load moved.
     """
-    from edgeprune.bench.batch import BatchSession, BatchSettings
-    from edgeprune.latency.loop import WHOLE
-    from edgeprune.reach import resolve_target
-
     o = ctx.opts
     folder = ctx.dir("measure-final")
     art = Path(ctx.result("export")["artifact"])
@@ -361,14 +411,11 @@ def stage_measure_final(ctx: Ctx) -> StageOut:
     if unpruned.suffix == art.suffix:  # one agent run takes one format
         models["unpruned"] = unpruned
     step(f"{ctx.label}{ctx.target}: measuring the artifact to ship, interleaved with the unpruned one")
-    reach = resolve_target(ctx.target, host=o.host)
     settings = BatchSettings(**{**WHOLE.__dict__, "threads": o.threads})
-    with BatchSession(reach, settings=settings, accept_new_host_key=o.accept_new_host_key) as board:
+    with BatchSession(ctx.reach, settings=settings, accept_new_host_key=o.accept_new_host_key) as board:
         res = board.measure(models, settings=settings)
     bad = [f"{k}: {t.error}" for k, t in res.timings.items() if not t.ok]
     if bad:
-        from edgeprune.errors import AgentError
-
         raise AgentError(f"{ctx.target}: the board could not run {'; '.join(bad)}")
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "measure.json", json.dumps(asdict(res), indent=2, default=str) + "\n")
@@ -401,10 +448,6 @@ def stage_measure_final(ctx: Ctx) -> StageOut:
 
 def stage_ship(ctx: Ctx) -> StageOut:
     """7. Ship: staging name, sha256, the held-out inputs run on the board, atomic switch (edgeprune.ship)."""
-    from edgeprune import __version__
-    from edgeprune.export.pipeline import model_sha256
-    from edgeprune.ship import ship_artifact
-
     o = ctx.opts
     folder = ctx.dir("ship")
     exp = ctx.result("export")
@@ -412,9 +455,9 @@ def stage_ship(ctx: Ctx) -> StageOut:
     x, source = _check_inputs(ctx)
     gate = ctx.result("verify")
     manifest = {
-        "source_model": o.model, "source_model_sha256": model_sha256(ctx.original().module),
+        "source_model": o.model, "source_model_sha256": model_sha256(ctx.original.module),
         "plan": json.loads((ctx.dir("prune") / "plan.json").read_text(encoding="utf-8")),
-        "profile": _profile_name(ctx), "format": exp.get("format"), "precision": exp.get("precision"),
+        "profile": ctx.profile.name, "format": exp.get("format"), "precision": exp.get("precision"),
         "latency_ms": ctx.result("measure-final").get("p50_ms"),
         "latency_unpruned_ms": ctx.result("measure").get("p50_ms"),
         "budget_ms": ctx.result("measure-final").get("budget_ms"),
@@ -426,7 +469,7 @@ def stage_ship(ctx: Ctx) -> StageOut:
         "edgeprune_version": __version__, "check_inputs": source,
     }
     step(f"{ctx.label}{ctx.target}: shipping {art.name}")
-    res = ship_artifact(art, target=ctx.target, host=o.host, manifest=manifest, verify_inputs=x,
+    res = ship_artifact(art, target=ctx.reach, manifest=manifest, verify_inputs=x,
                         precision=exp.get("precision"), keep=o.keep, accept_new_host_key=o.accept_new_host_key)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "ship.json", json.dumps(res.to_dict(), indent=2, default=str) + "\n")
@@ -447,17 +490,24 @@ STAGE_FUNCS: dict[str, Callable[[Ctx], StageOut]] = {
 
 
 def _stage_args(o: DeployOptions, name: str, target: str) -> dict[str, Any]:
-    """The options each stage's result depends on (its part of the resume key)."""
+    """The options each stage's result depends on (its part of the resume key).
+
+    Not in it: what does not change a result (trust in a factory, ``--json``,
+    verbosity, ``--fresh``); naming ``--trust-factory`` for a completed run
+    reuses every stage.
+    """
     model = {"model": o.model, "model_file": _file_sha(o.model), "weights": o.weights,
-             "weights_file": _file_sha(o.weights), "input_shape": o.input_shape, "trust_factory": o.trust_factory}
-    data = {"data": o.data, "data_file": _file_sha(o.data), "val_data": o.val_data}
-    board = {"target": target, "host": o.host, "fmt": o.fmt, "precision": o.precision, "threads": o.threads}
+             "weights_file": _file_sha(o.weights), "input_shape": o.input_shape,
+             "normalize": None if o.normalize is None else str(o.normalize)}
+    data = {"data": o.data.data, "data_file": _file_sha(o.data.data), "val_data": o.data.val_data,
+            "val_fraction": o.data.val_fraction}
+    board = {"target": target, "host": o.host, "fmt": o.export.fmt, "precision": o.export.precision,
+             "io_precision": o.export.io_precision, "threads": o.threads}
     return {
         "measure": {**model, **data, **board},
-        "prune": {"latency_budget": o.latency_budget, "speedup": o.speedup, "ratio": o.ratio,
-                  "importance": o.importance, "protect": list(o.protect), "max_rounds": o.max_rounds,
-                  "min_keep": o.min_keep},
-        "finetune": {"epochs": o.epochs, "steps": o.steps, "time_budget": o.time_budget},
+        "prune": {"budget": asdict(o.budget) if o.budget is not None else None, "ratio": o.ratio,
+                  "prune": asdict(o.prune)},
+        "finetune": asdict(o.finetune),
         "export": {},
         "verify": {"max_accuracy_drop": o.max_accuracy_drop, "force": o.force},
         "measure-final": {},
@@ -508,18 +558,21 @@ def _run_stage(ctx: Ctx, name: str, key: str, *, ran: bool) -> tuple[bool, dict[
     return True, rec
 
 
-def deploy_one(target: str, root: Path, opts: DeployOptions, *, label: str = "",
+def deploy_one(target: str, root: Path, opts: DeployOptions, *, reach, original, split, label: str = "",
                command: list[str] | None = None) -> dict[str, Any]:
     """Run the eight stages for one board in ``root``; returns the report dict (also written as deploy.json).
 
-    Raises the failing stage's error after the report of the failed run is written.
+    ``reach``, ``original`` and ``split``: the board, the model and the data,
+    resolved and loaded once by :func:`deploy_model`. Raises the failing
+    stage's error after the report of the failed run is written.
     """
     from edgeprune.deploy.report import write_report
 
     root.mkdir(parents=True, exist_ok=True)
-    args = {**{k: v for k, v in asdict(opts).items() if k not in ("output", "fresh")}, "target": target}
+    args = {"options": _json_able(asdict(opts)), "target": target}
     manifest = RunManifest.load_or_new(root / "run.json", args=args, command=command)
-    ctx = Ctx(target=target, root=root, opts=opts, manifest=manifest, label=label)
+    ctx = Ctx(target=target, reach=reach, root=root, opts=opts, manifest=manifest, original=original,
+              split=split, label=label)
     prev_key, prev_out = "", {}
     ran = False
     error: BaseException | None = None
@@ -541,10 +594,8 @@ def deploy_one(target: str, root: Path, opts: DeployOptions, *, label: str = "",
     return report
 
 
-def _profile_name(ctx: Ctx) -> str:
-    from edgeprune.reach import resolve_target
-
-    return resolve_target(ctx.target, host=ctx.opts.host).profile.name
+def _json_able(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def _board_facts(res) -> dict[str, Any]:
@@ -562,13 +613,13 @@ def _check_inputs(ctx: Ctx):
     import numpy as np
 
     art = Path(ctx.result("export")["artifact"])
-    split = ctx.split()
+    split = ctx.split
     if split is not None:
         n = min(SHIP_SAMPLES, len(split.heldout))
         x = split.heldout.get(range(n))[0].numpy()
         source = f"{n} held-out samples ({split.heldout_name})"
     else:
-        shape = tuple(ctx.original().input_shape)
+        shape = tuple(ctx.original.input_shape)
         x = np.random.default_rng(0).standard_normal((8, *shape[1:])).astype(np.float32)
         source = "8 seeded random inputs (no data was given)"
     return artifact_inputs(art, x), source
@@ -594,33 +645,52 @@ def artifact_inputs(artifact: Path, x_nchw) -> Any:
 
 # -- many boards ------------------------------------------------------------------------------
 
+def load_once(opts: DeployOptions):
+    """The model with the user's weights and the data, loaded once for every board and every stage.
+
+    Before anything is measured or pruned, the preprocessing is checked on
+    labelled data (:func:`edgeprune.checks.preprocess.check_preprocessing`):
+    an original that scores far below what its data allows stops the run,
+    naming the normalisation that fits.
+    """
+    spec_data = opts.data.data if isinstance(opts.data.data, (str, os.PathLike)) else None
+    original = load_model(opts.model, weights=opts.weights, input_shape=opts.input_shape,
+                          trust_factory=opts.trust_factory, normalize=opts.normalize, data=spec_data)
+    say_loaded(original)
+    split = split_for_model(original, opts.data)
+    if split is not None:
+        check_preprocessing(original, split, confirmed=opts.normalize is not None)
+    return original, split
+
+
 def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLike[str],
                  command: list[str] | None = None, **options: Any) -> dict[str, Any]:
     """Deploy ``model`` to one board or several; see :mod:`edgeprune.deploy`.
 
+    ``options`` have the CLI's names (:meth:`DeployOptions.from_options`).
     One target: returns its report (``deploy.json``) and raises the failing
     stage's error (a :class:`GateError` below the gate, ``BudgetError`` for a
     budget not met, ...). Several: each board in ``output/<target>/``, all at
     once; returns ``{"ok": all shipped, "targets": [...]}`` (also written as
-    ``output/deploy.json``); one board's failure never stops the others.
+    ``output/deploy.json``); one board's failure never stops the others. The
+    model and data are loaded once and every target is resolved once.
     """
     targets = [target] if isinstance(target, str) else list(dict.fromkeys(target))
     if not targets:
         raise EdgePruneError("give at least one --target")
-    opts = DeployOptions(model=str(model), output=str(output), **options)
-    opts.check()
+    opts = DeployOptions.from_options(model=str(model), output=str(output), **options)
     _refuse_bad_output(Path(output))
-    from edgeprune.reach import resolve_target
-
-    for t in targets:  # an unknown board is refused before any work
-        resolve_target(t, host=opts.host)
+    reaches = {t: resolve_target(t, host=opts.host) for t in targets}  # an unknown board is refused first
+    original, split = load_once(opts)
     root = Path(output).expanduser()
     if len(targets) == 1:
-        return deploy_one(targets[0], root, opts, command=command)
+        return deploy_one(targets[0], root, opts, reach=reaches[targets[0]], original=original, split=split,
+                          command=command)
 
     def one(t: str) -> dict[str, Any]:
         try:
-            rep = deploy_one(t, root / t, opts, label=f"[{t}] ", command=command)
+            rep = deploy_one(t, root / t, opts, reach=reaches[t], original=original, split=split,
+                             label=f"[{t}] ", command=command)
             return {"target": t, "ok": True, "shipped": (rep.get("release") or {}).get("id"), "report": rep}
         except EdgePruneError as exc:
             return {"target": t, "ok": False, "error": {"kind": exc.kind, "message": str(exc),

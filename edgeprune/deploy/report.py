@@ -50,8 +50,13 @@ def build_report(ctx, *, seconds: float, error: BaseException | None) -> dict[st
     if not rounds:
         latency["note"] = (f"pruned with --ratio {ctx.opts.ratio}: no latency budget, no closed loop"
                            if ctx.opts.ratio is not None else "the closed loop did not run")
+    forced = [r for r in ((gate or {}).get("reason") if (gate or {}).get("forced") else None,
+                          prune.get("forced_budget")) if r]
     report = {
-        "ok": error is None and bool(ship.get("id")),
+        # shipped, and everything it was asked to meet was met: never true over a check passed with --force
+        "ok": error is None and bool(ship.get("id")) and not forced,
+        "shipped": bool(ship.get("id")),
+        "forced": forced,
         "edgeprune_version": __version__,
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": " ".join(m.data.get("command") or []) or None,

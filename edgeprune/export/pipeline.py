@@ -49,6 +49,7 @@ import numpy as np
 
 from edgeprune import __version__
 from edgeprune._paths import sha256_file, staged_output
+from edgeprune.checks.outputs import flatten_outputs
 from edgeprune.errors import ExportError, ModelError
 from edgeprune.export.artifact import Artifact, stamp_metadata
 from edgeprune.export.calib import (
@@ -123,44 +124,49 @@ class ExportReport:
         }
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how it is checked (the CLI's ``export``/``quantize`` options).
+
+    ``fmt``/``precision``: default the profile's; ``io_precision``: a full-INT8
+    TFLite file's input/output type (``int8``, ``uint8`` or ``float32``;
+    default the profile's, so ``--target local --io-precision int8`` gives the
+    file a Raspberry Pi runs). ``calib``: a calibration spec
+    (:func:`edgeprune.export.calib.load_calibration`). ``min_agreement``:
+    top-1 (a float) or :class:`Thresholds`. ``detector_outputs``: ``split``
+    (a detector's boxes and scores as separate outputs when a step is INT8,
+    so each keeps its own scale) or ``keep``. ``max_accuracy_drop``: points;
+    the file to ship further below the original fails the export.
+    """
+
+    fmt: str | None = None
+    precision: str | None = None
+    io_precision: str | None = None
+    calib: Any = None
+    calib_count: int = DEFAULT_COUNT
+    verify_count: int = VERIFY_COUNT
+    min_agreement: float | Thresholds | None = None
+    quantizer: str | None = None
+    name: str | None = None
+    detector_outputs: str = "split"
+    max_accuracy_drop: float | None = None
+    accuracy_count: int = ACCURACY_COUNT
+
+    def __post_init__(self) -> None:
+        if self.detector_outputs not in ("split", "keep"):
+            raise ExportError(f"detector_outputs '{self.detector_outputs}': use 'split' or 'keep'")
+        if self.io_precision not in (None, "int8", "uint8", "float32"):
+            raise ExportError(f"--io-precision {self.io_precision}: use int8, uint8 or float32")
+        for name in ("calib_count", "verify_count", "accuracy_count"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ExportError(f"{name.replace('_', '-')} {v!r}: a whole number of samples, 1 or more")
+
+
 # -- the model and its reference outputs ---------------------------------------
 
-def _load(model: Any, input_shape: tuple[int, ...] | None = None, *, weights: str | None = None,
-          trust_factory: str | None = None):
-    if isinstance(model, (str, Path)):
-        from edgeprune.load import load_model
-
-        return load_model(str(model), input_shape=input_shape, weights=weights, trust_factory=trust_factory)
-    if not hasattr(model, "module") or not hasattr(model, "input_shape"):
-        raise ModelError("export() takes a --model spec or a LoadedModel (with .module and .input_shape)")
-    if input_shape is not None:
-        model.input_shape = tuple(input_shape)
-    return model
-
-
-def _shape_source(model: Any, loaded: Any, given: tuple[int, ...] | None) -> tuple[str, bool]:
-    """Where the input shape came from, and whether it is only edgeprune's guess."""
-    if given is not None:
-        return "--input-shape", False
-    if not isinstance(model, (str, Path)):
-        return "the LoadedModel passed in", False
-    from edgeprune.models import _REGISTRY
-
-    if str(model) in _REGISTRY:
-        return f"the built-in {model}'s own size", False
-    if str(loaded.source).endswith(".ept") or getattr(loaded, "plan", None) is not None:
-        return "recorded in the pruned model", False
-    if getattr(loaded.module, "input_shape", None):
-        return "the model's input_shape attribute", False
-    return "edgeprune's default (the model does not say which size it was built for)", True
-
-
 def _flatten(out) -> list[np.ndarray]:
-    if isinstance(out, (list, tuple)):
-        return [a for o in out for a in _flatten(o)]
-    if isinstance(out, dict):
-        return [a for o in out.values() for a in _flatten(o)]
-    return [out.detach().cpu().numpy()]
+    return [np.asarray(t) for t in flatten_outputs(out)]
 
 
 def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
@@ -287,45 +293,27 @@ def resolve(profile, fmt: str | None, precision: str | None) -> tuple[str, str]:
 def export(
     model: Any,
     *,
-    target: str,
+    profile,
     output_dir: str | Path,
-    fmt: str | None = None,
-    precision: str | None = None,
-    calib: str | Path | np.ndarray | None = None,
-    calib_count: int = DEFAULT_COUNT,
-    verify_count: int = VERIFY_COUNT,
-    normalize: str | None = None,
-    min_agreement: float | Thresholds | None = None,
-    quantizer: str | None = None,
-    name: str | None = None,
-    weights: str | None = None,
-    trust_factory: str | None = None,
+    options: ExportOptions = ExportOptions(),
+    split: Any = None,
     log_file: str | Path | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    detector_outputs: str = "split",
-    data: Any = None,
-    val_data: Any = None,
-    max_accuracy_drop: float | None = None,
-    accuracy_count: int = ACCURACY_COUNT,
 ) -> ExportReport:
-    """Export ``model`` (a ``--model`` spec or a LoadedModel) for ``target`` into ``output_dir``.
+    """Export ``model`` (a :class:`~edgeprune.models.LoadedModel`) for ``profile`` into ``output_dir``.
 
-    ``data`` (any :func:`edgeprune.data.load_data` spec, e.g. a folder of
-    class folders) calibrates on its train split and measures accuracy on its
-    held-out split (up to ``accuracy_count`` images) for the original, the
-    model and every artifact (``report.accuracy``); ``max_accuracy_drop``
+    ``split`` (a :class:`~edgeprune.data.DataSplit`, loaded once by the
+    caller) calibrates on its train split and measures accuracy on its
+    held-out split (up to ``options.accuracy_count`` images) for the
+    original, the model and every artifact (``report.accuracy``). The
+    original is the model's own ``reference`` (for a pruned model, its
+    unpruned original with the user's weights). ``options.max_accuracy_drop``
     (points) fails the export when the file to ship is further below the
     original (:class:`~edgeprune.accuracy.AccuracyDropError`, exit 2).
 
     Raises :class:`AgreementError` (with the report) when an artifact falls
     below the agreement thresholds (over all outputs, for each output, and
     for a detector's detections), :class:`ExportError` when a step fails.
-    ``weights`` and ``trust_factory`` are :func:`edgeprune.load.load_model`'s.
-    ``input_shape`` overrides the model's (``--input-shape``); the report
-    says which was used and where it came from. ``detector_outputs``:
-    ``"split"`` exports a detector's concatenated boxes and scores as
-    separate outputs when a step is INT8 (each keeps its own scale),
-    ``"keep"`` exports them as the model returns them.
+    The report says which input shape was used and where it came from.
     Everything is written into a staging folder and swapped into
     ``output_dir`` when complete (:func:`edgeprune._paths.staged_output`): a
     failed or interrupted export leaves the earlier one untouched. A report
@@ -335,24 +323,20 @@ def export(
 
     Example::
 
-        export("digits-cnn", target="coral-usb", output_dir="out/").final.agreement
+        lm = load_model("digits-cnn")
+        export(lm, profile=load_profile("coral-usb"), output_dir="out/").final.agreement
     """
-    from edgeprune.profiles import load_profile
-
-    profile = load_profile(target)
-    fmt, precision = resolve(profile, fmt, precision)  # refusals come before anything is written
+    if not hasattr(model, "module") or not hasattr(model, "input_shape"):
+        raise ModelError("export() takes a LoadedModel (edgeprune.load.load_model); the API's export_model "
+                         "takes a --model spec")
+    fmt, precision = resolve(profile, options.fmt, options.precision)  # refusals come before anything is written
     from edgeprune.accuracy import AccuracyDropError
 
     failed: AgreementError | AccuracyDropError | None = None
     with staged_output(output_dir) as stage:
         try:
-            return _export_into(
-                stage, Path(output_dir).expanduser(), model, profile=profile, fmt=fmt, precision=precision,
-                calib=calib, calib_count=calib_count, verify_count=verify_count, normalize=normalize,
-                min_agreement=min_agreement, quantizer=quantizer, name=name, weights=weights,
-                trust_factory=trust_factory, input_shape=input_shape, detector_outputs=detector_outputs,
-                data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop, accuracy_count=accuracy_count,
-            )
+            return _export_into(stage, Path(output_dir).expanduser(), model, profile=profile, fmt=fmt,
+                                precision=precision, options=options, split=split)
         except (AgreementError, AccuracyDropError) as exc:  # its report (passed: false) is written: keep it
             failed = exc
         finally:
@@ -362,71 +346,56 @@ def export(
     raise failed
 
 
-def _export_into(
-    out_dir: Path, final: Path, model: Any, *, profile, fmt: str, precision: str, calib, calib_count: int,
-    verify_count: int, normalize: str | None, min_agreement, quantizer: str | None, name: str | None,
-    weights: str | None, trust_factory: str | None, input_shape: tuple[int, ...] | None, detector_outputs: str,
-    data: Any, val_data: Any, max_accuracy_drop: float | None, accuracy_count: int,
-) -> ExportReport:
+def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, precision: str,
+                 options: ExportOptions, split: Any) -> ExportReport:
     """The work of :func:`export`, writing into ``out_dir`` (staging) and recording paths in ``final``."""
     from edgeprune.export import calib as calib_mod
 
+    o = options
     t_start = time.perf_counter()
-    step(f"loading {model if isinstance(model, str) else getattr(model, 'name', 'model')}")
-    if detector_outputs not in ("split", "keep"):
-        raise ExportError(f"detector_outputs '{detector_outputs}': use 'split' or 'keep'")
-    given = tuple(int(d) for d in input_shape) if input_shape is not None else None
-    loaded = _load(model, given, weights=weights, trust_factory=trust_factory)
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
-    stem = name or str(loaded.name).replace("/", "_")
+    stem = o.name or str(loaded.name).replace("/", "_")
     report = ExportReport(target=profile.name, model=str(loaded.name), format=fmt, precision=precision,
                           output_dir=final)
     steps = chain(fmt, precision)
-    source_of_shape, guessed = _shape_source(model, loaded, given)
-    report.input_shape, report.input_shape_source = list(input_shape), source_of_shape
-    if guessed:
-        report.warnings.append(
-            f"input shape {'x'.join(map(str, input_shape))} is {source_of_shape}: pass --input-shape with the "
-            "size the model was built for (a detector built for 640 sees objects at another scale at 224)")
+    report.input_shape = list(input_shape)
+    report.input_shape_source = getattr(loaded, "input_shape_source", "") or "the model"
+    report.warnings += [n.removeprefix("warning: ") for n in getattr(loaded, "notes", []) if n.startswith("warning:")]
 
     # Samples: calibration (for INT8) and held-out verification, never the same inputs.
     task = getattr(loaded, "task", "classify")
-    from edgeprune.models import data_info
-
-    norm = normalize or data_info(loaded).normalize or default_normalize(input_shape, task)
+    norm = getattr(loaded, "normalize", None) or default_normalize(input_shape, task)
     step("preparing calibration and held-out check inputs")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if data is not None:
-            from edgeprune.data import load_data
-
-            split = load_data(data, input_shape=input_shape, task=task, normalize=norm, val_data=val_data,
-                              num_classes=_classes(loaded.module, input_shape))
-            cal, ver = calib_mod.samples_from_split(split, count=calib_count, verify_count=verify_count,
-                                                    accuracy_count=accuracy_count)
-            if calib is not None:
-                cal, _ = calib_mod.load_calibration(calib, input_shape=input_shape, count=calib_count, normalize=norm)
-        elif calib is not None:
-            cal, ver = calib_mod.load_calibration(calib, input_shape=input_shape, count=calib_count, normalize=norm)
+        if split is not None:
+            cal, ver = calib_mod.samples_from_split(split, count=o.calib_count, verify_count=o.verify_count,
+                                                    accuracy_count=o.accuracy_count)
+            if o.calib is not None:
+                cal, _ = calib_mod.load_calibration(o.calib, input_shape=input_shape, count=o.calib_count,
+                                                    normalize=norm)
+        elif o.calib is not None:
+            cal, ver = calib_mod.load_calibration(o.calib, input_shape=input_shape, count=o.calib_count,
+                                                  normalize=norm)
             if ver is None:
-                _, ver = calib_mod.model_samples(loaded, count=1, verify_count=verify_count, normalize=norm)
+                _, ver = calib_mod.model_samples(loaded, count=1, verify_count=o.verify_count, normalize=norm)
         else:
-            cal, ver = calib_mod.model_samples(loaded, count=calib_count, verify_count=verify_count, normalize=norm,
-                                               accuracy_count=accuracy_count)
+            cal, ver = calib_mod.model_samples(loaded, count=o.calib_count, verify_count=o.verify_count,
+                                               normalize=norm, accuracy_count=o.accuracy_count)
     report.warnings += [str(w.message) for w in caught]
     if any(s.needs_calibration for s in steps):
         report.calibration = {"source": cal.source, "samples": len(cal), "normalize": norm}
     report.verification = {"source": ver.source, "samples": len(ver)}
-    if data is not None:
+    if split is not None:
         report.verification["data"] = split.to_dict()
 
     from edgeprune.export.detect import describe, is_split, needs_own_scales, output_layout, pieces
 
     whole = _torch_outputs(loaded.module, ver.data)
     layout = output_layout(loaded.module, input_shape, task=task)
-    split_outputs = (detector_outputs == "split" and any(s.precision == "int8" for s in steps)
+    split_outputs = (o.detector_outputs == "split" and any(s.precision == "int8" for s in steps)
                      and is_split(layout) and needs_own_scales(layout, whole))
     outs = OutputCheck(layout, [(1, *r.shape[1:]) for r in whole], split_outputs, input_shape)
     reference = pieces(whole, layout)  # every piece (a detector's boxes, scores) is verified on its own
@@ -435,7 +404,7 @@ def _export_into(
     if ver.labels is not None and _is_classifier(reference):
         report.verification["accuracy_pytorch"] = float(np.mean(reference[0].argmax(1) == ver.labels))
     report.pruning, original_out = _pruning_check(loaded, ver.data, whole)
-    acc_check = _accuracy_check(loaded, ver, reference, original_out, max_accuracy_drop)
+    acc_check = _accuracy_check(loaded, ver, reference, original_out, o.max_accuracy_drop)
     report.accuracy = acc_check.figures if acc_check else None
     if acc_check is not None and ver.labels is not None:
         from edgeprune.accuracy import label_order_warning
@@ -468,11 +437,11 @@ def _export_into(
     }
     exp = profile.data.get("export", {})
     options: dict[str, Any] = {
-        "io_precision": exp.get("io_precision") or "int8",
+        "io_precision": o.io_precision or exp.get("io_precision") or "int8",
         "scheme": "tensorrt" if profile.runtime == "tensorrt" else "cpu",
-        "quantizer": quantizer,
+        "quantizer": o.quantizer,
     }
-    options["float_tail"] = task == "detect" and detector_outputs == "split"  # ONNX INT8: the decode stays float
+    options["float_tail"] = task == "detect" and o.detector_outputs == "split"  # ONNX INT8: the decode stays float
     if split_outputs:
         options["output_layout"], options["output_shapes"] = layout, outs.artifact_shapes()
         report.notes.append(
@@ -498,7 +467,7 @@ def _export_into(
                 _check_full_int8(art, options["io_precision"])
             if acc_check is not None:
                 art.extra["accuracy_vs_original"] = acc_check.add(art.step, outputs[0])
-            bad = _thresholds(spec, min_agreement).failures(
+            bad = _thresholds(spec, o.min_agreement).failures(
                 art.agreement, classifier=classifier, outputs=art.extra.get("outputs"),
                 detection=art.extra.get("detection"))
             if bad:
@@ -582,35 +551,26 @@ PRUNED_WARN_COSINE = 0.95
 
 def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]
                    ) -> tuple[dict[str, Any] | None, list[np.ndarray] | None]:
-    """Pruned vs its unpruned base (information only: pruning changes outputs on purpose).
+    """Pruned vs its unpruned original (information only: pruning changes outputs on purpose).
 
-    The base is rebuilt with the weights edgeprune has for it (built-in
-    trained weights where they exist); a model pruned from the user's own
-    weights is compared with whatever its factory builds, which the report says.
-    Also returns the base's outputs when it has trained weights (the original
-    that accuracy is measured against), else None.
+    The original is the one the model carries (``loaded.original``: the
+    unpruned model with the user's weights, or a built-in base's trained
+    weights); its outputs are also returned, as the reference accuracy is
+    measured against. Without a known original: None, and the report says so.
     """
-    if getattr(loaded, "plan", None) is None or not getattr(loaded, "base", None):
+    if getattr(loaded, "plan", None) is None:
         return None, None
     from edgeprune.verify import agreement
 
+    original = getattr(loaded, "original", None)
     base_name = str(loaded.base)
-    try:
-        from edgeprune.models import pretrained_available
-        from edgeprune.models.loading import build_base
-
-        pretrained = pretrained_available(base_name) if ":" not in base_name else False
-        base = build_base(base_name, pretrained=pretrained, input_shape=tuple(loaded.input_shape))
-        base_out = _torch_outputs(base.module, x)
-        return ({"base": base_name, "base_weights": "built-in trained" if pretrained else "factory default",
-                 "agreement": _round(agreement(base_out, reference))}, base_out if pretrained else None)
-    except Exception as exc:  # informational: never fail the export for it
-        return {"base": base_name, "error": f"{type(exc).__name__}: {exc}"}, None
-
-
-def _classes(module, input_shape: tuple[int, ...]) -> int | None:
-    out = _torch_outputs(module, np.zeros((1, *input_shape[1:]), np.float32))
-    return int(out[0].shape[1]) if _is_classifier(out) else None
+    if original is None:
+        return {"base": base_name, "base_weights": None,
+                "note": "the unpruned original with trained weights is not known here (its weights file is not "
+                        "recorded, or has changed): accuracy is not compared with it"}, None
+    base_out = _torch_outputs(original.module, x)
+    return ({"base": base_name, "base_weights": original.weights,
+             "agreement": _round(agreement(base_out, reference))}, base_out)
 
 
 def _accuracy_check(loaded: Any, ver: SampleSet, reference: list[np.ndarray], original_out, max_drop):

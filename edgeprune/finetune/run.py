@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import EdgePruneError, ModelError
+from edgeprune.finetune.loop import Recipe
 
 BN_BATCHES = 50
 
@@ -26,42 +29,24 @@ def _device(device: str) -> str:
     return device
 
 
-def _student(model):
-    from edgeprune.load import load_model
-
-    lm = load_model(str(model)) if isinstance(model, (str, os.PathLike)) else model
+def _student(lm):
     if getattr(lm, "plan", None) is None:
-        raise ModelError(f"{getattr(lm, 'source', model)}: not a pruned model; finetune takes the model.ept "
+        raise ModelError(f"{getattr(lm, 'source', lm)}: not a pruned model; finetune takes the model.ept "
                          "that edgeprune prune wrote")
     return lm
 
 
-def _teacher(lm, teacher) -> tuple[Any, str]:
-    """The unpruned original: ``teacher`` if given, else the base with its built-in trained weights."""
+def check_teacher(teacher, lm, name: str | None = None) -> None:
+    """One line unless ``teacher`` (a LoadedModel; ``name``: as the user gave it) takes the pruned model's input."""
     import torch
 
-    from edgeprune.load import load_model
-    from edgeprune.models import _REGISTRY, pretrained_available
-    from edgeprune.models.loading import build_base
-
     shape = tuple(lm.input_shape)
-    if teacher is not None:
-        if isinstance(teacher, (str, os.PathLike)):
-            spec = str(teacher)
-            t = load_model(spec, input_shape=None if spec in _REGISTRY else shape)
-        else:
-            t, spec = teacher, str(getattr(teacher, "source", teacher))
-        try:
-            with torch.no_grad():
-                t.module.eval()(torch.zeros(*shape))
-        except Exception:
-            raise ModelError(f"--teacher {spec}: it takes input {tuple(t.input_shape)}, the pruned model "
-                             f"{shape}; give the original the model was pruned from") from None
-        return t, str(getattr(t, "source", spec))
-    base = str(lm.base)
-    if ":" not in base and pretrained_available(base):
-        return build_base(base, pretrained=True, input_shape=shape), f"builtin:{base} (trained weights)"
-    return None, ""
+    try:
+        with torch.no_grad():
+            teacher.module.eval()(torch.zeros(*shape))
+    except Exception:
+        raise ModelError(f"--teacher {name or teacher.source}: it takes input {tuple(teacher.input_shape)}, the pruned "
+                         f"model {shape}; give the original the model was pruned from") from None
 
 
 def _num_classes(module, input_shape) -> int | None:
@@ -77,66 +62,91 @@ def _key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """How to fine-tune (the CLI's ``finetune`` options; see :mod:`edgeprune.finetune` for the recipe).
+
+    ``time_budget`` is in minutes. ``augment`` None: the data's own
+    (no flips for digits). ``max_accuracy_drop``: points; the fine-tuned
+    model further below the original fails the run after writing everything.
+    """
+
+    epochs: int | None = None
+    steps: int | None = None
+    time_budget: float | None = None
+    device: str = "cpu"
+    lr: float | None = None
+    optimizer: str = "sgd"
+    batch_size: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.9
+    patience: int = 3
+    augment: str | None = None
+    seed: int = 0
+    max_accuracy_drop: float | None = None
+    threads: int | None = None
+
+    def recipe(self, default_augment: str) -> Recipe:
+        return Recipe(epochs=self.epochs, steps=self.steps,
+                      time_budget_s=self.time_budget * 60 if self.time_budget else None,
+                      optimizer=self.optimizer, lr=self.lr, batch_size=self.batch_size,
+                      temperature=self.temperature, alpha=self.alpha, patience=self.patience,
+                      augment=self.augment or default_augment, seed=self.seed).resolved()
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned model in memory (same plan, new weights) and ``finetune.json``'s figures."""
+
+    model: Any
+    report: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.report)
+
+
 def finetune_model(
     model: Any,
     *,
-    data: Any,
+    split: Any,
     output: str | os.PathLike[str],
+    options: FinetuneOptions = FinetuneOptions(),
     teacher: Any = None,
-    epochs: int | None = None,
-    steps: int | None = None,
-    time_budget: float | None = None,
-    device: str = "cpu",
-    lr: float | None = None,
-    optimizer: str = "sgd",
-    batch_size: int = 64,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    patience: int = 3,
-    augment: str | None = None,
-    val_data: Any = None,
-    val_fraction: float = 0.1,
-    normalize: Any = None,
-    seed: int = 0,
-    limit: int | None = None,
-    max_accuracy_drop: float | None = None,
-    threads: int | None = None,
     on_event: Callable[[str, dict], None] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune the pruned ``model`` (an ``.ept`` path or LoadedModel) on ``data``; returns finetune.json's dict.
+) -> FinetuneResult:
+    """Fine-tune the pruned ``model`` (a LoadedModel) on ``split`` (a DataSplit); see :mod:`edgeprune.finetune`.
 
-    ``time_budget`` is in minutes. Raises :class:`~edgeprune.accuracy.AccuracyDropError`
-    (after writing everything) when the fine-tuned model is more than
-    ``max_accuracy_drop`` points below the original.
+    The teacher is ``teacher`` (a LoadedModel) or the model's own unpruned
+    ``original`` (with the user's weights). Raises
+    :class:`~edgeprune.accuracy.AccuracyDropError` (after writing everything)
+    when the fine-tuned model is more than ``options.max_accuracy_drop``
+    points below the original. ``model`` itself is not changed.
     """
     import torch
 
     from edgeprune._paths import output_dir
-    from edgeprune.finetune.loop import Recipe
 
     emit = on_event or (lambda kind, info: None)
-    device = _device(device)
+    device = _device(options.device)
     output_dir(output, create=False)  # a bad --output is refused before any work
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     try:
-        recipe = Recipe(epochs=epochs, steps=steps, time_budget_s=time_budget * 60 if time_budget else None,
-                        optimizer=optimizer, lr=lr, batch_size=batch_size, temperature=temperature, alpha=alpha,
-                        patience=patience, augment=augment or "", seed=seed).resolved()
+        lm = _student(model)
+        from edgeprune.models import data_info
+
+        recipe = options.recipe(data_info(lm).augment)
         with torch.random.fork_rng(devices=[]):  # seeded training leaves the caller's RNG as it was
-            return _run(model, data=data, output=Path(output), teacher=teacher, recipe=recipe, device=device,
-                        val_data=val_data, val_fraction=val_fraction, normalize=normalize, limit=limit,
-                        max_accuracy_drop=max_accuracy_drop, emit=emit)
+            return _run(lm, split=split, output=Path(output), teacher=teacher, recipe=recipe, device=device,
+                        max_accuracy_drop=options.max_accuracy_drop, emit=emit)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(model, *, data, output: Path, teacher, recipe, device, val_data, val_fraction, normalize, limit,
-         max_accuracy_drop, emit) -> dict[str, Any]:
+def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop, emit) -> FinetuneResult:
     from edgeprune._paths import output_dir
     from edgeprune.accuracy import check_drop, drop_points
-    from edgeprune.data import load_data
     from edgeprune.export.pipeline import model_sha256
     from edgeprune.finetune.loop import (
         load_checkpoint,
@@ -145,22 +155,22 @@ def _run(model, *, data, output: Path, teacher, recipe, device, val_data, val_fr
         score,
         train,
     )
-    from edgeprune.models import data_info
 
     t_start = time.perf_counter()
-    emit("phase", {"message": "loading the pruned model and its original"})
-    lm = _student(model)
-    teach, teacher_name = _teacher(lm, teacher)
-    info = data_info(lm)
-    recipe.augment = recipe.augment or info.augment
-    classes = _num_classes(lm.module, lm.input_shape)
-    emit("phase", {"message": f"loading data {data}"})
-    split = load_data(data, input_shape=tuple(lm.input_shape), task=lm.task, normalize=normalize or info.normalize,
-                      num_classes=classes, val_data=val_data, val_fraction=val_fraction, seed=recipe.seed,
-                      limit=limit)
+    teach = teacher if teacher is not None else lm.original
+    if teacher is not None:
+        check_teacher(teacher, lm)
+    if teacher is not None:
+        teacher_name = str(teach.source)
+    else:
+        teacher_name = f"{teach.source} ({teach.weights})" if teach is not None and teach.weights else \
+            str(getattr(teach, "source", ""))
+    classes = lm.num_classes or _num_classes(lm.module, lm.input_shape)
+    source = str(lm.source)
+    lm = lm.derive(copy.deepcopy(lm.module), plan=lm.plan, source=str(output / "model.ept"))
     if teach is None and not split.train.labelled:
-        raise EdgePruneError(f"{lm.source}: its base '{lm.base}' has no built-in trained weights to distil from "
-                             "and the data has no labels; give --teacher (the unpruned model with its weights)")
+        raise EdgePruneError(f"{source}: its unpruned original with trained weights is not known here (to distil "
+                             "from) and the data has no labels; give --teacher (the unpruned model with its weights)")
     student, tmod = lm.module.to(device), (teach.module.to(device) if teach is not None else None)
     key = _key({"student": model_sha256(student), "teacher": model_sha256(tmod) if tmod is not None else None,
                 "data": split.to_dict(), "recipe": recipe.to_dict()})
@@ -201,7 +211,7 @@ def _run(model, *, data, output: Path, teacher, recipe, device, val_data, val_fr
                                                  ("finetuned", final))} if tmod is not None else None
     report: dict[str, Any] = {
         "model": str(out / "model.ept"),
-        "source": str(lm.source),
+        "source": source,
         "base": lm.base,
         "teacher": teacher_name or None,
         "data": split.to_dict(),
@@ -228,8 +238,9 @@ def _run(model, *, data, output: Path, teacher, recipe, device, val_data, val_fr
     if order:
         report.setdefault("notes", []).append(order)
     if acc["original"] is None:
-        report.setdefault("notes", []).append(f"no teacher: '{lm.base}' has no built-in trained weights; trained "
-                                              "on labels alone (give --teacher to distil, and to measure the drop)")
+        report.setdefault("notes", []).append(f"no teacher: the unpruned original of '{lm.base}' with trained "
+                                              "weights is not known here; trained on labels alone (give --teacher "
+                                              "to distil, and to measure the drop)")
     try:
         check_drop(original=acc["original"], candidate=acc["finetuned"], max_drop=max_accuracy_drop,
                    what=str(out / "model.ept"), where=where, metric="top-1" if metric == "top1" else "agreement",
@@ -239,7 +250,7 @@ def _run(model, *, data, output: Path, teacher, recipe, device, val_data, val_fr
         write_outputs(out, lm, report)
         raise
     write_outputs(out, lm, report)
-    return report
+    return FinetuneResult(model=lm, report=report)
 
 
 def _read_json(path: Path) -> dict:
@@ -256,6 +267,6 @@ def write_outputs(out: Path, lm, report: dict[str, Any]) -> None:
     from edgeprune.report import write_finetune_report
 
     save_pruned(lm.module.to("cpu"), lm.plan, out / "model.ept", name=lm.name, task=lm.task,
-                earlier=lm.earlier_plans)
+                earlier=lm.earlier_plans, original=lm.original, normalize=lm.normalize)
     atomic_write_text(out / "finetune.json", json.dumps(report, indent=2, default=str) + "\n")
     write_finetune_report(report, out)

@@ -93,16 +93,25 @@ class LoopResult:
         }
 
 
-def _export(module, lm, profile_name: str, fmt: str, precision: str, folder: Path, name: str) -> Path:
-    """The artifact the board runs, made by the exporter itself (timing only: no agreement gate)."""
+def _export(module, lm, profile, fmt: str, precision: str, folder: Path, name: str,
+            io_precision: str | None = None) -> Path:
+    """The artifact the board runs, made by the exporter itself (timing only: no agreement gate).
+
+    ``profile``: a Profile (or a profile name, for the benchmarks)."""
     from edgeprune.export.formats import Thresholds
-    from edgeprune.export.pipeline import export
+    from edgeprune.export.pipeline import ExportOptions, export
     from edgeprune.models import LoadedModel
 
+    if isinstance(profile, str):
+        from edgeprune.profiles import load_profile
+
+        profile = load_profile(profile)
     loaded = LoadedModel(module=module, input_shape=tuple(lm.input_shape), name=name, source=name,
-                         task=getattr(lm, "task", "classify"), base=getattr(lm, "base", None))
-    report = export(loaded, target=profile_name, output_dir=folder / name, fmt=fmt, precision=precision,
-                    calib_count=32, verify_count=8, min_agreement=Thresholds(top1=0.0, cosine=-1.0))
+                         task=getattr(lm, "task", "classify"), base=getattr(lm, "base", None),
+                         normalize=getattr(lm, "normalize", None))
+    options = ExportOptions(fmt=fmt, precision=precision, io_precision=io_precision, calib_count=32,
+                            verify_count=8, min_agreement=Thresholds(top1=0.0, cosine=-1.0))
+    report = export(loaded, profile=profile, output_dir=folder / name, options=options)
     return report.final.path
 
 
@@ -161,6 +170,8 @@ def plan_for_budget(
     accept_new_host_key: bool = False,
     board=None,
     probe_stages: bool = True,
+    reach=None,
+    profile=None,
 ) -> LoopResult:
     """Plan ``lm`` (a LoadedModel) for a latency budget on ``target``; see the module docstring.
 
@@ -178,7 +189,8 @@ def plan_for_budget(
 
     ``board``: an open-able measuring session (default: a
     :class:`~edgeprune.bench.batch.BatchSession` on ``target``); tests pass a
-    fake board here.
+    fake board here. ``reach``/``profile``: the target as the caller already
+    resolved it (else ``target`` and ``host`` are resolved here).
     """
     from edgeprune.export.pipeline import resolve
     from edgeprune.latency.allocate import allocate, channel_importance
@@ -198,13 +210,15 @@ def plan_for_budget(
         raise PruneError(f"--max-rounds {max_rounds}: at least one round is needed")
     if not 0.0 < min_keep <= 1.0:
         raise PruneError(f"--min-keep {min_keep}: a fraction of each group's channels in (0, 1]")
-    reach = None if estimate else resolve_target(target, host=host)
-    if reach is not None:
-        profile = reach.profile
-    else:
-        from edgeprune.profiles import load_profile
+    if reach is None and profile is None:
+        reach = None if estimate else resolve_target(target, host=host)
+    if profile is None:
+        if reach is not None:
+            profile = reach.profile
+        else:
+            from edgeprune.profiles import load_profile
 
-        profile = load_profile(target)
+            profile = load_profile(target)
     fmt, precision = resolve(profile, fmt, precision)
     multiple = profile.alignment(precision) if align else 1
     net = lm.module
@@ -272,9 +286,9 @@ def plan_for_budget(
     with tempfile.TemporaryDirectory(prefix="edgeprune-loop-") as tmp, board:
         work = Path(tmp)
         step(f"exporting the unpruned model ({fmt} {precision})")
-        full_art = _export(net, lm, profile.name, fmt, precision, work, "unpruned")
+        full_art = _export(net, lm, profile, fmt, precision, work, "unpruned")
         sf = StageFit.plan(inv.layers, space, enabled=probe_stages)
-        probe_arts = export_stage_probes(sf, lm, full, groups, profile_name=profile.name, fmt=fmt,
+        probe_arts = export_stage_probes(sf, lm, full, groups, profile_name=profile, fmt=fmt,
                                          precision=precision, folder=work, align=multiple, protect=protect,
                                          protect_stem=protect_stem)
         step(f"{target}: measuring the unpruned model" + (f" and {len(probe_arts)} stage probes" if probe_arts else ""))
@@ -343,7 +357,7 @@ def plan_for_budget(
             pruned = copy.deepcopy(net)
             prune_(pruned, plan, importance=importance, data=data, protect=protect,
                    protect_stem=protect_stem, x=x, verify=False)
-            art = _export(pruned, lm, profile.name, fmt, precision, work, f"round{r}")
+            art = _export(pruned, lm, profile, fmt, precision, work, f"round{r}")
             step(f"round {r}: measuring on {target}, interleaved with the unpruned model")
             res = board.measure({"unpruned": full_art, "plan": art}, settings=whole)
             t, tu = res.timings["plan"], res.timings["unpruned"]

@@ -143,12 +143,28 @@ _REGISTRY: dict[str, ModelInfo] = {
 
 @dataclass
 class LoadedModel:
-    """A model ready for the pipeline.
+    """A model ready for the pipeline: loaded once, then handed to every stage.
 
-    ``base`` is how to rebuild the unpruned architecture (a built-in name or
-    ``pkg.mod:fn``); ``plan`` is the :class:`~edgeprune.prune.plan.ChannelPlan`
-    already applied (a loaded ``.ept``), else None; ``earlier_plans`` the ones
-    applied before it (a model pruned more than once).
+    Everything the user said about the model travels with it, so that no
+    stage has to load it again from a string (and lose part of what was said):
+
+    - ``base``: how to rebuild the unpruned architecture (a built-in name or
+      ``pkg.mod:fn``); ``plan``: the :class:`~edgeprune.prune.plan.ChannelPlan`
+      already applied (a pruned model), else None; ``earlier_plans``: the
+      ones applied before it (a model pruned more than once);
+    - ``weights``: where the weights came from (a file, ``built-in trained``,
+      ``random init``), and ``weights_sha256`` of that file when it is one;
+    - ``trusted``: the Python factories the *user* named (``--model pkg:fn``,
+      ``--trust-factory``, ``--teacher``): an ``.ept`` built from one of them
+      in this run, or resumed from it, is rebuilt without asking again;
+    - ``input_shape_source``: where ``input_shape`` came from, said to the user;
+    - ``num_classes``: a classifier's outputs (None for other tasks);
+    - ``normalize`` / ``normalize_source``: the preprocessing its inputs get
+      (``imagenet``, ``unit`` or ``(mean, std)``) and who decided it;
+    - ``original``: for a pruned model, the unpruned original *with the
+      user's weights* (the teacher and the reference of every accuracy
+      figure and of the gate), when it is known; None for an unpruned model,
+      which is its own original (:attr:`reference`).
     """
 
     module: Any
@@ -161,6 +177,40 @@ class LoadedModel:
     earlier_plans: list[Any] = field(default_factory=list)
     pretrained: bool = False
     notes: list[str] = field(default_factory=list)
+    weights: str | None = None
+    weights_sha256: str | None = None
+    trusted: tuple[str, ...] = ()
+    input_shape_source: str = ""
+    num_classes: int | None = None
+    normalize: Any = None
+    normalize_source: str = ""
+    original: LoadedModel | None = None
+
+    @property
+    def pruned(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def reference(self) -> LoadedModel | None:
+        """The model every accuracy figure is compared with: itself when unpruned, else its original."""
+        return self if self.plan is None else self.original
+
+    def derive(self, module: Any, *, plan: Any, name: str | None = None, source: str | None = None) -> LoadedModel:
+        """The same model after pruning to ``plan`` (or fine-tuning): everything the user said carries over.
+
+        The unpruned original stays the reference: ``derive`` of an unpruned
+        model points back at it; of a pruned one, at its original.
+        """
+        earlier = ([*self.earlier_plans, self.plan] if self.plan is not None and plan is not self.plan
+                   else list(self.earlier_plans))
+        return LoadedModel(
+            module=module, input_shape=tuple(self.input_shape), name=name or self.name,
+            source=source or self.source, task=self.task, base=self.base, plan=plan, earlier_plans=earlier,
+            pretrained=self.pretrained, notes=list(self.notes), weights=self.weights,
+            weights_sha256=self.weights_sha256, trusted=self.trusted, input_shape_source=self.input_shape_source,
+            num_classes=self.num_classes, normalize=self.normalize, normalize_source=self.normalize_source,
+            original=self if self.plan is None else self.original,
+        )
 
 
 def list_models() -> list[ModelInfo]:

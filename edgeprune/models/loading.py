@@ -35,6 +35,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from edgeprune.errors import ModelError
 
@@ -247,11 +248,126 @@ def check_input(model, shape: tuple[int, ...], where: str, *, native=None) -> No
     run_once(model, shape, where, native=native)
 
 
-def build_base(base: str, *, pretrained: bool | None = False, input_shape: tuple[int, ...] | None = None):
+def parse_shape(value, *, where: str = "--input-shape") -> tuple[int, ...]:
+    """An input shape from the CLI's ``"1,3,224,224"`` or a sequence of ints; one line if it is neither.
+
+    Example::
+
+        parse_shape("1,3,32,32")      # (1, 3, 32, 32)
+        parse_shape((1, 3, 32, 32))   # the same
+    """
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace("x", ",").split(",")]
+        try:
+            shape = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ModelError(f"{where} {value!r}: give 4 whole numbers N,C,H,W such as 1,3,224,224") from None
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise ModelError(f"{where} {value!r}: give (N, C, H, W) such as (1, 3, 224, 224) or '1,3,224,224'") from None
+        if not all(isinstance(d, int) and not isinstance(d, bool) or
+                   (hasattr(d, "__index__") and not isinstance(d, (bool, float))) for d in items):
+            raise ModelError(f"{where} {value!r}: every size must be a whole number, e.g. (1, 3, 224, 224)")
+        shape = tuple(int(d) for d in items)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ModelError(f"{where} {value!r}: give 4 positive sizes N,C,H,W such as 1,3,224,224")
+    if shape[0] != 1:
+        raise ModelError(f"{where} {value!r}: boards run batch 1; give 1,{','.join(map(str, shape[1:]))}")
+    if max(shape) > 8192:
+        raise ModelError(f"{where} {value!r}: a side of at most 8192 pixels")
+    return shape
+
+
+def num_classes_of(module, shape: tuple[int, ...]) -> int | None:
+    """A classifier's output count (one (1, K) output), else None."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, *tuple(shape)[1:]))
+    except Exception:
+        return None
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    return int(first.shape[1]) if getattr(first, "ndim", 0) == 2 else None
+
+
+# Sizes tried when the model's own code decides its input size (a fixed-size Linear after the convs).
+_TRY_SIZES = (224, 32, 28, 64, 96, 128, 16, 48, 160, 192, 256, 299, 320, 8)
+
+
+def _runs(module, shape: tuple[int, ...]) -> bool:
+    import torch
+
+    try:
+        with torch.no_grad():
+            module(torch.zeros(*shape))
+        return True
+    except Exception:
+        return False
+
+
+def _first_conv_channels(module) -> int | None:
+    from torch import nn
+
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+        if isinstance(m, nn.Linear):
+            return None
+    return None
+
+
+def input_shape_for(module, given: tuple[int, ...] | None, data: Any = None) -> tuple[tuple[int, ...], str, bool]:
+    """``(shape, where it came from, guessed)`` for a model that is not built-in (see :mod:`edgeprune.load`).
+
+    Tried in order: ``given`` (``--input-shape``); the model's ``input_shape``
+    attribute; the model itself (the first conv's input channels, and the one
+    size it runs on when a fixed-size Linear sits behind the convolutions);
+    the common size of the images in ``data``; else 1x3x224x224, ``guessed``.
+    """
+    if given is not None:
+        return tuple(given), "--input-shape", False
+    attr = getattr(module, "input_shape", None)
+    if attr is not None:
+        try:
+            return parse_shape(attr, where="the model's input_shape attribute"), \
+                "the model's input_shape attribute", False
+        except ModelError:
+            pass
+    channels = _first_conv_channels(module) or 3
+    for side in _TRY_SIZES:
+        if _runs(module, (1, channels, side, side)):
+            # a size-free model (global pooling) also runs at other sizes that fit its strides
+            others = [o for o in (64, 128, 96, 256, 160) if o != side][:3]
+            if not any(_runs(module, (1, channels, o, o)) for o in others):
+                return (1, channels, side, side), (f"the model itself: it runs on {side}x{side} "
+                                                   "(a fixed-size Linear behind its convolutions)"), False
+            break
+    from edgeprune.data.sources import common_image_size
+
+    size = common_image_size(data) if data is not None else None
+    if size is not None:
+        (h, w), what = size
+        return (1, channels, h, w), f"the data: {what}", False
+    return (1, channels, 224, 224), ("edgeprune's default 224x224 (the model does not say which size it was "
+                                     "built for); pass --input-shape N,C,H,W"), True
+
+
+def task_of_module(module) -> str | None:
+    """The task a model says it has (an Ultralytics model's ``task`` attribute), else None."""
+    task = getattr(module, "task", None)
+    return task if task in ("classify", "detect") else None
+
+
+def build_base(base: str, *, pretrained: bool | None = False, input_shape: tuple[int, ...] | None = None,
+               data: Any = None):
     """The unpruned architecture ``base`` (a built-in name or ``pkg.mod:fn``) as a LoadedModel.
 
     A factory is called: pass only a factory the user named or trusted
     (:func:`edgeprune.load.load_model` and :func:`edgeprune.prune.io.load_pruned` check).
+    ``data``: consulted for a factory model's input size when nothing else says it.
     """
     from edgeprune.models import _REGISTRY, LoadedModel, build
 
@@ -266,20 +382,25 @@ def build_base(base: str, *, pretrained: bool | None = False, input_shape: tuple
             task=info.task,
             base=base,
             pretrained=bool(pretrained),
+            input_shape_source="--input-shape" if input_shape else f"the built-in {base}'s own size",
         )
     if not is_factory(base):
         raise ModelError(f"unknown base architecture '{base}'")
     module = call_factory(base)
+    shape, where, guessed = input_shape_for(module, tuple(input_shape) if input_shape else None, data)
     native = getattr(module, "input_shape", None)
-    shape = tuple(input_shape or native or DEFAULT_INPUT)
-    return LoadedModel(
+    lm = LoadedModel(
         module=module,
         input_shape=shape,
         name=base.split(":")[-1],
         source=base,
-        task=task_of(module, shape, f"--model {base}", native=native),
+        task=task_of_module(module) or task_of(module, shape, f"--model {base}", native=native),
         base=base,
+        input_shape_source=where,
     )
+    if guessed:
+        lm.notes.append(f"warning: input size {'x'.join(map(str, shape))} is {where}")
+    return lm
 
 
 def file_kind(path: Path) -> str:

@@ -37,8 +37,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeprune._paths import atomic_write_bytes
+from edgeprune._paths import atomic_write_bytes, sha256_file
 from edgeprune.errors import EdgePruneError, ModelError
+from edgeprune.models import _REGISTRY, LoadedModel, pretrained_available
+from edgeprune.models.loading import build_base, is_factory, load_weights, safe_torch_load
+from edgeprune.prune.apply import example_input, prune_
 from edgeprune.prune.plan import ChannelPlan
 from edgeprune.prune.rewrite import rewritten_blocks
 
@@ -58,11 +61,17 @@ def save_pruned(
     name: str | None = None,
     task: str = "classify",
     earlier: tuple[ChannelPlan, ...] | list[ChannelPlan] = (),
+    original=None,
+    normalize=None,
 ) -> Path:
     """Write ``model`` (pruned to ``plan``) as an ``.ept`` file, atomically.
 
     ``earlier``: plans applied before ``plan`` (pruning an already pruned
-    model); loading applies them all, in order.
+    model); loading applies them all, in order. ``original``: the unpruned
+    LoadedModel it was pruned from; when its weights came from a file, that
+    file's path and sha256 are recorded, so that loading the ``.ept`` (with
+    its factory trusted) finds the original to compare with and distil
+    from. ``normalize``: the preprocessing the model's inputs get.
     """
     if not plan.base:
         raise ModelError(
@@ -79,6 +88,11 @@ def save_pruned(
         "input_shape": list(plan.input_shape),
         "plans": [p.to_dict() for p in (*earlier, plan)],
     }
+    weights_file = getattr(original, "weights_sha256", None) and getattr(original, "weights", None)
+    if weights_file:
+        meta["original_weights"] = {"file": str(weights_file), "sha256": original.weights_sha256}
+    if normalize is not None:
+        meta["normalize"] = normalize if isinstance(normalize, str) else [list(normalize[0]), list(normalize[1])]
     buf = io.BytesIO()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save(
@@ -117,6 +131,17 @@ def _check_meta(meta, state, path: Path) -> None:
         raise _refuse(path, f"input_shape {str(shape)[:60]} is not 4 sizes, batch 1, within {MAX_SIDE}")
     if not isinstance(meta.get("plans"), list) or not meta["plans"]:
         raise _refuse(path, "no plans")
+    ow = meta.get("original_weights")
+    if ow is not None and not (isinstance(ow, dict) and isinstance(ow.get("file"), str) and len(ow["file"]) < 4096
+                               and isinstance(ow.get("sha256"), str) and len(ow["sha256"]) == 64):
+        raise _refuse(path, "its original_weights is not a file name and a sha256")
+    norm = meta.get("normalize")
+    if norm is not None and not (norm in ("imagenet", "unit") or (
+            isinstance(norm, list) and len(norm) == 2 and all(
+                isinstance(v, list) and 0 < len(v) <= 4 and all(
+                    isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) for f in v)
+                for v in norm) and min(norm[1]) > 0)):
+        raise _refuse(path, f"normalize {str(norm)[:40]!r}")
     if not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
         what = f"entry {str(bad)[:60]!r} is not a tensor" if bad is not None else "no tensors"
@@ -128,8 +153,6 @@ def read_ept(path: Path, blob: dict | None = None) -> tuple[dict, dict]:
 
     Nothing named in the file is imported or called here.
     """
-    from edgeprune.models.loading import safe_torch_load
-
     blob = safe_torch_load(path) if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelError(f"{path}: not an edgeprune pruned model (.ept)")
@@ -157,34 +180,67 @@ def trust_refusal(path: Path, base: str, trusted: str | None = None) -> ModelErr
     )
 
 
-def check_base(base: str, path: Path, trust_factory: str | None) -> None:
-    """Allow a built-in base, or a factory base equal to the one the user trusted; else refuse."""
-    from edgeprune.models import _REGISTRY
-    from edgeprune.models.loading import is_factory
+def _trusted(trust_factory) -> tuple[str, ...]:
+    if trust_factory is None:
+        return ()
+    return (trust_factory,) if isinstance(trust_factory, str) else tuple(trust_factory)
 
+
+def check_base(base: str, path: Path, trust_factory) -> None:
+    """Allow a built-in base, or a factory base among the ones the user trusted; else refuse."""
     if base in _REGISTRY:
         return
     if not is_factory(base):
         raise ModelError(
             f"{path}: unknown base architecture {base[:80]!r} (built-in: {', '.join(_REGISTRY)})"
         )
-    if trust_factory != base:
-        raise trust_refusal(path, base, trust_factory)
+    trusted = _trusted(trust_factory)
+    if base not in trusted:
+        raise trust_refusal(path, base, trusted[0] if trusted else None)
+
+
+def _original(meta: dict, path: Path):
+    """The unpruned original of an ``.ept``, with its trained weights, when they can be found; else None.
+
+    A built-in base: its built-in trained weights. A factory base (already
+    trusted by the caller): the weights file recorded in the ``.ept``, when it
+    is still there with the same sha256.
+    """
+    base, shape = meta["base"], tuple(meta["input_shape"])
+    if base in _REGISTRY:
+        if not pretrained_available(base):
+            return None
+        lm = build_base(base, pretrained=True, input_shape=shape)
+        lm.weights, lm.pretrained = "built-in trained", True
+        return lm
+    ow = meta.get("original_weights")
+    if not ow:
+        return None
+    wpath = Path(ow["file"])
+    try:
+        if not wpath.is_file() or sha256_file(wpath) != ow["sha256"]:
+            return None
+    except OSError:
+        return None
+    lm = build_base(base, pretrained=False, input_shape=shape)
+    load_weights(lm.module, wpath)
+    lm.module.eval()
+    lm.weights, lm.weights_sha256, lm.pretrained = str(wpath), ow["sha256"], True
+    return lm
 
 
 def load_pruned(
-    path: str | os.PathLike[str], *, blob: dict | None = None, trust_factory: str | None = None
+    path: str | os.PathLike[str], *, blob: dict | None = None, trust_factory=None, original=None,
 ):
     """Rebuild a pruned model from its ``.ept`` file; returns a LoadedModel.
 
     A built-in base is looked up in the registry; a factory base
-    (``pkg.mod:fn``) is called only when ``trust_factory`` names the same
-    factory, else :class:`ModelError` says how to trust it. A plan that does
-    not fit, or weights that do not, are one line each.
+    (``pkg.mod:fn``) is called only when ``trust_factory`` (one factory or
+    several) names the same factory, else :class:`ModelError` says how to
+    trust it. A plan that does not fit, or weights that do not, are one line
+    each. ``original``: the unpruned original the caller already holds;
+    else it is rebuilt where it can be (:func:`_original`).
     """
-    from edgeprune.models import LoadedModel
-    from edgeprune.models.loading import build_base
-    from edgeprune.prune.apply import example_input, prune_
 
     path = Path(path)
     meta, state = read_ept(path, blob)
@@ -214,7 +270,10 @@ def load_pruned(
         raise ModelError(
             f"{path}: its weights do not fit {meta['base']} pruned to its plan ({detail})"
         ) from None
-    return LoadedModel(
+    if original is None:
+        original = _original(meta, path)
+    norm = meta.get("normalize")
+    lm = LoadedModel(
         module=model.eval(),
         input_shape=tuple(meta["input_shape"]),
         name=meta["name"],
@@ -224,4 +283,17 @@ def load_pruned(
         plan=plans[-1],
         earlier_plans=plans[:-1],
         pretrained=True,
+        weights=str(path),
+        trusted=_trusted(trust_factory),
+        input_shape_source="recorded in the pruned model",
+        original=original,
+        normalize=norm if isinstance(norm, str) or norm is None else (tuple(norm[0]), tuple(norm[1])),
+        normalize_source="recorded in the pruned model" if norm is not None else "",
     )
+    if original is None:
+        lm.notes.append(f"{path}: its unpruned original with trained weights is not known here "
+                        + ("(the built-in base has no trained weights here)" if meta["base"] in _REGISTRY
+                           else "(the weights file it was pruned from is not recorded or has changed)")
+                        + "; give --teacher to compare with it")
+    return lm
+

@@ -1,46 +1,225 @@
-"""The ``edgeprune prune`` stage as one function: load, plan, prune, save, export, check.
+"""The ``prune`` stage: a loaded model and a plan go in, a pruned model and its files come out.
 
-``prune_model`` takes plain values and returns the JSON summary the CLI
-prints. It writes into ``output``:
+This stage knows nothing of budgets. The caller chooses the plan: a uniform
+one (:func:`uniform_plan`, ``--ratio``), one read from a file
+(:func:`read_plan`, ``--plan``), or one from the latency search
+(:func:`edgeprune.latency.prune_for_budget`, ``--latency-budget``/``--speedup``),
+and hands it to :func:`prune_to_plan`, which writes into ``output``:
 
 - ``model.ept``: the pruned model (:mod:`edgeprune.prune.io`);
 - ``plan.json``: the :class:`ChannelPlan`;
 - ``model.onnx``: ONNX export (opset 17), checked against PyTorch on
   ``CHECK_SAMPLES`` inputs: ``max_abs <= ONNX_TOL * max(1, max|pytorch output|)``,
   else :class:`ExportError`;
-- ``summary.json``: the summary.
+- ``summary.json``: the summary (:class:`PruneResult`);
+- whatever the caller attaches (the latency search's table and the
+  artifact the board measured).
 
 Kept counts round to the target profile's channel alignment for its export
-precision (``Profile.alignment``); ``align=1`` turns that off.
+precision (``Profile.alignment``); ``align=False`` turns that off.
 
 Example::
 
-    summary = prune_model("mobilenetv2", target="local", ratio=0.3, output="out/")
-    summary["macs_before"] / summary["macs_after"]     # ~1.8
+    lm = load_model("mobilenetv2")
+    plan = uniform_plan(lm, 0.3, profile=load_profile("local"), options=PruneOptions())
+    result = prune_to_plan(lm, plan, profile=load_profile("local"), target="local", output="out/",
+                           options=PruneOptions())
+    result.macs_before / result.macs_after     # ~1.8
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from edgeprune._paths import atomic_write_text, staged_output
-from edgeprune.errors import BudgetError, ExportError, PruneError
+from edgeprune._threads import single_threaded
+from edgeprune.checks.outputs import flatten_outputs
+from edgeprune.errors import ExportError, PruneError
+from edgeprune.export.onnx import export_onnx, run_onnx
+from edgeprune.models import LoadedModel
+from edgeprune.models.stats import count_macs_params
 from edgeprune.progress import step
-from edgeprune.prune.threads import single_threaded
+from edgeprune.prune.apply import example_input, prune_
+from edgeprune.prune.groups import kept_whole, protected_note, prunable_groups
+from edgeprune.prune.io import save_pruned
+from edgeprune.prune.plan import ChannelPlan
+from edgeprune.verify import agreement
 
 ONNX_TOL = 1e-4
 CHECK_SAMPLES = 4
-
-
 ACCURACY_SAMPLES = 2000  # held-out images for accuracy before/after pruning
+IMPORTANCES = ("l1", "l2", "bn", "taylor", "first")
 
 
-def _check_inputs(lm, n: int, split=None) -> torch.Tensor:
+@dataclass(frozen=True)
+class PruneOptions:
+    """How channels are chosen and checked, whatever the plan (the CLI's ``prune`` options).
+
+    ``protect_stem``: whether the input stem's group (the first conv's output
+    channels; in a ResNet the whole first stage, which adds to it) keeps all
+    its channels. None (the default) resolves per plan kind
+    (:meth:`stem_for`): protected under a uniform ``--ratio``, which would cut
+    it like any layer; weighed like every group under a budget, whose
+    allocation compares importance lost per ms saved, and under ``--plan``,
+    which says what each group keeps. At small inputs the stem runs at the
+    highest resolution and is a large share of the latency: protected,
+    MobileNetV2-fmnist at 0.4x its LiteRT INT8 latency scored 85.39 % after
+    fine-tuning, weighed 88.85 % (benchmarks/RESULTS.md).
+    ``verify=False`` (``--no-verify``) skips the surgery check, for ops known
+    not to keep 0 at 0 (:mod:`edgeprune.prune.check`).
+    """
+
+    importance: str = "l1"
+    protect: tuple[str, ...] = ()
+    align: bool = True
+    protect_stem: bool | None = None
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise PruneError(f"--importance {self.importance}: use one of {', '.join(IMPORTANCES[:4])}")
+        object.__setattr__(self, "protect", tuple(self.protect))
+
+    def stem_for(self, kind: str) -> bool:
+        """Whether the stem is protected for a plan of ``kind`` ('ratio', 'budget' or 'plan')."""
+        return (kind == "ratio") if self.protect_stem is None else bool(self.protect_stem)
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_to_plan` made: the pruned model in memory, its files, and the figures.
+
+    ``model`` is the pruned :class:`LoadedModel` (its ``original`` is the
+    unpruned model it came from); ``to_dict()`` is ``summary.json``.
+    """
+
+    model: LoadedModel
+    plan: ChannelPlan
+    files: dict[str, Path]
+    target: str
+    ratio: float | None
+    align: int
+    importance: str
+    groups_total: int
+    protected: list[dict]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    onnx_check: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    latency: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    accuracy_note: str | None = None
+
+    @property
+    def removed_fraction(self) -> float:
+        return round(self.plan.removed_fraction(), 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        lm = self.model
+        d: dict[str, Any] = {
+            **{k: str(v) for k, v in self.files.items()},
+            "source": (lm.original or lm).source, "base": lm.base, "task": lm.task, "target": self.target,
+            "input_shape": list(lm.input_shape), "ratio": self.ratio, "align": self.align,
+            "importance": self.importance, "removed_fraction": self.removed_fraction,
+            "groups_total": self.groups_total, "groups_pruned": len(self.plan.pruned_groups()),
+            "protected": self.protected, "protected_note": protected_note(self.protected),
+            "rewrites": self.plan.rewrites, "earlier_plans": len(lm.earlier_plans),
+            "params_before": self.params_before, "params_after": self.params_after,
+            "macs_before": self.macs_before, "macs_after": self.macs_after,
+            "mac_reduction": round(self.macs_before / max(self.macs_after, 1), 3),
+            "onnx_check": self.onnx_check, "pretrained": lm.pretrained, "notes": self.notes,
+            "original_weights": (lm.original.weights if lm.original is not None else None),
+            "normalize": _norm_text(lm.normalize), "normalize_source": lm.normalize_source,
+        }
+        if self.latency is not None:
+            d["latency"] = self.latency
+        if self.data is not None:
+            d["data"] = self.data
+        if self.accuracy_before is not None:
+            d.update(accuracy_before=self.accuracy_before, accuracy_after=self.accuracy_after,
+                     accuracy_note=self.accuracy_note)
+        return d
+
+
+def _norm_text(norm: Any) -> Any:
+    return norm if norm is None or isinstance(norm, str) else f"{list(norm[0])}/{list(norm[1])}"
+
+
+# -- choosing a plan (the caller's part) -----------------------------------------------------
+
+def alignment(profile, *, align: bool, precision: str | None = None) -> int:
+    """The channel multiple kept counts round to on ``profile`` (1 with ``align=False``)."""
+    return profile.alignment(precision or profile.export_precision) if align else 1
+
+
+def groups_of(lm: LoadedModel, options: PruneOptions, kind: str):
+    """``(every group, prunable groups)`` of ``lm`` traced on its input; one line if none can be pruned."""
+    if lm.base is None:
+        raise PruneError(
+            f"{lm.source}: {lm.notes[0] if lm.notes else 'cannot be pruned'}; "
+            "give the Python factory (--model pkg.module:function --weights FILE)"
+        )
+    step("tracing coupled channel groups")
+    x = example_input(tuple(lm.input_shape))
+    every = prunable_groups(lm.module, x, protect=options.protect, protect_stem=options.stem_for(kind),
+                            include_protected=True)
+    groups = [g for g in every if g.prunable]
+    if not groups:
+        raise PruneError(f"{lm.name}: no prunable channel groups (every group is protected or an output)")
+    return every, groups
+
+
+def uniform_plan(lm: LoadedModel, ratio: float, *, profile, options: PruneOptions) -> ChannelPlan:
+    """``--ratio R``: remove the fraction R of every prunable group's channels, aligned to the board."""
+    _, groups = groups_of(lm, options, "ratio")
+    return ChannelPlan.uniform(groups, ratio, align=alignment(profile, align=options.align),
+                               input_shape=tuple(lm.input_shape), base=lm.base)
+
+
+def read_plan(path: str | os.PathLike[str], lm: LoadedModel) -> ChannelPlan:
+    """``--plan FILE``: a channel plan JSON written earlier (one line if it is not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PruneError(f"--plan {path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PruneError(f"--plan {path}: not a text file; give the plan.json that edgeprune prune wrote") from None
+    plan = ChannelPlan.from_json(text, where=str(path))
+    plan.base = plan.base or lm.base
+    return plan
+
+
+def importance_batches(split, *, importance: str, budget: bool, given: Any = None, name: str = "the model"):
+    """Batches for channel importance: ``given`` (the API's iterable of batches), else the data's train
+    split when Taylor scores need it (``--importance taylor``, or a budget with ``--data``, whose
+    sensitivity compares groups); None otherwise. One line when Taylor has no data."""
+    batches = list(given) if given is not None else None
+    if batches is None and split is not None and split.train.labelled and (importance == "taylor" or budget):
+        batches = list(split.train.batches(64, limit=512))
+    if importance == "taylor" and batches is None:
+        raise PruneError(
+            "--importance taylor needs data: give --data (labelled: a folder of class folders, .npz, "
+            f"pkg.mod:fn, or a built-in data set); '{name}' has none of its own here"
+        )
+    return batches
+
+
+# -- the stage -------------------------------------------------------------------------------
+
+def _check_inputs(lm: LoadedModel, n: int, split=None) -> torch.Tensor:
     """Real held-out images when there is data (``--data`` or the model's own), else seeded noise."""
     if split is not None:
         return split.heldout.get(range(min(n, len(split.heldout))))[0]
@@ -52,16 +231,12 @@ def _outputs(model, x: torch.Tensor) -> list[np.ndarray]:
     outs = []
     with torch.no_grad():
         for i in range(x.shape[0]):
-            o = model(x[i : i + 1])
-            outs.append([t.numpy() for t in (o if isinstance(o, (tuple, list)) else [o])])
+            outs.append([t.numpy() for t in flatten_outputs(model(x[i : i + 1]))])
     return [np.concatenate([s[k] for s in outs]) for k in range(len(outs[0]))]
 
 
-def export_checked(model, lm, path: Path, *, metadata: dict[str, str], split=None) -> dict:
+def export_checked(model, lm: LoadedModel, path: Path, *, metadata: dict[str, str], split=None) -> dict:
     """Export to ONNX and compare with PyTorch; returns the agreement figures."""
-    from edgeprune.export.onnx import export_onnx, run_onnx
-    from edgeprune.verify import agreement
-
     export_onnx(model, lm.input_shape, path, metadata=metadata)
     x = _check_inputs(lm, CHECK_SAMPLES, split)
     ref = _outputs(model, x)
@@ -79,275 +254,81 @@ def export_checked(model, lm, path: Path, *, metadata: dict[str, str], split=Non
 
 
 @single_threaded
-def prune_model(
-    model: str,
-    *,
-    target: str,
-    output: str | os.PathLike[str],
-    ratio: float | None = None,
-    plan_file: str | None = None,
-    weights: str | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    importance: str = "l1",
-    protect: tuple[str, ...] = (),
-    align: bool = True,
-    protect_stem: bool | None = None,
-    latency_budget: float | None = None,
-    speedup: float | None = None,
-    fmt: str | None = None,
-    precision: str | None = None,
-    max_rounds: int = 3,
-    min_keep: float | None = None,
-    threads: int = 0,
-    estimate: bool = False,
-    data=None,
-    host: str | None = None,
-    use_cache: bool = True,
-    accept_new_host_key: bool = False,
-    trust_factory: str | None = None,
-    verify: bool = True,
-    val_data=None,
-    normalize=None,
-) -> dict:
-    """Prune ``model`` for ``target`` and write the four files; returns the summary.
-
-    ``weights``, ``input_shape``, ``trust_factory``: see :func:`edgeprune.load.load_model`.
-    ``verify=False`` (CLI ``--no-verify``) skips the surgery check, for ops known
-    not to keep 0 at 0 (:mod:`edgeprune.prune.check`). The files are written
-    into a staging folder and swapped into ``output`` only when all are
-    complete (:func:`edgeprune._paths.staged_output`).
-
-    With ``latency_budget`` (ms) or ``speedup``, the plan comes from the
-    latency model and the closed loop on the board (:mod:`edgeprune.latency.loop`:
-    ``fmt``/``precision`` pick the artifact the board runs, ``max_rounds``,
-    ``min_keep``, ``threads``, ``estimate`` to plan from the profile only,
-    ``data`` batches for Taylor importance); it also writes
-    ``latency_table.json`` and puts the budget and every round in
-    ``summary.json`` (``latency``) and ``plan.json``. A budget not met on the
-    board raises :class:`BudgetError` after writing everything.
-
-    ``protect_stem``: whether the input stem's group (the first conv's output
-    channels; in a ResNet the whole first stage, which adds to it) keeps all
-    its channels. By default (None) it does under a uniform ``ratio``, which
-    would cut it like any layer, and it does not under a budget, whose
-    allocation weighs it like every group (importance lost per ms saved), nor
-    under a ``plan_file``, which says what each group keeps. At small inputs
-    the stem runs at the highest resolution and is a large share of the
-    latency: protected, MobileNetV2-fmnist at 0.4x its LiteRT INT8 latency
-    scored 85.39 % after fine-tuning, weighed 88.85 % (benchmarks/RESULTS.md).
-
-    ``data``: an :func:`edgeprune.data.load_data` spec (or a DataSplit) for
-    importance (its train split: Taylor scores for channels with
-    ``importance="taylor"``, and with a budget the sensitivity that compares
-    groups), the ONNX check's inputs and the accuracy before and after (its
-    held-out split); or an iterable of batches (``split.train.batches(64)``),
-    used for importance only. Without it the model's own data set is used
-    where its data hook names one that is here.
-    """
-    from edgeprune.profiles import load_profile
-
-    budgeted = latency_budget is not None or speedup is not None
-    if protect_stem is None:
-        protect_stem = ratio is not None
-    if sum(v is not None for v in (ratio, plan_file, latency_budget, speedup)) != 1:
-        raise PruneError(
-            "give exactly one of --ratio R, --plan FILE, --latency-budget MS or --speedup S"
-        )
-    if budgeted and not estimate:  # a board to measure on: a targets-file name or a profile
-        from edgeprune.reach import resolve_target
-
-        profile = resolve_target(target, host=host).profile
-    else:
-        profile = load_profile(target)  # an unknown board is refused before anything is written
-    budget = dict(
-        latency_budget=latency_budget, speedup=speedup, fmt=fmt, precision=precision,
-        max_rounds=max_rounds, min_keep=min_keep, threads=threads, estimate=estimate,
-        host=host, use_cache=use_cache, accept_new_host_key=accept_new_host_key,
-    ) if budgeted else None
-    with staged_output(output) as stage:
-        summary, latency = _prune_into(
-            stage, Path(output).expanduser(), model, profile=profile, target=target, ratio=ratio,
-            plan_file=plan_file, weights=weights, input_shape=input_shape, importance=importance,
-            protect=protect, align=align, protect_stem=protect_stem, trust_factory=trust_factory,
-            verify=verify, data=data, val_data=val_data, normalize=normalize, budget=budget,
-        )
-    if latency is not None and latency.met is False:  # raised after the result is in place
-        raise BudgetError(f"{latency.status} (written anyway: {summary['summary']})", result=summary)
-    return summary
-
-
-def _prune_into(
-    out: Path,
-    final: Path,
-    model: str,
+def prune_to_plan(
+    lm: LoadedModel,
+    plan: ChannelPlan,
     *,
     profile,
     target: str,
-    ratio: float | None,
-    plan_file: str | None,
-    weights: str | None,
-    input_shape: tuple[int, ...] | None,
-    importance: str,
-    protect: tuple[str, ...],
-    align: bool,
-    protect_stem: bool,
-    trust_factory: str | None,
-    verify: bool,
-    data,
-    val_data,
-    normalize,
-    budget: dict | None,
-):
-    """The work of :func:`prune_model`, writing into ``out`` and recording paths in ``final``.
+    output: str | os.PathLike[str],
+    options: PruneOptions,
+    kind: str = "plan",
+    split=None,
+    batches=None,
+    ratio: float | None = None,
+    attach: dict[str, Callable[[Path], None]] | None = None,
+) -> PruneResult:
+    """Prune a copy of ``lm`` to ``plan`` and write the stage's files into ``output``; see the module docstring.
 
-    Returns ``(summary, LoopResult or None)``.
+    ``kind``: 'ratio', 'budget' or 'plan' (which protections apply: the stem,
+    :meth:`PruneOptions.stem_for`). ``split``: the data (a DataSplit) for the
+    ONNX check's inputs and the accuracy before and after (its held-out
+    split); ``batches``: importance batches (:func:`importance_batches`).
+    ``attach``: ``{file name: writer(path)}`` for more files in the same
+    folder (the latency search's table, the artifact the board measured).
+    The files are written into a staging folder and swapped into ``output``
+    only when all are complete (:func:`edgeprune._paths.staged_output`).
+    ``lm`` itself is not changed.
     """
-    from edgeprune.load import load_model
-    from edgeprune.models.stats import count_macs_params
-    from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned
+    import copy
 
-    multiple = profile.alignment(profile.export_precision) if align else 1
-    step(f"loading {model}")
-    lm = load_model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory)
-    earlier = [*lm.earlier_plans, lm.plan] if lm.plan is not None else []
-    if lm.base is None:
-        raise PruneError(
-            f"{lm.source}: {lm.notes[0] if lm.notes else 'cannot be pruned'}; "
-            "give the Python factory (--model pkg.module:function --weights FILE)"
-        )
-    net = lm.module
+    final = Path(output).expanduser()
+    every, groups = groups_of(lm, options, kind)
     shape = tuple(lm.input_shape)
+    net = copy.deepcopy(lm.module)
     macs0, params0 = count_macs_params(net, shape)
-    x = example_input(shape)
-    step("tracing coupled channel groups")
-    every = prunable_groups(net, x, protect=protect, protect_stem=protect_stem, include_protected=True)
-    groups = [g for g in every if g.prunable]
-    if not groups:
-        raise PruneError(
-            f"{lm.name}: no prunable channel groups (every group is protected or an output)"
-        )
-    from edgeprune.data import Dataset, DataSplit, split_for
-
-    batches = None
-    if data is not None and not isinstance(data, (str, os.PathLike, Dataset, DataSplit)):
-        batches, data = list(data), None  # already an iterable of batches (the API): importance only
-    if data is not None:
-        step(f"loading data {data}")
-    split = split_for(lm, data, val_data=val_data, normalize=normalize)
-    if batches is None and split is not None and split.train.labelled and (
-        importance == "taylor" or (budget is not None and data is not None)
-    ):
-        batches = list(split.train.batches(64, limit=512))
-    if importance == "taylor" and batches is None:
-        raise PruneError(
-            f"--importance taylor needs data: give --data (a folder of class folders, .npz, "
-            f"pkg.mod:fn, or a built-in data set); '{lm.name}' has none of its own here"
-        )
-    latency = None
-    if budget is not None:
-        from edgeprune.latency.layers import DEFAULT_MIN_KEEP
-        from edgeprune.latency.loop import plan_for_budget
-
-        min_keep = budget["min_keep"]
-        latency = plan_for_budget(
-            lm, target=target, host=budget["host"], latency_budget=budget["latency_budget"],
-            speedup=budget["speedup"], fmt=budget["fmt"], precision=budget["precision"],
-            max_rounds=budget["max_rounds"], importance=importance, data=batches,
-            sensitivity="taylor" if batches is not None else None,
-            protect=tuple(protect), protect_stem=protect_stem, align=align,
-            min_keep=DEFAULT_MIN_KEEP if min_keep is None else min_keep, threads=budget["threads"],
-            estimate=budget["estimate"], use_cache=budget["use_cache"],
-            accept_new_host_key=budget["accept_new_host_key"],
-        )
-        plan = latency.plan
-        plan.latency = latency.to_dict()
-        multiple = plan.align
-    elif plan_file is not None:
-        path = Path(plan_file)
-        if not path.is_file():
-            raise PruneError(f"--plan {path}: file not found")
-        plan = ChannelPlan.from_json(path.read_text(encoding="utf-8"), where=str(path))
-        plan.base = plan.base or lm.base
-    else:
-        plan = ChannelPlan.uniform(groups, ratio, align=multiple, input_shape=shape, base=lm.base)
     acc0 = _accuracy(split, net)
     step("removing channels and checking the surgery")
-    prune_(
-        net, plan, importance=importance, data=batches, protect=protect, protect_stem=protect_stem, x=x,
-        verify=verify,
-    )
+    prune_(net, plan, importance=options.importance, data=batches, protect=options.protect,
+           protect_stem=options.stem_for(kind), x=example_input(shape), verify=options.verify)
     macs1, params1 = count_macs_params(net, shape)
-    from edgeprune.prune.groups import kept_whole, protected_note
-
-    whole = kept_whole(every, plan)  # which layers were kept whole, and why
-    ept = save_pruned(net, plan, out / "model.ept", name=lm.name, task=lm.task, earlier=earlier)
-    plan_path = out / "plan.json"
-    atomic_write_text(plan_path, plan.to_json() + "\n")
-    onnx_path = out / "model.onnx"
-    step("exporting ONNX and checking it against PyTorch")
-    agree = export_checked(
-        net,
-        lm,
-        onnx_path,
-        metadata={
-            "edgeprune.base": lm.base,
-            "edgeprune.target": target,
-            "edgeprune.plan": plan.note,
-        },
-        split=split,
-    )
-    summary = {  # the paths the files will have once the staging folder is swapped in
-        "model": str(final / ept.name),
-        "plan": str(final / plan_path.name),
-        "onnx": str(final / onnx_path.name),
-        "summary": str(final / "summary.json"),
-        "source": lm.source,
-        "base": lm.base,
-        "task": lm.task,
-        "target": target,
-        "input_shape": list(shape),
-        "ratio": ratio,
-        "align": multiple,
-        "importance": importance,
-        "removed_fraction": round(plan.removed_fraction(), 4),
-        "groups_total": len(groups),
-        "groups_pruned": len(plan.pruned_groups()),
-        "protected": whole,
-        "protected_note": protected_note(whole),
-        "rewrites": plan.rewrites,
-        "earlier_plans": len(earlier),
-        "params_before": params0,
-        "params_after": params1,
-        "macs_before": macs0,
-        "macs_after": macs1,
-        "mac_reduction": round(macs0 / max(macs1, 1), 3),
-        "onnx_check": {
-            k: agree[k] for k in ("max_abs", "mean_abs", "cosine", "top1", "tolerance", "passed")
-        },
-        "pretrained": lm.pretrained,
-        "notes": plan.ratio_notes(ratio, groups) if ratio is not None else [],
-    }
-    if latency is not None:
-        summary["latency"] = latency.to_dict()
-        if latency.table is not None:
-            latency.table.save(out / "latency_table.json")
-            summary["latency_table"] = str(final / "latency_table.json")
-    if split is not None:
-        summary["data"] = split.to_dict()
-    if acc0 is not None:
-        n = min(len(split.heldout), ACCURACY_SAMPLES)  # as _accuracy measures
-        summary["accuracy_before"] = acc0
-        summary["accuracy_after"] = _accuracy(split, net)
-        summary["accuracy_note"] = (f"top-1 on {n} held-out images ({split.heldout.source}), before fine-tuning")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary, latency
+    pruned = lm.derive(net.eval(), plan=plan, source=str(final / "model.ept"))
+    with staged_output(output) as out:
+        files = {"model": final / "model.ept", "plan": final / "plan.json", "onnx": final / "model.onnx",
+                 "summary": final / "summary.json"}
+        save_pruned(net, plan, out / "model.ept", name=lm.name, task=lm.task, earlier=pruned.earlier_plans,
+                    original=pruned.original, normalize=lm.normalize)
+        atomic_write_text(out / "plan.json", plan.to_json() + "\n")
+        step("exporting ONNX and checking it against PyTorch")
+        agree = export_checked(net, lm, out / "model.onnx", split=split, metadata={
+            "edgeprune.base": lm.base, "edgeprune.target": target, "edgeprune.plan": plan.note})
+        for name, write in (attach or {}).items():
+            write(out / name)
+            files[Path(name).stem] = final / name
+        result = PruneResult(
+            model=pruned, plan=plan, files=files, target=target, ratio=ratio, align=plan.align,
+            importance=options.importance, groups_total=len(groups), protected=kept_whole(every, plan),
+            params_before=params0, params_after=params1, macs_before=macs0, macs_after=macs1,
+            onnx_check={k: agree[k] for k in ("max_abs", "mean_abs", "cosine", "top1", "tolerance", "passed")},
+            notes=plan.ratio_notes(ratio, groups) if ratio is not None else [],
+            latency=plan.latency, data=split.to_dict() if split is not None else None,
+        )
+        if acc0 is not None:
+            n = min(len(split.heldout), ACCURACY_SAMPLES)  # as _accuracy measures
+            result.accuracy_before, result.accuracy_after = acc0, _accuracy(split, net)
+            result.accuracy_note = f"top-1 on {n} held-out images ({split.heldout.source}), before fine-tuning"
+        atomic_write_text(out / "summary.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    return result
 
 
 def _accuracy(split, net) -> float | None:
     """Top-1 on the held-out split (labelled data only), None without labels."""
     if split is None or not split.heldout.labelled:
         return None
-    from edgeprune.finetune.loop import predict, score
+    from edgeprune.finetune.loop import (  # the classification metric's one home (for now)
+        predict,
+        score,
+    )
 
     held = split.heldout
     if len(held) > ACCURACY_SAMPLES:  # evenly spread: a split in class order still gives every class

@@ -1,0 +1,1 @@
+"""Is it still right? Comparing outputs and scoring accuracy, for every stage, in one place."""
