@@ -14,7 +14,8 @@ itself. Two kinds of fake phone:
   ``run-as`` stand in for Android's own (first on the fake shell's PATH).
 
 Knobs (environment, read by the fakes at each call): ``FAKE_ADB_STATE``
-(what ``get-state`` answers, default ``device``), ``FAKE_ADB_PUSH=fail|corrupt``,
+(what ``get-state`` answers, default ``device``), ``FAKE_ADB_PUSH=fail|corrupt|corrupt-folder``,
+``FAKE_ADB_LOG`` (each call's command and first argument appended there),
 ``FAKE_THERMAL_STATUS`` (0-6, or ``none``: the service does not answer), and
 the fake binary's ``FAKE_BM_MODE`` and ``FAKE_BM_CRASH_ON``.
 """
@@ -29,6 +30,7 @@ from tests.fake_benchmark_model import write_fake_benchmark_model
 FAKE_ADB = """#!/bin/sh
 # FAKE adb for edgeprune's tests: not a phone.
 [ "$1" = "-s" ] && shift 2
+[ -n "$FAKE_ADB_LOG" ] && printf '%s\n' "$1 $2" >> "$FAKE_ADB_LOG"
 case "$1" in
   get-state) echo "${FAKE_ADB_STATE:-device}"; [ "${FAKE_ADB_STATE:-device}" = device ] ;;
   shell) shift; exec sh -c "$*" ;;
@@ -39,6 +41,7 @@ case "$1" in
     fi
     cp -r "$2" "$3" || exit 1
     if [ "$FAKE_ADB_PUSH" = corrupt ] && [ -f "$3" ]; then printf 'X' >> "$3"; fi
+    if [ "$FAKE_ADB_PUSH" = corrupt-folder ] && [ -d "$3" ]; then printf 'X' >> "$3/m0000.tflite"; fi
     echo "$2: 1 file pushed, 0 skipped."
     ;;
   pull) cp "$2" "$3" ;;
@@ -101,7 +104,7 @@ cd "$FAKE_APPS/$pkg" && exec "$@"
 
 def _bin(tmp_path: Path, monkeypatch, *, android: bool) -> Path:
     bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
+    bindir.mkdir(parents=True, exist_ok=True)
     tools = {"adb": FAKE_ADB}
     if android:
         tools.update(getprop=FAKE_GETPROP, dumpsys=FAKE_DUMPSYS, **{"run-as": FAKE_RUN_AS})
@@ -144,6 +147,7 @@ def install_fake_bm_phone(tmp_path: Path, monkeypatch, *, profile: str = "pixel-
     monkeypatch.setenv("FAKE_PHONE_PROPS", str(props))
     monkeypatch.setenv("FAKE_APPS", str(tmp_path / "apps"))
     monkeypatch.setenv("FAKE_BM_LOG", str(tmp_path / "bm.log"))
+    monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
     monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # litert-cli's cache is looked for under ~/.cache
     for var in ("FAKE_BM_MODE", "FAKE_BM_CRASH_ON", "FAKE_ADB_STATE", "FAKE_ADB_PUSH", "FAKE_THERMAL_STATUS"):

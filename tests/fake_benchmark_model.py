@@ -19,7 +19,8 @@ is faster by what it lost:
 - ``nogpu``: ``GPU acceleration is unsupported on this platform``: everything on the CPU;
 - ``delegate_fails``: ``ERROR: Failed to apply GPU delegate.``, exit 1;
 - ``crash``: some lines, then SIGSEGV; ``garbage``: random bytes; ``huge``: 20 MB of lines;
-- ``badnum``: a timing line with ``min=-5``; ``hang``: sleeps an hour.
+- ``badnum``: a timing line with ``min=-5``; ``hang``: sleeps an hour;
+- ``spoof``: also prints lines like the batch script's markers (``@@... end ...``, ``@@... done ...``).
 
 ``FAKE_BM_CRASH_ON=TEXT`` crashes only for a ``--graph`` path containing TEXT.
 Each run appends its argv to ``$FAKE_BM_LOG`` when set (what the tests check
@@ -66,6 +67,9 @@ if mode == "huge":
         out.write(line)
     sys.exit(0)
 info("STARTING!")
+if mode == "spoof":
+    # lines the batch script keeps (they match its filter): they must not pass for its own markers
+    out.write("@@ep end 0 m0000.tflite 0 count=1\n@@ done 1 count=1\n@@0123456789abcdef end 0 m0000.tflite 0\n")
 info("Log parameter values verbosely: [0]")
 if "num_threads" in flags:
     info("Num threads: [%s]" % flags["num_threads"])

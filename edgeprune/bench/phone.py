@@ -325,10 +325,11 @@ class Phone:
     def run(self, model_path: str, *, runs: int, warmup: int, threads: int = 0, timeout: float,
             extra: tuple[str, ...] = (), what: str = "") -> BenchmarkOutput:
         """Run the binary on ``model_path`` (on the phone); its parsed output, or one-line BenchmarkModelError."""
+        # --max_secs bounds the timed runs; ``timeout`` (loading included) is the hard limit, from here
         argv = [self.remote_binary, f"--graph={model_path}", f"--num_runs={runs}", f"--warmup_runs={warmup}",
-                "--min_secs=0", "--warmup_min_secs=0", f"--max_secs={max(1, int(timeout))}",
+                "--min_secs=0", "--warmup_min_secs=0", f"--max_secs={max(1, int(timeout) - 5)}",
                 *self.flags(threads), *extra]
-        res = self.t.run(argv, timeout=timeout + 30, max_output=MAX_OUTPUT)
+        res = self.t.run(argv, timeout=timeout, max_output=MAX_OUTPUT)
         where = f"benchmark_model on {self.reach.name}"
         if res.overflow:
             raise BenchmarkModelError(f"{where}: printed more than {MAX_OUTPUT // 2**20} MiB for {what or 'the model'}; "

@@ -11,10 +11,14 @@ so the latency table and the closed loop run on a phone as over SSH:
    once per model per round, ``rounds`` interleaved rounds (every model and
    the baseline once per round, each round starting one model later: A B C,
    B C A, ...), ``runs`` timed runs after ``warmup`` runs each; no new round
-   after ``max_s`` seconds. Of each run it keeps the lines the parser reads
-   (at most :data:`KEEP_LINES`, 400 characters each), each marked ``|`` so
-   that nothing the binary prints can pass for the script's own
-   ``@@ep begin/end/done`` lines; then it removes the folder;
+   after ``max_s`` seconds; then it removes the folder. Everything it prints
+   goes through ONE ``sed`` for the whole batch, which keeps the script's
+   own markers (``@@TAG begin/end/done``, TAG a random hex string made for
+   this batch, which the binary does not know) and, marked ``|``, the lines
+   the parser reads; nothing the binary prints can pass for a marker, and a
+   run costs no process beyond the binary itself. (No ``.{0,400}`` in that
+   sed: GNU sed takes seconds per line on bounded repeats. A binary printing
+   more than the reply's cap stops the batch, refused in one line);
 3. the reply is read as untrusted input (:func:`parse_phone_batch`): every
    round of every model we sent and no other, each run's output through
    :func:`edgeprune.bench.bm_output.parse_benchmark_output`.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -59,33 +64,35 @@ from edgeprune.errors import BenchmarkModelError, EdgePruneError, ModelError, Tr
 from edgeprune.progress import step
 
 BASELINE = "baseline.tflite"
-KEEP_LINES = 60
+KEEP_LINES = 60  # of one run, read by the host (the rest of a run's kept lines is dropped)
 MAX_REPLY = 16 * 2**20
 # What the parser reads of one run (see bm_output): everything else stays on the phone.
 KEEP = (r"count=|[Ii]nference timings|Initialized session|delegate|node\(s\)|operations will run|"
         r"GPU acceleration|ERROR|FATAL|Running benchmark")
 BATCH_SCRIPT = r"""
-bm=$1 dir=$2 rounds=$3 runs=$4 warm=$5 maxs=$6 flags=$7 keep=$8
+bm=$1 dir=$2 rounds=$3 runs=$4 warm=$5 maxs=$6 flags=$7 tag=$8
 shift 8
 set -f
-cd "$dir" || { echo "@@ep nodir"; exit 125; }
+cd "$dir" || { echo "@@$tag nodir"; exit 125; }
 start=$(date +%s)
 r=0
-while [ "$r" -lt "$rounds" ]; do
-  if [ "$r" -gt 0 ] && [ $(( $(date +%s) - start )) -ge "$maxs" ]; then break; fi
-  for m in "$@"; do
-    echo "@@ep begin $r $m"
-    "$bm" --graph="$dir/$m" --num_runs="$runs" --warmup_runs="$warm" --min_secs=0 --warmup_min_secs=0 \
-      --max_secs="$maxs" $flags > .out 2>&1
-    rc=$?
-    grep -E '""" + KEEP + r"""' .out | cut -c1-400 | head -n "$keep" | sed 's/^/|/'
-    echo "@@ep end $r $m $rc"
+{
+  while [ "$r" -lt "$rounds" ]; do
+    if [ "$r" -gt 0 ] && [ $(( $(date +%s) - start )) -ge "$maxs" ]; then break; fi
+    for m in "$@"; do
+      echo "@@$tag begin $r $m"
+      "$bm" --graph="$dir/$m" --num_runs="$runs" --warmup_runs="$warm" --min_secs=0 --warmup_min_secs=0 \
+        --max_secs="$maxs" $flags 2>&1
+      rc=$?
+      echo
+      echo "@@$tag end $r $m $rc"
+    done
+    set -- "$@" "$1"
+    shift
+    r=$((r + 1))
   done
-  set -- "$@" "$1"
-  shift
-  r=$((r + 1))
-done
-echo "@@ep done $r"
+  echo "@@$tag done $r"
+} | sed -n -E "/^@@$tag /{p;d;}; /""" + KEEP + r"""/{s/^/|/;p;}"
 cd / && rm -rf "$dir"
 """
 
@@ -113,11 +120,11 @@ def aggregate(name: str, outputs: list[BenchmarkOutput]) -> BatchTiming:
                        load_ms=sorted(init)[len(init) // 2] if init else None)
 
 
-def parse_phone_batch(stdout: bytes, *, target: str, expected: Mapping[str, str], rounds: int):
+def parse_phone_batch(stdout: bytes, *, target: str, expected: Mapping[str, str], rounds: int, tag: str):
     """``{archive name: [(round, rc, text), ...]}`` and the rounds done, from the batch script's reply.
 
     ``expected`` maps the folder's model names to the caller's keys (the
-    baseline is :data:`BASELINE`). Refused: a marker naming a model we did not
+    baseline is :data:`BASELINE`); ``tag`` is the batch's marker. Refused: a marker naming a model we did not
     send, a round out of range, an end without its begin, a reply over
     :data:`MAX_REPLY`.
     """
@@ -129,30 +136,33 @@ def parse_phone_batch(stdout: bytes, *, target: str, expected: Mapping[str, str]
     current: tuple[int, str] | None = None
     buf: list[str] = []
     done = None
+    mark = f"@@{tag} "
     for line in stdout.decode("utf-8", "replace").splitlines():
         if line.startswith("|"):
             if current is not None and len(buf) < KEEP_LINES:
                 buf.append(line)
             continue
         parts = line.split()
-        if line.startswith("@@ep begin ") and len(parts) == 4:
+        if not line.startswith(mark) or len(parts) < 2:
+            continue
+        if parts[1] == "begin" and len(parts) == 4:
             r, name = _round(parts[2], rounds, where), parts[3]
             if name not in known:
                 raise BenchmarkModelError(f"{where}: the reply names a model we did not send ({name[:60]!r})")
             current, buf = (r, name), []
-        elif line.startswith("@@ep end ") and len(parts) == 5:
+        elif parts[1] == "end" and len(parts) == 5:
             if current != (_round(parts[2], rounds, where), parts[3]):
                 raise BenchmarkModelError(f"{where}: the reply's markers do not pair up; refused")
             if not parts[4].isdigit() or int(parts[4]) > 255:
                 raise BenchmarkModelError(f"{where}: exit status {parts[4][:10]!r} is not a number; refused")
             runs[current[1]].append((current[0], int(parts[4]), "\n".join(buf)))
             current = None
-        elif line.startswith("@@ep done ") and len(parts) == 3:
+        elif parts[1] == "done" and len(parts) == 3:
             done = _round(parts[2], rounds + 1, where)
-        elif line.startswith("@@ep nodir"):
+        elif parts[1] == "nodir":
             raise BenchmarkModelError(f"{where}: the pushed folder was not there when the script ran")
     if done is None:
-        raise BenchmarkModelError(f"{where}: the script did not finish (no @@ep done line); its reply was cut")
+        raise BenchmarkModelError(f"{where}: the script did not finish (no done marker); its reply was cut")
     return runs, done
 
 
@@ -232,13 +242,14 @@ class PhoneBatchSession(BatchSession):
         before = self.phone.thermal()
         order = [*names, BASELINE]
         flags = " ".join(self.phone.flags(settings.threads))
+        tag = secrets.token_hex(8)
         step(f"{self.reach.name}: timing {len(models)} models with benchmark_model ({settings.rounds} rounds, "
              f"{self.phone.delegate.label})")
         try:
             res = self.transport.run(
                 ["sh", "-c", BATCH_SCRIPT, "edgeprune-batch", self.phone.remote_binary, remote,
                  str(settings.rounds), str(settings.runs), str(settings.warmup), str(int(settings.max_s)), flags,
-                 str(KEEP_LINES), *order],
+                 tag, *order],
                 timeout=settings.timeout_s + 30, max_output=MAX_REPLY)
         except EdgePruneError:
             self.transport.remove_folder(remote)
@@ -248,7 +259,8 @@ class PhoneBatchSession(BatchSession):
         if res.overflow:
             raise BenchmarkModelError(f"benchmark_model batch on {self.reach.name}: the reply passed "
                                       f"{MAX_REPLY // 2**20} MiB; refused, and the script was stopped")
-        rows, done = parse_phone_batch(res.stdout, target=self.reach.name, expected=names, rounds=settings.rounds)
+        rows, done = parse_phone_batch(res.stdout, target=self.reach.name, expected=names, rounds=settings.rounds,
+                                       tag=tag)
         result = self._result(rows, done, names, settings, before, after, res.seconds)
         self.last = result
         return result
@@ -292,7 +304,8 @@ class PhoneBatchSession(BatchSession):
             settings={"rounds": settings.rounds, "runs": settings.runs, "warmup": settings.warmup,
                       "threads": self.phone.threads(settings.threads), "max_s": settings.max_s,
                       "runner": "benchmark_model",
-                      "statistic": "p50 = median over rounds of each round's median (one benchmark_model run of "
+                      "statistic": "p50 = median over rounds of each round's median (its mean where the binary prints no "
+                                   "percentiles; one benchmark_model run of "
                                    "`runs` timed runs per model per round); p10/p90 over those round medians",
                       "delegate": {"name": self.phone.delegate.name, "label": self.phone.delegate.label,
                                    "fell_back": fell_back[:50], "fell_back_models": len(fell_back),
