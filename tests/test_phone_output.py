@@ -14,13 +14,8 @@ import subprocess
 import pytest
 
 from edgeprune.bench.bm_output import parse_benchmark_output, parse_stat
-from edgeprune.bench.phone import (
-    Delegate,
-    describe_delegate,
-    judge_delegate,
-    parse_facts,
-    parse_thermal,
-)
+from edgeprune.bench.delegates import Delegate, describe_delegate, judge_delegate
+from edgeprune.bench.phone import parse_facts, parse_thermal
 from edgeprune.errors import BenchmarkModelError
 from tests.fake_benchmark_model import write_fake_benchmark_model
 

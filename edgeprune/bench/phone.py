@@ -18,12 +18,10 @@ transport's checked upload skips a phone that has it). The phone's facts come
 from ``getprop`` (model, SoC, Android version, ABI), its thermal state from
 ``dumpsys thermalservice`` before and after the runs, where it answers.
 
-The delegate (:data:`DELEGATES`): ``--delegate`` (bench), else the targets
-entry's ``delegate``, else the profile's ``[delegate] default``: ``cpu``
-(XNNPACK, ``--num_threads``), ``gpu``, ``nnapi``, or ``external`` (a vendor
-delegate ``.so`` on the phone, e.g. Qualcomm's QNN: a value starting with
-``/`` is that path). Every result says which delegate ran and whether the
-model fell back to the CPU (the binary's node-coverage lines).
+The delegate (:mod:`edgeprune.bench.delegates`): ``--delegate`` (bench), else
+the targets entry's ``delegate``, else the profile's ``[delegate] default``.
+Every result says which delegate ran and whether the model fell back to the
+CPU (the binary's node-coverage lines).
 
 Example::
 
@@ -37,14 +35,15 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from edgeprune._paths import sha256_file
 from edgeprune.bench.bm_output import BenchmarkOutput, parse_benchmark_output
+from edgeprune.bench.delegates import judge_delegate, resolve_delegate
 from edgeprune.bench.result import BenchResult
-from edgeprune.errors import BenchmarkModelError, ModelError, ProfileError, TransportError
+from edgeprune.errors import BenchmarkModelError, ModelError, TransportError
 from edgeprune.progress import step
 
 LITERT_CLI_CACHE = "~/.cache/litert-cli/binaries"  # litert-cli 0.2.1 keeps the binaries it downloads here
@@ -61,102 +60,7 @@ FACTS_SCRIPT = (
     'printf "nproc=%s\\n" "$(nproc 2>/dev/null)"; '
     'printf "mem_kb=%s\\n" "$(grep MemTotal /proc/meminfo 2>/dev/null | tr -dc 0-9)"'
 )
-# The delegate's path and options go into one word-split flag string in the batch script: plain characters only.
-_PATH = re.compile(r"^/[A-Za-z0-9._+/-]{1,255}$")
-_OPTIONS = re.compile(r"^[A-Za-z0-9_.:;,=/+-]{0,500}$")
 _TEMP = re.compile(r"Temperature\{mValue=([-0-9.eE]+), mType=(-?\d+), mName=([^,}]{1,60}), mStatus=(\d+)")
-
-
-@dataclass(frozen=True)
-class Delegate:
-    """What benchmark_model runs the model with: ``name`` (cpu, gpu, nnapi, external), the binary's
-    name for it (``provider``, as in its log lines), a label for people, and the flags that ask for it."""
-
-    name: str
-    provider: str
-    label: str
-    flags: tuple[str, ...]
-    path: str | None = None
-
-
-# name -> (the binary's provider name, label, flags)
-DELEGATES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "cpu": ("XNNPACK", "CPU (XNNPACK)", ("--use_xnnpack=true",)),
-    "gpu": ("GPU", "GPU", ("--use_gpu=true",)),
-    "nnapi": ("NNAPI", "NNAPI", ("--use_nnapi=true",)),
-    "external": ("EXTERNAL", "external", ()),
-}
-ALIASES = {"xnnpack": "cpu"}
-
-
-def resolve_delegate(reach, override: str | None = None) -> Delegate:
-    """The delegate for ``reach``: ``override`` (``--delegate``), the targets entry's, the profile's, else cpu."""
-    section = reach.profile.data.get("delegate") or {}
-    value = override or reach.delegate or section.get("default") or "cpu"
-    where = ("--delegate" if override else reach.sources.get("delegate")
-             or f"profile {reach.profile.name} key 'delegate.default'")
-    path = None
-    if value.startswith("/"):
-        value, path = "external", value
-    name = ALIASES.get(value, value)
-    if name not in DELEGATES:
-        raise ProfileError(f"{where}: unknown delegate {value!r} (known: {', '.join(DELEGATES)}, or the path of "
-                           "an external delegate .so on the phone)")
-    provider, label, flags = DELEGATES[name]
-    if name == "external":
-        path = path or section.get("external_path")
-        if not path:
-            raise ProfileError(f"{reach.name}: delegate 'external' needs the path of the delegate .so on the phone: "
-                               f"--delegate /data/local/tmp/libX.so, or delegate = \"/path\" in [{reach.name}] of "
-                               "the targets file")
-        options = section.get("external_options") or ""
-        if not _PATH.match(path) or not _OPTIONS.match(options):
-            raise ProfileError(f"{where}: the external delegate's path {path!r} (or its options) has characters "
-                               "other than letters, digits and ._+/-")
-        flags = (f"--external_delegate_path={path}",) + ((f"--external_delegate_options={options}",)
-                                                         if options else ())
-        label = f"external ({path.rsplit('/', 1)[-1]})"
-    return Delegate(name=name, provider=provider, label=label, flags=flags, path=path)
-
-
-def judge_delegate(out: BenchmarkOutput, delegate: Delegate) -> dict[str, Any]:
-    """Which delegate ran and whether the model fell back to the CPU, from the binary's own lines.
-
-    ``fell_back``: False when the binary says the graph runs completely on the
-    delegate (or all its nodes were replaced), True when partly or not at all,
-    None when it printed nothing about it.
-    """
-    row = (out.delegate.get("applied") or {}).get(delegate.provider, {})
-    done, total = row.get("nodes_delegated"), row.get("nodes_total")
-    executed = row.get("executed")
-    if executed == "failed":
-        fell_back, ran = None, "failed"
-    elif executed == "not" or done == 0:
-        fell_back, ran = True, "cpu"
-    elif executed == "partially" or (done is not None and total is not None and done < total):
-        fell_back, ran = True, f"{delegate.name}+cpu"
-    elif executed == "completely" or (done is not None and done == total):
-        fell_back, ran = False, delegate.name
-    else:
-        fell_back, ran = None, "unknown"
-    if delegate.name == "cpu" and fell_back:
-        ran = "cpu (TFLite kernels)"  # what XNNPACK did not take runs on the reference CPU kernels
-    return {"name": delegate.name, "label": delegate.label, "provider": delegate.provider, "ran": ran,
-            "fell_back": fell_back, "nodes_delegated": done, "nodes_total": total,
-            "flags": list(delegate.flags)}
-
-
-def describe_delegate(d: dict[str, Any]) -> str:
-    """``GPU delegate (31 of 31 nodes)`` / ``GPU delegate requested, fell back to the CPU for 4 of 31 nodes``."""
-    done, total = d.get("nodes_delegated"), d.get("nodes_total")
-    nodes = f"{done} of {total} nodes" if done is not None and total is not None else None
-    if d.get("fell_back") is False:
-        return f"{d['label']} delegate" + (f" ({nodes})" if nodes else "")
-    if d.get("fell_back") is True:
-        if done:
-            return f"{d['label']} delegate, {total - done} of {total} nodes fell back to the CPU"
-        return f"{d['label']} delegate requested, but everything fell back to the CPU"
-    return f"{d['label']} delegate (the binary did not say how many nodes it took)"
 
 
 def find_binary(reach, abi: str) -> Path:
@@ -409,8 +313,8 @@ def bench_phone(reach, model: str | Path, *, settings, use_cache: bool = True,
     model_sha = sha256_file(model)
     remote_model = f"model-{model_sha[:24]}.tflite"
     transport = open_transport(reach, connect_timeout=min(CONNECT_TIMEOUT_S, settings.timeout_s))
+    phone = Phone(reach, transport, delegate=delegate)  # a wrong delegate is refused before connecting
     with transport:
-        phone = Phone(reach, transport, delegate=delegate)
         phone.prepare()
         key = {"model": model_sha, "board": transport.identity, "profile": reach.profile.name, "runtime": "litert",
                "runner": "benchmark_model", "binary": phone.binary_sha, "delegate": asdict(phone.delegate),

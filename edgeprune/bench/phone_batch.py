@@ -59,7 +59,8 @@ from edgeprune.bench.batch import (
     baseline_model,
 )
 from edgeprune.bench.bm_output import BenchmarkOutput, parse_benchmark_output
-from edgeprune.bench.phone import Phone, judge_delegate, judge_thermal, run_failure
+from edgeprune.bench.delegates import judge_delegate
+from edgeprune.bench.phone import Phone, judge_thermal, run_failure
 from edgeprune.errors import BenchmarkModelError, EdgePruneError, ModelError, TransportError
 from edgeprune.progress import step
 

@@ -164,7 +164,7 @@ def _table(reaches, outcomes, profile_ops) -> None:
     row("cpu", lambda o: f"{o.board.get('cpu_model')} x{o.board.get('cores')}")
     row("runtime", lambda o: f"{o.runtime} {o.runtime_version}")
     if any(o.delegate for _, o in ok):
-        from edgeprune.bench.phone import describe_delegate
+        from edgeprune.bench.delegates import describe_delegate
 
         row("delegate", lambda o: describe_delegate(o.delegate) if o.delegate else "-")
     for k in ("p50", "p90", "p99", "min"):

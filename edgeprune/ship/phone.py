@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune._paths import sha256_file
-from edgeprune.bench.phone import Phone, describe_delegate, judge_delegate
+from edgeprune.bench.delegates import describe_delegate, judge_delegate
+from edgeprune.bench.phone import Phone
 from edgeprune.errors import AgentError, EdgePruneError, ModelError, ShipError, TransportError
 from edgeprune.ship.lock import STALE_S, BoardLock
 from edgeprune.ship.phone_folder import PhoneFolder
