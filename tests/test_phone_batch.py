@@ -111,3 +111,14 @@ def test_onnx_models_are_refused_naming_the_format(phone, tmp_path):
 def test_the_scripts_reply_is_untrusted(reply, why):
     with pytest.raises(BenchmarkModelError, match=why):
         parse_phone_batch(reply, target="pixel-8", expected={"m0000.tflite": "a"}, rounds=2, tag="t1")
+
+
+@pytest.mark.parametrize("mode", ["garbage", "huge"])
+def test_a_binary_that_prints_no_timings_fails_the_batch_in_one_line(phone, models, monkeypatch, mode):
+    monkeypatch.setenv("FAKE_BM_MODE", mode)  # "huge": 20 MB per run, none of it kept by the phone-side filter
+    with BatchSession(resolve_target("phone"), settings=BatchSettings(rounds=1, runs=2, warmup=1)) as board, \
+            pytest.raises(BenchmarkModelError) as exc:
+        board.measure({"small": models["small"]}, baseline=models["baseline"])
+    msg = str(exc.value)
+    assert "cannot run the empty baseline model (round 1: benchmark_model printed no timings for it" in msg
+    assert "\n" not in msg
