@@ -78,6 +78,13 @@ class AgentError(EdgePruneError):
     kind = "agent"
 
 
+class BenchmarkModelError(AgentError):
+    """A phone's ``benchmark_model`` (LiteRT's binary, run over adb) is missing, failed, or printed
+    something we cannot trust."""
+
+    kind = "benchmark-model"
+
+
 class ShipError(EdgePruneError):
     """Shipping to a board failed or was refused; the board's current release is unchanged."""
 

@@ -166,6 +166,18 @@ SCHEMA: dict[str, Any] = {
         },
         True,
     ),
+    # Phones measured with LiteRT's benchmark_model (edgeprune.bench.phone): the delegate it runs
+    # with unless --delegate or the targets file's `delegate` says otherwise.
+    "delegate": (
+        {
+            "default": (_Str(("cpu", "gpu", "nnapi", "external")), True),
+            "threads": (_Int(), False),
+            "external_path": (_Str(), False),
+            "external_options": (_Str(), False),
+            "source": (_Str(), True),
+        },
+        False,
+    ),
     "reach": (
         {
             "transport": (_Str(TRANSPORTS), True),

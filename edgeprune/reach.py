@@ -28,6 +28,13 @@ the profile's name::
     python = "/home/nvidia/venv/bin/python3"   # the board's interpreter (default: python3)
     known_hosts = "~/.ssh/known_hosts"         # default: ~/.ssh/config's UserKnownHostsFile, else this
 
+    [my-pixel]                      # a phone without a Python: measured with LiteRT's benchmark_model
+    profile = "pixel-8"
+    host = "1A2B3C4D"               # the adb serial (`adb devices`)
+    benchmark_model = "~/android/benchmark_model"   # default: litert-cli's cache
+    delegate = "gpu"                # cpu, gpu, nnapi, external or a delegate .so on the phone
+    run_as = "com.example.app"      # ship into this debuggable app's files (default /data/local/tmp)
+
 Every error names the file and the key. Example::
 
     reach = resolve_target("lab-nano")
@@ -59,6 +66,9 @@ TARGET_KEYS: dict[str, tuple[type, str]] = {
     "deploy_dir": (str, "a folder on the board for shipped releases"),
     "python": (str, "the board's Python interpreter"),
     "known_hosts": (str, "a known_hosts file"),
+    "benchmark_model": (str, "a path on this computer to LiteRT's Android benchmark_model binary"),
+    "delegate": (str, "cpu, gpu, nnapi, external, or the path of an external delegate on the phone"),
+    "run_as": (str, "the package name of a debuggable app (ship into its files with run-as)"),
 }
 
 
@@ -77,12 +87,21 @@ class Reach:
     known_hosts: str | None = None
     python: str | None = None
     deploy_dir: str | None = None  # where edgeprune.ship keeps releases (None: ship's default)
+    benchmark_model: str | None = None  # adb phones without a Python: LiteRT's binary on this computer
+    delegate: str | None = None  # adb phones: the delegate benchmark_model runs with (default: the profile's)
+    run_as: str | None = None  # adb phones: ship into this debuggable app's own files
     sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
         """``user@host:port`` (or the serial for adb, ``local`` for this machine): the transport's way."""
         return transport_class(self.transport).address(self)
+
+    @property
+    def runner(self) -> str:
+        """What runs models on the board: ``agent`` (edgeprune's Python agent) or ``benchmark_model``
+        (an adb phone without a Python: LiteRT's own binary). The transport class decides."""
+        return transport_class(self.transport).runner(self)
 
     def put(self, attr: str, value: Any, source: str) -> None:
         """Set ``attr`` unless already set (first found wins), and say where it came from."""

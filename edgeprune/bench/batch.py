@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 import json
 import tarfile
 import tempfile
@@ -309,13 +310,28 @@ def parse_batch_output(
 # -- one transport session, many batches --------------------------------------------
 
 
+# Reach.runner -> the session class that measures with it, "module:Class" (the agent's is BatchSession itself)
+SESSIONS: dict[str, str] = {"benchmark_model": "edgeprune.bench.phone_batch:PhoneBatchSession"}
+
+
 class BatchSession:
     """One open connection to a board for as many batches as needed. Use as a context manager.
 
     ``identity`` (after the first :meth:`measure`): the board's own id from the
     agent, the SSH host key where there is one, the runtime and its version:
     what a latency table is keyed by (never the address alone).
+
+    ``BatchSession(reach)`` for a board whose ``reach.runner`` is in
+    :data:`SESSIONS` (a phone measured with ``benchmark_model``) gives that
+    runner's session, with the same interface.
     """
+
+    def __new__(cls, reach=None, *args: Any, **kwargs: Any) -> BatchSession:
+        name = SESSIONS.get(getattr(reach, "runner", "agent")) if cls is BatchSession else None
+        if name:
+            module, attr = name.split(":")
+            cls = getattr(importlib.import_module(module), attr)
+        return super().__new__(cls)
 
     def __init__(
         self,

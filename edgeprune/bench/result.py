@@ -52,6 +52,11 @@ class BenchResult:
     host: str | None = None
     cached: bool = False
     cached_at: str | None = None
+    # phones measured with benchmark_model (edgeprune.bench.phone): which delegate ran and whether it fell
+    # back, the memory figures it printed, and the figures it does not give (never filled in)
+    delegate: dict[str, Any] | None = None
+    memory: dict[str, Any] | None = None
+    missing: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self, *, raw: bool = False) -> dict[str, Any]:

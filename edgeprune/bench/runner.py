@@ -91,6 +91,11 @@ def bench_target(
     """Measure ``model`` on the board ``reach`` describes (see module docstring)."""
     from edgeprune.transport import CONNECT_TIMEOUT_S, open_transport
 
+    if reach.runner == "benchmark_model":
+        # a phone without Python: LiteRT's own binary measures (that module imports this one)
+        from edgeprune.bench.phone import bench_phone
+
+        return bench_phone(reach, model, settings=settings, use_cache=use_cache)
     model = Path(model)
     if not model.is_file():
         raise ModelError(f"{model}: model file not found")

@@ -48,6 +48,13 @@ from edgeprune.cli._common import emit, host_option, json_option
 )
 @click.option("--no-cache", is_flag=True, help="Measure again even when a cached result exists.")
 @click.option(
+    "--delegate",
+    default=None,
+    metavar="NAME",
+    help="Phones measured with benchmark_model: cpu, gpu, nnapi, external, or the path of a delegate .so "
+    "on the phone (default: the targets file's, else the profile's).",
+)
+@click.option(
     "--accept-new-host-key",
     is_flag=True,
     help="Record the key of an SSH board seen for the first time in known_hosts "
@@ -64,6 +71,7 @@ def bench(
     profile_ops,
     timeout,
     no_cache,
+    delegate,
     accept_new_host_key,
     as_json,
 ):
@@ -86,6 +94,14 @@ def bench(
             "--host names one board; with several --target, put each in your targets file"
         )
     reaches = [resolve_target(t, host=host) for t in targets]
+    if delegate:
+        for r in reaches:
+            if r.runner != "benchmark_model":
+                raise ProfileError(
+                    f"--delegate: {r.name} is measured by edgeprune's agent, not benchmark_model; "
+                    "--delegate applies to phones without a Python"
+                )
+            r.delegate, r.sources["delegate"] = delegate, "--delegate"
     settings = BenchSettings(
         runs=runs, warmup=warmup, threads=threads, profile_ops=profile_ops, timeout_s=timeout
     )
@@ -147,15 +163,19 @@ def _table(reaches, outcomes, profile_ops) -> None:
     row("board", lambda o: f"{o.board.get('hostname')} ({o.board.get('machine')})")
     row("cpu", lambda o: f"{o.board.get('cpu_model')} x{o.board.get('cores')}")
     row("runtime", lambda o: f"{o.runtime} {o.runtime_version}")
+    if any(o.delegate for _, o in ok):
+        from edgeprune.bench.delegates import describe_delegate
+
+        row("delegate", lambda o: describe_delegate(o.delegate) if o.delegate else "-")
     for k in ("p50", "p90", "p99", "min"):
-        row(k, lambda o, k=k: f"{o.latency_ms[k]:.3f}")
-    row("mean ± std", lambda o: f"{o.latency_ms['mean']:.3f} ± {o.latency_ms['std']:.3f}")
+        row(k, lambda o, k=k: _fig(o.latency_ms.get(k), ".3f"))
+    row("mean ± std", lambda o: f"{_fig(o.latency_ms.get('mean'), '.3f')} ± {_fig(o.latency_ms.get('std'), '.3f')}")
     row(
         "runs / warm-up",
         lambda o: f"{o.runs} / {o.warmup_runs}{'' if o.warmup_settled else ' (not settled)'}",
     )
-    row("model load", lambda o: f"{o.load_ms:.1f}")
-    row("first inference", lambda o: f"{o.first_inference_ms:.3f}")
+    row("model load", lambda o: _fig(o.load_ms, ".1f"))
+    row("first inference", lambda o: _fig(o.first_inference_ms, ".3f"))
     row("peak memory", lambda o: "?" if o.peak_memory_mb is None else f"{o.peak_memory_mb:.0f} MB")
     row("throttled", thr)
     row(
@@ -164,6 +184,9 @@ def _table(reaches, outcomes, profile_ops) -> None:
     )
     con = console()
     con.print(table)
+    for r, o in ok:
+        if o.missing:
+            con.print(f"{r.name}: not given by its benchmark_model: {', '.join(o.missing)}")
     for r, o in ok:
         if o.other_busy_cores is not None and o.other_busy_cores > 0.5:
             con.print(
@@ -189,3 +212,8 @@ def _table(reaches, outcomes, profile_ops) -> None:
                     f"{100 * op['share']:.1f} %",
                 )
             con.print(t)
+
+
+def _fig(value, fmt: str) -> str:
+    """A figure, or 'missing' where the board's runner did not give it (phones: benchmark_model)."""
+    return "missing" if value is None else format(value, fmt)

@@ -100,6 +100,9 @@ class ShipResult:
         return asdict(self)
 
     def summary(self) -> str:
+        if self.check.get("statement"):  # a phone without a runner: what it checked, in its own words
+            return (f"{self.target}: shipped {self.release} ({self.size_bytes / 2**20:.2f} MiB, sha256 "
+                    f"{self.sha256[:12]}), {self.check['statement']}; previous: {self.previous or 'none'}")
         worst = max((o.get("max_abs") or 0.0 for o in self.check.get("outputs", [])), default=0.0)
         return (
             f"{self.target}: shipped {self.release} ({self.size_bytes / 2**20:.2f} MiB, sha256 "
@@ -221,6 +224,13 @@ def ship_artifact(
     """
     start = time.monotonic()
     reach = _reach(target, host)
+    if reach.runner == "benchmark_model":
+        # a phone without Python: benchmark_model loads and runs it; no outputs come back (imports this module)
+        from edgeprune.ship.phone import ship_to_phone
+
+        return ship_to_phone(artifact_path, reach=reach, manifest=manifest, precision=precision, keep=keep,
+                             lock_wait_s=lock_wait_s, lock_stale_s=lock_stale_s, timeout_s=timeout_s,
+                             accept_new_host_key=accept_new_host_key, on_step=on_step)
     name = reach.name
     artifact = Path(artifact_path)
     if not artifact.is_file():

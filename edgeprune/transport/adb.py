@@ -14,19 +14,32 @@ where edgeprune is developed. It is written to adb's documented behaviour:
 - On timeout the phone-side process group is killed by the PID the wrapper
   printed (killing the local ``adb`` client does not stop it).
 
-Phones have no system Python: the agent needs an interpreter on the phone
-(e.g. Termux's, with ai-edge-litert), named with ``python =`` in the targets file.
+Phones have no system Python. Two ways to measure and ship (``Reach.runner``):
+
+- without ``python =`` in the targets entry (the default): LiteRT's own
+  ``benchmark_model`` binary, given by the user and pushed once
+  (:mod:`edgeprune.bench.phone`, :mod:`edgeprune.ship.phone`);
+- with ``python =`` (e.g. Termux's interpreter, with ai-edge-litert): the
+  Python agent, exactly as on an SSH board.
+
+Keys of a targets entry only phones read: ``benchmark_model`` (a path on
+this computer), ``delegate`` (``cpu``, ``gpu``, ``nnapi``, ``external`` or a
+delegate ``.so`` on the phone) and ``run_as`` (ship into a debuggable app's
+own files).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 from pathlib import Path
 
-from edgeprune.errors import TransportError
+from edgeprune.errors import ProfileError, TransportError
 from edgeprune.transport._proc import run_process
-from edgeprune.transport.base import MAX_OUTPUT, WRAPPER, RunResult, Transport
+from edgeprune.transport.base import MAX_OUTPUT, WRAPPER, RunResult, Transport, check_name
+
+PACKAGE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$")  # an Android package name
 
 
 class AdbTransport(Transport):
@@ -35,9 +48,23 @@ class AdbTransport(Transport):
     default_deploy_dir = "/data/local/tmp/edgeprune-deploy"
 
     @classmethod
-    def no_host_error(cls, name, tfile):
-        from edgeprune.errors import ProfileError
+    def runner(cls, reach) -> str:
+        # A phone has no Python unless the user named one (Termux): then the agent runs there as anywhere.
+        return "agent" if reach.python else "benchmark_model"
 
+    @classmethod
+    def locate(cls, reach, *, host, entry, source, tfile) -> None:
+        super().locate(reach, host=host, entry=entry, source=source, tfile=tfile)
+        for key in ("benchmark_model", "delegate", "run_as"):
+            reach.put(key, entry.get(key), source)
+        if reach.benchmark_model:
+            reach.benchmark_model = str(Path(reach.benchmark_model).expanduser())
+        if reach.run_as and not PACKAGE.match(reach.run_as):
+            raise ProfileError(f"{tfile}: [{reach.name}] key 'run_as': expected an Android package name "
+                               f"such as com.example.app, got {reach.run_as!r}")
+
+    @classmethod
+    def no_host_error(cls, name, tfile):
         return ProfileError(
             f"target '{name}' is reached with adb but no device is given; give one with "
             f'--host SERIAL (see `adb devices`), or host = "SERIAL" in [{name}] of {tfile}'
@@ -152,13 +179,42 @@ class AdbTransport(Transport):
         if local_tmp.is_file() and local_tmp.stat().st_size > max_bytes:
             raise TransportError(f"{self.reach.name}: {remote} grew past {max_bytes} bytes; refused")
 
+    def push_folder(self, local: Path, name: str, *, timeout: float = 600.0) -> str:
+        """Put the folder ``local`` at ``workdir/name`` with one ``adb push``; returns its path.
+
+        A folder already there under that name is removed first (adb would merge into it). The copy
+        is not checked here: the caller hashes its files on the phone (one ``sha256sum`` for all).
+        """
+        final = self.path(check_name(name))
+        self.remove_folder(final)
+        size = sum(p.stat().st_size for p in Path(local).rglob("*") if p.is_file())
+        res = run_process(
+            [*self._adb(), "push", str(local), final],
+            cwd=None,
+            timeout=max(timeout, size / 1e6),
+            max_output=1 << 20,
+            what=f"{self.reach.name}: adb push {Path(local).name}/",
+        )
+        if res.rc != 0:
+            self.remove_folder(final)
+            raise TransportError(
+                f"{self.reach.name}: adb push of the folder {Path(local).name} failed: "
+                f"{(res.stderr or res.stdout).decode('utf-8', 'replace').strip()[:300]}"
+            )
+        return final
+
+    def remove_folder(self, path: str) -> None:
+        """Remove the folder ``path`` (absolute, inside the workdir) and what it holds; best effort."""
+        if self.workdir and path.startswith(self.workdir.rstrip("/") + "/") and "/../" not in path + "/":
+            self._discard(path, tree=True)
+
     def _rename(self, src: str, dst: str) -> None:
         res = self._shell(shlex.join(["mv", "-f", src, dst]), timeout=30)
         if res.rc != 0:
             raise TransportError(f"{self.reach.name}: cannot rename {src} on the phone")
 
-    def _discard(self, path: str) -> None:
+    def _discard(self, path: str, *, tree: bool = False) -> None:
         try:
-            self._shell(shlex.join(["rm", "-f", path]), timeout=15)
+            self._shell(shlex.join(["rm", "-rf" if tree else "-f", path]), timeout=30)
         except TransportError:
             pass

@@ -102,6 +102,11 @@ class Transport(ABC):
         reach.put("workdir", cls.default_workdir, "default")
 
     @classmethod
+    def runner(cls, reach) -> str:
+        """What runs models on boards reached this way: edgeprune's Python ``agent`` (see Reach.runner)."""
+        return "agent"
+
+    @classmethod
     def apply_host(cls, reach, host: str) -> None:
         """What ``--host`` says (default: the board's address as given)."""
         reach.put("hostname", host.strip(), "--host")
