@@ -132,8 +132,8 @@ def test_headline_never_passed_over_a_failure():
 
 
 def test_prune_taylor_needs_data_for_a_model_without_its_own(tmp_path):
-    from edgeprune.errors import PruneError
     from edgeprune.api import prune_model
+    from edgeprune.errors import PruneError
 
     with pytest.raises(PruneError, match=r"--importance taylor needs data: give --data"):
         prune_model("resnet18", target="local", ratio=0.3, importance="taylor", output=tmp_path,
@@ -167,8 +167,8 @@ def test_labels_in_another_class_order_are_called_out(tmp_path):
 
 
 def test_prune_takes_a_data_split_or_batches_for_taylor(tmp_path):
-    from edgeprune.data import load_data
     from edgeprune.api import prune_model
+    from edgeprune.data import load_data
 
     split = load_data("digits", input_shape=(1, 1, 16, 16), normalize="unit")
     a = prune_model("digits-cnn", target="local", ratio=0.3, importance="taylor", data=split, output=tmp_path / "a")

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from edgeprune._paths import sha256_file
+from edgeprune.api import export_model as export
 from edgeprune.errors import ExportError
 from edgeprune.export.artifact import read_metadata
-from edgeprune.api import export_model as export
 from edgeprune.export.pipeline import AgreementError
 
 pytest.importorskip("torch")

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
 from edgeprune.accuracy import AccuracyDropError  # noqa: E402
-from edgeprune.errors import EdgePruneError, ModelError  # noqa: E402
 from edgeprune.api import finetune_model  # noqa: E402
+from edgeprune.errors import EdgePruneError, ModelError  # noqa: E402
 from edgeprune.finetune import Interrupted  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -235,8 +235,16 @@ def stage_measure(ctx: Ctx) -> StageOut:
               "samples": acc.get("samples")}
     return StageOut(outputs={"artifact": art.path, "bench": folder / "bench.json"}, result=result,
                     board_measurements=0 if res.cached else 1,
-                    note=f"unpruned {report.format} {report.precision}: p50 {res.latency_ms.get('p50'):.4g} ms"
+                    note=f"unpruned {report.format} {report.precision}: {_latency_text(res.latency_ms)}"
                          + (" (cached measurement)" if res.cached else ""))
+
+
+def _latency_text(ms: dict[str, Any]) -> str:
+    """``p50 X ms``, or what the board gave instead (a phone's binary may print no percentiles)."""
+    for key in ("p50", "mean", "avg"):
+        if isinstance(ms.get(key), (int, float)):
+            return f"{'p50' if key == 'p50' else key + ' (no p50 from the board)'} {ms[key]:.4g} ms"
+    return "no latency figure from the board"
 
 
 def _prune_result(pr: PruneResult) -> dict[str, Any]:
