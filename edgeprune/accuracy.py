@@ -15,25 +15,9 @@ Example::
 
 from __future__ import annotations
 
-from edgeprune.errors import EdgePruneError
+from edgeprune.errors import AccuracyDropError
 
-
-class AccuracyDropError(EdgePruneError):
-    """A model lost more accuracy against its original than ``--max-accuracy-drop`` allows."""
-
-    exit_code = 2
-    kind = "accuracy-drop"
-
-    def __init__(self, message: str, report=None) -> None:
-        super().__init__(message)
-        self.report = report
-
-    def json_result(self) -> dict:
-        """``--json``: the whole report (export or fine-tune) beside the error."""
-        rep = self.report
-        if rep is None:
-            return {}
-        return rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
+__all__ = ["AccuracyDropError", "check_drop", "drop_points", "label_order_warning"]
 
 
 def drop_points(original: float, candidate: float) -> float:

@@ -189,3 +189,54 @@ def require(module: str, extra: str, purpose: str = ""):
         if exc.name and module.split(".")[0] != exc.name.split(".")[0]:
             raise
         raise MissingDependencyError(module, extra, purpose) from None
+
+
+class DataError(EdgePruneError):
+    """Data that cannot feed the model: empty, undecodable, misfit shapes or labels, not fetched."""
+
+    kind = "data"
+
+
+class AccuracyDropError(EdgePruneError):
+    """A model lost more accuracy against its original than ``--max-accuracy-drop`` allows."""
+
+    exit_code = 2
+    kind = "accuracy-drop"
+
+    def __init__(self, message: str, report=None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def json_result(self) -> dict:
+        """``--json``: the whole report (export or fine-tune) beside the error."""
+        rep = self.report
+        if rep is None:
+            return {}
+        return rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
+
+
+class GateError(AccuracyDropError):
+    """The deployed model is further below its original than ``--max-accuracy-drop`` allows; nothing shipped."""
+
+    kind = "accuracy-gate"
+
+
+class AgreementError(ExportError):
+    """An artifact agrees with the original model less than required; ``report`` has every figure."""
+
+    exit_code = 2
+    kind = "agreement"
+
+    def __init__(self, message: str, report) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def json_result(self) -> dict:
+        return self.report.to_dict()  # --json: the whole report beside the error
+
+
+class Interrupted(EdgePruneError):
+    """Ctrl-C during training: the last checkpoint is saved; the same command resumes."""
+
+    exit_code = 130
+    kind = "interrupted"

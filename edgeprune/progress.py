@@ -7,8 +7,9 @@ quiet. Long counted work (a latency table: models done / total) uses
 count and an ETA instead of ending a step each time; :func:`note` prints a
 line that stays (one per closed-loop round). The CLI wraps a command in :func:`show`, a spinner on the terminal's
 stderr with the current step and, as each step ends, a line with its time.
-On a non-terminal (CI logs, pipes) it shows nothing, and ``--json`` output on
-stdout is never touched.
+On a non-terminal (CI logs, pipes) it shows only the notes that are warnings
+(``warning: ...``), one plain line each, and ``--json`` output on stdout is
+never touched.
 
 Example::
 
@@ -77,7 +78,18 @@ def show(stream: IO[str] | None = None) -> Iterator[None]:
     global _listener
     stream = stream or sys.stderr
     if not getattr(stream, "isatty", lambda: False)():
-        yield
+        # A log or a pipe: no spinner, but a warning still reaches the reader (one plain line each).
+        def warnings_only(message: str, kind: str = "step") -> None:
+            if kind == "note" and message.startswith("warning:"):
+                with _lock:
+                    stream.write(message.replace("\n", " ") + "\n")
+                    stream.flush()
+
+        _listener = warnings_only
+        try:
+            yield
+        finally:
+            _listener = None
         return
     from rich.console import Console
 

@@ -213,18 +213,47 @@ def test_a_model_fed_the_wrong_normalisation_is_found_and_nothing_ships(user):
     assert not (user["root"] / "wrong" / "ship").exists()
 
 
+def _cli_on_a_terminal(user, *args) -> tuple[int, str]:
+    """The CLI with stderr on a pseudo-terminal, as a user at a terminal sees it: (exit code, stderr text)."""
+    import pty
+    import re
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": f"{user['root']}{os.pathsep}{REPO}", "COLUMNS": "300"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeprune", *args], stdout=subprocess.DEVNULL,
+                            stderr=follower, cwd=user["root"], env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    code = proc.wait(timeout=600)
+    os.close(leader)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "\n")
+
+
 def test_the_input_size_is_said_and_where_it_came_from(user):
     r = user["root"]
-    p = _cli(user, "prune", "-t", "local", "-m", "usernet:build", "--weights", str(r / "weights.pt"),
-             "--ratio", "0.25", "-o", "p1")
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "input 1x3x32x32 (the model itself: it runs on 32x32" in p.stderr, p.stderr[-2000:]
+    code, err = _cli_on_a_terminal(user, "prune", "-t", "local", "-m", "usernet:build", "--weights",
+                                   str(r / "weights.pt"), "--ratio", "0.25", "-o", "p1")
+    assert code == 0, err[-2000:]
+    assert "input 1x3x32x32 (the model itself: it runs on 32x32" in err, err[-2000:]
+    summary = json.loads((r / "p1" / "summary.json").read_text())
+    assert summary["input_shape"] == [1, 3, 32, 32] and summary["input_shape_source"].startswith("the model itself")
     # a size-free model: the data says it
     p = _cli(user, "prune", "-t", "local", "-m", "usernet:build_free", "--ratio", "0.25",
              "--data", str(r / "images" / "val"), "--normalize", "unit", "-o", "p2")
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "input 1x3x32x32 (the data: the common size of the images" in p.stderr, p.stderr[-2000:]
-    # nothing says it: 224 with a warning naming --input-shape
+    summary = json.loads((r / "p2" / "summary.json").read_text())
+    assert summary["input_shape"] == [1, 3, 32, 32]
+    assert summary["input_shape_source"].startswith("the data: the common size of the images"), summary
+    # nothing says it: 224 with a warning line naming --input-shape, even in a log (not a terminal)
     p = _cli(user, "prune", "-t", "local", "-m", "usernet:build_free", "--ratio", "0.25", "-o", "p3")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "warning: input size 1x3x224x224" in p.stderr and "--input-shape" in p.stderr, p.stderr[-2000:]
@@ -258,3 +287,26 @@ def test_the_api_takes_the_clis_shape_string(user):
             edgeprune.load_model("usernet:build", input_shape=(8, 3, 32, 32))
     finally:
         sys.path.remove(str(user["root"]))
+
+
+@pytest.mark.farm
+def test_a_user_model_deploys_to_a_farm_board(user, farm, tmp_path):
+    """The same user's model to a real sshd board (tests/farm), shipped and checked on it."""
+    import uuid
+
+    folder = f"/tmp/deploy-user-{uuid.uuid4().hex[:8]}" if farm.privileged else str(tmp_path / "deploy-b1")
+    targets = tmp_path / "targets.toml"
+    targets.write_text(farm.targets_toml(extra={"user-b1": {"board": "b1", "deploy_dir": folder}}))
+    r = user["root"]
+    env_extra = {"EDGEPRUNE_TARGETS": str(targets)}
+    args = ["deploy", "-t", "user-b1", "-m", "usernet:build", "--weights", str(r / "weights.pt"),
+            "--data", str(r / "images" / "train"), "--val-data", str(r / "images" / "val"), "--normalize", "unit",
+            "--ratio", "0.25", "--epochs", "3", "--threads", "1", "--format", "onnx", "--precision", "fp32",
+            "-o", str(tmp_path / "out"), "--json"]
+    env = {**os.environ, **env_extra, "PYTHONPATH": f"{r}{os.pathsep}{REPO}"}
+    p = subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True, cwd=r,
+                       env=env, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads(p.stdout)
+    assert rep["ok"] and rep["gate"]["passed"] and rep["gate"]["original"] == pytest.approx(user["val_top1"], abs=1e-4)
+    assert rep["release"]["verification"]["passed"] is True  # the held-out inputs ran on the board and matched

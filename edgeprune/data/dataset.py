@@ -29,13 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.errors import EdgePruneError
+from edgeprune.errors import DataError
 
 AUGMENTS = ("none", "shift", "flip+shift")
-
-
-class DataError(EdgePruneError):
-    """Data that cannot feed the model: empty, undecodable, misfit shapes or labels, not fetched."""
 
 
 class Dataset:

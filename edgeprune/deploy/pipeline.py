@@ -23,13 +23,13 @@ from typing import Any
 
 from edgeprune import __version__
 from edgeprune._paths import atomic_write_text
-from edgeprune.accuracy import AccuracyDropError, drop_points
+from edgeprune.accuracy import drop_points
 from edgeprune.bench.batch import BatchSession, BatchSettings
 from edgeprune.bench.runner import BenchSettings, bench_target
 from edgeprune.checks.preprocess import check_preprocessing
 from edgeprune.data import DEFAULT_VAL_FRACTION, DataOptions
 from edgeprune.deploy.manifest import RunManifest, digest
-from edgeprune.errors import AgentError, BudgetError, EdgePruneError, PruneError
+from edgeprune.errors import AgentError, BudgetError, EdgePruneError, GateError, PruneError
 from edgeprune.export.formats import Thresholds
 from edgeprune.export.pipeline import AgreementError, ExportOptions, export, model_sha256
 from edgeprune.finetune.run import FinetuneOptions, finetune_model
@@ -54,12 +54,6 @@ LATENCY_SLACK = 0.10  # the final artifact may measure this much over the budget
 SHIP_SAMPLES = 32  # held-out inputs run on the board by the ship stage's check
 GATE_SAMPLES = 10_000  # held-out images the gate is measured on (all of a built-in test split)
 _CPU = threading.Lock()  # torch-heavy stages of several boards run one at a time on this computer
-
-
-class GateError(AccuracyDropError):
-    """The deployed model is further below its original than ``--max-accuracy-drop`` allows; nothing shipped."""
-
-    kind = "accuracy-gate"
 
 
 @dataclass(frozen=True)

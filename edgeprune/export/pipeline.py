@@ -50,7 +50,7 @@ import numpy as np
 from edgeprune import __version__
 from edgeprune._paths import sha256_file, staged_output
 from edgeprune.checks.outputs import flatten_outputs
-from edgeprune.errors import ExportError, ModelError
+from edgeprune.errors import AgreementError, ExportError, ModelError
 from edgeprune.export.artifact import Artifact, stamp_metadata
 from edgeprune.export.calib import (
     ACCURACY_COUNT,
@@ -70,20 +70,6 @@ from edgeprune.export.formats import (
     format_spec,
 )
 from edgeprune.progress import step
-
-
-class AgreementError(ExportError):
-    """An artifact agrees with the original model less than required; ``report`` has every figure."""
-
-    exit_code = 2
-    kind = "agreement"
-
-    def __init__(self, message: str, report: ExportReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-    def json_result(self) -> dict[str, Any]:
-        return self.report.to_dict()  # --json: the whole report beside the error
 
 
 @dataclass

@@ -44,15 +44,9 @@ import torch
 from torch import nn
 
 from edgeprune._paths import atomic_write_bytes
-from edgeprune.errors import EdgePruneError
+from edgeprune.errors import EdgePruneError, Interrupted
 
 CKPT_FORMAT = "edgeprune.finetune-checkpoint"
-
-
-class Interrupted(EdgePruneError):
-    """Ctrl-C during training: the last checkpoint is saved; the same command resumes."""
-
-    exit_code = 130
 
 
 @dataclass

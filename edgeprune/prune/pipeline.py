@@ -131,7 +131,7 @@ class PruneResult:
         d: dict[str, Any] = {
             **{k: str(v) for k, v in self.files.items()},
             "source": (lm.original or lm).source, "base": lm.base, "task": lm.task, "target": self.target,
-            "input_shape": list(lm.input_shape), "ratio": self.ratio, "align": self.align,
+            "input_shape": list(lm.input_shape), "input_shape_source": lm.input_shape_source, "ratio": self.ratio, "align": self.align,
             "importance": self.importance, "removed_fraction": self.removed_fraction,
             "groups_total": self.groups_total, "groups_pruned": len(self.plan.pruned_groups()),
             "protected": self.protected, "protected_note": protected_note(self.protected),
