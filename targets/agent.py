@@ -1018,14 +1018,6 @@ LOCK_FILE = "lock.json"
 MAX_SMALL_JSON = 256 * 1024  # manifest.json and lock.json are read up to this
 
 
-def _sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _model_io(backend):
     """(input name, declared shape with None for dynamic dims, input dtype, output names)."""
     np = _np()
@@ -1559,6 +1551,10 @@ def parse_args(argv):
     return args
 
 
+# The agent's commands (protocol: targets/PROTOCOL.md), by the name the host sends.
+COMMANDS = {"bench": bench, "batch": batch, "probe": probe, "run": run_model, "release": release}
+
+
 def main(argv=None):
     # Keep the real stdout for the JSON; anything a runtime prints goes to stderr.
     real_stdout = os.fdopen(os.dup(1), "w")
@@ -1575,16 +1571,7 @@ def main(argv=None):
         if getattr(args, "deadline_s", 0):
             signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the kernel kills us, even inside C code
             signal.alarm(args.deadline_s)
-        if args.cmd == "bench":
-            doc.update(bench(args))
-        elif args.cmd == "batch":
-            doc.update(batch(args))
-        elif args.cmd == "probe":
-            doc.update(probe(args))
-        elif args.cmd == "run":
-            doc.update(run_model(args))
-        elif args.cmd == "release":
-            doc.update(release(args))
+        doc.update(COMMANDS[args.cmd](args))
     except AgentFailure as exc:
         doc["ok"], code = False, 2
         doc["error"] = {"kind": exc.kind, "message": exc.message, "install": exc.install}
