@@ -85,7 +85,7 @@ def _head(model: nn.Module) -> nn.Module:
 def edgeprune_uniform(lm, ratio: float, precision: str) -> nn.Module:
     from edgeprune.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_
-    from edgeprune.prune.threads import one_thread
+    from edgeprune._threads import one_thread
 
     model = copy.deepcopy(lm.module).eval()
     with one_thread():

@@ -275,7 +275,7 @@ def main() -> None:
     ap.add_argument("--no-detectors", action="store_true", help="skip the detector before/after table")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
-    from edgeprune.prune.threads import one_thread
+    from edgeprune._threads import one_thread
 
     t0 = time.time()
     selected = [m for m in args.models.split(",") if m] or None

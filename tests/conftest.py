@@ -49,7 +49,7 @@ def one_torch_thread():
 
     Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
     """
-    from edgeprune.prune.threads import one_thread
+    from edgeprune._threads import one_thread
 
     with one_thread():
         yield

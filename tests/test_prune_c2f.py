@@ -19,7 +19,7 @@ from edgeprune.prune.rewrite import SplitChunkBlock  # noqa: E402
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Small models on a shared 2-core machine: one thread avoids OpenMP barrier stalls."""
-    from edgeprune.prune.threads import one_thread
+    from edgeprune._threads import one_thread
 
     with one_thread():
         yield

@@ -66,8 +66,8 @@ def test_deploy_to_a_phone_through_adb(fake_phone):
     """The whole deploy to a (FAKE adb) phone: full-INT8 TFLite, gate, release under its deploy folder."""
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("tensorflow")
+    from edgeprune._threads import one_thread
     from edgeprune.deploy import deploy_model
-    from edgeprune.prune.threads import one_thread
 
     with one_thread():
         rep = deploy_model("digits-cnn", target="phone", ratio=0.3, steps=120, output=fake_phone / "out")

@@ -84,10 +84,10 @@ def channel_importance(
     """
     import copy
 
+    from edgeprune._threads import one_thread
     from edgeprune.errors import PruneError
     from edgeprune.prune.groups import analyse
     from edgeprune.prune.importance import accumulate_taylor_grads, group_scores, make_importance
-    from edgeprune.prune.threads import one_thread
 
     wanted = {g.id for g in groups if getattr(g, "prunable", True)}
     work = copy.deepcopy(model)

@@ -206,9 +206,9 @@ def layer_inventory(
     import torch
     from torch import nn
 
+    from edgeprune._threads import one_thread
     from edgeprune.prune.groups import analyse
     from edgeprune.prune.rewrite import make_prunable
-    from edgeprune.prune.threads import one_thread
 
     with one_thread():
         make_prunable(model, x)

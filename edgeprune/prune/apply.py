@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from edgeprune._threads import single_threaded
 from edgeprune.errors import PruneError, did_you_mean
 from edgeprune.prune.check import check_surgery
 from edgeprune.prune.groups import analyse, flat_tensors
@@ -32,7 +33,6 @@ from edgeprune.prune.importance import (
 )
 from edgeprune.prune.plan import ChannelPlan
 from edgeprune.prune.rewrite import make_prunable, rewritten_blocks
-from edgeprune.prune.threads import single_threaded
 
 
 def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

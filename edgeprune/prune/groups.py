@@ -381,8 +381,8 @@ def prunable_groups(
     this on the model you will prune. ``include_protected`` also returns the
     groups that may not shrink (``prunable=False`` with a ``reason``).
     """
+    from edgeprune._threads import one_thread
     from edgeprune.prune.rewrite import make_prunable
-    from edgeprune.prune.threads import one_thread
 
     with one_thread():
         make_prunable(model, example_input)
