@@ -35,7 +35,7 @@ Data (``--data``) is any :func:`edgeprune.data.load_data` spec; accuracy is
 always measured on the split fine-tuning never trained on (``test`` for
 built-in data sets, else ``val``, which early stopping also reads: the JSON
 says which). CPU training uses torch's default thread count (unlike
-pruning, which runs on one thread: edgeprune.prune.threads); ``device="cuda"``
+pruning, which runs on one thread: edgeprune._threads); ``device="cuda"``
 where a GPU exists.
 
 Example::
