@@ -58,6 +58,14 @@ def cache_dir() -> Path:
     return path
 
 
+def data_home() -> Path:
+    """Where fetched data sets live: ``$EDGEPRUNE_DATA_DIR`` or ``<cache>/data``; created on demand."""
+    env = os.environ.get("EDGEPRUNE_DATA_DIR")
+    path = Path(env).expanduser() if env else cache_dir() / "data"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` when the block succeeds.

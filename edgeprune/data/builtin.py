@@ -27,30 +27,16 @@ Example::
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
+from edgeprune._paths import data_home
 from edgeprune.data.dataset import ArrayDataset, DataError, DataSplit
+
+__all__ = ["BUILTIN", "available", "builtin_split", "data_home", "split_indices"]
 
 BUILTIN = ("fashion-mnist", "digits")
 FETCH = "bash scripts/fetch-data.sh fashion-mnist"
 _CACHE: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
-
-
-def data_home() -> Path:
-    """``$EDGEPRUNE_DATA_DIR`` or ``<cache>/data``; created on demand."""
-    env = os.environ.get("EDGEPRUNE_DATA_DIR")
-    if env:
-        path = Path(env).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    from edgeprune._paths import cache_dir
-
-    path = cache_dir() / "data"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def available(name: str) -> bool:

@@ -47,7 +47,7 @@ EXPECTED_IMAGES = 69_945  # 70,000 minus 54 duplicates and the one image found u
 
 
 def npz_path() -> Path:
-    from edgeprune.data.builtin import data_home
+    from edgeprune._paths import data_home
 
     return data_home() / NPZ_NAME
 
