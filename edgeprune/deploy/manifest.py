@@ -38,6 +38,8 @@ from edgeprune import __version__
 from edgeprune._paths import atomic_write_text, sha256_file
 
 REUSABLE = ("done", "skipped")
+# The stages of a deploy, in order (edgeprune.deploy.pipeline runs them, edgeprune.deploy.report reads them).
+STAGES = ("measure", "prune", "finetune", "export", "verify", "measure-final", "ship", "report")
 
 
 def digest(value: Any) -> str:

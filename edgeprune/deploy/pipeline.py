@@ -28,7 +28,8 @@ from edgeprune.bench.batch import BatchSession, BatchSettings
 from edgeprune.bench.runner import BenchSettings, bench_target
 from edgeprune.checks.preprocess import check_preprocessing
 from edgeprune.data import DEFAULT_VAL_FRACTION, DataOptions
-from edgeprune.deploy.manifest import RunManifest, digest
+from edgeprune.deploy.manifest import STAGES, RunManifest, digest
+from edgeprune.deploy.report import write_report
 from edgeprune.errors import AgentError, BudgetError, EdgePruneError, GateError, PruneError
 from edgeprune.export.formats import Thresholds
 from edgeprune.export.pipeline import AgreementError, ExportOptions, export, model_sha256
@@ -48,7 +49,6 @@ from edgeprune.prune.pipeline import (
 from edgeprune.reach import resolve_target
 from edgeprune.ship import ship_artifact
 
-STAGES = ("measure", "prune", "finetune", "export", "verify", "measure-final", "ship", "report")
 DEFAULT_MAX_DROP = 1.0  # points of top-1 on held-out data; the gate
 LATENCY_SLACK = 0.10  # the final artifact may measure this much over the budget before it is flagged
 SHIP_SAMPLES = 32  # held-out inputs run on the board by the ship stage's check
@@ -568,8 +568,6 @@ def deploy_one(target: str, root: Path, opts: DeployOptions, *, reach, original,
     resolved and loaded once by :func:`deploy_model`. Raises the failing
     stage's error after the report of the failed run is written.
     """
-    from edgeprune.deploy.report import write_report
-
     root.mkdir(parents=True, exist_ok=True)
     args = {"options": _json_able(asdict(opts)), "target": target}
     manifest = RunManifest.load_or_new(root / "run.json", args=args, command=command)

@@ -16,11 +16,10 @@ from typing import Any
 
 from edgeprune import __version__
 from edgeprune._paths import atomic_write_text
+from edgeprune.deploy.manifest import STAGES
 
 
 def build_report(ctx, *, seconds: float, error: BaseException | None) -> dict[str, Any]:
-    from edgeprune.deploy.pipeline import STAGES
-
     m = ctx.manifest
     res = {name: m.stage(name).get("result") or {} for name in STAGES}
     stages = []
