@@ -49,6 +49,8 @@ import numpy as np
 
 from edgeprune import __version__
 from edgeprune._paths import sha256_file, staged_output
+from edgeprune.checks.heads import same_form
+from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import ExportError, ModelError
 from edgeprune.export.artifact import Artifact, stamp_metadata
 from edgeprune.export.calib import (
@@ -59,7 +61,7 @@ from edgeprune.export.calib import (
     builtin_samples,
     default_normalize,
 )
-from edgeprune.export.detect import OutputCheck
+from edgeprune.export.detect import OutputCheck, for_shipping
 from edgeprune.export.formats import (
     FORMAT_RUNTIMES,
     ConvertRequest,
@@ -155,14 +157,6 @@ def _shape_source(model: Any, loaded: Any, given: tuple[int, ...] | None) -> tup
     return "edgeprune's default (the model does not say which size it was built for)", True
 
 
-def _flatten(out) -> list[np.ndarray]:
-    if isinstance(out, (list, tuple)):
-        return [a for o in out for a in _flatten(o)]
-    if isinstance(out, dict):
-        return [a for o in out.values() for a in _flatten(o)]
-    return [out.detach().cpu().numpy()]
-
-
 def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
     import torch
 
@@ -170,7 +164,7 @@ def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
     parts = []
     with torch.no_grad():
         for i in range(0, len(x), 16):
-            parts.append(_flatten(module(torch.from_numpy(np.ascontiguousarray(x[i : i + 16])))))
+            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[i : i + 16])))))
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
@@ -242,7 +236,7 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
     # A TensorRT-scheme INT8 model runs on the board's TensorRT: check what it computes, not what
     # this CPU's saturating int8 kernels make of it (edgeprune.export.onnx.onnx_session).
     emulate = spec.precision == "int8" and req.options.get("scheme") == "tensorrt"
-    outputs = outs.pieces(_runner(spec, dest, outs.artifact_shapes(), emulate_qdq=emulate)(verify_x))
+    outputs = outs.pieces(_runner(spec, dest, outs.artifact_shapes(), emulate_qdq=emulate)(verify_x), like=reference)
     art = Artifact(
         path=dest, format=spec.format, precision=spec.precision, sha256=sha256_file(dest),
         size_bytes=dest.stat().st_size, agreement=_round(agreement(reference, outputs)),
@@ -377,6 +371,7 @@ def _export_into(
         raise ExportError(f"detector_outputs '{detector_outputs}': use 'split' or 'keep'")
     given = tuple(int(d) for d in input_shape) if input_shape is not None else None
     loaded = _load(model, given, weights=weights, trust_factory=trust_factory)
+    loaded = for_shipping(loaded, fmt=fmt, precision=precision)  # a detector's head as its file holds it
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
@@ -601,7 +596,7 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]
 
         pretrained = pretrained_available(base_name) if ":" not in base_name else False
         base = build_base(base_name, pretrained=pretrained, input_shape=tuple(loaded.input_shape))
-        base_out = _torch_outputs(base.module, x)
+        base_out = _torch_outputs(same_form(base.module, loaded.module), x)
         return ({"base": base_name, "base_weights": "built-in trained" if pretrained else "factory default",
                  "agreement": _round(agreement(base_out, reference))}, base_out if pretrained else None)
     except Exception as exc:  # informational: never fail the export for it

@@ -60,15 +60,15 @@ import copy
 import torch
 from torch import nn
 
+from edgeprune.checks.outputs import compared
 from edgeprune.errors import PruneError
-from edgeprune.prune.groups import flat_tensors
 
 TOL = 1e-4  # relative to max(1, max |output|)
 
 
 def _outs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
-        return flat_tensors(model(x))
+        return compared(model, x)
 
 
 def zero_removed(model: nn.Module, removed: dict[str, list[tuple[str, list[int]]]]) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from edgeprune._paths import atomic_write_text, staged_output
+from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import BudgetError, ExportError, PruneError
 from edgeprune.progress import step
 from edgeprune.prune.threads import single_threaded
@@ -52,8 +53,7 @@ def _outputs(model, x: torch.Tensor) -> list[np.ndarray]:
     outs = []
     with torch.no_grad():
         for i in range(x.shape[0]):
-            o = model(x[i : i + 1])
-            outs.append([t.numpy() for t in (o if isinstance(o, (tuple, list)) else [o])])
+            outs.append(flatten_numpy(model(x[i : i + 1])))  # nested outputs: edgeprune.checks.outputs
     return [np.concatenate([s[k] for s in outs]) for k in range(len(outs[0]))]
 
 
