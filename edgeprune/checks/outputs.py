@@ -12,7 +12,7 @@ and YOLO26 ``(Tensor[1, 84, A], {"one2many": {...}, "one2one": {...}})``.
 
 That is the order ``torch.onnx.export`` gives a model's outputs (it flattens
 tuples, lists and dicts the same way and drops ``None``), so ONNX output
-``k`` is ``flatten(model(x))[k]`` (tests/test_checks_outputs.py exports a
+``k`` is ``flatten(model(x))[k]`` (tests/test_zoo_outputs.py exports a
 nested model and checks it), and every later format keeps ONNX's order.
 A tensor returned twice (YOLO26's two heads share their ``feats``) is two
 outputs, as in the ONNX file.
