@@ -23,10 +23,22 @@ flatten-before-Linear). edgeprune adds what it lacks:
   (GroupNorm) cannot take fewer channels: it is protected, with the shapes in
   its reason. Pruning attention by whole heads would need the block's code
   to read its head count from the weights; timm's and Ultralytics' do not;
+- sizes read back from a tensor: Ultralytics' attention views its heads
+  back with ``.view(B, C, H, W)``, ``C`` read from its input's shape, which
+  no autograd graph shows; a reshape that outputs exactly the shape of an
+  input of a module it runs in protects that input's group
+  (:func:`_sized_by_input`);
+- layers whose result is dropped (a wrapper returning ``model(x)[0]`` of a
+  YOLO26 leaves its one-to-one branch running but reaching no output) are
+  traced too (:func:`_every_layer`), so their input channels shrink with
+  the layers feeding them;
 - protection: a group whose channels reach a model output (classifier,
   detection head convs) is never prunable, nor is the stem (the first conv
   run on the input) unless ``protect_stem=False``, nor a group touching a
-  layer the user names.
+  layer the user names. Outputs are those of
+  :func:`edgeprune.checks.outputs.compared`: the maps an Ultralytics head
+  returns of its own inputs (for its training loss) are not outputs, so the
+  neck feeding the head prunes.
 
 Every group that is kept whole says why: :func:`kept_whole` lists them
 (protected, or left whole by a plan's rounding, e.g. a grouped conv whose
