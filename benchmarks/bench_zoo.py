@@ -1,8 +1,8 @@
 """Models users bring: does each prune at 50 %, export to full-INT8 TFLite and keep every output? (no timings)
 
 For every zoo model (tests/zoo: model code as popular zoos write it), the real
-Ultralytics YOLOv8n/YOLO11n when ``ultralytics`` is installed, and the
-built-ins, at the test input sizes (64 px classifiers, 128 px detectors):
+Ultralytics YOLOv8n/YOLO11n/YOLO26n when ``ultralytics`` is installed, timm's
+ConvNeXt-atto when ``timm`` is, and the built-ins, at the test input sizes (64 px classifiers, 128 px detectors):
 
 1. plain Torch-Pruning 1.6.1 (``MetaPruner``, L1, ratio 0.5, the classifier or
    detection head ignored), in a subprocess with a time and memory limit: does
@@ -35,7 +35,18 @@ per-output cosine of boxes and scores, the overall cosine the old check used,
 and the detection figure (share of the float model's confident detections
 found at IoU 0.5, score correlation).
 
-Run:  nice python benchmarks/bench_zoo.py [--models ghostnet,vit,...] [--no-tp]
+Steps 2 and 3 go through the public path, ``prune_model`` and ``export_model``
+(what ``edgeprune prune`` and ``edgeprune export`` run), the calibrated
+weights given as a state_dict (``--weights``).
+
+``--commands`` measures instead the real Ultralytics detectors as a user
+gives them (a ``best.pt`` written as Ultralytics' trainer writes one, loaded
+with ``YOLO("best.pt").model`` in the user's factory) through the CLI itself,
+each command a child process: ``prune`` at 320 (and 640 for YOLO26n),
+``export`` to ONNX fp32 and to TFLite full INT8, with their wall time and
+peak RSS; it writes the ``zoo-commands`` section.
+
+Run:  nice python benchmarks/bench_zoo.py [--models ghostnet,vit,...] [--no-tp] [--commands]
 (about 30-40 min on 2 busy cores; it is CPU-bound, not timed). It rewrites the
 ``zoo`` section of benchmarks/RESULTS.md and prints the tables.
 """

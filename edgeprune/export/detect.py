@@ -278,6 +278,7 @@ def decoded(parts: list[np.ndarray], layout: list[OutputPiece], input_shape: tup
 
 
 SCORE_WINDOW = 0.05  # rows whose scores differ by less than this (relative) may have swapped places
+TIE = 0.002  # scores this close (relative; fp16 rounds at ~5e-4) are equal to rounding: a tie
 
 
 def match_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -289,11 +290,13 @@ def match_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     150 px apart, though every value agreed to 2e-3. So each reference row
     is paired with the unused candidate row of the same class, a score within
     5 % (``SCORE_WINDOW``), and the nearest box; then every figure compares
-    paired rows. Where the k-th and (k+1)-th scores tie, which of them is the
-    last row is arbitrary: a reference row left unpaired at that cut, beside
-    a candidate row also at the cut, is the same detection of equal rank and
-    is taken as paired. Any other unpaired row keeps its place, and the
-    comparison shows the difference.
+    paired rows. Where the k-th and (k+1)-th scores tie (equal to 0.2 %,
+    ``TIE``), which of them is the last row is arbitrary: a reference row tied
+    with the cut and left unpaired, beside a candidate row also tied with its
+    cut, is an equally right answer and is taken as paired (an untrained
+    head, all of whose scores are equal, is all ties: ``figures`` reports the
+    share as ``end2end.tied_at_cut``). Any other unpaired row keeps its
+    place, and the comparison shows the difference.
     """
     if reference.shape != candidate.shape or reference.ndim != 3 or reference.shape[2] < 6:
         return candidate
@@ -305,7 +308,7 @@ def match_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
         cut_ref, cut_cand = ref[-1, 4], cand[-1, 4]
 
         def at_cut(score: float, cut: float) -> bool:
-            return abs(score - cut) <= SCORE_WINDOW * abs(cut) + 1e-6
+            return abs(score - cut) <= TIE * abs(cut) + 1e-6
 
         for i, row in enumerate(ref):
             window = SCORE_WINDOW * abs(row[4]) + 1e-6
@@ -370,7 +373,7 @@ class OutputCheck:
             fig["detection"] = _round(detection_agreement(*ref, *cand))
         for piece, r in zip(self.layout, reference, strict=True):
             if piece.role == "detections":  # how much of the top-k is a tie at its cut (an untrained head: all)
-                tied = np.abs(r[..., 4] - r[:, -1:, 4]) <= SCORE_WINDOW * np.abs(r[:, -1:, 4]) + 1e-6
+                tied = np.abs(r[..., 4] - r[:, -1:, 4]) <= TIE * np.abs(r[:, -1:, 4]) + 1e-6
                 fig["end2end"] = {"rows": int(r.shape[1]), "tied_at_cut": round(float(tied.mean()), 4)}
         return fig
 
