@@ -128,6 +128,41 @@ def test_prune_cli_on_a_user_factory_at_the_size_the_user_names(cfg, user_module
         assert [t.shape for t in compared(pruned.module, x)] == want
 
 
+WRAPPED = FROM_YAML + '''
+
+import torch
+
+
+class FirstOutput(torch.nn.Module):
+    """What users write to get one tensor out: the decoded predictions, the rest dropped."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)[0]
+
+
+def wrapped():
+    return FirstOutput(build())
+'''
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_prune_a_wrapper_that_returns_only_the_predictions(cfg, user_module, tmp_path):
+    """Issue 19: YOLOv8n ended in IndexError (its DFL's view cut channels unseen), YOLO26n in 'no longer runs'
+    (its one-to-one branch runs but reaches no output, so torch-pruning never saw its inputs)."""
+    from edgeprune.api import prune_model
+
+    user_module(WRAPPED.format(cfg=cfg))
+    summary = prune_model("userdet:wrapped", target="local", ratio=0.3, input_shape=SHAPE, output=tmp_path / "p")
+    assert summary["groups_pruned"] > 0.6 * summary["groups_total"] and summary["onnx_check"]["passed"]
+    pruned = load_model(summary["model"], trust_factory="userdet:wrapped").module
+    with torch.no_grad():
+        assert pruned(torch.zeros(SHAPE)).shape == (1, 84, 2100)
+
+
 def _build(cfg: str):
     return getattr(ultralytics_real, cfg.split(".")[0])()  # seeded
 
