@@ -15,11 +15,12 @@ decoder) reads a few flags that its exporter sets before
 - ``end2end`` (YOLO26, a head with a second, one-to-one branch
   ``one2one_cv2``): the file holds that branch's NMS-free detections,
   ``Tensor[1, max_det, 6]`` (x1, y1, x2, y2, score, class) from a top-k.
-  Ultralytics turns it off where the format cannot run top-k, and for
-  full-INT8 files: "static activation quantization collapses the end2end
-  class-index output" (class indices 0-79 beside pixels in one int8
-  scale); those files hold the one-to-many branch's decoded predictions,
-  for NMS on the board.
+  Ultralytics turns it off where the format cannot run top-k (Edge TPU),
+  and for LiteRT INT8: "static activation quantization collapses the
+  end2end class-index output" (class indices 0-79 beside pixels in one int8
+  scale). edgeprune turns it off for every INT8 file (ONNX INT8 too, for
+  the same cause); those files hold the one-to-many branch's decoded
+  predictions, for NMS on the board.
 
 :func:`shipping_form` applies the same rules, on a copy, so that what
 edgeprune exports is what Ultralytics' own exporter would write.
@@ -28,8 +29,8 @@ Heads are found by structure, not by class name
 
 Example::
 
-    ship = shipping_form(model, fmt="onnx", precision="fp32")   # YOLO26: end-to-end, [1, 300, 6]
-    ship(torch.zeros(1, 3, 320, 320)).shape
+    ship = shipping_form(model, fmt="onnx", precision="fp32", input_shape=(1, 3, 320, 320))
+    ship(torch.zeros(1, 3, 320, 320)).shape     # YOLO26: end-to-end, (1, 300, 6); YOLOv8: (1, 84, 2100)
 """
 
 from __future__ import annotations
