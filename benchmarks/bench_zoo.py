@@ -1,8 +1,8 @@
 """Models users bring: does each prune at 50 %, export to full-INT8 TFLite and keep every output? (no timings)
 
 For every zoo model (tests/zoo: model code as popular zoos write it), the real
-Ultralytics YOLOv8n/YOLO11n when ``ultralytics`` is installed, and the
-built-ins, at the test input sizes (64 px classifiers, 128 px detectors):
+Ultralytics YOLOv8n/YOLO11n/YOLO26n when ``ultralytics`` is installed, timm's
+ConvNeXt-atto when ``timm`` is, and the built-ins, at the test input sizes (64 px classifiers, 128 px detectors):
 
 1. plain Torch-Pruning 1.6.1 (``MetaPruner``, L1, ratio 0.5, the classifier or
    detection head ignored), in a subprocess with a time and memory limit: does
@@ -35,7 +35,18 @@ per-output cosine of boxes and scores, the overall cosine the old check used,
 and the detection figure (share of the float model's confident detections
 found at IoU 0.5, score correlation).
 
-Run:  nice python benchmarks/bench_zoo.py [--models ghostnet,vit,...] [--no-tp]
+Steps 2 and 3 go through the public path, ``prune_model`` and ``export_model``
+(what ``edgeprune prune`` and ``edgeprune export`` run), the calibrated
+weights given as a state_dict (``--weights``).
+
+``--commands`` measures instead the real Ultralytics detectors as a user
+gives them (a ``best.pt`` written as Ultralytics' trainer writes one, loaded
+with ``YOLO("best.pt").model`` in the user's factory) through the CLI itself,
+each command a child process: ``prune`` at 320 (and 640 for YOLO26n),
+``export`` to ONNX fp32 and to TFLite full INT8, with their wall time and
+peak RSS; it writes the ``zoo-commands`` section.
+
+Run:  nice python benchmarks/bench_zoo.py [--models ghostnet,vit,...] [--no-tp] [--commands]
 (about 30-40 min on 2 busy cores; it is CPU-bound, not timed). It rewrites the
 ``zoo`` section of benchmarks/RESULTS.md and prints the tables.
 """
@@ -64,10 +75,10 @@ resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
 torch.set_num_threads(1)
 sys.path.insert(0, {repo!r})
 import torch_pruning as tp
-from edgeprune.models.loading import _call_factory
+from edgeprune.models.loading import call_factory
 from edgeprune.models import build
 spec, shape = {spec!r}, {shape!r}
-model = build(spec, pretrained=False) if ":" not in spec else _call_factory(spec)
+model = build(spec, pretrained=False) if ":" not in spec else call_factory(spec)
 x = torch.randn(*shape)
 with torch.no_grad():
     out = model(x)
@@ -96,7 +107,12 @@ def models(selected: list[str] | None) -> list[tuple[str, str, tuple[int, ...], 
 
     if ultralytics_real.available():
         rows += [(f"ultralytics {n}", f"tests.zoo.ultralytics_real:{n}", (1, 3, 128, 128), "ultralytics")
-                 for n in ("yolov8n", "yolo11n")]
+                 for n in ("yolov8n", "yolo11n", "yolo26n")]
+    from tests.zoo import timm_real
+
+    if timm_real.available():
+        rows += [(f"timm {n}", f"tests.zoo.timm_real:{n}", (1, 3, 64, 64), "timm")
+                 for n in ("convnext_atto", "convnext_atto_channels_last")]
     rows += [(name, name, shape, "built-in") for name, shape in SMALL.items()]
     return [r for r in rows if not selected or r[0] in selected or r[0].split()[-1] in selected]
 
@@ -119,56 +135,49 @@ def plain_tp(spec: str, shape: tuple[int, ...]) -> str:
 def build(spec: str, shape: tuple[int, ...]):
     from edgeprune.models import LoadedModel
     from edgeprune.models import build as build_builtin
-    from edgeprune.models.loading import _call_factory, _task_of
+    from edgeprune.models.loading import call_factory, task_of
     from edgeprune.models.stats import calibrate_batchnorm
 
-    module = build_builtin(spec, pretrained=False) if ":" not in spec else _call_factory(spec)
+    module = build_builtin(spec, pretrained=False) if ":" not in spec else call_factory(spec)
     for head in module.modules():  # a YOLO head at its initial class prior scores ~1e-4 everywhere
         if hasattr(head, "cv3") and hasattr(head, "nc") and hasattr(head, "reg_max"):
             for branch in head.cv3:
                 branch[-1].bias.data[:] = -2.0  # centred as a trained head's, so that some anchors are confident
     calibrate_batchnorm(module, shape)
     return LoadedModel(module=module.eval(), input_shape=shape, name=spec.split(":")[-1], source=spec,
-                       task=_task_of(module, shape, spec), base=spec)
+                       task=task_of(module, shape, spec), base=spec)
 
 
 def prune_and_export(label: str, spec: str, shape: tuple[int, ...], out: Path) -> dict:
-    import numpy as np
+    """The public path: ``prune_model`` and ``export_model`` (what ``edgeprune prune`` / ``export`` run),
+    the calibrated weights given as a state_dict (``--weights``)."""
+    import torch
 
+    from edgeprune.api import export_model, prune_model
     from edgeprune.errors import EdgePruneError
     from edgeprune.export.formats import Thresholds
-    from edgeprune.export.onnx import export_onnx, run_onnx
-    from edgeprune.api import export_model as export
-    from edgeprune.models.stats import count_macs_params
-    from edgeprune.profiles import load_profile
-    from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_
-    from edgeprune.prune.groups import flat_tensors, kept_whole
 
     row: dict = {"model": label}
     lm = build(spec, shape)
-    macs0, _ = count_macs_params(lm.module, shape)
-    x = example_input(shape)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "weights.pt"
+    torch.save(lm.module.state_dict(), weights)
     try:
-        groups = prunable_groups(lm.module, x, include_protected=True)
-        align = load_profile(TARGET).alignment("int8")
-        plan = ChannelPlan.uniform(groups, RATIO, align=align, input_shape=shape, base=spec)
-        prune_(lm.module, plan)
+        summary = prune_model(spec, target=TARGET, ratio=RATIO, input_shape=shape, weights=str(weights),
+                              output=out / "pruned")
     except EdgePruneError as exc:
         row["prunes"] = f"no: {str(exc)[:100]}"
         return row
-    whole = [e for e in kept_whole(groups, plan) if e["reason"] not in ("input stem", "its channels are a model output")]
+    whole = [e for e in summary["protected"] if e["reason"] not in ("input stem", "its channels are a model output")]
     row["prunes"] = "yes" if not whole else "yes, kept whole: " + "; ".join(
         f"{len(e['groups'])} ({e['reason'].split(' (')[0]})" for e in whole)
-    row["groups"] = f"{len(plan.pruned_groups())}/{len(groups)}"
-    macs1, _ = count_macs_params(lm.module, shape)
-    row["macs_kept"] = macs1 / macs0
-    with torch_no_grad():
-        ref = [t.numpy() for t in flat_tensors(lm.module(x))]
-    got = run_onnx(export_onnx(lm.module, shape, out / "pruned.onnx"), x.numpy())
-    row["onnx_max_abs"] = max(float(np.abs(r - g).max()) for r, g in zip(ref, got, strict=True))
+    row["groups"] = f"{summary['groups_pruned']}/{summary['groups_total']}"
+    row["macs_kept"] = summary["macs_after"] / summary["macs_before"]
+    row["onnx_max_abs"] = summary["onnx_check"]["max_abs"]
     off = Thresholds(top1=0.0, cosine=-1.0, recall=0.0, score_corr=-1.0)
     try:
-        rep = export(lm, target=TARGET, output=out / "int8", calib_count=32, verify_count=8, min_agreement=off)
+        rep = export_model(summary["model"], target=TARGET, output=out / "int8", calib_count=32, verify_count=8,
+                           min_agreement=off, trust_factory=spec if ":" in spec else None)
         rows = rep.final.extra["outputs"]
         worst = min(rows, key=lambda r: r["cosine"])
         row["tflite_int8"] = "exported, runs (XNNPACK)"
@@ -180,15 +189,9 @@ def prune_and_export(label: str, spec: str, shape: tuple[int, ...], out: Path) -
     return row
 
 
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()
-
-
 def detector_before_after(out: Path) -> list[dict]:
-    from edgeprune.export.formats import Thresholds
     from edgeprune.api import export_model as export
+    from edgeprune.export.formats import Thresholds
 
     off = Thresholds(top1=0.0, cosine=-1.0, recall=0.0, score_corr=-1.0)
     rows = []
@@ -213,6 +216,127 @@ def detector_before_after(out: Path) -> list[dict]:
                 })
                 print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+USERDET = """
+from tests.zoo.ultralytics_real import import_ultralytics
+
+import_ultralytics()  # no torchvision here: see tests/zoo/ultralytics_real.py
+from ultralytics import YOLO
+
+
+def build():
+    return YOLO({path!r}).model
+"""
+
+
+def _timed(args: list[str], cwd: Path, env: dict) -> dict:
+    """Run one edgeprune command as a child process: exit code, wall seconds, peak RSS (MiB), last error line."""
+    t0 = time.perf_counter()
+    with open(cwd / "log.txt", "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edgeprune", *args], cwd=cwd, env=env, stdout=log,
+                                stderr=subprocess.PIPE, text=True)
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    line = next((x for x in err.splitlines() if x.startswith("error:")), "")
+    return {"code": proc.returncode, "seconds": time.perf_counter() - t0, "rss_mib": usage.ru_maxrss / 1024,
+            "error": line}
+
+
+def _load_avg() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def commands(out: Path, sizes: dict[str, list[int]]) -> list[dict]:
+    """The real Ultralytics models as a user gives them (a best.pt loaded with YOLO(...).model in their factory),
+    through the CLI: prune, export ONNX fp32 (local) and TFLite full INT8 (local), each a child process."""
+    import torch
+
+    from tests.zoo import ultralytics_real
+
+    rows = []
+    tasks = ultralytics_real.import_ultralytics()
+    for name, imgszs in sizes.items():
+        for imgsz in imgszs:
+            root = out / f"{name}-{imgsz}"
+            root.mkdir(parents=True, exist_ok=True)
+            shape = (1, 3, imgsz, imgsz)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = ultralytics_real.trained_like(tasks.DetectionModel(f"{name}.yaml", verbose=False), shape)
+            ultralytics_real.save_checkpoint(model, root / "best.pt", cfg=f"{name}.yaml", imgsz=imgsz)
+            (root / "userdet.py").write_text(USERDET.format(path=str(root / "best.pt")))
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+            row: dict = {"model": name, "imgsz": imgsz, "load": _load_avg()}
+            row["prune"] = _timed(["prune", "-t", "local", "-m", "userdet:build", "--input-shape", f"1,3,{imgsz},{imgsz}",
+                                   "--ratio", "0.3", "-o", "pruned"], root, env)
+            summary = root / "pruned" / "summary.json"
+            if row["prune"]["code"] == 0:
+                s = json.loads(summary.read_text())
+                row["groups"] = f"{s['groups_pruned']}/{s['groups_total']}"
+                row["macs_kept"] = s["macs_after"] / s["macs_before"]
+                row["whole"] = "; ".join(f"{len(e['groups'])} ({e['reason'].split(' (')[0][:60]})"
+                                         for e in s["protected"] if e["reason"] != "input stem")
+                for fmt, precision in (("onnx", "fp32"), ("tflite", "int8")):
+                    key = f"{fmt} {precision}"
+                    run = _timed(["export", "-t", "local", "-m", "pruned/model.ept", "--trust-factory", "userdet:build",
+                                  "--format", fmt, "--precision", precision, "-o", f"export-{fmt}-{precision}"], root, env)
+                    report = root / f"export-{fmt}-{precision}" / "export.json"
+                    if report.is_file():
+                        rep = json.loads(report.read_text())
+                        final = next(a for a in reversed(rep["artifacts"]) if a.get("agreement"))
+                        run["outputs"] = ", ".join(f"{o['role']}" for o in rep["outputs"])
+                        run["lowest"] = min(r["cosine"] for r in final["extra"]["outputs"])
+                        run["recall"] = (final["extra"].get("detection") or {}).get("recall")
+                        run["e2e"] = final["extra"].get("end2end")
+                    row[key] = run
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def commands_table(rows: list[dict], cmd: str, seconds: float) -> str:
+    from benchmarks._results import machine_line
+
+    lines = [
+        "## Real Ultralytics detectors through the commands (prune, export ONNX fp32 and TFLite full INT8)",
+        "",
+        f"Command: `{cmd}` ({seconds / 60:.0f} min). Machine: {machine_line()}; wall times are under the load",
+        "shown (1/5/15-minute load averages at the row's start, 2 cores shared with other engineers): read them",
+        "as this machine's, not as the commands' own cost. Each command is a child process: `edgeprune prune -t local",
+        "-m userdet:build --input-shape 1,3,S,S --ratio 0.3`, then `edgeprune export -t local -m pruned/model.ept",
+        "--trust-factory userdet:build --format F --precision P` with the CLI's defaults (128 calibration, 64",
+        "held-out photo crops). `userdet.build()` returns `YOLO('best.pt').model`, a checkpoint written as",
+        "Ultralytics' trainer writes one (its dict, then its `strip_optimizer`) from ultralytics 8.4.190's YAML,",
+        "weights trained-like, not trained (BatchNorm statistics of photo crops, class biases -2;",
+        "tests/zoo/ultralytics_real.py). Peak RSS: the child's `ru_maxrss`. ONNX fp32 holds what Ultralytics'",
+        "exporter writes: the decoded `[1, 84, A]` predictions (boxes, scores), YOLO26's NMS-free top-300",
+        "rows (detections); full INT8 holds the one-to-many decoded predictions, boxes and scores as separate",
+        "outputs (Ultralytics, too, turns the end-to-end branch off for INT8). Lowest cosine: over the file's",
+        "outputs against PyTorch; recall: the float model's confident detections found at IoU 0.5.",
+        "",
+        "| model | input | load | prune: groups pruned, MACs kept | kept whole (besides the stem) | prune wall, peak RSS "
+        "| ONNX fp32: outputs, lowest cosine, recall | TFLite INT8: exit, lowest cosine, recall | TFLite INT8 wall, peak RSS |",
+        "|---|---:|---|---|---|---:|---|---|---:|",
+    ]
+    for r in rows:
+        p = r["prune"]
+        pr = (f"{r['groups']}, {100 * r['macs_kept']:.0f} %" if p["code"] == 0 else f"exit {p['code']}: {p['error'][:80]}")
+        cells = []
+        for key in ("onnx fp32", "tflite int8"):
+            e = r.get(key)
+            if not e:
+                cells.append("-")
+                continue
+            rec = f"{100 * e['recall']:.0f} %" if e.get("recall") is not None else "-"
+            text = f"exit {e['code']}, {e.get('outputs', '-')}, {e.get('lowest', float('nan')):.4f}, {rec}"
+            cells.append(text if e["code"] == 0 else f"{text} ({e['error'][7:90]})")
+        t = r.get("tflite int8") or {}
+        tw = f"{t['seconds']:.0f} s, {t['rss_mib'] / 1024:.2f} GiB" if t else "-"
+        lines.append(f"| {r['model']} | {r['imgsz']} | {r['load']} | {pr} | {r.get('whole', '-')} "
+                     f"| {p['seconds']:.0f} s, {p['rss_mib'] / 1024:.2f} GiB | {cells[0]} | {cells[1]} | {tw} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], det_rows: list[dict], cmd: str, seconds: float) -> str:
@@ -274,7 +398,21 @@ def main() -> None:
     ap.add_argument("--no-tp", action="store_true", help="skip plain Torch-Pruning")
     ap.add_argument("--no-detectors", action="store_true", help="skip the detector before/after table")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    ap.add_argument("--commands", action="store_true",
+                    help="only the real Ultralytics detectors through the CLI (its own RESULTS section)")
     args = ap.parse_args()
+    if args.commands:
+        t0 = time.time()
+        with tempfile.TemporaryDirectory(prefix="bench-zoo-cmd-") as tmp:
+            sizes = {"yolo26n": [320, 640], "yolov8n": [320], "yolo11n": [320]}
+            rows = commands(Path(tmp), sizes)
+        body = commands_table(rows, "nice python benchmarks/bench_zoo.py --commands", time.time() - t0)
+        print(body)
+        if not args.no_write:
+            from benchmarks._results import write_section
+
+            write_section("zoo-commands", body)
+        return
     from edgeprune._threads import one_thread
 
     t0 = time.time()

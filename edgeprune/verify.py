@@ -28,8 +28,6 @@ Definitions:
 Example::
 
     >>> import numpy as np
-
-from edgeprune.errors import ExportError
     >>> a = [np.array([[1.0, 2.0], [3.0, 1.0]])]
     >>> agreement(a, a)["top1"]
     1.0
@@ -43,6 +41,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import ExportError
 
 CONF = 0.25  # a confident detection (Ultralytics' default prediction threshold)
@@ -52,9 +51,8 @@ MIN_CONFIDENT = 10  # fewer anchors than this above ``conf``: an untrained model
 
 
 def _as_list(outputs) -> list[np.ndarray]:
-    if isinstance(outputs, np.ndarray):
-        return [outputs]
-    return [np.asarray(o) for o in outputs]
+    """Outputs as a flat list of arrays, nested ones in ONNX's order (edgeprune.checks.outputs)."""
+    return flatten_numpy(outputs)
 
 
 def _cosine(rf: np.ndarray, cf: np.ndarray) -> np.ndarray:

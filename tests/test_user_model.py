@@ -269,7 +269,7 @@ def test_io_precision_int8_on_local_gives_the_pis_file(user):
              "--data", str(r / "images" / "val"), "-o", "tfl", "--json")
     assert p.returncode == 0, p.stderr[-2000:]
     final = [a for a in json.loads(p.stdout)["artifacts"] if a["final"]][0]
-    rep = tensor_report(final["path"])
+    rep = tensor_report(r / final["path"])  # a path relative to where the command ran
     assert rep["input_dtypes"] == ["int8"] and rep["output_dtypes"] == ["int8"], rep
 
 

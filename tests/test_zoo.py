@@ -1,7 +1,8 @@
 """Models users bring (tests/zoo): each block type prunes, or is protected with a reason, never a traceback.
 
-For every zoo model at 30 % and 50 % (kept counts aligned to 8, as a board
-profile would ask): the pruned model runs, keeps its output shapes, has
+For every zoo model at 30 % and 50 % through ``prune_model`` (the API of
+``edgeprune prune``; kept counts aligned to 8, as raspberry-pi-5 asks): the
+pruned model, loaded back from its ``.ept``, runs, keeps its output shapes, has
 fewer MACs, passes the surgery check (``prune_`` verifies that it computes
 what the original computes with the removed channels zeroed, LayerNorm over
 channels compared on the kept channels: see edgeprune/prune/check.py), and
@@ -22,8 +23,7 @@ pytest.importorskip("onnxruntime")
 import numpy as np  # noqa: E402
 
 from edgeprune.errors import PruneError  # noqa: E402
-from edgeprune.export.onnx import export_onnx, run_onnx  # noqa: E402
-from edgeprune.models.stats import count_macs_params  # noqa: E402
+from edgeprune.export.onnx import run_onnx  # noqa: E402
 from edgeprune.prune import ChannelPlan, example_input, make_prunable, prunable_groups, prune_  # noqa: E402
 from tests.zoo import ZOO, build  # noqa: E402
 
@@ -31,10 +31,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _outs(model, x):
-    from edgeprune.prune.groups import flat_tensors
+    from edgeprune.checks.outputs import flatten
 
     with torch.no_grad():
-        return [o.clone() for o in flat_tensors(model(x))]
+        return [o.clone() for o in flatten(model(x))]
 
 
 def _pruned(name, ratio, align=8):
@@ -50,19 +50,23 @@ def _pruned(name, ratio, align=8):
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 @pytest.mark.parametrize("name", list(ZOO))
 def test_zoo_model_prunes_runs_and_exports(name, ratio, tmp_path):
-    shape = ZOO[name][1]
+    """Through ``prune_model`` (``edgeprune prune``), aligned for raspberry-pi-5 (8)."""
+    from edgeprune.api import prune_model
+    from edgeprune.load import load_model
+
+    spec, shape = ZOO[name]
     base = build(name)
     x = example_input(shape)
     before = [o.shape for o in _outs(base, x)]
-    macs0, _ = count_macs_params(base, shape)
-    model, plan, groups, x = _pruned(name, ratio)
-    assert plan.pruned_groups(), f"{name}: nothing pruned"
-    assert all(g.reason for g in groups if not g.prunable)
+    summary = prune_model(spec, target="raspberry-pi-5", ratio=ratio, input_shape=shape, output=tmp_path)
+    assert summary["groups_pruned"], f"{name}: nothing pruned"
+    assert all(e["reason"] and e["groups"] for e in summary["protected"])
+    assert summary["macs_after"] < summary["macs_before"] * (0.95 if ratio == 0.3 else 0.85), summary
+    assert summary["onnx_check"]["passed"]
+    model = load_model(summary["model"], trust_factory=spec).module
     ref = _outs(model, x)
     assert [o.shape for o in ref] == before
-    macs1, _ = count_macs_params(model, shape)
-    assert macs1 < macs0 * (0.95 if ratio == 0.3 else 0.85), (macs0, macs1)
-    onnx_out = run_onnx(export_onnx(model, shape, tmp_path / "m.onnx"), x.numpy())
+    onnx_out = run_onnx(tmp_path / "model.onnx", x.numpy())  # the test's own ONNX Runtime run of prune's file
     scale = max(1.0, max(float(r.abs().max()) for r in ref))
     err = max(float(np.abs(r.numpy() - o).max()) for r, o in zip(ref, onnx_out, strict=True))
     assert err <= 1e-4 * scale, (err, scale)

@@ -1,16 +1,29 @@
-"""The real Ultralytics package: YOLOv8n and YOLO11n built from its YAML (random weights), pruned.
+"""The real Ultralytics package through the commands a user runs: `edgeprune prune` and `edgeprune export`.
+
+YOLOv8n, YOLO11n and YOLO26n (NMS-free end-to-end head) from ultralytics
+8.4's own YAML and code, given as a user gives them: a factory module
+``userdet.py`` written by the test (``--model userdet:build``), at the size
+the user names (``--input-shape 1,3,320,320``), and from a user's own
+checkpoint: a ``best.pt`` written the way Ultralytics' trainer writes one
+and loaded with ``YOLO("best.pt").model`` inside the factory.
 
 Skipped when ``ultralytics`` is not installed; ``bash scripts/setup.sh`` with
 the ``test`` extra installs it with ``--no-deps`` (its declared dependencies
-include torchvision and would pull a CUDA torch; see tests/zoo/ultralytics_real.py
-for the one metadata line it needs from torchvision). The same checks as the
-zoo's own YOLO code: pruned at 50 % aligned to 8, runs through Ultralytics'
-own forward loop, keeps its outputs' shapes, passes the surgery check,
-matches its ONNX export, and saves/loads as an ``.ept`` bit for bit.
+include torchvision and would pull a CUDA torch). This machine has no
+torchvision, so the factories import Ultralytics through
+``tests.zoo.ultralytics_real.import_ultralytics`` (one metadata query
+answered); a user's own ``from ultralytics.nn.tasks import DetectionModel``
+is the same code.
+
+The checkpoint's weights are trained-like, not trained
+(:func:`tests.zoo.ultralytics_real.trained_like`: BatchNorm statistics of
+real photos, class biases centred), so that the INT8 and end-to-end checks
+compare scores that mean something.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -29,48 +42,212 @@ if not ultralytics_real.available():
 
 import numpy as np  # noqa: E402
 
-from edgeprune.export.onnx import export_onnx, run_onnx  # noqa: E402
+from edgeprune.api import export_model  # noqa: E402
+from edgeprune.checks.heads import shipping_form  # noqa: E402
+from edgeprune.checks.outputs import compared, flatten_numpy  # noqa: E402
+from edgeprune.cli import main  # noqa: E402
+from edgeprune.export.onnx import run_onnx  # noqa: E402
 from edgeprune.load import load_model  # noqa: E402
-from edgeprune.models.stats import count_macs_params  # noqa: E402
-from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_, save_pruned  # noqa: E402
-from edgeprune.prune.groups import flat_tensors  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-SHAPE = (1, 3, 128, 128)
+SHAPE = (1, 3, 320, 320)
+ARGS = ["--input-shape", "1,3,320,320"]
+
+FROM_YAML = '''
+from tests.zoo.ultralytics_real import import_ultralytics  # = from ultralytics.nn.tasks import DetectionModel
+
+DetectionModel = import_ultralytics().DetectionModel
 
 
-def _outs(model, x):
+def build():
+    return DetectionModel("{cfg}", verbose=False)
+'''
+
+FROM_CHECKPOINT = '''
+from tests.zoo.ultralytics_real import import_ultralytics
+
+import_ultralytics()  # this machine has no torchvision: see tests/zoo/ultralytics_real.py
+from ultralytics import YOLO
+
+
+def build():
+    return YOLO("{path}").model
+'''
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Write the user's factory module ``userdet.py`` (fresh for each test) and put it on the path."""
+
+    def write(text: str) -> str:
+        (tmp_path / "userdet.py").write_text(text)
+        return "userdet:build"
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "userdet", raising=False)
+    yield write
+    sys.modules.pop("userdet", None)
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
+def test_prune_cli_on_a_user_factory_at_the_size_the_user_names(cfg, user_module, tmp_path, capsys):
+    spec = user_module(FROM_YAML.format(cfg=cfg))
+    code, out, err = _cli(["prune", "-t", "local", "-m", spec, *ARGS, "--ratio", "0.3", "-o", str(tmp_path / "p")],
+                          capsys)
+    assert code == 0, err
+    assert "internal error" not in err
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["input_shape"] == list(SHAPE) and summary["task"] == "detect"
+    assert summary["groups_pruned"] >= 0.6 * summary["groups_total"]
+    assert summary["macs_after"] < 0.75 * summary["macs_before"]
+    assert summary["onnx_check"]["passed"]
+    whole = {layer: e["reason"] for e in summary["protected"] for layer in e["layers"]}
+    assert all(whole.values())
+    lines = [line for line in out.splitlines() if "kept whole" in line]
+    assert len(lines) == 1  # one line naming what was kept whole and why
+    # what is kept whole as "a model output" is the head's own last layers: the maps it takes as input
+    # (P3-P5, returned beside its predictions for the training loss) are no outputs, and the neck prunes
+    head = f"model.{len(_build(cfg).model) - 1}."
+    outputs = [layer for layer, why in whole.items() if why.startswith("its channels are a model output")]
+    assert outputs and all(layer.startswith(head) for layer in outputs), outputs
+    if cfg == "yolo26n.yaml":  # C3k2 with attention: the stream its Attention reads its size from is kept whole
+        assert any("read back in model.22.m.0.1.attn" in r for r in whole.values()), whole
+    if cfg == "yolo11n.yaml":
+        assert any(layer.startswith("model.10.m.0.attn.") for layer in whole)
+    pruned = load_model(str(tmp_path / "p" / "model.ept"), trust_factory=spec)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        return [o.clone() for o in flat_tensors(model(x))]
+        want = [t.shape for t in compared(_build(cfg), x)]
+        assert [t.shape for t in compared(pruned.module, x)] == want
 
 
-@pytest.mark.parametrize("name", ["yolov8n", "yolo11n"])
-def test_real_ultralytics_model_prunes_runs_and_round_trips(name, tmp_path):
-    factory = getattr(ultralytics_real, name)
-    model = factory()
-    assert "torchvision" not in sys.modules
-    x = example_input(SHAPE)
-    before = [o.shape for o in _outs(model, x)]
-    macs0, _ = count_macs_params(model, SHAPE)
-    stamps = {n: (m.i, m.f, m.type, m.np) for n, m in model.named_modules() if hasattr(m, "f")}
-    groups = prunable_groups(model, x, include_protected=True)
-    plan = ChannelPlan.uniform(groups, 0.5, align=8, input_shape=SHAPE, base=f"tests.zoo.ultralytics_real:{name}")
-    prune_(model, plan)
-    assert plan.rewrites  # its C2f / C3k2 blocks
-    for n in plan.rewrites:  # what DetectionModel._predict_once reads survives the rewrite
-        m = model.get_submodule(n)
-        assert (m.i, m.f, m.type, m.np) == stamps[n]
-    ref = _outs(model, x)
-    assert [o.shape for o in ref] == before
-    assert count_macs_params(model, SHAPE)[0] < 0.6 * macs0
-    if name == "yolo11n":
-        psa = [g for g in groups if any(".attn." in layer for layer in g.layers)]
-        assert psa and all(not g.prunable and g.reason for g in psa)
-    onnx_out = run_onnx(export_onnx(model, SHAPE, tmp_path / "m.onnx"), x.numpy())
-    scale = max(1.0, max(float(r.abs().max()) for r in ref))
-    err = max(float(np.abs(r.numpy() - o).max()) for r, o in zip(ref, onnx_out, strict=True))
-    assert err <= 1e-4 * scale, (err, scale)
-    save_pruned(model, plan, tmp_path / "m.ept", name=name, task="detect")
-    again = load_model(str(tmp_path / "m.ept"), trust_factory=f"tests.zoo.ultralytics_real:{name}")
-    for a, b in zip(ref, _outs(again.module, x), strict=True):
-        assert torch.equal(a, b)
+WRAPPED = FROM_YAML + '''
+
+import torch
+
+
+class FirstOutput(torch.nn.Module):
+    """What users write to get one tensor out: the decoded predictions, the rest dropped."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)[0]
+
+
+def wrapped():
+    return FirstOutput(build())
+'''
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_prune_a_wrapper_that_returns_only_the_predictions(cfg, user_module, tmp_path):
+    """Issue 19: YOLOv8n ended in IndexError (its DFL's view cut channels unseen), YOLO26n in 'no longer runs'
+    (its one-to-one branch runs but reaches no output, so torch-pruning never saw its inputs)."""
+    from edgeprune.api import prune_model
+
+    user_module(WRAPPED.format(cfg=cfg))
+    summary = prune_model("userdet:wrapped", target="local", ratio=0.3, input_shape=SHAPE, output=tmp_path / "p")
+    assert summary["groups_pruned"] > 0.6 * summary["groups_total"] and summary["onnx_check"]["passed"]
+    pruned = load_model(summary["model"], trust_factory="userdet:wrapped").module
+    with torch.no_grad():
+        assert pruned(torch.zeros(SHAPE)).shape == (1, 84, 2100)
+
+
+def _build(cfg: str):
+    return getattr(ultralytics_real, cfg.split(".")[0])()  # seeded
+
+
+@pytest.fixture(scope="module")
+def checkpoint_runs(tmp_path_factory):
+    """Per architecture: a user's best.pt, its factory module, and `edgeprune prune` run on it once."""
+    made: dict = {}
+
+    def get(cfg: str, monkeypatch, capsys):
+        if cfg not in made:
+            root = tmp_path_factory.mktemp(cfg.split(".")[0])
+            model = ultralytics_real.trained_like(_build(cfg), SHAPE)
+            ultralytics_real.save_checkpoint(model, root / "best.pt", cfg=cfg, imgsz=320)
+            mod = f"user_{cfg.split('.')[0]}"
+            (root / f"{mod}.py").write_text(FROM_CHECKPOINT.format(path=root / "best.pt"))
+            made[cfg] = (root, f"{mod}:build")
+        root, spec = made[cfg]
+        monkeypatch.syspath_prepend(str(root))
+        if not (root / "p" / "model.ept").is_file():
+            code, _, err = _cli(["prune", "-t", "local", "-m", spec, *ARGS, "--ratio", "0.3", "-o", str(root / "p")],
+                                capsys)
+            assert code == 0, err
+        return root, spec
+
+    return get
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_export_onnx_of_a_pruned_user_checkpoint_holds_what_ultralytics_ships(cfg, checkpoint_runs, monkeypatch,
+                                                                               capsys, tmp_path):
+    root, spec = checkpoint_runs(cfg, monkeypatch, capsys)
+    summary = json.loads((root / "p" / "summary.json").read_text())
+    assert summary["groups_pruned"] > 0 and summary["source"] == spec
+    pruned = load_model(str(root / "p" / "model.ept"), trust_factory=spec)
+    # prune's own model.onnx: every eval-mode output, ONNX output k == flattened PyTorch output k
+    x = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
+    with torch.no_grad():
+        ref = flatten_numpy(pruned.module(torch.from_numpy(x)))
+    got = run_onnx(root / "p" / "model.onnx", x)
+    assert len(got) == len(ref) >= 6
+    for k, (r, g) in enumerate(zip(ref, got, strict=True)):
+        assert r.shape == g.shape and np.abs(r - g).max() <= 1e-4 * max(1.0, np.abs(r).max()), k
+
+    report = export_model(str(root / "p" / "model.ept"), target="local", output=tmp_path / "e", trust_factory=spec,
+                          verify_count=8)
+    assert report.passed and report.final.format == "onnx" and report.final.precision == "fp32"
+    ship = shipping_form(pruned.module, fmt="onnx", precision="fp32", input_shape=SHAPE)
+    with torch.no_grad():
+        want = ship(torch.from_numpy(x)).numpy()
+    onnx_out = run_onnx(report.final.path, x)
+    assert len(onnx_out) == 1  # the decoded predictions alone, as Ultralytics' exporter writes them
+    if cfg == "yolov8n.yaml":
+        assert onnx_out[0].shape == (1, 84, 2100)
+        assert np.abs(onnx_out[0] - want).max() <= 1e-4 * np.abs(want).max()
+        assert [o["role"] for o in report.outputs] == ["boxes", "scores"]
+        return
+    # YOLO26: the NMS-free one-to-one branch, top-300 rows (x1, y1, x2, y2, score, class)
+    assert onnx_out[0].shape == (1, 300, 6) and [o["role"] for o in report.outputs] == ["detections"]
+    assert report.final.extra["end2end"]["tied_at_cut"] < 0.5  # real, distinct scores: the check means something
+    assert report.final.extra["detection"]["recall"] >= 0.98
+    # the test's own comparison, row by row in any order: same class, score and box
+    found = 0
+    for row in onnx_out[0][0]:
+        same = (want[0][:, 5] == row[5]) & (np.abs(want[0][:, 4] - row[4]) <= 1e-4) \
+            & (np.abs(want[0][:, :4] - row[:4]).max(1) <= 0.05)
+        found += bool(same.any())
+    assert found >= 297, found  # rows tied at the 300th score may differ
+
+
+def test_export_tflite_full_int8_of_a_pruned_yolo26_checkpoint(checkpoint_runs, monkeypatch, capsys, tmp_path):
+    """`edgeprune export --format tflite --precision int8` (its API, with fewer samples than the CLI's 128/64)."""
+    pytest.importorskip("onnx2tf")
+    pytest.importorskip("ai_edge_litert")
+    root, spec = checkpoint_runs("yolo26n.yaml", monkeypatch, capsys)
+    report = export_model(str(root / "p" / "model.ept"), target="local", output=tmp_path / "t", trust_factory=spec,
+                          fmt="tflite", precision="int8", calib_count=16, verify_count=8)
+    assert report.passed
+    final = report.final
+    assert (final.format, final.precision) == ("tflite", "int8")
+    tensors = final.extra["tensors"]  # full INT8 inside; local's I/O is float32 (its profile's io_precision)
+    assert "int8" in tensors["dtypes"] and final.extra["float_tensors"] <= len(tensors["input_dtypes"]) + len(
+        tensors["output_dtypes"])
+    # full INT8: Ultralytics exports the one-to-many branch (no end-to-end top-k), boxes and scores apart
+    assert [o["role"] for o in report.outputs] == ["boxes", "scores"]
+    assert report.verification["outputs_split"] and len(final.extra["outputs"]) == 2
+    assert min(r["cosine"] for r in final.extra["outputs"]) >= 0.93
+    assert final.extra["detection"]["recall"] >= 0.5

@@ -72,12 +72,12 @@ def _label(norm: Any) -> str:
 def _top1(module, x: np.ndarray, y: np.ndarray) -> float:
     import torch
 
-    from edgeprune.checks.outputs import flatten_outputs
+    from edgeprune.checks.outputs import flatten
 
     hits = 0
     with torch.no_grad():
         for i in range(0, len(x), 64):
-            out = flatten_outputs(module(torch.from_numpy(np.ascontiguousarray(x[i:i + 64]))))[0]
+            out = flatten(module(torch.from_numpy(np.ascontiguousarray(x[i:i + 64]))))[0]
             hits += int((out.argmax(1).numpy() == y[i:i + 64]).sum())
     return hits / max(len(x), 1)
 

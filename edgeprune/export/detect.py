@@ -37,11 +37,16 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edgeprune.checks.heads import describe as describe_heads
+from edgeprune.checks.heads import shipping_form
+from edgeprune.checks.outputs import flatten
 from edgeprune.errors import ExportError, require
 
 
@@ -52,20 +57,29 @@ class OutputPiece:
     source: int
     start: int | None  # None: the whole output
     end: int | None
-    role: str  # 'boxes' | 'scores' | 'part' | 'output'
+    role: str  # 'boxes' | 'scores' | 'detections' | 'part' | 'output'
     name: str
     decoded: bool = False  # boxes as (x, y, w, h) in pixels, scores as probabilities
+    classes: int | None = None  # 'detections' (YOLO26 end-to-end rows x1, y1, x2, y2, score, class): class count
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _flat(out) -> list:
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _flat(o)]
-    return [out]
+def for_shipping(loaded: Any, *, fmt: str, precision: str) -> Any:
+    """``loaded`` with its module as a file of ``fmt``/``precision`` holds it (a shallow copy), or ``loaded``.
+
+    Ultralytics heads are set as Ultralytics' exporter sets them
+    (:func:`edgeprune.checks.heads.shipping_form`): the decoded prediction
+    tensor alone, YOLO26's end-to-end detections for float files. The
+    reference outputs and every file then hold the same outputs.
+    """
+    ship = shipping_form(loaded.module, fmt=fmt, precision=precision, input_shape=tuple(loaded.input_shape))
+    if ship is loaded.module:
+        return loaded
+    out = copy.copy(loaded)
+    out.module = ship
+    return out
 
 
 def _roles(sizes: list[int], ndim: int) -> tuple[list[str], bool]:
@@ -94,9 +108,13 @@ def output_layout(module, input_shape: tuple[int, ...], *, task: str) -> list[Ou
     x = torch.zeros(*input_shape)
     module.eval()
     with torch.enable_grad(), Record():
-        outs = [o for o in _flat(module(x)) if isinstance(o, torch.Tensor)]
+        outs = flatten(module(x))
+    heads = describe_heads(module)
     layout: list[OutputPiece] = []
     for i, o in enumerate(outs):
+        if heads and heads["end2end"] and o.ndim == 3 and o.shape[1] == heads["max_det"] and o.shape[2] >= 6:
+            layout.append(OutputPiece(i, None, None, "detections", f"output{i} detections", True, heads["classes"]))
+            continue
         fn = o.grad_fn
         sizes = None
         if task == "detect" and fn is not None and fn.name() == "CatBackward0" and o.ndim >= 3:
@@ -206,6 +224,17 @@ def _probabilities(s: np.ndarray) -> np.ndarray:
     return s if (s.min() >= 0 and s.max() <= 1) else _sigmoid(s)
 
 
+def _end2end(rows: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """YOLO26's end-to-end rows ``(N, K, 6)`` (x1, y1, x2, y2, score, class) as boxes ``(N, 4, K)`` and scores ``(N, C, K)``."""
+    x1, y1, x2, y2, score = (rows[..., k] for k in range(5))
+    boxes = np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=1)
+    cls = np.clip(np.rint(rows[..., 5]), 0, classes - 1).astype(int)
+    scores = np.zeros((rows.shape[0], classes, rows.shape[1]))
+    n, k = np.meshgrid(np.arange(rows.shape[0]), np.arange(rows.shape[1]), indexing="ij")
+    scores[n, cls, k] = score
+    return boxes, scores
+
+
 def decoded(parts: list[np.ndarray], layout: list[OutputPiece], input_shape: tuple[int, ...]):
     """``(boxes (N, 4, A), scores (N, classes, A))`` from a detector's pieces, or None.
 
@@ -214,6 +243,9 @@ def decoded(parts: list[np.ndarray], layout: list[OutputPiece], input_shape: tup
     distribution-focal-loss expectation over ``reg_max`` bins, anchors at
     cell centres and stride ``input height / H`` (Ultralytics' head).
     """
+    for p, arr in zip(layout, parts, strict=True):
+        if p.role == "detections":
+            return _end2end(arr.astype(np.float64), p.classes or 1)
     by_src: dict[int, dict[str, np.ndarray]] = {}
     flags: dict[int, bool] = {}
     for p, arr in zip(layout, parts, strict=True):
@@ -245,6 +277,60 @@ def decoded(parts: list[np.ndarray], layout: list[OutputPiece], input_shape: tup
     return np.concatenate(all_boxes, axis=2), np.concatenate(all_scores, axis=2)
 
 
+SCORE_WINDOW = 0.05  # rows whose scores differ by less than this (relative) may have swapped places
+TIE = 0.002  # scores this close (relative; fp16 rounds at ~5e-4) are equal to rounding: a tie
+
+
+def match_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """``candidate``'s end-to-end rows ``(N, K, 6)`` reordered to line up with ``reference``'s.
+
+    A top-k orders detections by score, and two whose scores are equal to
+    rounding come out in either order: ONNX Runtime and PyTorch swapped
+    rows on 2 of 8 inputs of a YOLO26n at 320 px (BatchNorm calibrated),
+    150 px apart, though every value agreed to 2e-3. So each reference row
+    is paired with the unused candidate row of the same class, a score within
+    5 % (``SCORE_WINDOW``), and the nearest box; then every figure compares
+    paired rows. Where the k-th and (k+1)-th scores tie (equal to 0.2 %,
+    ``TIE``), which of them is the last row is arbitrary: a reference row tied
+    with the cut and left unpaired, beside a candidate row also tied with its
+    cut, is an equally right answer and is taken as paired (an untrained
+    head, all of whose scores are equal, is all ties: ``figures`` reports the
+    share as ``end2end.tied_at_cut``). Any other unpaired row keeps its
+    place, and the comparison shows the difference.
+    """
+    if reference.shape != candidate.shape or reference.ndim != 3 or reference.shape[2] < 6:
+        return candidate
+    out = candidate.copy()
+    for n in range(reference.shape[0]):
+        ref, cand = reference[n], candidate[n]
+        used = np.zeros(len(cand), dtype=bool)
+        paired = np.full(len(ref), -1)
+        cut_ref, cut_cand = ref[-1, 4], cand[-1, 4]
+
+        def at_cut(score: float, cut: float) -> bool:
+            return abs(score - cut) <= TIE * abs(cut) + 1e-6
+
+        for i, row in enumerate(ref):
+            window = SCORE_WINDOW * abs(row[4]) + 1e-6
+            ok = ~used & (np.rint(cand[:, 5]) == np.rint(row[5])) & (np.abs(cand[:, 4] - row[4]) <= window)
+            if not ok.any():
+                continue
+            dist = np.abs(cand[ok, :4] - row[:4]).sum(1)
+            if at_cut(row[4], cut_ref) and dist.min() > 0.01 * (np.abs(row[:4]).sum() + 1.0):
+                continue  # a tie at the cut: any of the tied anchors is as right (below)
+            j = int(np.where(ok)[0][dist.argmin()])
+            used[j], paired[i] = True, j
+        left = list(np.where(~used)[0])
+        for i in np.where(paired < 0)[0]:
+            if not left:
+                break
+            j = left.pop(0)
+            out[n, i] = ref[i] if at_cut(ref[i, 4], cut_ref) and at_cut(cand[j, 4], cut_cand) else cand[j]
+        for i in np.where(paired >= 0)[0]:
+            out[n, i] = cand[paired[i]]
+    return out
+
+
 def _round(d: dict) -> dict:
     return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in d.items()}
 
@@ -261,9 +347,13 @@ class OutputCheck:
                  input_shape: tuple[int, ...]) -> None:
         self.layout, self.whole, self.split, self.input_shape = layout, whole_shapes, split, input_shape
 
-    def pieces(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
-        """An artifact's outputs as pieces."""
-        return list(outputs) if self.split else pieces(list(outputs), self.layout)
+    def pieces(self, outputs: list[np.ndarray], *, like: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """An artifact's outputs as pieces; end-to-end detections in ``like``'s row order (:func:`match_rows`)."""
+        parts = list(outputs) if self.split else pieces(list(outputs), self.layout)
+        if like is not None:
+            parts = [match_rows(r, p) if piece.role == "detections" else p
+                     for piece, r, p in zip(self.layout, like, parts, strict=True)]
+        return parts
 
     def artifact_shapes(self) -> list[tuple[int, ...]]:
         """The shapes the artifacts output (to map TFLite's NHWC outputs back)."""
@@ -281,6 +371,10 @@ class OutputCheck:
         ref, cand = decoded(reference, self.layout, self.input_shape), decoded(got, self.layout, self.input_shape)
         if ref is not None and cand is not None:
             fig["detection"] = _round(detection_agreement(*ref, *cand))
+        for piece, r in zip(self.layout, reference, strict=True):
+            if piece.role == "detections":  # how much of the top-k is a tie at its cut (an untrained head: all)
+                tied = np.abs(r[..., 4] - r[:, -1:, 4]) <= TIE * np.abs(r[:, -1:, 4]) + 1e-6
+                fig["end2end"] = {"rows": int(r.shape[1]), "tied_at_cut": round(float(tied.mean()), 4)}
         return fig
 
 
@@ -293,6 +387,6 @@ def describe(layout: list[OutputPiece]) -> list[dict]:
 
 
 __all__ = [
-    "OutputCheck", "OutputPiece", "decoded", "describe", "is_split", "needs_own_scales", "output_layout", "pieces",
-    "split_onnx_outputs",
+    "OutputCheck", "OutputPiece", "decoded", "describe", "for_shipping", "is_split", "match_rows", "needs_own_scales",
+    "output_layout", "pieces", "split_onnx_outputs",
 ]

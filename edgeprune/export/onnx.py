@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune._paths import atomic_file
+from edgeprune.checks.outputs import flatten
 from edgeprune.errors import ExportError, require
 
 OPSET = 17
@@ -46,9 +47,7 @@ def export_onnx(
     dummy = torch.zeros(*input_shape)
     with torch.no_grad():
         out = model(dummy)
-    from edgeprune.export.detect import _flat
-
-    n_out = len(_flat(out))  # nested outputs (Ultralytics' (y, [x0, x1, x2])) are flattened by the exporter
+    n_out = len(flatten(out))  # torch.onnx flattens nested outputs the same way (edgeprune.checks.outputs)
     try:
         with atomic_file(path) as tmp:
             with torch.no_grad():

@@ -49,7 +49,8 @@ import numpy as np
 
 from edgeprune import __version__
 from edgeprune._paths import sha256_file, staged_output
-from edgeprune.checks.outputs import flatten_outputs
+from edgeprune.checks.heads import same_form
+from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import AgreementError, ExportError, ModelError
 from edgeprune.export.artifact import Artifact, stamp_metadata
 from edgeprune.export.calib import (
@@ -60,7 +61,7 @@ from edgeprune.export.calib import (
     builtin_samples,
     default_normalize,
 )
-from edgeprune.export.detect import OutputCheck
+from edgeprune.export.detect import OutputCheck, for_shipping
 from edgeprune.export.formats import (
     FORMAT_RUNTIMES,
     ConvertRequest,
@@ -151,8 +152,6 @@ class ExportOptions:
 
 # -- the model and its reference outputs ---------------------------------------
 
-def _flatten(out) -> list[np.ndarray]:
-    return [np.asarray(t) for t in flatten_outputs(out)]
 
 
 def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
@@ -162,7 +161,7 @@ def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
     parts = []
     with torch.no_grad():
         for i in range(0, len(x), 16):
-            parts.append(_flatten(module(torch.from_numpy(np.ascontiguousarray(x[i : i + 16])))))
+            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[i : i + 16])))))
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
@@ -234,7 +233,7 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
     # A TensorRT-scheme INT8 model runs on the board's TensorRT: check what it computes, not what
     # this CPU's saturating int8 kernels make of it (edgeprune.export.onnx.onnx_session).
     emulate = spec.precision == "int8" and req.options.get("scheme") == "tensorrt"
-    outputs = outs.pieces(_runner(spec, dest, outs.artifact_shapes(), emulate_qdq=emulate)(verify_x))
+    outputs = outs.pieces(_runner(spec, dest, outs.artifact_shapes(), emulate_qdq=emulate)(verify_x), like=reference)
     art = Artifact(
         path=dest, format=spec.format, precision=spec.precision, sha256=sha256_file(dest),
         size_bytes=dest.stat().st_size, agreement=_round(agreement(reference, outputs)),
@@ -339,6 +338,7 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
 
     o = options
     t_start = time.perf_counter()
+    loaded = for_shipping(loaded, fmt=fmt, precision=precision)  # a detector's head as its file holds it
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
@@ -554,7 +554,7 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]
         return {"base": base_name, "base_weights": None,
                 "note": "the unpruned original with trained weights is not known here (its weights file is not "
                         "recorded, or has changed): accuracy is not compared with it"}, None
-    base_out = _torch_outputs(original.module, x)
+    base_out = _torch_outputs(same_form(original.module, loaded.module), x)
     return ({"base": base_name, "base_weights": original.weights,
              "agreement": _round(agreement(base_out, reference))}, base_out)
 

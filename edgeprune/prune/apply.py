@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from edgeprune._threads import single_threaded
+from edgeprune.checks.outputs import compared
 from edgeprune.errors import PruneError, did_you_mean
 from edgeprune.prune.check import check_surgery
-from edgeprune.prune.groups import analyse, flat_tensors
+from edgeprune.prune.groups import analyse
 from edgeprune.prune.importance import (
     accumulate_taylor_grads,
     choose_removed,
@@ -42,7 +43,7 @@ def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
 
 def _shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
     with torch.no_grad():
-        return [tuple(o.shape) for o in flat_tensors(model(x))]
+        return [tuple(o.shape) for o in compared(model, x)]
 
 
 def _leaf_owners(model: nn.Module) -> dict[int, tuple[str, nn.Module]]:

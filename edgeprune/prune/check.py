@@ -60,15 +60,15 @@ import copy
 import torch
 from torch import nn
 
+from edgeprune.checks.outputs import compared
 from edgeprune.errors import PruneError
-from edgeprune.prune.groups import flat_tensors
 
 TOL = 1e-4  # relative to max(1, max |output|)
 
 
 def _outs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
-        return flat_tensors(model(x))
+        return compared(model, x)
 
 
 def zero_removed(model: nn.Module, removed: dict[str, list[tuple[str, list[int]]]]) -> None:
@@ -88,20 +88,46 @@ def zero_removed(model: nn.Module, removed: dict[str, list[tuple[str, list[int]]
 
 
 class _KeptChannels(nn.Module):
-    """A per-channel layer applied to its kept channels only; removed positions output 0."""
+    """A per-channel layer applied to its kept channels only; removed positions output 0.
+
+    Which dimension of its input holds the channels is read from what the
+    layer does, not from its class: timm's ``LayerNorm2d`` is an
+    ``nn.LayerNorm`` subclass that normalises dim 1 of an NCHW input (it
+    permutes inside), ``nn.LayerNorm`` itself the last dim of a channels-last
+    one (slicing the last dim of an NCHW input cut its width: ``index out of
+    range``). One dim of the channel count: that one. Several (a 40-channel
+    map 40 wide): the layer is run once with one input value changed, and
+    the dim along which the outputs change is the one it normalises; a layer
+    that mixes nothing (BatchNorm, a layer scale) takes dim 1 of a 4-D input,
+    else the last.
+    """
 
     def __init__(self, layer: nn.Module, channels: int, kept: list[int]) -> None:
         super().__init__()
-        self.channels, self.last = channels, isinstance(layer, nn.LayerNorm)
+        self.channels = channels
         self.register_buffer("kept", torch.tensor(kept, dtype=torch.long))
+        self.full = layer  # the unpruned layer: probed for its channel dim
         self.layer = _sliced(layer, channels, kept)
+        self._dims: dict[tuple[int, ...], int] = {}
 
     def _dim(self, x: torch.Tensor) -> int:
-        if self.last:
-            return x.ndim - 1
-        dims = [d for d in range(1, x.ndim) if x.shape[d] == self.channels]
-        if not dims:
-            raise PruneError(f"no dimension of size {self.channels} in an input of shape {tuple(x.shape)}")
+        shape = tuple(x.shape)
+        if shape not in self._dims:
+            dims = [d for d in range(1, x.ndim) if x.shape[d] == self.channels]
+            if not dims:
+                raise PruneError(f"no dimension of size {self.channels} in an input of shape {shape}")
+            self._dims[shape] = dims[0] if len(dims) == 1 else self._probe(x, dims)
+        return self._dims[shape]
+
+    def _probe(self, x: torch.Tensor, dims: list[int]) -> int:
+        with torch.no_grad():
+            nudged = x.clone()
+            nudged[(0,) * x.ndim] += 1.0
+            changed = (self.full(nudged) - self.full(x)).abs() > 0
+        where = changed.nonzero()
+        moving = [d for d in dims if where.shape[0] and len(torch.unique(where[:, d])) > 1]
+        if len(moving) == 1:
+            return moving[0]
         return 1 if 1 in dims and x.ndim == 4 else dims[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

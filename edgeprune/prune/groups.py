@@ -23,10 +23,22 @@ flatten-before-Linear). edgeprune adds what it lacks:
   (GroupNorm) cannot take fewer channels: it is protected, with the shapes in
   its reason. Pruning attention by whole heads would need the block's code
   to read its head count from the weights; timm's and Ultralytics' do not;
+- sizes read back from a tensor: Ultralytics' attention views its heads
+  back with ``.view(B, C, H, W)``, ``C`` read from its input's shape, which
+  no autograd graph shows; a reshape that outputs exactly the shape of an
+  input of a module it runs in protects that input's group
+  (:func:`_sized_by_input`);
+- layers whose result is dropped (a wrapper returning ``model(x)[0]`` of a
+  YOLO26 leaves its one-to-one branch running but reaching no output) are
+  traced too (:func:`_every_layer`), so their input channels shrink with
+  the layers feeding them;
 - protection: a group whose channels reach a model output (classifier,
   detection head convs) is never prunable, nor is the stem (the first conv
   run on the input) unless ``protect_stem=False``, nor a group touching a
-  layer the user names.
+  layer the user names. Outputs are those of
+  :func:`edgeprune.checks.outputs.compared`: the maps an Ultralytics head
+  returns of its own inputs (for its training loss) are not outputs, so the
+  neck feeding the head prunes.
 
 Every group that is kept whole says why: :func:`kept_whole` lists them
 (protected, or left whole by a plan's rounding, e.g. a grouped conv whose
@@ -52,6 +64,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from edgeprune.checks.outputs import compared, flatten
 from edgeprune.errors import PruneError, did_you_mean, require
 
 OUTPUT_REASON = "its channels are a model output"
@@ -98,30 +111,52 @@ class GroupAnalysis:
         return [g for g in self.groups if g.prunable]
 
 
-def flat_tensors(out) -> list[torch.Tensor]:
-    """Every tensor in a model's output, in order (tuples, lists and dicts nested any depth)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in flat_tensors(o)]
-    return []
+flat_tensors = flatten  # the one flatten (edgeprune.checks.outputs), under the name older callers import
 
 
 class _Shapes(TorchFunctionMode):
-    """Records the output shape of every op with an autograd node: reshapes' targets are not saved on it."""
+    """Records the output shape of every op with an autograd node: reshapes' targets are not saved on it.
+
+    With :meth:`watch` on a model it also records, for every reshape, the
+    modules whose forward it runs in and their input tensors
+    (``enclosing``), and which layer made each tensor (``made``): what
+    :func:`_sized_by_input` needs.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.shapes: dict = {}
+        self.enclosing: dict = {}
+        self.made: dict = {}
+        self._stack: list = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.shapes.setdefault(t.grad_fn, tuple(t.shape))
+                if self._stack and getattr(func, "__name__", "") in ("view", "reshape"):
+                    self.enclosing.setdefault(t.grad_fn, list(self._stack))
         return out
+
+    def watch(self, model: nn.Module) -> list:
+        """Hook every module of ``model``; returns the hook handles (remove them after the trace)."""
+
+        def pre(mod, args):
+            self._stack.append((mod, [a for a in args if isinstance(a, torch.Tensor)]))
+
+        def post(mod, _args, out):
+            if self._stack and self._stack[-1][0] is mod:
+                self._stack.pop()
+            if isinstance(out, torch.Tensor) and out.grad_fn is not None and any(
+                True for _ in mod.parameters(recurse=False)
+            ):
+                self.made.setdefault(out.grad_fn, mod)
+
+        hooks = []
+        for m in model.modules():
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+        return hooks
 
 
 def _is_grouped(m: nn.Module) -> bool:
@@ -160,12 +195,12 @@ def _trace_ends(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, se
     ]
     try:
         with torch.enable_grad():
-            out = model(x)
+            outs = compared(model, x)  # a detection head's own input maps are not outputs
     finally:
         for h in hooks:
             h.remove()
     ends: set[nn.Module] = set()
-    stack = [o.grad_fn for o in flat_tensors(out) if o.grad_fn is not None]
+    stack = [o.grad_fn for o in outs if o.grad_fn is not None]
     seen = set()
     while stack:
         fn = stack.pop()
@@ -198,8 +233,12 @@ def _keeps_channels(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
     for k in range(1, len(a)):
         if b == a[:k] + [math.prod(a[k:])] or b == [math.prod(a[: k + 1])] + a[k + 1 :]:
             return True
-    # the reverse of a leading merge: nn.Linear on (N, H, W, C) views its result back that way
-    return any(a == [math.prod(b[: k + 1])] + b[k + 1 :] for k in range(1, len(b)))
+    # The reverse of a leading merge: nn.Linear on (N, H, W, C) computes on (N*H*W, C) and views its
+    # result back to (N, H, W, C). Only when the first dim really holds the batch merged with others
+    # (compared unsqueezed): (1, 64, A) -> (1, 4, 16, A) cuts channels (Ultralytics' DFL) and is not one.
+    src, dst = list(src), list(dst)
+    return len(dst) > len(src) > 1 and any(
+        src[0] == math.prod(dst[: k + 1]) and src[1:] == dst[k + 1 :] for k in range(1, len(dst) - 1))
 
 
 def _reshape_out(node, shapes: dict) -> tuple[int, ...] | None:
@@ -245,6 +284,78 @@ def _op_reason(node, shapes: dict, tp) -> str:
     return ""
 
 
+def _every_layer(model: nn.Module, x: torch.Tensor):
+    """The forward torch-pruning traces: the model's outputs and every layer's output.
+
+    torch-pruning builds its graph backwards from the outputs, so a layer
+    that runs but whose result is dropped (a wrapper returning only
+    ``model(x)[0]`` of a YOLO26, whose one-to-one branch then reaches no
+    output) would be missing from it: its input channels would not shrink
+    with the layers feeding it, and the pruned model would not run. Returning
+    every layer's output puts every layer that runs into the graph; which
+    channels are model outputs is decided from the real outputs
+    (:func:`_trace_ends`).
+    """
+    extra: list[torch.Tensor] = []
+
+    def keep(_mod, _args, out):
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            extra.append(out)
+
+    hooks = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        return model(x), extra
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _producers(fn, made: dict) -> set[nn.Module]:
+    """The layers with parameters nearest to autograd node ``fn`` on every path back (through adds, activations)."""
+    found, stack, seen = set(), [fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if f in made:
+            found.add(made[f])
+            continue
+        stack.extend(nxt for nxt, _ in f.next_functions)
+    return found
+
+
+def _sized_by_input(barriers: dict, recorder: _Shapes, names: dict) -> dict[nn.Module, str]:
+    """Layers whose output channels a reshape reads back from a module's input (``B, C, H, W = x.shape``).
+
+    Ultralytics' attention (YOLO11's C2PSA, YOLO26's C3k2 with attention)
+    computes its heads from ``qkv(x)`` and views the result back with
+    ``.view(B, C, H, W)``, ``C`` read from its input ``x``: a size taken
+    from one tensor and imposed on another, which no autograd graph shows.
+    So when a reshape that fixes sizes (a barrier) outputs exactly the shape
+    of an input of a module it runs in, the channels of that input cannot
+    shrink either: the layers producing it are returned, with the reason.
+    """
+    bound: dict[nn.Module, str] = {}
+    for node, _why in barriers.items():
+        out = recorder.shapes.get(node.grad_fn)
+        if out is None or len(out) < 3:
+            continue
+        source = node.grad_fn.next_functions[0][0] if node.grad_fn.next_functions else None
+        for mod, inputs in reversed(recorder.enclosing.get(node.grad_fn, [])):
+            hits = [t for t in inputs if tuple(t.shape) == out and t.grad_fn is not None and t.grad_fn is not source]
+            if not hits:
+                continue
+            where = names.get(mod, type(mod).__name__)
+            why = (f"its channels are read back in {where} ({type(mod).__name__}: a reshape to its input's size "
+                   f"{_dims(out)}, e.g. .view(B, C, H, W) of attention heads), so they shrink only with its heads")
+            for t in hits:
+                for layer in _producers(t.grad_fn, recorder.made):
+                    bound.setdefault(layer, why)
+            break
+    return bound
+
+
 def analyse(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -264,10 +375,11 @@ def analyse(
     protected |= {m for p in protect for m in by_name[p].modules()}
     model.eval()
     recorder = _Shapes()
+    hooks = recorder.watch(model)
     try:
         with torch.enable_grad(), recorder:
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, verbose=False
+                model, example_inputs=example_input, forward_fn=_every_layer, verbose=False
             )
     except Exception as exc:  # torch-pruning's tracer raises many types on code it does not know
         import traceback
@@ -279,6 +391,9 @@ def analyse(
             "piece multiplied into a concat): prune a model built from standard blocks, or "
             "rewrite that block"
         ) from None
+    finally:
+        for h in hooks:
+            h.remove()
     # Ops whose sizes are fixed in the model's code stop torch-pruning's propagation: every group
     # that reaches one is protected below. Without the stop, index mappings through an attention
     # block's view/split inside a residual loop grow without end (YOLO11's C2PSA: >15 GB, no result).
@@ -288,6 +403,7 @@ def analyse(
         if why:
             barriers[node] = why
             node.dependencies = []
+    sized = _sized_by_input(barriers, recorder, names)
     stem, ends = _trace_ends(model, example_input)
     stem = stem if protect_stem else None
     order = {m: i for i, m in enumerate(model.modules())}
@@ -341,6 +457,8 @@ def analyse(
             reason = f"protected ({', '.join(hit)})"
         elif stops:
             reason = f"{barriers[stops[0]]} (after {gid})"
+        elif set(outs) & sized.keys():
+            reason = sized[min(set(outs) & sized.keys(), key=order.get)]
         elif not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in ins):
             reason = OUTPUT_REASON
         slices = 1

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from edgeprune.checks.outputs import flatten
 from edgeprune.errors import PruneError, require
 
 CRITERIA = ("l1", "l2", "bn", "taylor", "first")
@@ -123,7 +124,7 @@ def accumulate_taylor_grads(
             model.zero_grad(set_to_none=True)
             x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
             out = model(x)
-            outs = list(out) if isinstance(out, (tuple, list)) else [out]
+            outs = flatten(out)  # nested outputs (a detector's), edgeprune.checks.outputs
             if y is not None:
                 loss = (loss_fn or nn.functional.cross_entropy)(outs[0], y)
             elif outs[0].ndim == 2 and outs[0].shape[1] > 1:

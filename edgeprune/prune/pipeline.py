@@ -41,7 +41,7 @@ import torch
 
 from edgeprune._paths import atomic_write_text, staged_output
 from edgeprune._threads import single_threaded
-from edgeprune.checks.outputs import flatten_outputs
+from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import ExportError, PruneError
 from edgeprune.export.onnx import export_onnx, run_onnx
 from edgeprune.models import LoadedModel
@@ -231,7 +231,7 @@ def _outputs(model, x: torch.Tensor) -> list[np.ndarray]:
     outs = []
     with torch.no_grad():
         for i in range(x.shape[0]):
-            outs.append([t.numpy() for t in flatten_outputs(model(x[i : i + 1]))])
+            outs.append(flatten_numpy(model(x[i : i + 1])))  # nested outputs: edgeprune.checks.outputs
     return [np.concatenate([s[k] for s in outs]) for k in range(len(outs[0]))]
 
 

@@ -43,8 +43,8 @@ import copy
 import torch
 from torch import nn
 
+from edgeprune.checks.outputs import flatten
 from edgeprune.errors import PruneError
-from edgeprune.prune.groups import flat_tensors
 
 REWRITE_KIND = "split-chunk"
 TOL = 1e-5  # relative to max(1, max |block output|)
@@ -225,7 +225,7 @@ def _same(ref: list[torch.Tensor], new: list[torch.Tensor]) -> bool:
 
 def _outputs(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [t.clone() for t in flat_tensors(module(x))]
+        return [t.clone() for t in flatten(module(x))]
 
 
 def make_prunable(
