@@ -83,9 +83,9 @@ def _head(model: nn.Module) -> nn.Module:
 
 
 def edgeprune_uniform(lm, ratio: float, precision: str) -> nn.Module:
+    from edgeprune._threads import one_thread
     from edgeprune.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_
-    from edgeprune._threads import one_thread
 
     model = copy.deepcopy(lm.module).eval()
     with one_thread():
@@ -106,9 +106,9 @@ def edgeprune_latency_aware(lm, budget_ms: float, runtime: str, *, fraction: flo
     benchmark's method for every row alike (Bench.latency: beside the unpruned model in one batch, median of --repeats batches)."""
     import tempfile
 
+    from edgeprune.api import prune_model
     from edgeprune.errors import BudgetError
     from edgeprune.load import load_model
-    from edgeprune.api import prune_model
 
     fmt, precision = RUNTIMES[runtime]
     with tempfile.TemporaryDirectory() as out:

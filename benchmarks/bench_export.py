@@ -111,8 +111,8 @@ def loaded_model(name: str):
 
 
 def bench_model(name: str, out: Path, *, rounds: int, runs: int) -> list[dict]:
-    from edgeprune.export.formats import Thresholds
     from edgeprune.api import export_model as export
+    from edgeprune.checks.thresholds import Thresholds
 
     lm = loaded_model(name)
     rows = []
@@ -151,11 +151,11 @@ def _output_shapes(lm):
 
 def quantizer_table(name: str, out: Path, *, rounds: int, runs: int) -> list[dict]:
     """ORT quantize_static vs NNCF, both schemes, same calibration and held-out data."""
+    from edgeprune.checks.agreement import agreement
     from edgeprune.export.calib import model_samples
     from edgeprune.export.onnx import export_onnx, run_onnx
     from edgeprune.export.pipeline import _torch_outputs
     from edgeprune.export.quantize import quantize_onnx
-    from edgeprune.verify import agreement
 
     lm = loaded_model(name)
     cal, ver = model_samples(lm)

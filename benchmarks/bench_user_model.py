@@ -68,7 +68,7 @@ def write_folders(root: Path, per_class: tuple[int, int, int]) -> None:
     for k in range(10):
         idx = rng.permutation(np.flatnonzero(y == k))
         start = 0
-        for part, n in zip(("train", "val", "test"), per_class):
+        for part, n in zip(("train", "val", "test"), per_class, strict=True):
             for i in idx[start:start + n]:
                 img = Image.fromarray(x[i]).resize((32, 32), Image.BILINEAR).convert("RGB")
                 dest = root / part / f"{k}-{names[k]}" / f"{i:05d}.png"

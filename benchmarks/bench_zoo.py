@@ -154,8 +154,8 @@ def prune_and_export(label: str, spec: str, shape: tuple[int, ...], out: Path) -
     import torch
 
     from edgeprune.api import export_model, prune_model
+    from edgeprune.checks.thresholds import Thresholds
     from edgeprune.errors import EdgePruneError
-    from edgeprune.export.formats import Thresholds
 
     row: dict = {"model": label}
     lm = build(spec, shape)
@@ -191,7 +191,7 @@ def prune_and_export(label: str, spec: str, shape: tuple[int, ...], out: Path) -
 
 def detector_before_after(out: Path) -> list[dict]:
     from edgeprune.api import export_model as export
-    from edgeprune.export.formats import Thresholds
+    from edgeprune.checks.thresholds import Thresholds
 
     off = Thresholds(top1=0.0, cosine=-1.0, recall=0.0, score_corr=-1.0)
     rows = []

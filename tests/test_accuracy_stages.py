@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from edgeprune.accuracy import AccuracyDropError  # noqa: E402
 from edgeprune.api import export_model as export  # noqa: E402
+from edgeprune.checks.accuracy import AccuracyDropError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -162,7 +162,7 @@ def test_precision_the_board_does_not_run_is_refused(digits, tmp_path):
 
 
 def test_min_agreement_fails_below_threshold_and_keeps_report(digits, tmp_path):
-    from edgeprune.export.formats import Thresholds
+    from edgeprune.checks.thresholds import Thresholds
 
     with pytest.raises(AgreementError) as info:
         export(digits, target="jetson-orin-nano", output=tmp_path,

@@ -55,7 +55,7 @@ def _bn_recalibrated(loaded, n: int = 32):
 
 
 def _loose():
-    from edgeprune.export.formats import Thresholds
+    from edgeprune.checks.thresholds import Thresholds
 
     # cosine applies to all outputs together and to each piece (box and class maps per scale) on its own:
     # the random network's deepest scale falls to ~0.67 in INT8 (measured), which the overall figure hid
@@ -69,8 +69,8 @@ def _other_input_baseline(loaded) -> float:
     """Cosine between the model's outputs on 16 verify inputs and on 16 *other* inputs."""
     import torch
 
+    from edgeprune.checks.agreement import agreement
     from edgeprune.export.calib import builtin_samples
-    from edgeprune.verify import agreement
 
     a = builtin_samples(loaded.input_shape, 16, split="verify", normalize="unit").data
     b = builtin_samples(loaded.input_shape, 16, split="verify", normalize="unit", seed=99).data

@@ -31,8 +31,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from edgeprune.api import export_model as export  # noqa: E402
+from edgeprune.checks.thresholds import Thresholds  # noqa: E402
 from edgeprune.errors import ExportError  # noqa: E402
-from edgeprune.export.formats import Thresholds  # noqa: E402
 from edgeprune.export.pipeline import AgreementError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

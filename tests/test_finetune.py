@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from edgeprune.accuracy import AccuracyDropError  # noqa: E402
 from edgeprune.api import finetune_model  # noqa: E402
+from edgeprune.checks.accuracy import AccuracyDropError  # noqa: E402
 from edgeprune.errors import EdgePruneError, ModelError  # noqa: E402
 from edgeprune.finetune import Interrupted  # noqa: E402
 

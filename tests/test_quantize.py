@@ -29,9 +29,9 @@ def digits_onnx(tmp_path_factory):
 @pytest.mark.parametrize("quantizer", ["ort", "nncf"])
 @pytest.mark.parametrize("scheme", ["tensorrt", "cpu"])
 def test_quantizers_and_schemes(digits_onnx, tmp_path, quantizer, scheme):
+    from edgeprune.checks.agreement import agreement
     from edgeprune.export.onnx import run_onnx
     from edgeprune.export.quantize import quantize_onnx, zero_points
-    from edgeprune.verify import agreement
 
     src, calib, xv, yv = digits_onnx
     dst = tmp_path / f"{quantizer}-{scheme}.onnx"
@@ -62,9 +62,9 @@ def test_uint8_rewrite_keeps_outputs(digits_onnx, tmp_path):
     """NNCF's uint8 zero-point-0 quantizers rewritten to int8 (TensorRT) still compute nearly the same."""
     import onnx
 
+    from edgeprune.checks.agreement import agreement
     from edgeprune.export.onnx import run_onnx
     from edgeprune.export.quantize import _uint8_to_int8, quantize_onnx, zero_points
-    from edgeprune.verify import agreement
 
     src, calib, xv, _ = digits_onnx
     quantize_onnx(src, tmp_path / "cpu.onnx", calib, scheme="cpu", quantizer="nncf")

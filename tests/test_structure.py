@@ -108,8 +108,8 @@ def test_transport_classes_own_their_defaults():
 
 def test_verify_raises_the_projects_errors():
     np = pytest.importorskip("numpy")
+    from edgeprune.checks.agreement import agreement
     from edgeprune.errors import EdgePruneError
-    from edgeprune.verify import agreement
 
     with pytest.raises(EdgePruneError, match=r"output 0: shape \(2, 3\) differs from the reference's \(2, 4\)"):
         agreement([np.zeros((2, 4))], [np.zeros((2, 3))])

@@ -1,10 +1,10 @@
-"""Per-output and detection-level agreement (edgeprune.verify), on hand-made outputs."""
+"""Per-output and detection-level agreement (edgeprune.checks.agreement), on hand-made outputs."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.verify import agreement, detection_agreement, per_output
+from edgeprune.checks.agreement import agreement, detection_agreement, per_output
 
 
 def _detector_outputs(n=4, anchors=300, classes=5, seed=0):

@@ -39,7 +39,7 @@ def _parse_min_agreement(value: str | None):
         if not 0.0 <= v <= 1.0:
             raise click.BadParameter(f"'{value}': agreement is a fraction between 0 and 1")
         return v
-    from edgeprune.export.formats import Thresholds
+    from edgeprune.checks.thresholds import Thresholds
 
     parts = dict(p.split("=", 1) for p in value.split(",") if p)
     keys = ("top1", "cosine", "recall", "score_corr")
@@ -114,8 +114,8 @@ def _human(report: dict) -> None:
 
 def _run(*, as_json: bool, **kwargs) -> None:
     from edgeprune._paths import output_dir
-    from edgeprune.accuracy import AccuracyDropError
     from edgeprune.api import export_model
+    from edgeprune.checks.accuracy import AccuracyDropError
     from edgeprune.errors import ExportError
     from edgeprune.export.pipeline import AgreementError, resolve
     from edgeprune.reach import resolve_target

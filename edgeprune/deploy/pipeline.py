@@ -23,15 +23,15 @@ from typing import Any
 
 from edgeprune import __version__
 from edgeprune._paths import atomic_write_text
-from edgeprune.accuracy import drop_points
 from edgeprune.bench.batch import BatchSession, BatchSettings
 from edgeprune.bench.runner import BenchSettings, bench_target
+from edgeprune.checks.gate import decide
 from edgeprune.checks.preprocess import check_preprocessing
+from edgeprune.checks.thresholds import Thresholds
 from edgeprune.data import DEFAULT_VAL_FRACTION, DataOptions
 from edgeprune.deploy.manifest import STAGES, RunManifest, digest
 from edgeprune.deploy.report import write_report
 from edgeprune.errors import AgentError, BudgetError, EdgePruneError, GateError, PruneError
-from edgeprune.export.formats import Thresholds
 from edgeprune.export.pipeline import AgreementError, ExportOptions, export, model_sha256
 from edgeprune.finetune.run import FinetuneOptions, finetune_model
 from edgeprune.latency.job import BudgetOptions, prune_for_budget
@@ -365,28 +365,12 @@ def stage_verify(ctx: Ctx) -> StageOut:
     o = ctx.opts
     exp = ctx.result("export")
     acc = exp.get("accuracy") or {}
-    original, final = acc.get("original"), exp.get("final_accuracy")
-    gate: dict[str, Any] = {"max_accuracy_drop": o.max_accuracy_drop, "metric": acc.get("metric"),
-                            "heldout": acc.get("heldout"), "samples": acc.get("samples"),
-                            "original": original, "final": final, "drop": None, "passed": False,
-                            "forced": False, "reason": None}
-    verdict = (exp.get("verdict") or {}).get("status")
-    if original is None or final is None:
-        gate["reason"] = f"the gate cannot be checked: {_why_no_gate(ctx, exp)}; or --force to ship unchecked"
-    else:
-        drop = drop_points(original, final)
-        gate["drop"] = drop
-        where = f"on {acc.get('samples')} held-out samples, {acc.get('heldout')}"
-        if drop > o.max_accuracy_drop:
-            gate["reason"] = (f"{exp.get('step')} {acc.get('metric')} {final:.4f} vs the original's {original:.4f} "
-                              f"{where}: {drop:.2f} points lost, over --max-accuracy-drop {o.max_accuracy_drop:g}")
-        elif verdict == "failed":
-            gate["reason"] = f"the export's checks failed: {(exp.get('verdict') or {}).get('reason')}"
-        else:
-            gate["passed"] = True
-            gate["reason"] = (f"{exp.get('step')} {acc.get('metric')} {final:.4f} vs the original's {original:.4f} "
-                              f"{where}: " + (f"{drop:.2f} points lost" if drop > 0 else f"{-drop:.2f} points gained")
-                              + f" (at most {o.max_accuracy_drop:g} allowed)")
+    verdict = exp.get("verdict") or {}
+    gate = decide(metric=acc.get("metric"), original=acc.get("original"), final=exp.get("final_accuracy"),
+                  max_drop=o.max_accuracy_drop, step=exp.get("step"), heldout=acc.get("heldout"),
+                  samples=acc.get("samples"),
+                  export_failed=verdict.get("reason") if verdict.get("status") == "failed" else None,
+                  cannot_check=_why_no_gate(ctx, exp) + "; or --force to ship unchecked")
     gate["forced"] = not gate["passed"] and o.force
     folder = ctx.dir("verify")
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ What this module does, by structure (no model names):
   on its own, split or not;
 - :func:`decoded` turns the pieces into boxes ``(N, 4, anchors)`` (centre,
   size, pixels) and probabilities ``(N, classes, anchors)`` for
-  :func:`edgeprune.verify.detection_agreement`: the decoded output if there
+  :func:`edgeprune.checks.agreement.detection_agreement`: the decoded output if there
   is one, else raw Ultralytics-style maps (distribution focal loss bins,
   anchors at cell centres, stride = input size / map size).
 
@@ -364,7 +364,7 @@ class OutputCheck:
 
     def figures(self, reference: list[np.ndarray], got: list[np.ndarray]) -> dict:
         """``{"outputs": per-output agreement, "detection": the detection figure (detectors)}``."""
-        from edgeprune.verify import detection_agreement, per_output
+        from edgeprune.checks.agreement import detection_agreement, per_output
 
         rows = per_output(reference, got, names=[p.name for p in self.layout], roles=[p.role for p in self.layout])
         fig: dict = {"outputs": [_round(r) for r in rows]}

@@ -10,7 +10,7 @@ through :func:`_step`, the one wrapper that
 3. sizes and sha256s it,
 4. runs it with the table's runtime (ONNX Runtime or LiteRT, one thread) on
    held-out inputs and measures agreement against the previous step *and*
-   the original PyTorch model (:func:`edgeprune.verify.agreement`),
+   the original PyTorch model (:func:`edgeprune.checks.agreement.agreement`),
 5. fails the export (:class:`AgreementError`) when agreement with the
    original is below the thresholds (the table's defaults, or
    ``min_agreement``).
@@ -91,7 +91,7 @@ class ExportReport:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     passed: bool = True
-    accuracy: dict[str, Any] | None = None  # edgeprune.export.accuracy: original, model, every artifact
+    accuracy: dict[str, Any] | None = None  # edgeprune.checks.accuracy: original, model, every artifact
     failure: str | None = None  # why it failed, for the verdict
     verdict: dict[str, Any] = field(default_factory=lambda: {"status": "passed", "reason": None})
 
@@ -219,7 +219,7 @@ def _round(d: dict[str, Any] | None) -> dict[str, Any] | None:
 def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify_x: np.ndarray,
           reference: list[np.ndarray], previous: list[np.ndarray] | None,
           labels: np.ndarray | None, outs: OutputCheck) -> tuple[Artifact, list[np.ndarray]]:
-    from edgeprune.verify import agreement
+    from edgeprune.checks.agreement import agreement
 
     step(f"converting to {spec.format} {spec.precision}")
     t0 = time.perf_counter()
@@ -293,7 +293,7 @@ def export(
     original is the model's own ``reference`` (for a pruned model, its
     unpruned original with the user's weights). ``options.max_accuracy_drop``
     (points) fails the export when the file to ship is further below the
-    original (:class:`~edgeprune.accuracy.AccuracyDropError`, exit 2).
+    original (:class:`~edgeprune.checks.accuracy.AccuracyDropError`, exit 2).
 
     Raises :class:`AgreementError` (with the report) when an artifact falls
     below the agreement thresholds (over all outputs, for each output, and
@@ -315,7 +315,7 @@ def export(
         raise ModelError("export() takes a LoadedModel (edgeprune.load.load_model); the API's export_model "
                          "takes a --model spec")
     fmt, precision = resolve(profile, options.fmt, options.precision)  # refusals come before anything is written
-    from edgeprune.accuracy import AccuracyDropError
+    from edgeprune.checks.accuracy import AccuracyDropError
 
     failed: AgreementError | AccuracyDropError | None = None
     with staged_output(output_dir) as stage:
@@ -393,7 +393,7 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
     acc_check = _accuracy_check(loaded, ver, reference, original_out, o.max_accuracy_drop)
     report.accuracy = acc_check.figures if acc_check else None
     if acc_check is not None and ver.labels is not None:
-        from edgeprune.accuracy import label_order_warning
+        from edgeprune.checks.accuracy import label_order_warning
 
         order = label_order_warning(acc_check.baseline, reference[0].shape[1], ver.source)
         if order:
@@ -477,7 +477,7 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
     gate = (acc_check.gate(measured.step, str(final / Path(measured.path).name))
             if acc_check and measured else None)
     if gate:
-        from edgeprune.accuracy import AccuracyDropError
+        from edgeprune.checks.accuracy import AccuracyDropError
 
         report.passed = False
         report.failure = gate
@@ -546,7 +546,7 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]
     """
     if getattr(loaded, "plan", None) is None:
         return None, None
-    from edgeprune.verify import agreement
+    from edgeprune.checks.agreement import agreement
 
     original = getattr(loaded, "original", None)
     base_name = str(loaded.base)
@@ -561,7 +561,7 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]
 
 def _accuracy_check(loaded: Any, ver: SampleSet, reference: list[np.ndarray], original_out, max_drop):
     """An AccuracyCheck for a classifier (None for other outputs: their agreement is what is checked)."""
-    from edgeprune.export.accuracy import AccuracyCheck
+    from edgeprune.checks.accuracy import AccuracyCheck
 
     if not _is_classifier(reference):
         return None
@@ -573,7 +573,7 @@ def _accuracy_check(loaded: Any, ver: SampleSet, reference: list[np.ndarray], or
 
 def _model_lost_accuracy(acc: dict[str, Any] | None, base: str | None) -> str | None:
     """The warning for a pruned model below its original on labelled data (before any conversion)."""
-    from edgeprune.export.accuracy import LOST_POINTS
+    from edgeprune.checks.accuracy import LOST_POINTS
 
     if not acc or acc.get("metric") != "top1" or acc.get("model") is None or acc.get("original") is None:
         return None
@@ -588,7 +588,7 @@ def _model_lost_accuracy(acc: dict[str, Any] | None, base: str | None) -> str | 
 def _write_report(report: ExportReport, stage: Path) -> None:
     """Write export.json and report.md into ``stage``; every path they record is in the final folder."""
     from edgeprune import _paths
-    from edgeprune.export.accuracy import verdict
+    from edgeprune.checks.accuracy import verdict
 
     final = next((a for a in reversed(report.artifacts) if a.agreement), None)
     report.verdict = verdict(passed=report.passed, failure=report.failure, accuracy=report.accuracy,

@@ -29,7 +29,7 @@ The stages (:func:`finetune_model`):
 7. **measure** the fine-tuned model on the held-out split, write
    ``model.ept`` (same plan, new weights), ``finetune.json`` and
    ``report.md``; ``max_accuracy_drop`` (points) fails the run after writing
-   them (:class:`~edgeprune.accuracy.AccuracyDropError`, exit 2).
+   them (:class:`~edgeprune.checks.accuracy.AccuracyDropError`, exit 2).
 
 Data (``--data``) is any :func:`edgeprune.data.load_data` spec; accuracy is
 always measured on the split fine-tuning never trained on (``test`` for

@@ -118,7 +118,7 @@ def finetune_model(
 
     The teacher is ``teacher`` (a LoadedModel) or the model's own unpruned
     ``original`` (with the user's weights). Raises
-    :class:`~edgeprune.accuracy.AccuracyDropError` (after writing everything)
+    :class:`~edgeprune.checks.accuracy.AccuracyDropError` (after writing everything)
     when the fine-tuned model is more than ``options.max_accuracy_drop``
     points below the original. ``model`` itself is not changed.
     """
@@ -146,7 +146,7 @@ def finetune_model(
 
 def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop, emit) -> FinetuneResult:
     from edgeprune._paths import output_dir
-    from edgeprune.accuracy import check_drop, drop_points
+    from edgeprune.checks.accuracy import check_drop, drop_points
     from edgeprune.export.pipeline import model_sha256
     from edgeprune.finetune.loop import (
         load_checkpoint,
@@ -231,7 +231,7 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
         "best_epoch": (result["best"] or {}).get("epoch"),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    from edgeprune.accuracy import AccuracyDropError, label_order_warning
+    from edgeprune.checks.accuracy import AccuracyDropError, label_order_warning
 
     where = f"{split.to_dict()['source']} {split.heldout_name} split ({len(held):,} images)"
     order = label_order_warning(acc["original"], classes, where) if metric == "top1" else None

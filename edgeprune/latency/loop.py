@@ -98,7 +98,7 @@ def _export(module, lm, profile, fmt: str, precision: str, folder: Path, name: s
     """The artifact the board runs, made by the exporter itself (timing only: no agreement gate).
 
     ``profile``: a Profile (or a profile name, for the benchmarks)."""
-    from edgeprune.export.formats import Thresholds
+    from edgeprune.checks.thresholds import Thresholds
     from edgeprune.export.pipeline import ExportOptions, export
     from edgeprune.models import LoadedModel
 

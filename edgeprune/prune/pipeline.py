@@ -41,6 +41,7 @@ import torch
 
 from edgeprune._paths import atomic_write_text, staged_output
 from edgeprune._threads import single_threaded
+from edgeprune.checks.agreement import agreement
 from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import ExportError, PruneError
 from edgeprune.export.onnx import export_onnx, run_onnx
@@ -51,7 +52,6 @@ from edgeprune.prune.apply import example_input, prune_
 from edgeprune.prune.groups import kept_whole, protected_note, prunable_groups
 from edgeprune.prune.io import save_pruned
 from edgeprune.prune.plan import ChannelPlan
-from edgeprune.verify import agreement
 
 ONNX_TOL = 1e-4
 CHECK_SAMPLES = 4

@@ -55,11 +55,19 @@ def _as_list(outputs) -> list[np.ndarray]:
     return flatten_numpy(outputs)
 
 
-def _cosine(rf: np.ndarray, cf: np.ndarray) -> np.ndarray:
+def cosines(rf: np.ndarray, cf: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``rf`` with the same row of ``cf`` (samples x values): the one
+    cosine of edgeprune. An all-zero row against a non-zero one scores 0; two all-zero rows score 1."""
+    rf, cf = np.asarray(rf, np.float64), np.asarray(cf, np.float64)
     nr, nc = np.linalg.norm(rf, axis=1), np.linalg.norm(cf, axis=1)
     denom = nr * nc
     cos = (rf * cf).sum(axis=1) / np.maximum(denom, 1e-300)
     return np.where(denom > 0, cos, np.where((nr == 0) & (nc == 0), 1.0, 0.0))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """:func:`cosines` of two whole tensors, flattened."""
+    return float(cosines(np.ravel(a)[None], np.ravel(b)[None])[0])
 
 
 def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict[str, float]:
@@ -79,7 +87,7 @@ def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) 
     rf = np.concatenate([r.reshape(n, -1).astype(np.float64) for r in ref], axis=1)
     cf = np.concatenate([c.reshape(n, -1).astype(np.float64) for c in cand], axis=1)
     diff = np.abs(rf - cf)
-    cos = _cosine(rf, cf)
+    cos = cosines(rf, cf)
     first = ref[0]
     if first.ndim == 2 and first.shape[1] > 1:
         top1 = float(np.mean(first.argmax(axis=1) == cand[0].argmax(axis=1)))

@@ -1,6 +1,6 @@
 """Accuracy of every artifact against the original model, the ``--max-accuracy-drop`` gate, and the verdict.
 
-Agreement (edgeprune.verify) says whether a file computes what the model it
+Agreement (:mod:`edgeprune.checks.agreement`) says whether a file computes what the model it
 was made from computes. Accuracy says whether the model still does its job:
 top-1 on labelled held-out images, else top-1 agreement with the *original*
 (for a pruned model: its unpruned base with its trained weights). Both are
@@ -21,6 +21,17 @@ Example::
     check = AccuracyCheck(labels=y, original=base_logits, model=logits, heldout="digits test split")
     check.add("onnx fp32", onnx_logits)
     check.figures      # {'metric': 'top1', 'original': 0.989, 'model': 0.75, 'artifacts': {'onnx fp32': 0.75}, ...}
+
+The drop and the gate (used by ``finetune``, ``export`` and deploy's
+``verify``): accuracy is top-1 on labelled held-out data; on unlabelled data
+it is top-1 agreement with the original model (the original then scores
+1.0). The drop is counted in percentage points: original 0.931, candidate
+0.925 -> 0.6 points. ``--max-accuracy-drop P`` fails the run (exit 2) when the
+drop is larger than ``P``; the report is written first, so the figures are
+there to read::
+
+    check_drop(original=0.931, candidate=0.912, max_drop=1.0, what="model.ept", where="fashion-mnist test")
+    # AccuracyDropError: model.ept: top-1 0.912 vs the original's 0.931 on fashion-mnist test: 1.9 points > 1
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from edgeprune.errors import AccuracyDropError
 
 LOST_POINTS = 1.0  # without a gate, a model this far below its original is not called "passed"
 
@@ -113,3 +126,30 @@ def verdict(*, passed: bool, failure: str | None, accuracy: dict[str, Any] | Non
                           f"top-1 (cosine {pruning_agreement['cosine']:.3f}); fine-tune it (edgeprune finetune) "
                           "before shipping"}
     return {"status": "passed", "reason": None}
+
+
+def drop_points(original: float, candidate: float) -> float:
+    """How many percentage points ``candidate`` is below ``original`` (negative: above)."""
+    return round((original - candidate) * 100.0, 2)
+
+
+def check_drop(*, original: float | None, candidate: float | None, max_drop: float | None, what: str,
+               where: str, metric: str = "top-1", report=None) -> None:
+    """Raise :class:`AccuracyDropError` when ``candidate`` is more than ``max_drop`` points below ``original``."""
+    if max_drop is None or original is None or candidate is None:
+        return
+    drop = drop_points(original, candidate)
+    if drop > max_drop:
+        raise AccuracyDropError(
+            f"{what}: {metric} {candidate:.4f} vs the original's {original:.4f} on {where}: "
+            f"{drop:.2f} points lost > --max-accuracy-drop {max_drop:g}", report)
+
+
+def label_order_warning(original: float | None, num_classes: int | None, source: str) -> str | None:
+    """A warning when the original model scores near chance on labelled data: most often the labels
+    do not follow the model's class order (class folders are sorted by name)."""
+    if original is None or not num_classes or num_classes < 2 or original >= 2.0 / num_classes:
+        return None
+    return (f"the original model scores {original:.3f} top-1 on {source} (chance: {1 / num_classes:.3f}): "
+            "do the labels follow the model's class order? Class folders are read in sorted name order "
+            "(name them e.g. 0-cat, 1-dog); the accuracy figures mean nothing until they do")
