@@ -33,6 +33,7 @@ from edgeprune.deploy.manifest import STAGES, RunManifest, digest
 from edgeprune.deploy.report import write_report
 from edgeprune.errors import AgentError, BudgetError, EdgePruneError, GateError, PruneError
 from edgeprune.export.pipeline import AgreementError, ExportOptions, export, model_sha256
+from edgeprune.export.runners import model_inputs
 from edgeprune.finetune.run import FinetuneOptions, finetune_model
 from edgeprune.latency.job import BudgetOptions, prune_for_budget
 from edgeprune.latency.loop import WHOLE
@@ -606,25 +607,7 @@ def _check_inputs(ctx: Ctx):
         shape = tuple(ctx.original.input_shape)
         x = np.random.default_rng(0).standard_normal((8, *shape[1:])).astype(np.float32)
         source = "8 seeded random inputs (no data was given)"
-    return artifact_inputs(art, x), source
-
-
-def artifact_inputs(artifact: Path, x_nchw) -> Any:
-    """NCHW float inputs as ``artifact`` takes them: TFLite's NHWC and (u)int8 quantization, ONNX's dtype."""
-    import numpy as np
-
-    x = np.asarray(x_nchw, dtype=np.float32)
-    if artifact.suffix.lower() == ".tflite":
-        from edgeprune.export.tflite import TFLiteRunner, interpreter
-
-        det = interpreter(artifact, delegates=False).get_input_details()[0]
-        if x.ndim == 4 and tuple(det["shape"][1:]) != tuple(x.shape[1:]):
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        return TFLiteRunner._quant(x, det)
-    from edgeprune.export.onnx import onnx_session
-
-    kind = onnx_session(artifact).get_inputs()[0].type
-    return x.astype(np.float16) if kind == "tensor(float16)" else x
+    return model_inputs(art, x), source
 
 
 # -- many boards ------------------------------------------------------------------------------

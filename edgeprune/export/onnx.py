@@ -75,6 +75,14 @@ def export_onnx(
     return path
 
 
+# ONNX Runtime's input type names -> numpy dtypes
+ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+}
+
+
 def onnx_session(path: str | os.PathLike[str], *, threads: int = 1, emulate_qdq: bool = False):
     """An ONNX Runtime CPU session for ``path`` (one intra-op thread by default).
 

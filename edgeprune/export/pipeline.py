@@ -70,6 +70,7 @@ from edgeprune.export.formats import (
     chain,
     format_spec,
 )
+from edgeprune.export.runners import host_runner
 from edgeprune.progress import step
 
 
@@ -185,14 +186,7 @@ def _plan_dict(plan: Any) -> Any:
 
 
 def _runner(spec: FormatSpec, path: Path, like: list[tuple[int, ...]], *, emulate_qdq: bool = False):
-    if spec.runtime == "onnxruntime":
-        from edgeprune.export.onnx import onnx_session, run_onnx
-
-        sess = onnx_session(path, emulate_qdq=emulate_qdq)
-        return lambda x: run_onnx(sess, x)
-    from edgeprune.export.tflite import TFLiteRunner
-
-    return TFLiteRunner(path, like=like)
+    return host_runner(path, runtime=spec.runtime, like=like, emulate_qdq=emulate_qdq).model_space
 
 
 def _is_classifier(outputs: list[np.ndarray]) -> bool:

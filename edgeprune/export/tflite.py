@@ -420,6 +420,16 @@ def _to_layout(y: np.ndarray, like: tuple[int, ...] | None) -> np.ndarray:
     raise ExportError(f"TFLite output of shape {y.shape} cannot be matched to the ONNX output {like}")
 
 
+def quantize_input(x: np.ndarray, det: dict) -> np.ndarray:
+    """Float values as an input tensor with LiteRT details ``det`` takes them (its dtype and quantization)."""
+    dtype = det["dtype"]
+    if dtype in (np.float32, np.float16):
+        return x.astype(dtype)
+    scale, zp = det["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
+
+
 class TFLiteRunner:
     """Runs a TFLite file on NCHW float inputs; outputs come back float, in ONNX order and layout."""
 
@@ -441,15 +451,6 @@ class TFLiteRunner:
             self.out_dets = self.it.get_output_details()
 
     @staticmethod
-    def _quant(x: np.ndarray, det: dict) -> np.ndarray:
-        dtype = det["dtype"]
-        if dtype in (np.float32, np.float16):
-            return x.astype(dtype)
-        scale, zp = det["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
-
-    @staticmethod
     def _dequant(y: np.ndarray, det: dict) -> np.ndarray:
         if y.dtype in (np.float32, np.float16):
             return y.astype(np.float32)
@@ -458,7 +459,7 @@ class TFLiteRunner:
 
     def run_one(self, x_nchw: np.ndarray) -> list[np.ndarray]:
         x = x_nchw.transpose(0, 2, 3, 1) if x_nchw.ndim == 4 else x_nchw
-        xq = self._quant(np.ascontiguousarray(x), self.in_det)
+        xq = quantize_input(np.ascontiguousarray(x), self.in_det)
         if self.runner is not None:
             res = self.runner(**{self.in_name: xq})
             outs = [self._dequant(res[n], d) for n, d in zip(self.out_names, self.out_dets, strict=True)]

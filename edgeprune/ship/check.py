@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from edgeprune.checks.onboard import TOLERANCES, Tolerance, compare_outputs, tolerance
-from edgeprune.errors import AgentError, ShipError
+from edgeprune.errors import AgentError, ExportError, ShipError
+from edgeprune.export.runners import SUFFIX_RUNTIME, host_runner
 
 __all__ = ["TOLERANCES", "Tolerance", "compare_outputs", "decode_board_outputs", "host_outputs",
            "load_outputs", "save_outputs", "tolerance"]
@@ -41,17 +42,6 @@ MAX_OUTPUTS = 1000
 
 
 # -- the host's reference ----------------------------------------------------------
-
-
-def _merge(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Per-batch outputs -> one array per output, as the agent's ``run`` merges them."""
-    if len(parts) == 1:
-        return [np.asarray(a) for a in parts[0]]
-    out = []
-    for k in range(len(parts[0])):
-        arrs = [np.asarray(p[k]) for p in parts]
-        out.append(np.concatenate(arrs) if arrs[0].ndim else np.stack(arrs))
-    return out
 
 
 def _fit(path: Path, x: np.ndarray, shape: list, dtype: np.dtype, name: str) -> int:
@@ -87,48 +77,15 @@ def host_outputs(artifact: str | os.PathLike[str], inputs: np.ndarray, *, runtim
             f"{path.name}: the {runtime} runtime does not run on this computer; "
             "pass reference_outputs computed from the artifact it was compiled from"
         )
-    if path.suffix.lower() == ".onnx":
-        from edgeprune.export.onnx import onnx_session
-
-        sess = onnx_session(path)
-        ins = sess.get_inputs()
-        if len(ins) != 1:
-            raise ShipError(f"{path.name}: the on-board check feeds models with one input; it has {len(ins)}")
-        shape = [d if isinstance(d, int) and d > 0 else None for d in ins[0].shape]
-        batch = _fit(path, x, shape, np.dtype(_ORT_TYPES.get(ins[0].type, "float32")), ins[0].name)
-        parts = [sess.run(None, {ins[0].name: x[i : i + batch]}) for i in range(0, len(x), batch)]
-        return _merge(parts)
-    if path.suffix.lower() == ".tflite":
-        from edgeprune.errors import require
-
-        lit = require("ai_edge_litert.interpreter", "tflite", "running TFLite models")
-        try:
-            it = lit.Interpreter(model_path=str(path))
-            it.allocate_tensors()
-        except Exception as exc:
-            raise ShipError(f"{path.name}: LiteRT cannot load it: {exc}") from None
-        ins = it.get_input_details()
-        if len(ins) != 1:
-            raise ShipError(f"{path.name}: the on-board check feeds models with one input; it has {len(ins)}")
-        shape = [int(v) for v in ins[0]["shape"]]
-        batch = _fit(path, x, shape, np.dtype(ins[0]["dtype"]), ins[0]["name"])
-        parts = []
-        for i in range(0, len(x), batch):
-            it.set_tensor(ins[0]["index"], x[i : i + batch])
-            it.invoke()
-            parts.append([it.get_tensor(d["index"]).copy() for d in it.get_output_details()])
-        return _merge(parts)
-    raise ShipError(f"{path.name}: ships .onnx or .tflite files, got '{path.suffix or 'no extension'}'")
-
-
-_ORT_TYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8", "tensor(bool)": "bool",
-}
-
-
-# -- comparing ------------------------------------------------------------------------
+    if path.suffix.lower() not in SUFFIX_RUNTIME:
+        raise ShipError(f"{path.name}: ships .onnx or .tflite files, got '{path.suffix or 'no extension'}'")
+    try:
+        run = host_runner(path)
+        name, shape, dtype = run.input_spec()
+    except ExportError as exc:
+        raise ShipError(str(exc).replace("models with one input are supported", "the on-board check feeds "
+                                         "models with one input")) from None
+    return run.raw(x, _fit(path, x, shape, dtype, name))
 
 
 # -- the board's outputs, untrusted ---------------------------------------------------
