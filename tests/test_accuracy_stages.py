@@ -123,7 +123,7 @@ def test_unlabelled_folder_measures_agreement_with_the_original(pruned, tmp_path
 
 
 def test_headline_never_passed_over_a_failure():
-    from edgeprune.report import headline
+    from edgeprune.export.report import headline
 
     base = {"passed": True, "verdict": {"status": "lost-accuracy", "reason": "top-1 0.1 vs 0.9"}}
     assert "passed**" not in headline(base) and "NOT PASSED" in headline(base)

@@ -3,7 +3,7 @@
 Everything comes from the run manifest (:mod:`edgeprune.deploy.manifest`),
 so a resumed run reports the stages it reused exactly as the run that made
 them measured them, and a failed run still gets a report saying where it
-stopped. The dict's layout is what :func:`edgeprune.htmlreport.render_html`
+stopped. The dict's layout is what :func:`edgeprune.deploy.html.render_html`
 draws.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 from edgeprune import __version__
 from edgeprune._paths import atomic_write_text
 from edgeprune.deploy.manifest import STAGES
+from edgeprune.deploy.verdict import ms_text, outcome, x_text
 
 
 def build_report(ctx, *, seconds: float, error: BaseException | None) -> dict[str, Any]:
@@ -134,8 +135,8 @@ def markdown(rep: dict[str, Any]) -> str:
     lines += [f"**{headline(rep)}**", ""]
     lat = rep.get("latency") or {}
     lines += ["## Latency on the board (p50, measured)", "",
-              f"- unpruned: {_ms(lat.get('unpruned_ms'))}; budget: {_ms(lat.get('budget_ms'))}; "
-              f"shipped: {_ms(lat.get('final_ms'))}; speedup: {_x(lat.get('speedup'))}"]
+              f"- unpruned: {ms_text(lat.get('unpruned_ms'))}; budget: {ms_text(lat.get('budget_ms'))}; "
+              f"shipped: {ms_text(lat.get('final_ms'))}; speedup: {x_text(lat.get('speedup'))}"]
     if lat.get("rounds"):
         lines += ["", "| round | predicted ms | measured ms | budget ms |", "|---:|---:|---:|---:|"]
         lines += [f"| {r['round']} | {_n(r.get('predicted_ms'))} | {_n(r.get('measured_ms'))} | "
@@ -167,25 +168,13 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def headline(rep: dict[str, Any]) -> str:
-    """One line: shipped or not, and why (never 'passed' over a failure)."""
-    gate = rep.get("gate") or {}
-    rel = rep.get("release") or {}
-    failed = [s for s in rep.get("stages", []) if s.get("state") in ("failed", "interrupted", "running")]
-    if failed:
-        s = failed[0]
-        return f"NOT shipped: stage {s['name']} {s['state']}: {s.get('error', '')}"
-    if rel.get("id"):
-        lat = rep.get("latency") or {}
-        forced = " with --force (FAILED the accuracy gate)" if gate.get("forced") else ""
-        return (f"Shipped release {rel['id']} to {rep['target']}{forced}: {gate.get('reason')}; "
-                f"{_ms(lat.get('final_ms'))} on the board vs {_ms(lat.get('unpruned_ms'))} unpruned "
-                f"({_x(lat.get('speedup'))})")
-    return "NOT shipped: the run stopped before the ship stage"
+    """One line: shipped or not, and why (:func:`outcome`)."""
+    return outcome(rep)["text"]
 
 
 def write_report(ctx, *, seconds: float, error: BaseException | None) -> dict[str, Any]:
     """Build the report and write the three files into ``root/report/`` (atomically, each)."""
-    from edgeprune.htmlreport import render_html
+    from edgeprune.deploy.html import render_html
 
     t0 = time.perf_counter()
     rep = build_report(ctx, seconds=seconds, error=error)
@@ -200,14 +189,6 @@ def write_report(ctx, *, seconds: float, error: BaseException | None) -> dict[st
                         outputs={k: Path(v) for k, v in rep["files"].items()},
                         seconds=time.perf_counter() - t0, note=headline(rep))
     return rep
-
-
-def _ms(v: Any) -> str:
-    return f"{v:.4g} ms" if isinstance(v, (int, float)) else "-"
-
-
-def _x(v: Any) -> str:
-    return f"{v:.2f}x" if isinstance(v, (int, float)) else "-"
 
 
 def _n(v: Any) -> str:

@@ -595,7 +595,7 @@ def _write_report(report: ExportReport, stage: Path) -> None:
             art.path = report.output_dir / Path(art.path).name
     text = json.dumps(report.to_dict(), indent=2, default=str)
     _paths.atomic_write_text(stage / "export.json", text + "\n")
-    from edgeprune.report import write_export_report
+    from edgeprune.export.report import write_export_report
 
     write_export_report(json.loads(text), stage)  # the same plain values as the file
 

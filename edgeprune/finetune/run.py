@@ -263,8 +263,8 @@ def _read_json(path: Path) -> dict:
 def write_outputs(out: Path, lm, report: dict[str, Any]) -> None:
     """Every file a fine-tune leaves: ``model.ept``, ``finetune.json``, ``report.md`` (one place, to stage it)."""
     from edgeprune._paths import atomic_write_text
+    from edgeprune.finetune.report import write_finetune_report
     from edgeprune.prune.io import save_pruned
-    from edgeprune.report import write_finetune_report
 
     save_pruned(lm.module.to("cpu"), lm.plan, out / "model.ept", name=lm.name, task=lm.task,
                 earlier=lm.earlier_plans, original=lm.original, normalize=lm.normalize)

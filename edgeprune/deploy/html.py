@@ -28,6 +28,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from edgeprune.deploy.verdict import outcome
+
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 CSS = """
@@ -251,30 +253,11 @@ def _wrap(text: Any, n: int) -> list[str]:
 
 
 def _headline(rep: dict[str, Any]) -> str:
-    gate = rep.get("gate") or {}
-    release = rep.get("release") or {}
-    failed = [s for s in rep.get("stages", []) if s.get("state") == "failed"]
-    if failed:
-        s = failed[0]
-        return (f'<div class="banner fail"><b>Not shipped: stage “{_e(s.get("name"))}” failed.</b> '
-                f'{_e(s.get("error", ""))}</div>')
-    if gate and gate.get("passed") is False and not gate.get("forced"):
-        return (f'<div class="banner fail"><b>Not shipped: below the accuracy gate.</b> '
-                f'{_e(gate.get("reason", ""))}</div>')
-    if gate and gate.get("passed") is False and gate.get("forced"):
-        return (f'<div class="banner warn"><b>Shipped with --force although it failed the accuracy gate.</b> '
-                f'{_e(gate.get("reason", ""))}</div>')
-    if release.get("id"):
-        lat = rep.get("latency") or {}
-        budget = lat.get("budget_ms")
-        final = lat.get("final_ms")
-        met = ""
-        if isinstance(budget, (int, float)) and isinstance(final, (int, float)):
-            met = (f" Measured on the board: {final:.3g} ms against a budget of {budget:.3g} ms"
-                   f" ({'met' if final <= budget else 'NOT met'}).")
-        return (f'<div class="banner ok"><b>Shipped release {_e(release["id"])} to {_e(rep.get("target"))}.</b>'
-                f" It passed the accuracy gate and the on-board check.{_e(met)}</div>")
-    return '<div class="banner warn"><b>Not shipped yet</b> (the run stopped before the ship stage).</div>'
+    """The banner: the same words as the terminal's and report.md's headline (deploy.verdict.outcome)."""
+    out = outcome(rep)
+    cls = {"ok": "ok", "warn": "warn", "fail": "fail"}[out["level"]]
+    head, _, rest = out["text"].partition(": ")
+    return f'<div class="banner {cls}"><b>{_e(head)}.</b> {_e(rest)}</div>'
 
 
 def _section_latency(rep: dict[str, Any]) -> str:
