@@ -115,3 +115,124 @@ def test_verify_raises_the_projects_errors():
         agreement([np.zeros((2, 4))], [np.zeros((2, 3))])
     with pytest.raises(EdgePruneError, match="1 reference outputs but 2 candidate outputs"):
         agreement([np.zeros((2, 4))], [np.zeros((2, 4)), np.zeros((2, 4))])
+
+
+# -- issue 22: the floors follow the data, no circles, one home for exceptions ------------------------------
+
+# Top floor first. A module may import modules on its own floor or below, never above (function-local imports
+# included: a lazy import still is a dependency). cli/api -> deploy -> latency, load -> the stages -> what the
+# stages stand on -> boards and transports -> ground.
+FLOORS = [
+    ("cli", "api", "__main__"),
+    ("deploy",),
+    ("latency", "load"),
+    ("prune", "finetune", "export", "ship"),
+    ("bench", "models", "data", "checks", "tasks"),
+    ("transport", "profiles", "reach", "probe", "config"),
+    ("errors", "_paths", "_threads", "progress", "validate", "safeload", "__init__"),
+]
+FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve(node: ast.ImportFrom, here: str, is_pkg: bool) -> str | None:
+    if node.level == 0:
+        return node.module
+    base = here.split(".") if is_pkg else here.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _graph() -> dict[str, set[str]]:
+    """edgeprune module -> the edgeprune modules it imports (anywhere in its body)."""
+    modules = {_module_name(p): p for p in PKG.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                mod = _resolve(node, name, path.name == "__init__.py")
+                if mod:
+                    targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for t in targets:
+                if t in modules and t != name:
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def _floor(module: str) -> int:
+    part = module.split(".")[1] if module.count(".") else "__init__"
+    assert part in FLOOR, f"{module}: put '{part}' on a floor in tests/test_structure.py FLOORS"
+    return FLOOR[part]
+
+
+def test_no_module_imports_one_on_a_floor_above_it():
+    bad = [f"{m} (floor {_floor(m)}) imports {d} (floor {_floor(d)})"
+           for m, deps in _graph().items() for d in deps if _floor(d) < _floor(m)]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_no_import_circles_between_edgeprune_modules():
+    graph = _graph()
+    # a package's __init__ re-exporting its own modules is not a circle of the code's hand-offs
+    edges = {m: {d for d in deps if not (m.startswith(d + ".") and d + "." in m)} for m, deps in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    circles = []
+    counter = [0]
+
+    def strongconnect(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                strongconnect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                circles.append(sorted(comp))
+
+    import sys
+
+    sys.setrecursionlimit(10000)
+    for v in list(edges):
+        if v not in index:
+            strongconnect(v)
+    assert not circles, "import circles: " + "; ".join(" <-> ".join(c) for c in circles)
+
+
+def test_every_exception_class_lives_in_errors_py():
+    bad = []
+    for path in PKG.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                if any(b.endswith(("Error", "Exception")) or b in ("Interrupted",) for b in bases):
+                    bad.append(f"{path.relative_to(PKG)}: {node.name}")
+    assert not bad, bad

@@ -42,7 +42,7 @@ from typing import Any
 from edgeprune._paths import sha256_file
 from edgeprune.bench.bm_output import BenchmarkOutput, parse_benchmark_output
 from edgeprune.bench.delegates import judge_delegate, resolve_delegate
-from edgeprune.bench.result import BenchResult
+from edgeprune.bench.result import BenchResult, cache_file
 from edgeprune.errors import BenchmarkModelError, ModelError, TransportError
 from edgeprune.progress import step
 
@@ -301,7 +301,6 @@ def bench_phone(reach, model: str | Path, *, settings, use_cache: bool = True,
                 delegate: str | None = None) -> BenchResult:
     """Measure ``model`` (.tflite) on the phone ``reach`` with benchmark_model; see the module docstring."""
     from edgeprune._paths import atomic_write_text
-    from edgeprune.bench.runner import _cache_file
     from edgeprune.transport import CONNECT_TIMEOUT_S, open_transport
 
     model = Path(model)
@@ -319,7 +318,7 @@ def bench_phone(reach, model: str | Path, *, settings, use_cache: bool = True,
         key = {"model": model_sha, "board": transport.identity, "profile": reach.profile.name, "runtime": "litert",
                "runner": "benchmark_model", "binary": phone.binary_sha, "delegate": asdict(phone.delegate),
                "threads": phone.threads(settings.threads), "settings": asdict(settings)}
-        cache = _cache_file(key)
+        cache = cache_file(key)
         if use_cache and cache.is_file():
             try:
                 result = BenchResult.from_dict(json.loads(cache.read_text(encoding="utf-8")))

@@ -16,6 +16,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import AgentError
@@ -232,3 +233,14 @@ def parse_agent_output(stdout: bytes, *, target: str, host: str | None = None) -
         host=host,
         raw=doc,
     )
+
+
+def cache_file(key: dict) -> Path:
+    """Where a measurement with this key (model sha256, board identity, settings) is cached."""
+    import hashlib
+    import json
+
+    from edgeprune._paths import cache_dir
+
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_dir() / "bench" / f"{name}.json"

@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeprune._paths import sha256_file
-from edgeprune.bench.result import BenchResult, parse_agent_output
+from edgeprune.bench.phone import bench_phone
+from edgeprune.bench.result import BenchResult, cache_file, parse_agent_output
 from edgeprune.errors import AgentError, EdgePruneError, ModelError
 from edgeprune.progress import step
 
@@ -72,13 +72,6 @@ def choose_runtime(profile, model: Path) -> str:
     )
 
 
-def _cache_file(key: dict) -> Path:
-    from edgeprune._paths import cache_dir
-
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_dir() / "bench" / f"{name}.json"
-
-
 def bench_target(
     reach,
     model: str | Path,
@@ -92,9 +85,7 @@ def bench_target(
     from edgeprune.transport import CONNECT_TIMEOUT_S, open_transport
 
     if reach.runner == "benchmark_model":
-        # a phone without Python: LiteRT's own binary measures (that module imports this one)
-        from edgeprune.bench.phone import bench_phone
-
+        # a phone without Python: LiteRT's own binary measures
         return bench_phone(reach, model, settings=settings, use_cache=use_cache)
     model = Path(model)
     if not model.is_file():
@@ -118,7 +109,7 @@ def bench_target(
         "agent": sha256_file(agent),
         "python": python,
     }
-    cache = _cache_file(key)
+    cache = cache_file(key)
     if use_cache and cache.is_file():
         try:
             data = json.loads(cache.read_text(encoding="utf-8"))

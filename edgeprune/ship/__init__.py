@@ -30,6 +30,7 @@ Example::
     rollback("lab-pi")
 """
 
+from edgeprune.ship import phone as _phone  # noqa: F401  (registers the phones' backend)
 from edgeprune.ship.releases import (
     ReleaseInfo,
     ReleaseList,

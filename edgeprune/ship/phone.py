@@ -47,6 +47,7 @@ from edgeprune.ship.phone_folder import PhoneFolder
 from edgeprune.ship.releases import ReleaseList, RollbackResult, _info, _stored_check
 from edgeprune.ship.ship import (
     DEFAULT_KEEP,
+    RUNNER_BACKENDS,
     ShipResult,
     StepHook,
     _gc,
@@ -263,3 +264,14 @@ def rollback_phone(reach, *, to: str | None = None, lock_wait_s: float = 0.0, lo
             lock.release()
         step("done", f"rolled back to {rid}")
     return RollbackResult(name, rid, cur, True, check, notes, time.monotonic() - start)
+
+
+class _PhoneBackend:
+    """The phone's entry in :data:`edgeprune.ship.ship.RUNNER_BACKENDS`."""
+
+    ship = staticmethod(lambda artifact, **kw: ship_to_phone(artifact, **kw))
+    releases = staticmethod(lambda reach, **kw: list_phone_releases(reach, **kw))
+    rollback = staticmethod(lambda reach, **kw: rollback_phone(reach, **kw))
+
+
+RUNNER_BACKENDS["benchmark_model"] = _PhoneBackend

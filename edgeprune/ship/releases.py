@@ -33,6 +33,7 @@ from edgeprune.ship.ship import (
     CHECK_OUTPUTS,
     MAX_EXPECTED_BYTES,
     MODEL_FILE,
+    RUNNER_BACKENDS,
     StepHook,
     _quietly,
     _reach,
@@ -123,11 +124,9 @@ def list_releases(target, *, host: str | None = None, accept_new_host_key: bool 
     from edgeprune.transport import open_transport
 
     reach = _reach(target, host)
-    if reach.runner == "benchmark_model":
-        # a phone without Python: its deploy folder through shell scripts (that module imports this one)
-        from edgeprune.ship.phone import list_phone_releases
-
-        return list_phone_releases(reach, accept_new_host_key=accept_new_host_key)
+    backend = RUNNER_BACKENDS.get(reach.runner)
+    if backend is not None:  # a phone without Python: its deploy folder through shell scripts
+        return backend.releases(reach, accept_new_host_key=accept_new_host_key)
     with open_transport(reach, accept_new_host_key=accept_new_host_key) as t:
         t.ensure_workdir()
         t.upload(agent_path(), AGENT_NAME)
@@ -177,11 +176,9 @@ def rollback(
 
     start = time.monotonic()
     reach = _reach(target, host)
-    if reach.runner == "benchmark_model":
-        # a phone without Python: checked with benchmark_model (that module imports this one)
-        from edgeprune.ship.phone import rollback_phone
-
-        return rollback_phone(reach, to=to, lock_wait_s=lock_wait_s, lock_stale_s=lock_stale_s,
+    backend = RUNNER_BACKENDS.get(reach.runner)
+    if backend is not None:  # a phone without Python: checked with benchmark_model
+        return backend.rollback(reach, to=to, lock_wait_s=lock_wait_s, lock_stale_s=lock_stale_s,
                               timeout_s=timeout_s, accept_new_host_key=accept_new_host_key, on_step=on_step)
     name = reach.name
     if to is not None:

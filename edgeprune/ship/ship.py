@@ -111,6 +111,11 @@ class ShipResult:
         )
 
 
+# Boards reached without the agent, by the reach's ``runner``: each entry has ``ship``, ``releases`` and
+# ``rollback``. edgeprune.ship.phone registers the phones' (importing edgeprune.ship imports it).
+RUNNER_BACKENDS: dict[str, Any] = {}
+
+
 def new_release_id(sha256: str, *, now: float | None = None) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + "-" + sha256[:8]
 
@@ -224,11 +229,9 @@ def ship_artifact(
     """
     start = time.monotonic()
     reach = _reach(target, host)
-    if reach.runner == "benchmark_model":
-        # a phone without Python: benchmark_model loads and runs it; no outputs come back (imports this module)
-        from edgeprune.ship.phone import ship_to_phone
-
-        return ship_to_phone(artifact_path, reach=reach, manifest=manifest, precision=precision, keep=keep,
+    backend = RUNNER_BACKENDS.get(reach.runner)
+    if backend is not None:  # a phone without Python: benchmark_model loads and runs it; no outputs come back
+        return backend.ship(artifact_path, reach=reach, manifest=manifest, precision=precision, keep=keep,
                              lock_wait_s=lock_wait_s, lock_stale_s=lock_stale_s, timeout_s=timeout_s,
                              accept_new_host_key=accept_new_host_key, on_step=on_step)
     name = reach.name
