@@ -38,7 +38,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -46,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import ExportError, require
+from edgeprune.export.tflite import configure_converter
 from edgeprune.latency.layers import LayerShape
 
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -186,28 +189,16 @@ def _tf_layer(tf, shape: LayerShape) -> Callable:
 def _tflite_bytes(tf, shape: LayerShape, precision: str, io_precision: str) -> bytes:
     fn = _tf_layer(tf, shape)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
-    if precision == "fp16":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [tf.float16]
-    elif precision == "int8":
-        in_shape = [int(d) for d in fn.input_signature[0].shape]
-        rng = np.random.default_rng(0)
+    in_shape = [int(d) for d in fn.input_signature[0].shape]
+    rng = np.random.default_rng(0)
 
-        def representative():
-            for _ in range(3):
-                yield [rng.standard_normal(in_shape).astype(np.float32)]
+    def representative():
+        for _ in range(3):
+            yield [rng.standard_normal(in_shape).astype(np.float32)]
 
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        dtype = {"int8": tf.int8, "uint8": tf.uint8, "float32": tf.float32}[io_precision]
-        conv.inference_input_type = dtype
-        conv.inference_output_type = dtype
-    elif precision != "fp32":
+    if precision not in ("fp32", "fp16", "int8"):
         raise ExportError(f"no TFLite micro-models in precision '{precision}'")
-    import contextlib
-    import io
-
+    configure_converter(tf, conv, precision, representative, io_precision)
     with contextlib.redirect_stdout(io.StringIO()):
         return conv.convert()
 
