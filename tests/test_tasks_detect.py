@@ -100,8 +100,8 @@ def test_coco_json_maps_categories_and_keeps_crowd_for_evaluation(tmp_path):
     path.write_text(json.dumps(coco))
     split = open_detection(path, input_shape=SHAPE, val_fraction=0.5)
     assert split.train.classes == ["car", "dog"]  # ordered by category id: 3 -> 0, 18 -> 1
-    everything = sorted((tuple(map(float, r)) for d in (split.train, split.val) for i in range(len(d))
-                         for r in d.ground_truth(i)))
+    everything = sorted(tuple(map(float, r)) for d in (split.train, split.val) for i in range(len(d))
+                         for r in d.ground_truth(i))
     assert everything == [(0.0, 0.0, 0.0, 60.0, 60.0, 0.0), (0.0, 50.0, 10.0, 90.0, 40.0, 1.0),
                           (1.0, 10.0, 5.0, 30.0, 35.0, 0.0)]
     a = split.train if split.train.files[0].name == "a.jpg" else split.val

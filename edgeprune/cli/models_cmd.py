@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgeprune.cli._common import emit, json_option
+from edgeprune.errors import MissingDependencyError
 
 
 def _weights(info, available: bool) -> str:
@@ -35,8 +36,6 @@ def models(as_json: bool) -> None:
     from edgeprune.models import build, list_models, pretrained_available
     from edgeprune.models.reference import record
     from edgeprune.models.stats import count_macs_params
-
-    from edgeprune.errors import MissingDependencyError
 
     rows = []
     for info in list_models():
