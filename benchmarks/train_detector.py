@@ -164,3 +164,32 @@ def train_detector(name: str, *, epochs: int | None, limit: int | None, threads:
     if cache:
         print(f"  cached: {save_trained(final, name, record)}")
     return record
+
+
+def write_results(names) -> None:
+    """RESULTS.md#reference-detector: the cached records of the trained detectors."""
+    from benchmarks._results import machine_line, write_section
+    from edgeprune.models.reference import record
+
+    rows = [r for r in (record(n) for n in names) if r]
+    if not rows:
+        return
+    lines = ["## Reference detector trained on fmnist-det (semi-synthetic)", "",
+             "Command beside each row (weights cached in edgeprune's cache folder; `edgeprune models` lists the "
+             "test mAP50-95). mAP by pycocotools' COCOeval on the fixed held-out test split (1,000 images whose "
+             "backgrounds and garments were never trained on nor used to choose the checkpoint); NMS as "
+             "Ultralytics' validator (conf 0.001, IoU 0.7, 300 per image). fmnist-det is semi-synthetic "
+             "(Fashion-MNIST garments composited on real photographs, see edgeprune/data/fmnist_det.py): these "
+             "figures say the detector works, not how it would do on camera images.", "",
+             f"Machine: {machine_line()} (shared with other jobs while training: the load average was 5-10 on "
+             "2 cores, so wall time is not this recipe's cost on an idle machine)", "",
+             "| model | input | recipe | epochs (best) | val mAP50-95 | **test mAP50-95** | test mAP50 | "
+             "train img/s | command |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        shape = "x".join(map(str, r["input_shape"]))
+        rec = r["recipe"]
+        lines.append(f"| {r['model']} | {shape} | AdamW {rec['lr']}, batch {rec['batch_size']}, {rec['augment']}, "
+                     f"EMA; Ultralytics' v8DetectionLoss | {r['epochs']} ({r['best_epoch']}) | "
+                     f"{r['val_map50_95_best']:.4f} | **{r['test_map50_95']:.4f}** | {r['test_map50']:.4f} | "
+                     f"{r['train_images_per_s']} | `{r['command']}` |")
+    write_section("reference-detector", "\n".join(lines))

@@ -155,6 +155,9 @@ def main() -> None:
                   threads=args.threads, cache=not args.quick)
     if not args.quick:
         write_results()
+        from benchmarks.train_detector import write_results as write_detector_results
+
+        write_detector_results(DETECTORS)
         print(json.dumps({"results": "benchmarks/RESULTS.md#reference"}))
 
 

@@ -264,6 +264,13 @@ def check(dest: Path | None = None) -> str | None:
     return None
 
 
+def can_generate() -> bool:
+    """Are its sources here (Fashion-MNIST fetched, scikit-image and scikit-learn installed)?"""
+    from edgeprune.data.builtin import available
+
+    return all(importlib.util.find_spec(p) is not None for p in _FOLDERS) and available("fashion-mnist")
+
+
 def builtin_path(name: str = NAME) -> Path:
     """The generated set's folder; generated now if it is not there (about a minute)."""
     if name != NAME:
@@ -275,6 +282,8 @@ def builtin_path(name: str = NAME) -> Path:
 
     if not available("fashion-mnist"):
         raise DataError(f"{NAME} is built from Fashion-MNIST, which is not fetched yet; run once: {FETCH}")
+    for pkg in _FOLDERS:
+        _background_file(pkg, BACKGROUNDS["train"][0][1] if pkg == "skimage" else "china.jpg")  # one line if absent
     return generate(dest)
 
 
