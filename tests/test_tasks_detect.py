@@ -73,6 +73,12 @@ def test_yolo_yaml_split_boxes_and_letterboxed_targets(tmp_path):
     assert again.train.labelled and len(again.train) == 3
 
 
+def test_polygon_labels_count_as_their_boxes(tmp_path):
+    split = open_detection(_yolo_tree(tmp_path, labels={"train0": "1 0.1 0.2 0.3 0.2 0.3 0.6 0.1 0.6\n"}),
+                           input_shape=SHAPE)
+    np.testing.assert_allclose(split.train.ground_truth(0), [[1, 8, 8, 24, 24, 0]])
+
+
 def test_yolo_folder_without_yaml_and_unlabelled_folder(tmp_path):
     for i in range(5):
         _img(tmp_path / "set" / "images" / f"{i}.jpg", 30, 30)

@@ -14,7 +14,8 @@ one)                                   to the yaml's folder), ``train`` / ``val`
                                        list of either), ``names`` (list or ``{id: name}``).
                                        Labels: each image's path with its last ``images``
                                        folder replaced by ``labels`` and the suffix by
-                                       ``.txt`` (Ultralytics' rule)
+                                       ``.txt`` (Ultralytics' rule); polygon (segment)
+                                       lines count as their boxes
 a folder with ``images/`` and          one set, split train/val seeded; class names from
 ``labels/`` (no yaml)                  ``classes.txt`` if present, else the model's count
 ``instances.json`` (COCO)              ``images`` / ``annotations`` / ``categories``; image
@@ -288,10 +289,17 @@ def read_yolo_labels(path: Path, size: tuple[int, int], num_classes: int | None,
             vals = [float(v) for v in fields]
         except ValueError:
             vals = []
-        if len(vals) != 5 or not all(np.isfinite(vals)):
-            extra = " (a segment or keypoint label? this is the box format)" if len(vals) > 5 else ""
-            problems.add(f"{path} line {n}: expected 'class cx cy w h' (5 numbers), got '{line.strip()[:60]}'{extra}")
+        polygon = len(vals) >= 7 and len(vals) % 2 == 1  # a segment label: its box, as Ultralytics reads it
+        if not (len(vals) == 5 or polygon) or not all(np.isfinite(vals)):
+            problems.add(f"{path} line {n}: expected 'class cx cy w h' (5 numbers) or 'class x1 y1 x2 y2 ...' "
+                         f"(a polygon), got '{line.strip()[:60]}'")
             continue
+        if polygon:
+            xs, ys = np.asarray(vals[1::2]), np.asarray(vals[2::2])
+            if xs.min() < 0 or ys.min() < 0 or xs.max() > 1 or ys.max() > 1:
+                problems.add(f"{path} line {n}: polygon point outside the image (values must be within 0-1)")
+                continue
+            vals = [vals[0], (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2, np.ptp(xs), np.ptp(ys)]
         c, cx, cy, bw, bh = vals
         if c != int(c) or c < 0 or (num_classes is not None and c >= num_classes):
             known = f"0-{num_classes - 1}" if num_classes else "whole numbers from 0"
@@ -347,6 +355,8 @@ def _split_files(entry, root: Path, where: str, key: str) -> list[Path]:
     for e in entries:
         p = Path(str(e)).expanduser()
         p = p if p.is_absolute() else root / p
+        if not p.exists() and str(e).startswith("../"):  # Roboflow's exports: '../train/images' beside the yaml
+            p = root / str(e)[3:]
         if p.is_dir():
             found = _images_under(p)
             if not found:
@@ -356,7 +366,7 @@ def _split_files(entry, root: Path, where: str, key: str) -> list[Path]:
             for line in p.read_text().splitlines():
                 if line.strip():
                     q = Path(line.strip())
-                    q = q if q.is_absolute() else (p.parent / q if not line.startswith("./") else root / q)
+                    q = q if q.is_absolute() else p.parent / q  # './images/x.jpg': beside the list, as Ultralytics
                     if not q.is_file():
                         raise DataError(f"{p}: lists {line.strip()}, which is not a file ({q})")
                     files.append(q)
