@@ -73,6 +73,16 @@ def test_yolo_yaml_split_boxes_and_letterboxed_targets(tmp_path):
     assert again.train.labelled and len(again.train) == 3
 
 
+def test_val_data_given_explicitly(tmp_path):
+    for name, n in (("a", 4), ("b", 2)):
+        for i in range(n):
+            _img(tmp_path / name / "images" / f"{i}.png", 30, 30)
+            (tmp_path / name / "labels").mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    split = load_data(tmp_path / "a", input_shape=SHAPE, task="detect", val_data=tmp_path / "b")
+    assert (len(split.train), len(split.val)) == (4, 2) and split.to_dict()["split"] == "given"
+
+
 def test_polygon_labels_count_as_their_boxes(tmp_path):
     split = open_detection(_yolo_tree(tmp_path, labels={"train0": "1 0.1 0.2 0.3 0.2 0.3 0.6 0.1 0.6\n"}),
                            input_shape=SHAPE)

@@ -133,11 +133,11 @@ def load_data(
     if isinstance(spec, DataSplit):
         return spec
     input_shape = tuple(int(d) for d in input_shape)
-    if task == "detect" and val_data is None and _detection_source(spec):
+    if task == "detect" and _detection_source(spec) and (val_data is None or _detection_source(val_data)):
         from edgeprune.tasks.detect_data import open_detection
 
         return open_detection(spec, input_shape=input_shape, num_classes=num_classes, val_fraction=val_fraction,
-                              seed=seed, limit=limit)
+                              seed=seed, limit=limit, val_data=val_data)
     norm = parse_normalize(normalize) or default_normalize(input_shape, task)
     pre = Preprocess.for_model(input_shape, norm)
     if not 0.0 < val_fraction < 1.0:

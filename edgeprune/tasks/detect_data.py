@@ -160,6 +160,13 @@ class DetectionDataset(Dataset):
                                 input_size=self.input_size, channels=self.channels,
                                 classes=None if drop_labels else self.classes, source=source or self.source)
 
+    def concat(self, other: DetectionDataset, *, source: str | None = None) -> DetectionDataset:
+        """This set followed by ``other`` (same input size; labels kept only when both have them)."""
+        labels = self.labels + other.labels if self.labelled and other.labelled else None
+        return DetectionDataset(self.files + other.files, self.sizes + other.sizes, labels, input_size=self.input_size,
+                                channels=self.channels, classes=self.classes or other.classes,
+                                source=source or self.source)
+
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: str | None = None,
                 limit: int | None = None, start: int = 0) -> Iterator[Any]:
         """``(x, targets)`` (labelled) or ``x``; ``augment`` moves the boxes with the pixels (see :func:`augment`)."""
@@ -528,13 +535,30 @@ def _seeded_split(ds: DetectionDataset, fraction: float, seed: int) -> tuple[Det
 
 def open_detection(spec: str | Path, *, input_shape: tuple[int, ...], num_classes: int | None = None,
                    val_fraction: float = 0.1, seed: int = 0, limit: int | None = None,
-                   images: str | Path | None = None) -> DataSplit:
+                   images: str | Path | None = None, val_data: str | Path | None = None) -> DataSplit:
     """``--data`` for a detector -> a DataSplit of DetectionDataset (see the module docstring).
 
     ``num_classes`` (the model's) turns a data set with another class count
-    into one error; ``images`` gives a COCO JSON's image folder explicitly.
+    into one error; ``images`` gives a COCO JSON's image folder explicitly;
+    ``val_data`` (``--val-data``) is the validation set instead of a seeded
+    share of ``spec`` (its own val split when it is a data.yaml, else all of it).
     """
     from edgeprune.data.builtin import BUILTIN
+
+    if val_data is not None:
+        kw = {"input_shape": input_shape, "num_classes": num_classes, "val_fraction": val_fraction, "seed": seed}
+        main, other = open_detection(spec, **kw), open_detection(val_data, **kw)
+        given = other.val if other.info.get("kind") in ("yolo-yaml", "builtin") else other.train.concat(other.val)
+        if main.info.get("kind") not in ("yolo-yaml", "builtin"):
+            main.train = main.train.concat(main.val, source=f"{spec}")
+        if main.train.classes and given.classes and main.train.classes != given.classes and given.labelled:
+            raise DataError(f"--val-data {val_data}: classes {given.classes[:4]} differ from --data's "
+                            f"{main.train.classes[:4]}")
+        main.val = given
+        main.info.update(split="given", val_data=str(val_data))
+        if limit:
+            main.train, main.val = (d.subset(np.arange(min(limit, len(d)))) for d in (main.train, main.val))
+        return main
 
     input_size = (int(input_shape[2]), int(input_shape[3]))
     channels = int(input_shape[1])
