@@ -192,4 +192,13 @@ def write_results(names) -> None:
                      f"EMA; Ultralytics' v8DetectionLoss | {r['epochs']} ({r['best_epoch']}) | "
                      f"{r['val_map50_95_best']:.4f} | **{r['test_map50_95']:.4f}** | {r['test_map50']:.4f} | "
                      f"{r['train_images_per_s']} | `{r['command']}` |")
+    from edgeprune.data.fmnist_det import folder
+
+    try:
+        info = json.loads((folder() / "info.json").read_text())
+        lines += ["", f"Data: fmnist-det {info['version']} (seed {info['seed']}): {info['counts']} images, "
+                      f"{info['boxes']} boxes; content sha256 `{info['content_sha256']}` "
+                      "(`python -m edgeprune.data.fmnist_det generate` rebuilds it; `check` verifies every file)."]
+    except (OSError, ValueError, KeyError):
+        pass
     write_section("reference-detector", "\n".join(lines))

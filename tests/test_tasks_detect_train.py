@@ -179,3 +179,20 @@ def test_evaluate_and_agreement_run_end_to_end_on_images(tiny_set):
     assert 0.0 <= fig["map50_95"] <= fig["map50"] <= 1.0 and fig["images"] == 3 and "pycocotools" in fig["library"]
     same = agreement_of(lambda x: model(x), lambda x: model(x), split.test, num_classes=10, conf=0.0)
     assert same["recall"] == 1.0 and same["detections"] > 0
+
+
+@pytest.mark.skipif(not ultra.available(), reason="ultralytics is not installed")
+def test_the_two_nms_libraries_agree_on_a_models_outputs():
+    from edgeprune.models.stats import calibrate_batchnorm
+    from edgeprune.tasks.detect_eval import dense_outputs, non_max_suppression
+
+    model = calibrate_batchnorm(_tiny(), (1, 3, 96, 96))
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(4)))
+    _, dense = dense_outputs(out, num_classes=3, input_shape=(1, 3, 96, 96))
+    for a, b in zip(non_max_suppression(dense, backend="opencv"), non_max_suppression(dense, backend="ultralytics"),
+                    strict=True):
+        assert len(a) == len(b) > 0
+        oa, ob = np.lexsort((a.classes, -a.scores)), np.lexsort((b.classes, -b.scores))
+        np.testing.assert_allclose(a.boxes[oa], b.boxes[ob], atol=1e-3)
+        assert a.classes[oa].tolist() == b.classes[ob].tolist()
