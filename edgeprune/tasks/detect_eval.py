@@ -16,7 +16,8 @@ Decoding (:func:`dense_outputs`), by the outputs' structure, never by model name
 NMS (:func:`non_max_suppression`) is a library's, the same one for the
 original, the pruned model and every artifact in one run:
 Ultralytics' own ``ultralytics.utils.nms.non_max_suppression`` (its
-``TorchNMS``) when ultralytics is installed, else OpenCV's
+``TorchNMS``, without its time limit, which drops detections on a busy
+machine) when ultralytics is installed, else OpenCV's
 ``cv2.dnn.NMSBoxesBatched``. Evaluation settings are Ultralytics'
 validator's: score >= 0.001, IoU 0.7, at most 300 per image, every class
 above the threshold a box may have (``multi_label``). Which one ran is in
@@ -150,8 +151,10 @@ def _nms_ultralytics(dense: np.ndarray, conf: float, iou: float, max_det: int, m
     from edgeprune.models.ultra import import_ultralytics
 
     nms = import_ultralytics("ultralytics.utils.nms")  # heavy: ultralytics
+    # max_time_img: Ultralytics stops NMS after 2 s + 0.05 s per image and drops the rest of the batch; on a
+    # loaded machine that changed mAP by 2.6 points between two runs of the same model. No time limit here.
     out = nms.non_max_suppression(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)), conf, iou,
-                                  multi_label=multi_label, max_det=max_det, max_nms=MAX_NMS)
+                                  multi_label=multi_label, max_det=max_det, max_nms=MAX_NMS, max_time_img=1e9)
     return [Detections(o[:, :4].numpy().astype(np.float64), o[:, 4].numpy().astype(np.float64),
                        o[:, 5].numpy().astype(np.int64)) for o in out]
 
