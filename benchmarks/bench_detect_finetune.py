@@ -67,9 +67,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, action="append", help="default: 1 and 2")
     args = ap.parse_args()
-    rows = [measure(t, m) for t in (args.threads or [1, 2]) for m in ("distill+labels", "labels", "distill")]
-    for r in rows:
-        print(json.dumps(r), flush=True)
+    rows = []
+    for t in args.threads or [1, 2]:
+        for m in ("distill+labels", "labels", "distill"):
+            rows.append(measure(t, m))
+            print(json.dumps(rows[-1]), flush=True)
     from benchmarks._results import machine_line, write_section
 
     lines = ["## Detector fine-tuning throughput (yolov8n-fmnist-det, 160 px, CPU)", "",

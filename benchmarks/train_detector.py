@@ -192,6 +192,12 @@ def write_results(names) -> None:
                      f"EMA; Ultralytics' v8DetectionLoss | {r['epochs']} ({r['best_epoch']}) | "
                      f"{r['val_map50_95_best']:.4f} | **{r['test_map50_95']:.4f}** | {r['test_map50']:.4f} | "
                      f"{r['train_images_per_s']} | `{r['command']}` |")
+    for r in rows:
+        if r.get("test_map50_95_opencv_nms") is not None:
+            lines += ["", f"{r['model']}: with OpenCV's NMS instead of Ultralytics' the test mAP50-95 is "
+                          f"{r['test_map50_95_opencv_nms']:.4f} (the same detections up to ties)."]
+        if r.get("note"):
+            lines += ["", f"{r['model']}: {r['note']}."]
     from edgeprune.data.fmnist_det import folder
 
     try:
