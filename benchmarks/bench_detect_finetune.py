@@ -83,7 +83,9 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['threads']} | {r['mode']} | {r['images_per_s']} | {r['load_1min'][0]:.1f}, "
                      f"{r['load_1min'][1]:.1f} |")
-    lines += ["", "No GPU was lent to this task, so there is no GPU row."]
+    lines += ["", "Reading: on a machine loaded beyond its cores (load 7-11 on 2 here), 2 torch threads are 3-5x slower "
+              "than 1 (OpenMP barrier stalls, as tests/conftest.py's one_torch_thread notes); measure on an idle "
+              "machine for the 2-thread figure. No GPU was lent to this task, so there is no GPU row."]
     write_section("detect-finetune", "\n".join(lines))
 
 
