@@ -38,6 +38,7 @@ RECIPES = {
     "mobilenetv2-fmnist": {"lr": 0.05, "weight_decay": 4e-5, "epochs": 3},
     "resnet18-fmnist": {"lr": 0.1, "weight_decay": 5e-4, "epochs": 3},
 }
+DETECTORS = ("yolov8n-fmnist-det",)  # recipe in benchmarks/train_detector.py
 
 
 def _start(name: str):
@@ -60,6 +61,11 @@ def _start(name: str):
 
 def train_one(name: str, *, epochs: int | None, limit: int | None, threads: int | None, cache: bool) -> dict:
     import torch
+
+    if name in DETECTORS:  # the detector's own loop (Ultralytics' loss, mAP): benchmarks/train_detector.py
+        from benchmarks.train_detector import train_detector
+
+        return train_detector(name, epochs=epochs, limit=limit, threads=threads, cache=cache)
 
     from edgeprune.data import load_data
     from edgeprune.finetune.loop import Recipe, predict, score, train
@@ -137,16 +143,21 @@ def write_results() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", action="append", choices=sorted(RECIPES), help="default: both")
+    ap.add_argument("--model", action="append", choices=sorted((*RECIPES, *DETECTORS)),
+                    help="default: the two classifiers")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="2,000 images, 1 epoch; caches nothing, records nothing")
     args = ap.parse_args()
     for name in args.model or list(RECIPES):
-        train_one(name, epochs=1 if args.quick else args.epochs, limit=2000 if args.quick else None,
+        train_one(name, epochs=1 if args.quick else args.epochs,
+                  limit=(200 if name in DETECTORS else 2000) if args.quick else None,
                   threads=args.threads, cache=not args.quick)
     if not args.quick:
         write_results()
+        from benchmarks.train_detector import write_results as write_detector_results
+
+        write_detector_results(DETECTORS)
         print(json.dumps({"results": "benchmarks/RESULTS.md#reference"}))
 
 

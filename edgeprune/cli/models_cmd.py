@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgeprune.cli._common import emit, json_option
+from edgeprune.errors import MissingDependencyError
 
 
 def _weights(info, available: bool) -> str:
@@ -28,8 +29,9 @@ def _weights(info, available: bool) -> str:
 def models(as_json: bool) -> None:
     """List the built-in reference models (name, task, input, params, MACs, data set, accuracy, weights).
 
-    Accuracy is top-1 on the data set's held-out test split, as recorded when
-    the weights were trained (python benchmarks/train_reference.py).
+    Accuracy is top-1 (classifiers) or mAP50-95 (detectors) on the data
+    set's held-out test split, as recorded when the weights were trained
+    (python benchmarks/train_reference.py).
     """
     from edgeprune.models import build, list_models, pretrained_available
     from edgeprune.models.reference import record
@@ -37,7 +39,13 @@ def models(as_json: bool) -> None:
 
     rows = []
     for info in list_models():
-        macs, params = count_macs_params(build(info.name, pretrained=False), info.input_shape)
+        try:
+            macs, params = count_macs_params(build(info.name, pretrained=False), info.input_shape)
+        except MissingDependencyError as exc:  # an Ultralytics architecture without ultralytics installed
+            rows.append({"name": info.name, "task": info.task, "input_shape": list(info.input_shape), "params": None,
+                         "macs": None, "pretrained": False, "dataset": info.data.dataset, "accuracy": None,
+                         "metric": None, "weights": f"needs {_missing(exc)}", "description": info.description})
+            continue
         available = pretrained_available(info.name)
         rec = record(info.name) if info.weights in ("auto", "trained", "first-use") and available else None
         if rec is None and info.weights == "auto" and available:
@@ -52,7 +60,8 @@ def models(as_json: bool) -> None:
                 "macs": macs,
                 "pretrained": available,
                 "dataset": info.data.dataset or ("imagenet" if info.weights == "imagenet" else None),
-                "accuracy": (rec or {}).get("test_top1"),
+                "accuracy": (rec or {}).get("test_map50_95" if info.task == "detect" else "test_top1"),
+                "metric": "mAP50-95" if info.task == "detect" else "top-1",
                 "weights": _weights(info, available),
                 "description": info.description,
             }
@@ -61,6 +70,12 @@ def models(as_json: bool) -> None:
         emit({"models": rows}, as_json=True, human=_table)
     else:
         _table(rows)
+
+
+def _missing(exc) -> str:
+    from edgeprune.models.ultra import INSTALL
+
+    return f"ultralytics ({INSTALL})" if "ultralytics" in str(exc) else str(exc)
 
 
 def _si(n: float) -> str:
@@ -72,13 +87,16 @@ def _si(n: float) -> str:
 
 def _table(rows: list[dict]) -> None:
     click.echo(
-        f"{'name':19s} {'task':8s} {'input':12s} {'params':>8s} {'MACs':>8s}  {'data set':13s} {'top-1':>6s}  weights"
+        f"{'name':19s} {'task':8s} {'input':12s} {'params':>8s} {'MACs':>8s}  {'data set':13s} {'test':>6s}  weights"
     )
     for r in rows:
         shape = "x".join(str(s) for s in r["input_shape"])
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+        params = _si(r["params"]) if r["params"] is not None else "-"
+        macs = _si(r["macs"]) if r["macs"] is not None else "-"
         click.echo(
-            f"{r['name']:19s} {r['task']:8s} {shape:12s} {_si(r['params']):>8s} {_si(r['macs']):>8s}  "
+            f"{r['name']:19s} {r['task']:8s} {shape:12s} {params:>8s} {macs:>8s}  "
             f"{r['dataset'] or '-':13s} {acc:>6s}  {r['weights']}"
         )
-    click.echo("top-1: on the data set's held-out test split, recorded when the weights were trained.")
+    click.echo("test: top-1 (classify) or mAP50-95 (detect, pycocotools) on the data set's held-out test split, "
+               "recorded when the weights were trained.")

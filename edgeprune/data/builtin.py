@@ -48,6 +48,10 @@ def available(name: str) -> bool:
         from edgeprune.data.fashion_mnist import npz_path
 
         return npz_path().is_file()
+    if name == "fmnist-det":  # detection (edgeprune.data.fmnist_det): generated on first use from fashion-mnist
+        from edgeprune.data.fmnist_det import can_generate, folder
+
+        return (folder() / "SHA256SUMS").is_file() or can_generate()
     return False
 
 

@@ -13,6 +13,10 @@ digits-cnn          classify  1x1x16x16    trained on sklearn digits on first us
 fmnist-cnn          classify  1x1x28x28    trained on Fashion-MNIST on first use (~1 min), cached
 mobilenetv2-fmnist  classify  1x3x64x64    trained on Fashion-MNIST by
 resnet18-fmnist     classify  1x3x64x64    benchmarks/train_reference.py, cached
+yolov8n-fmnist-det  detect    1x3x160x160  Ultralytics yolov8n.yaml (nc=10) trained on the
+                                           semi-synthetic fmnist-det by
+                                           benchmarks/train_reference.py, cached; needs
+                                           ultralytics (--no-deps)
 ==================  ========  ===========  =============================================
 
 Each model's :class:`DataInfo` (the data hook) says which built-in data set
@@ -135,6 +139,15 @@ _REGISTRY: dict[str, ModelInfo] = {
             "reference:resnet18_fmnist",
             "ResNet-18 trained on Fashion-MNIST (64 px)",
             DataInfo("fashion-mnist", "imagenet", "flip+shift", 10),
+            weights="trained",
+        ),
+        ModelInfo(
+            "yolov8n-fmnist-det",
+            "detect",
+            (1, 3, 160, 160),
+            "ultra:yolov8n_fmnist_det",
+            "Ultralytics YOLOv8n (nc=10) trained on fmnist-det (semi-synthetic), 160 px; needs ultralytics",
+            DataInfo("fmnist-det", "unit", "flip+shift", 10),
             weights="trained",
         ),
     ]

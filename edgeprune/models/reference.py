@@ -39,7 +39,7 @@ from edgeprune.errors import ModelError
 
 VERSION = "v1"
 TRAIN_COMMAND = "python benchmarks/train_reference.py --model {name}"
-TRAIN_MINUTES = {"mobilenetv2-fmnist": 30, "resnet18-fmnist": 45}
+TRAIN_MINUTES = {"mobilenetv2-fmnist": 30, "resnet18-fmnist": 45, "yolov8n-fmnist-det": 35}
 
 
 def mobilenetv2_fmnist():
