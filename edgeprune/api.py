@@ -285,7 +285,7 @@ def export_model(
     reach = resolve_target(target, board=False)
     lm = _model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory,
                 normalize=normalize, data=data)
-    split = _split(lm, data, val_data=val_data) if data is not None or val_data is not None else None
+    split = _split(lm, data, val_data=val_data)  # --data, else the model's own data set when it is here
     return export(lm, profile=reach.profile, output_dir=output, options=options, split=split, log_file=log_file)
 
 

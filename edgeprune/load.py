@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune._paths import sha256_file
-from edgeprune.data import DataError, DataOptions, DataSplit, split_for
+from edgeprune.data import DataError, DataOptions, DataSplit, available
 from edgeprune.errors import ModelError
 from edgeprune.models import _REGISTRY, LoadedModel, data_info, model_info, pretrained_available
 from edgeprune.models.loading import (
@@ -74,6 +74,7 @@ from edgeprune.models.loading import (
 )
 from edgeprune.progress import note
 from edgeprune.prune.io import FORMAT, load_pruned, read_ept
+from edgeprune.tasks import get_task
 
 
 def _trusted(spec: str, trust_factory: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -227,8 +228,15 @@ def split_for_model(lm: LoadedModel, options: DataOptions):
     the terminal."""
     if isinstance(options.data, DataSplit):
         return options.data
-    split = split_for(lm, options.data, default=data_info(lm).dataset, val_data=options.val_data,
-                      val_fraction=options.val_fraction, limit=options.limit, seed=options.seed)
+    spec = options.data
+    if spec is None:
+        own = data_info(lm).dataset
+        spec = own if own and available(own) else None
+    split = None
+    if spec is not None:
+        split = get_task(lm.task).open_data(
+            spec, input_shape=tuple(lm.input_shape), normalize=lm.normalize, num_classes=lm.num_classes,
+            val_data=options.val_data, val_fraction=options.val_fraction, limit=options.limit, seed=options.seed)
     if split is None and options.val_data is not None:
         raise DataError(f"--val-data {options.val_data}: give --data too ({lm.name} has no built-in data set "
                         "here to hold it out from)")

@@ -126,8 +126,8 @@ FLOORS = [
     ("cli", "api", "__main__"),
     ("deploy",),
     ("latency", "load"),
-    ("prune", "finetune", "export", "ship"),
-    ("bench", "models", "data", "checks", "tasks"),
+    ("prune", "finetune", "export", "ship", "tasks"),
+    ("bench", "models", "data", "checks"),
     ("transport", "profiles", "reach", "probe", "config"),
     ("errors", "_paths", "_threads", "progress", "validate", "safeload", "__init__"),
 ]

@@ -11,11 +11,12 @@ fine-tuning never trained on.
 ``spec`` (see :mod:`edgeprune.data.sources`): a built-in name
 (``fashion-mnist``, ``digits``), a folder with one sub-folder per class, a
 flat folder of images (unlabelled: then the measure is agreement with the
-original model), ``.npy``/``.npz``, or a factory ``pkg.mod:fn``. For
-``task="detect"``, a ``data.yaml``, a folder with ``images/`` and
-``labels/``, a COCO ``.json``, a flat image folder or ``fmnist-det`` go to
-:func:`edgeprune.tasks.detect_data.open_detection` (boxes, letterbox); a
-class-folder tree, arrays and factories are read as here, labels dropped.
+original model), ``.npy``/``.npz``, or a factory ``pkg.mod:fn``. A
+detector's own formats (``data.yaml``, ``images/`` + ``labels/``, COCO
+``.json``, ``fmnist-det``) are its task's (:mod:`edgeprune.tasks`, whose
+``open_data`` a caller asks: :func:`edgeprune.load.split_for_model`); here,
+for ``task="detect"``, class-folder trees, arrays and factories are read
+with their labels dropped.
 
 User data is split train/val with a seeded, per-class (stratified)
 permutation: ``val_fraction`` of each class goes to val. ``val_data`` gives
@@ -114,18 +115,6 @@ def _open(spec, *, pre: Preprocess, input_shape, task: str) -> Dataset:
     return ds
 
 
-def _detection_source(spec: Any) -> bool:
-    """A detector's ``--data`` that :mod:`edgeprune.tasks.detect_data` reads (boxes, or letterboxed images)."""
-    from edgeprune.tasks.detect_data import DETECT_BUILTIN
-
-    if isinstance(spec, Dataset):
-        return False
-    path = Path(str(spec)).expanduser()
-    if str(spec) in DETECT_BUILTIN or path.suffix in (".yaml", ".yml", ".json") or (path / "data.yaml").is_file():
-        return True
-    return path.is_dir() and not any(p.is_dir() for p in path.iterdir() if p.name not in ("images", "labels"))
-
-
 def load_data(
     spec: str | Path | Dataset | DataSplit,
     *,
@@ -142,11 +131,6 @@ def load_data(
     if isinstance(spec, DataSplit):
         return spec
     input_shape = tuple(int(d) for d in input_shape)
-    if task == "detect" and _detection_source(spec) and (val_data is None or _detection_source(val_data)):
-        from edgeprune.tasks.detect_data import open_detection
-
-        return open_detection(spec, input_shape=input_shape, num_classes=num_classes, val_fraction=val_fraction,
-                              seed=seed, limit=limit, val_data=val_data)
     norm = parse_normalize(normalize) or default_normalize(input_shape, task)
     pre = Preprocess.for_model(input_shape, norm)
     if not 0.0 < val_fraction < 1.0:

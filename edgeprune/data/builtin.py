@@ -30,12 +30,14 @@ from __future__ import annotations
 import numpy as np
 
 from edgeprune._paths import data_home
+from edgeprune.data import fashion_mnist as fm
+from edgeprune.data import fmnist_det
 from edgeprune.data.dataset import ArrayDataset, DataError, DataSplit
 
 __all__ = ["BUILTIN", "available", "builtin_split", "data_home", "split_indices"]
 
 BUILTIN = ("fashion-mnist", "digits")
-FETCH = "bash scripts/fetch-data.sh fashion-mnist"
+FETCH = fm.FETCH
 _CACHE: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
 
 
@@ -45,29 +47,10 @@ def available(name: str) -> bool:
 
         return importlib.util.find_spec("sklearn") is not None
     if name == "fashion-mnist":
-        from edgeprune.data.fashion_mnist import npz_path
-
-        return npz_path().is_file()
+        return fm.npz_path().is_file()
     if name == "fmnist-det":  # detection (edgeprune.data.fmnist_det): generated on first use from fashion-mnist
-        from edgeprune.data.fmnist_det import can_generate, folder
-
-        return (folder() / "SHA256SUMS").is_file() or can_generate()
+        return (fmnist_det.folder() / "SHA256SUMS").is_file() or fmnist_det.can_generate()
     return False
-
-
-def _fashion_mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from edgeprune.data import fashion_mnist as fm
-
-    if "fashion-mnist" not in _CACHE:
-        path = fm.npz_path()
-        if not path.is_file():
-            raise DataError(f"fashion-mnist is not fetched yet (looked for {path}); run once: {FETCH}")
-        why = fm.check(path)
-        if why is not None:
-            raise DataError(f"fashion-mnist: {why}; fetch it again: {FETCH}")
-        with np.load(path) as z:
-            _CACHE["fashion-mnist"] = (z["x"], z["y"].astype(np.int64), [str(c) for c in z["classes"]])
-    return _CACHE["fashion-mnist"]
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -90,15 +73,14 @@ def split_indices(name: str, n: int) -> dict[str, np.ndarray]:
         n_test = n // 5
         n_val = round(0.1 * (n - n_test))
         return {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
-    perm = np.random.default_rng(0).permutation(n)
-    return {"test": perm[:10_000], "val": perm[10_000:15_000], "train": perm[15_000:]}
+    return fm.split_indices(n)
 
 
 def builtin_split(name: str, preprocess, *, limit: int | None = None) -> DataSplit:
     """The built-in data set ``name`` preprocessed for a model, in its fixed split."""
     if name not in BUILTIN:
         raise DataError(f"unknown built-in data set '{name}': built-in ones are {', '.join(BUILTIN)}")
-    x, y, classes = _fashion_mnist() if name == "fashion-mnist" else _digits()
+    x, y, classes = fm.arrays() if name == "fashion-mnist" else _digits()
     full = ArrayDataset(x, y, preprocess=preprocess, source=name, classes=classes)
     parts = split_indices(name, len(y))
     subsets = {k: full.subset(v[:limit] if limit else v, source=f"{name} {k} split") for k, v in parts.items()}

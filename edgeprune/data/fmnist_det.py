@@ -62,6 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune._paths import data_home
+from edgeprune.data import fashion_mnist as fm
 from edgeprune.data.dataset import DataError
 
 NAME = "fmnist-det"
@@ -89,8 +91,6 @@ _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
 
 
 def folder(dest: Path | None = None) -> Path:
-    from edgeprune.data.builtin import data_home
-
     return dest or data_home() / f"{NAME}-{VERSION}"
 
 
@@ -117,10 +117,8 @@ def _load_backgrounds(split: str) -> list[np.ndarray]:
 
 
 def _garments(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from edgeprune.data.builtin import _fashion_mnist, split_indices
-
-    x, y, classes = _fashion_mnist()
-    idx = split_indices("fashion-mnist", len(y))[split]
+    x, y, classes = fm.arrays()
+    idx = fm.split_indices(len(y))[split]
     return x[idx], y[idx], classes
 
 
@@ -266,9 +264,7 @@ def check(dest: Path | None = None) -> str | None:
 
 def can_generate() -> bool:
     """Are its sources here (Fashion-MNIST fetched, scikit-image and scikit-learn installed)?"""
-    from edgeprune.data.builtin import available
-
-    return all(importlib.util.find_spec(p) is not None for p in _FOLDERS) and available("fashion-mnist")
+    return all(importlib.util.find_spec(p) is not None for p in _FOLDERS) and fm.npz_path().is_file()
 
 
 def builtin_path(name: str = NAME) -> Path:
@@ -278,10 +274,8 @@ def builtin_path(name: str = NAME) -> Path:
     dest = folder()
     if (dest / "SHA256SUMS").is_file() and (dest / "data.yaml").is_file():
         return dest
-    from edgeprune.data.builtin import available
-
-    if not available("fashion-mnist"):
-        raise DataError(f"{NAME} is built from Fashion-MNIST, which is not fetched yet; run once: {FETCH}")
+    if not fm.npz_path().is_file():
+        raise DataError(f"{NAME} is built from Fashion-MNIST, which is not fetched yet; run once: {fm.FETCH}")
     for pkg in _FOLDERS:
         _background_file(pkg, BACKGROUNDS["train"][0][1] if pkg == "skimage" else "china.jpg")  # one line if absent
     return generate(dest)

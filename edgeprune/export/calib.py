@@ -264,24 +264,17 @@ def samples_from_split(split, *, count: int = DEFAULT_COUNT, verify_count: int =
 
 def model_samples(loaded: Any, *, count: int = DEFAULT_COUNT, verify_count: int = VERIFY_COUNT,
                   normalize: str | None = None, accuracy_count: int = ACCURACY_COUNT) -> tuple[SampleSet, SampleSet]:
-    """Default calibration and verification sets for a loaded model (no ``--calib`` or ``--data`` given).
-
-    The model's data hook names the built-in data set it was trained on; when
-    that set is here, its train split calibrates and its test split (labelled)
-    verifies. Otherwise: random crops of the built-in photos, and a warning
-    when the model's own data set is missing (with the command that fetches it).
-    """
+    """Calibration and verification sets when no data was handed to the export: random crops of the
+    built-in photos. The model's own data set, when it has one here, is loaded by the caller and handed
+    over as a split (:func:`edgeprune.load.split_for_model`); when it is not here, a warning says how to
+    fetch it."""
     from edgeprune import data as data_mod
     from edgeprune.models import data_info
 
     shape = tuple(loaded.input_shape)
     info = data_info(loaded)
     norm = normalize or info.normalize or default_normalize(shape, getattr(loaded, "task", "classify"))
-    if info.dataset and data_mod.available(info.dataset):
-        split = data_mod.load_data(info.dataset, input_shape=shape, normalize=norm,
-                                   task=getattr(loaded, "task", "classify"))
-        return samples_from_split(split, count=count, verify_count=verify_count, accuracy_count=accuracy_count)
-    if info.dataset:
+    if info.dataset and not data_mod.available(info.dataset):
         warnings.warn(f"{getattr(loaded, 'name', 'the model')} was trained on {info.dataset}, which is not here: "
                       f"checks ran on built-in photos instead; fetch it: bash scripts/fetch-data.sh {info.dataset}",
                       CalibrationWarning, stacklevel=2)

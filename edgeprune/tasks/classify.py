@@ -20,7 +20,7 @@ CLASSIFY = Task(
     metric="top1",
     metric_name="top-1 accuracy",
     agreement_name="top-1 agreement with the original",
-    open_data=Ref("edgeprune.data:load_data"),
+    open_data=Ref("edgeprune.data:load_data"),  # open_data(spec, input_shape=..., ...)
     evaluate=Ref("edgeprune.finetune.loop:score"),  # score(predict(model, ds), ds)
     agreement=Ref("edgeprune.finetune.loop:score"),  # score(logits, ds, reference=original's logits)
     distill_loss=Ref("edgeprune.finetune.loop:distill_loss"),  # KL at temperature T (+ cross-entropy with labels)

@@ -34,7 +34,7 @@ DETECT = Task(
     metric="map50_95",
     metric_name="mAP50-95 (pycocotools)",
     agreement_name="share of the original's detections (conf >= 0.25) found at IoU >= 0.5",
-    open_data=Ref("edgeprune.tasks.detect_data:open_detection"),
+    open_data=Ref("edgeprune.tasks.detect_data:open_split"),
     evaluate=Ref("edgeprune.tasks.detect_eval:evaluate"),
     agreement=Ref("edgeprune.tasks.detect_eval:agreement_of"),
     distill_loss=Ref("edgeprune.tasks.detect_loss:distill_loss"),

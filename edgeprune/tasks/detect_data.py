@@ -61,7 +61,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.data.dataset import DataError, DataSplit
+from edgeprune.data import load_data
+from edgeprune.data.dataset import DataError, Dataset, DataSplit
 from edgeprune.tasks.detect_dataset import DetectionDataset, augment_batch
 from edgeprune.tasks.detect_formats import (
     _from_coco,
@@ -168,3 +169,26 @@ DETECT_BUILTIN = ("fmnist-det",)
 
 __all__ = ["DETECT_BUILTIN", "DetectionDataset", "augment_batch", "label_path", "open_detection",
            "read_yolo_labels"]
+
+
+def _detection_source(spec: Any) -> bool:
+    """A detector's ``--data`` that :mod:`edgeprune.tasks.detect_data` reads (boxes, or letterboxed images)."""
+    if isinstance(spec, Dataset):
+        return False
+    path = Path(str(spec)).expanduser()
+    if str(spec) in DETECT_BUILTIN or path.suffix in (".yaml", ".yml", ".json") or (path / "data.yaml").is_file():
+        return True
+    return path.is_dir() and not any(p.is_dir() for p in path.iterdir() if p.name not in ("images", "labels"))
+
+
+
+def open_split(spec: Any, *, input_shape: tuple[int, ...], num_classes: int | None = None, normalize: Any = None,
+               val_data: Any = None, val_fraction: float = 0.1, seed: int = 0, limit: int | None = None) -> DataSplit:
+    """The detect task's ``open_data``: a detector's own formats through :func:`open_detection` (boxes,
+    letterbox); anything else (class folders, arrays, factories) through :func:`edgeprune.data.load_data`,
+    labels dropped (a detector is then measured by agreement with its original)."""
+    if _detection_source(spec) and (val_data is None or _detection_source(val_data)):
+        return open_detection(spec, input_shape=input_shape, num_classes=num_classes, val_fraction=val_fraction,
+                              seed=seed, limit=limit, val_data=val_data)
+    return load_data(spec, input_shape=input_shape, task="detect", normalize=normalize, val_data=val_data,
+                     val_fraction=val_fraction, seed=seed, limit=limit)
