@@ -193,7 +193,8 @@ def prune_model(
         plan, kind = read_plan(plan_file, lm), "plan"
     from edgeprune.prune.pipeline import importance_batches
 
-    batches = importance_batches(split, importance=importance, budget=False, given=batches, name=lm.name)
+    batches = importance_batches(split, importance=importance, budget=False, given=batches, name=lm.name,
+                                 task=lm.task)
     return prune_to_plan(lm, plan, profile=reach.profile, target=target, output=output, options=options,
                          kind=kind, split=split, batches=batches, ratio=ratio).to_dict()
 

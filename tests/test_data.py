@@ -257,6 +257,9 @@ def test_missing_builtin_names_the_fetch_command(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EDGEPRUNE_DATA_DIR", str(tmp_path / "nodata"))
     monkeypatch.setattr(builtin, "_CACHE", {})
+    from edgeprune.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "_CACHE", {})  # fashion-mnist's arrays are cached in data/fashion_mnist.py
     with pytest.raises(DataError, match=r"fashion-mnist is not fetched yet .*run once: bash scripts/fetch-data.sh fashion-mnist"):
         load_data("fashion-mnist", input_shape=SHAPE)
 
@@ -267,6 +270,9 @@ def test_damaged_builtin_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EDGEPRUNE_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(builtin, "_CACHE", {})
+    from edgeprune.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "_CACHE", {})  # fashion-mnist's arrays are cached in data/fashion_mnist.py
     np.savez(tmp_path / NPZ_NAME, x=np.zeros((2, 28, 28), np.uint8), y=np.zeros(2))
     (tmp_path / (NPZ_NAME + ".sha256")).write_text("0" * 64 + "  x\n")
     with pytest.raises(DataError, match=r"sha256 differs .*fetch it again"):

@@ -17,12 +17,15 @@ pytest.importorskip("cv2")
 pytest.importorskip("pycocotools")
 Image = pytest.importorskip("PIL.Image")
 
-from edgeprune.data import load_data  # noqa: E402
 from edgeprune.data.dataset import DataError  # noqa: E402
 from edgeprune.errors import EdgePruneError, NotBuiltError  # noqa: E402
 from edgeprune.models import ultra  # noqa: E402
-from edgeprune.tasks import TASKS, get_task, task_of  # noqa: E402
-from edgeprune.tasks.detect_data import open_detection  # noqa: E402
+from edgeprune.tasks import (  # noqa: E402
+    TASKS,
+    get_task,  # noqa: E402
+    task_of,
+)
+from edgeprune.tasks.detect_data import open_detection, open_split  # noqa: E402
 from edgeprune.tasks.detect_eval import (  # noqa: E402
     Detections,
     agreement,
@@ -68,8 +71,8 @@ def test_yolo_yaml_split_boxes_and_letterboxed_targets(tmp_path):
     # 80x40 -> 64x32, padded 16 above and below: y centre 0.5 stays, heights halve
     np.testing.assert_allclose(t[0].numpy(), [0, 0, 0.25, 0.5, 0.2, 0.2], atol=1e-6)
     assert float(x[0, 0, 0, 0]) == pytest.approx(PAD_VALUE / 255) and float(x[0, 0, 32, 32]) == pytest.approx(90 / 255)
-    # the same through edgeprune.data.load_data, as the stages call it
-    again = load_data(tmp_path / "data.yaml", input_shape=SHAPE, task="detect", num_classes=2)
+    # the same through the detect task's open_data, as the stages call it (edgeprune.load.split_for_model)
+    again = get_task("detect").open_data(tmp_path / "data.yaml", input_shape=SHAPE, num_classes=2)
     assert again.train.labelled and len(again.train) == 3
 
 
@@ -79,7 +82,7 @@ def test_val_data_given_explicitly(tmp_path):
             _img(tmp_path / name / "images" / f"{i}.png", 30, 30)
             (tmp_path / name / "labels").mkdir(parents=True, exist_ok=True)
             (tmp_path / name / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
-    split = load_data(tmp_path / "a", input_shape=SHAPE, task="detect", val_data=tmp_path / "b")
+    split = get_task("detect").open_data(tmp_path / "a", input_shape=SHAPE, val_data=tmp_path / "b")
     assert (len(split.train), len(split.val)) == (4, 2) and split.to_dict()["split"] == "given"
 
 
@@ -263,4 +266,4 @@ def test_registry_and_task_of():
     from edgeprune.models.yolo import YoloSmall
 
     assert task_of(YoloSmall(nc=3), input_shape=(1, 3, 64, 64)) == "detect"
-    assert TASKS["detect"].open_data.resolve() is open_detection
+    assert TASKS["detect"].open_data.resolve() is open_split

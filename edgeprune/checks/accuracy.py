@@ -54,6 +54,8 @@ class AccuracyCheck:
         self.original_out = original
         self.metric = "top1" if labels is not None else "agreement"
         self.figures: dict[str, Any] = {"metric": self.metric, "heldout": heldout, "samples": int(len(model)),
+                                        "metric_name": "top-1" if labels is not None else
+                                        "top-1 agreement with the original",
                                         "original": None, "model": None, "artifacts": {},
                                         "max_accuracy_drop": max_drop, "notes": []}
         if self.metric == "agreement" and original is None:
@@ -94,7 +96,7 @@ class AccuracyCheck:
         drop = self.drop(value)
         if max_drop is None or drop is None or drop <= max_drop:
             return None
-        name = "top-1" if self.metric == "top1" else "top-1 agreement with the original"
+        name = self.figures["metric_name"]
         return (f"{path}: {name} {value:.4f} vs the original's {self.baseline:.4f} on {self.figures['samples']} "
                 f"held-out images ({self.figures['heldout']}): {drop:.2f} points lost > --max-accuracy-drop {max_drop:g}")
 
@@ -108,7 +110,8 @@ def verdict(*, passed: bool, failure: str | None, accuracy: dict[str, Any] | Non
     value = (acc.get("artifacts") or {}).get(final_step) if final_step else None
     base = acc.get("original")
     if value is not None and base is not None:
-        name = "top-1" if acc.get("metric") == "top1" else "top-1 agreement with the original"
+        name = acc.get("metric_name") or ("top-1" if acc.get("metric") == "top1" else
+                                          "top-1 agreement with the original")
         drop = round((base - value) * 100, 2)
         where = f"on {acc.get('samples')} held-out images ({acc.get('heldout')})"
         if acc.get("max_accuracy_drop") is None and drop > LOST_POINTS:

@@ -30,14 +30,12 @@ from __future__ import annotations
 import numpy as np
 
 from edgeprune._paths import data_home
-from edgeprune.data import fashion_mnist as fm
-from edgeprune.data import fmnist_det
 from edgeprune.data.dataset import ArrayDataset, DataError, DataSplit
 
 __all__ = ["BUILTIN", "available", "builtin_split", "data_home", "split_indices"]
 
 BUILTIN = ("fashion-mnist", "digits")
-FETCH = fm.FETCH
+FETCH = "bash scripts/fetch-data.sh fashion-mnist"
 _CACHE: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
 
 
@@ -47,8 +45,16 @@ def available(name: str) -> bool:
 
         return importlib.util.find_spec("sklearn") is not None
     if name == "fashion-mnist":
+        from edgeprune.data import (
+            fashion_mnist as fm,  # lazy: `python -m edgeprune.data.fashion_mnist` fetches
+        )
+
         return fm.npz_path().is_file()
     if name == "fmnist-det":  # detection (edgeprune.data.fmnist_det): generated on first use from fashion-mnist
+        from edgeprune.data import (
+            fmnist_det,  # lazy: `python -m edgeprune.data.fmnist_det` generates it
+        )
+
         return (fmnist_det.folder() / "SHA256SUMS").is_file() or fmnist_det.can_generate()
     return False
 
@@ -73,6 +79,8 @@ def split_indices(name: str, n: int) -> dict[str, np.ndarray]:
         n_test = n // 5
         n_val = round(0.1 * (n - n_test))
         return {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
+    from edgeprune.data import fashion_mnist as fm  # lazy: see available()
+
     return fm.split_indices(n)
 
 
@@ -80,6 +88,8 @@ def builtin_split(name: str, preprocess, *, limit: int | None = None) -> DataSpl
     """The built-in data set ``name`` preprocessed for a model, in its fixed split."""
     if name not in BUILTIN:
         raise DataError(f"unknown built-in data set '{name}': built-in ones are {', '.join(BUILTIN)}")
+    from edgeprune.data import fashion_mnist as fm  # lazy: see available()
+
     x, y, classes = fm.arrays() if name == "fashion-mnist" else _digits()
     full = ArrayDataset(x, y, preprocess=preprocess, source=name, classes=classes)
     parts = split_indices(name, len(y))

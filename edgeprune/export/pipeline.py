@@ -61,7 +61,8 @@ from edgeprune.export.calib import (
     builtin_samples,
     default_normalize,
 )
-from edgeprune.export.detect import OutputCheck, for_shipping
+from edgeprune.export.detect import OutputCheck, for_shipping, pieces
+from edgeprune.export.detect_accuracy import DetectAccuracy
 from edgeprune.export.formats import (
     FORMAT_RUNTIMES,
     ConvertRequest,
@@ -72,6 +73,7 @@ from edgeprune.export.formats import (
 )
 from edgeprune.export.runners import host_runner
 from edgeprune.progress import step
+from edgeprune.tasks import detector_classes
 
 
 @dataclass
@@ -227,7 +229,8 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
     # A TensorRT-scheme INT8 model runs on the board's TensorRT: check what it computes, not what
     # this CPU's saturating int8 kernels make of it (edgeprune.export.onnx.onnx_session).
     emulate = spec.precision == "int8" and req.options.get("scheme") == "tensorrt"
-    outputs = outs.pieces(_runner(spec, dest, outs.artifact_shapes(), emulate_qdq=emulate)(verify_x), like=reference)
+    run = _runner(spec, dest, outs.artifact_shapes(), emulate_qdq=emulate)
+    outputs = outs.pieces(run(verify_x), like=reference)
     art = Artifact(
         path=dest, format=spec.format, precision=spec.precision, sha256=sha256_file(dest),
         size_bytes=dest.stat().st_size, agreement=_round(agreement(reference, outputs)),
@@ -237,7 +240,7 @@ def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify
     if labels is not None and _is_classifier(outputs):
         art.extra["accuracy"] = float(np.mean(outputs[0].argmax(1) == labels))
     art.extra.update(outs.figures(reference, outputs))
-    return art, outputs
+    return art, outputs, run
 
 
 def _meta_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -384,7 +387,10 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
     if ver.labels is not None and _is_classifier(reference):
         report.verification["accuracy_pytorch"] = float(np.mean(reference[0].argmax(1) == ver.labels))
     report.pruning, original_out = _pruning_check(loaded, ver.data, whole)
-    acc_check = _accuracy_check(loaded, ver, reference, original_out, o.max_accuracy_drop)
+    if task == "detect" and split is not None:
+        acc_check = _detect_accuracy(loaded, split, layout, o.max_accuracy_drop)
+    else:
+        acc_check = _accuracy_check(loaded, ver, reference, original_out, o.max_accuracy_drop)
     report.accuracy = acc_check.figures if acc_check else None
     if acc_check is not None and ver.labels is not None:
         from edgeprune.checks.accuracy import label_order_warning
@@ -439,13 +445,16 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
             req = ConvertRequest(spec=spec, source=source, dest=dest, input_shape=input_shape,
                                  calib=cal.data if (spec.needs_calibration or spec.format == "tflite") else None,
                                  options=options)
-            art, outputs = _step(spec, req, meta=meta, verify_x=ver.data, reference=reference,
+            art, outputs, run = _step(spec, req, meta=meta, verify_x=ver.data, reference=reference,
                                  previous=previous, labels=ver.labels, outs=outs)
             art.final = i == len(steps) - 1
             report.artifacts.append(art)
             if spec.format == "tflite" and spec.precision == "int8":
                 _check_full_int8(art, options["io_precision"])
-            if acc_check is not None:
+            if isinstance(acc_check, DetectAccuracy):  # mAP on the held-out images, run through this file
+                art.extra["accuracy_vs_original"] = acc_check.add(
+                    art.step, lambda x, run=run: outs.pieces(run(x.numpy())))
+            elif acc_check is not None:
                 art.extra["accuracy_vs_original"] = acc_check.add(art.step, outputs[0])
             bad = _thresholds(spec, o.min_agreement).failures(
                 art.agreement, classifier=classifier, outputs=art.extra.get("outputs"),
@@ -553,6 +562,23 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]
              "agreement": _round(agreement(base_out, reference))}, base_out)
 
 
+def _detect_accuracy(loaded: Any, split: Any, layout, max_drop) -> DetectAccuracy:
+    """mAP50-95 (or agreement) of the original, the model and every file, on the held-out images."""
+    import torch
+
+    def torch_run(module):
+        def run(x):
+            with torch.no_grad():
+                return pieces(flatten_numpy(module.eval()(x)), layout)
+        return run
+
+    original = getattr(loaded, "original", None) if getattr(loaded, "plan", None) is not None else None
+    return DetectAccuracy(held=split.heldout, layout=layout, max_drop=max_drop,
+                          original=torch_run(same_form(original.module, loaded.module)) if original else None,
+                          model=torch_run(loaded.module), num_classes=detector_classes(loaded.module),
+                          pruned=getattr(loaded, "plan", None) is not None)
+
+
 def _accuracy_check(loaded: Any, ver: SampleSet, reference: list[np.ndarray], original_out, max_drop):
     """An AccuracyCheck for a classifier (None for other outputs: their agreement is what is checked)."""
     from edgeprune.checks.accuracy import AccuracyCheck
@@ -569,12 +595,14 @@ def _model_lost_accuracy(acc: dict[str, Any] | None, base: str | None) -> str | 
     """The warning for a pruned model below its original on labelled data (before any conversion)."""
     from edgeprune.checks.accuracy import LOST_POINTS
 
-    if not acc or acc.get("metric") != "top1" or acc.get("model") is None or acc.get("original") is None:
+    if not acc or acc.get("metric") not in ("top1", "map50_95") or acc.get("model") is None \
+            or acc.get("original") is None:
         return None
     drop = (acc["original"] - acc["model"]) * 100
     if drop <= LOST_POINTS:
         return None
-    return (f"the pruned model's top-1 is {acc['model']:.4f} vs {acc['original']:.4f} for its unpruned original {base} "
+    name = acc.get("metric_name") or "top-1"
+    return (f"the pruned model's {name} is {acc['model']:.4f} vs {acc['original']:.4f} for its unpruned original {base} "
             f"({drop:.2f} points lost) on {acc['samples']} held-out images: fine-tune it before shipping "
             "(edgeprune finetune)")
 

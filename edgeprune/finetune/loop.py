@@ -189,6 +189,44 @@ def recalibrate_batchnorm(model: nn.Module, ds, *, batches: int = 50, batch_size
     return seen
 
 
+class Objective:
+    """The loss of one batch and the figure of one model on one dataset (higher is better)."""
+
+    metric: str = ""
+    name: str = ""
+
+    def loss(self, student, teacher, x: torch.Tensor, y: Any, recipe) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def measure(self, model, ds, *, device: str = "cpu", limit: int | None = None) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def end_epoch(self, student) -> None:
+        """Whatever the task's own trainer does after an epoch (nothing for classifiers)."""
+
+
+class ClassifyObjective(Objective):
+    def __init__(self, *, teacher=None, labelled: bool) -> None:
+        self.teacher = teacher
+        self.metric = "top1" if labelled else "agreement"
+        self.name = "top-1" if labelled else "top-1 agreement with the original"
+        self._reference: dict[int, torch.Tensor] = {}
+
+    def loss(self, student, teacher, x, y, recipe) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = _logits(teacher(x)) if teacher is not None else None
+        return distill_loss(_logits(student(x)), t_logits, y, temperature=recipe.temperature, alpha=recipe.alpha,
+                            label_smoothing=recipe.label_smoothing)
+
+    def measure(self, model, ds, *, device: str = "cpu", limit: int | None = None) -> dict[str, Any]:
+        ref = None
+        if self.teacher is not None:
+            if id(ds) not in self._reference:  # the teacher's logits, once per dataset
+                self._reference[id(ds)] = predict(self.teacher, ds, device=device, limit=limit)
+            ref = self._reference[id(ds)]
+        return score(predict(model, ds, device=device, limit=limit), ds, reference=ref)
+
+
 def _state_bytes(obj: dict) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -211,8 +249,12 @@ def load_checkpoint(path: Path) -> dict | None:
 
 def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | None = None, device: str = "cpu",
           ckpt_dir: Path | None = None, key: str = "", on_event: Callable[[str, dict], None] | None = None,
-          teacher_val: torch.Tensor | None = None) -> dict[str, Any]:
-    """Train ``student`` in place (left holding the best weights); returns what happened. See the module docstring."""
+          objective=None) -> dict[str, Any]:
+    """Train ``student`` in place (left holding the best weights); returns what happened. See the module docstring.
+
+    ``objective``: the task's loss and figure (:mod:`edgeprune.finetune.objectives`); default a
+    classifier's (KL distillation, top-1 or agreement with the teacher).
+    """
     recipe = recipe.resolved()
     emit = on_event or (lambda kind, info: None)
     train_ds, val_ds = split.train, split.val
@@ -222,11 +264,11 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
         val_ds = val_ds.subset(np.linspace(0, len(val_ds) - 1, recipe.val_limit).round().astype(np.int64))
     if not train_ds.labelled and teacher is None:
         raise EdgePruneError("unlabelled data needs a teacher to distil from (give --teacher)")
-    metric = "top1" if val_ds.labelled else "agreement"
-    if metric == "agreement" and teacher_val is None:
-        if teacher is None:
-            raise EdgePruneError("unlabelled validation data needs a teacher to measure agreement with")
-        teacher_val = predict(teacher, val_ds, device=device)
+    if objective is None:
+        objective = ClassifyObjective(teacher=teacher, labelled=val_ds.labelled)
+    metric = objective.metric
+    if not val_ds.labelled and teacher is None:
+        raise EdgePruneError("unlabelled validation data needs a teacher to measure agreement with")
     per_epoch = math.ceil(len(train_ds) / recipe.batch_size)
     total = recipe.steps if recipe.steps else (recipe.epochs * per_epoch if recipe.epochs else None)
     # once per epoch; a --steps run shorter than ten epochs evaluates ten times
@@ -267,8 +309,7 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
     def evaluate() -> bool:
         """One evaluation on val; True when training should stop early."""
         nonlocal best_state
-        s = score(predict(student, val_ds, device=device), val_ds, reference=teacher_val)
-        value = s[metric]
+        value = objective.measure(student, val_ds, device=device)[metric]
         entry = {"step": st["step"], "epoch": round(st["step"] / per_epoch, 3), metric: value,
                  "elapsed_s": round(st["elapsed"], 1)}
         st["history"].append(entry)
@@ -313,10 +354,7 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
                 y = y.to(device) if y is not None else None
                 for g in opt.param_groups:
                     g["lr"] = lr_at(progress(), recipe)
-                with torch.no_grad():
-                    t_logits = _logits(teacher(x)) if teacher is not None else None
-                loss = distill_loss(_logits(student(x)), t_logits, y, temperature=recipe.temperature,
-                                    alpha=recipe.alpha, label_smoothing=recipe.label_smoothing)
+                loss = objective.loss(student, teacher, x, y, recipe)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -328,6 +366,7 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
                 if epoch_end:  # the checkpoint then points at the next epoch's first batch
                     st["epoch"] += 1
                     st["batch"] = 0
+                    objective.end_epoch(student)
                 emit("step", {"step": st["step"], "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"],
                               "elapsed_s": st["elapsed"], "images": st["images"], "progress": progress()})
                 end = progress() >= 1.0

@@ -148,13 +148,8 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
     from edgeprune._paths import output_dir
     from edgeprune.checks.accuracy import check_drop, drop_points
     from edgeprune.export.pipeline import model_sha256
-    from edgeprune.finetune.loop import (
-        load_checkpoint,
-        predict,
-        recalibrate_batchnorm,
-        score,
-        train,
-    )
+    from edgeprune.finetune.loop import load_checkpoint, recalibrate_batchnorm, train
+    from edgeprune.finetune.objectives import objective_for
 
     t_start = time.perf_counter()
     teach = teacher if teacher is not None else lm.original
@@ -172,37 +167,35 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
         raise EdgePruneError(f"{source}: its unpruned original with trained weights is not known here (to distil "
                              "from) and the data has no labels; give --teacher (the unpruned model with its weights)")
     student, tmod = lm.module.to(device), (teach.module.to(device) if teach is not None else None)
+    held = split.heldout
+    objective = objective_for(lm, teacher=tmod, labelled=held.labelled)
     key = _key({"student": model_sha256(student), "teacher": model_sha256(tmod) if tmod is not None else None,
                 "data": split.to_dict(), "recipe": recipe.to_dict()})
     out = output_dir(output)
     ckpt = out / "checkpoints"
     prelude_path = ckpt / "prelude.json"
     prelude = _read_json(prelude_path)
-    held = split.heldout
     last = load_checkpoint(ckpt / "last.pt")
     if prelude.get("key") != key or last is None or last.get("key") != key:
         emit("phase", {"message": f"measuring the original and the pruned model on {len(held):,} held-out images"})
-        t_logits = predict(tmod, held, device=device) if tmod is not None else None
-        orig = score(t_logits, held, reference=t_logits) if t_logits is not None else {}
-        pruned = score(predict(student, held, device=device), held, reference=t_logits)
+        orig = objective.measure(tmod, held, device=device) if tmod is not None else {}
+        pruned = objective.measure(student, held, device=device)
         emit("phase", {"message": "recalibrating BatchNorm statistics on training images"})
         seen = recalibrate_batchnorm(student, split.train, batches=BN_BATCHES, batch_size=recipe.batch_size,
                                      device=device)
-        recal = score(predict(student, held, device=device), held, reference=t_logits)
+        recal = objective.measure(student, held, device=device)
         prelude = {"key": key, "original": orig, "pruned": pruned, "bn_recalibrated": recal, "bn_images": seen}
         from edgeprune._paths import atomic_write_text
 
         ckpt.mkdir(parents=True, exist_ok=True)
         atomic_write_text(prelude_path, json.dumps(prelude) + "\n")
         # the recalibrated statistics are where training starts; a resumed run loads its checkpoint instead
-    else:
-        t_logits = predict(tmod, held, device=device) if tmod is not None else None
     emit("phase", {"message": "fine-tuning"})
     result = train(student, split, recipe=recipe, teacher=tmod, device=device, ckpt_dir=ckpt, key=key,
-                   on_event=emit)
+                   on_event=emit, objective=objective)
     emit("phase", {"message": f"measuring the fine-tuned model on {len(held):,} held-out images"})
-    final = score(predict(student, held, device=device), held, reference=t_logits)
-    metric = "top1" if held.labelled else "agreement"
+    final = objective.measure(student, held, device=device)
+    metric = objective.metric
     acc = {"original": prelude["original"].get(metric) if tmod is not None else None,
            "pruned": prelude["pruned"].get(metric), "bn_recalibrated": prelude["bn_recalibrated"].get(metric),
            "finetuned": final.get(metric)}
@@ -219,6 +212,8 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
                     "note": ("never trained on nor used for early stopping" if split.test is not None else
                              "never trained on; early stopping read it (no separate test split in this data)")},
         "metric": metric,
+        "metric_name": objective.name,
+        "task": lm.task,
         "accuracy": {k: (round(v, 4) if v is not None else None) for k, v in acc.items()},
         "agreement_with_original": ({k: round(v, 4) for k, v in agree.items() if v is not None} if agree else None),
         "drop_points": (drop_points(acc["original"], acc["finetuned"]) if acc["original"] is not None else None),
@@ -243,7 +238,7 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
                                               "to distil, and to measure the drop)")
     try:
         check_drop(original=acc["original"], candidate=acc["finetuned"], max_drop=max_accuracy_drop,
-                   what=str(out / "model.ept"), where=where, metric="top-1" if metric == "top1" else "agreement",
+                   what=str(out / "model.ept"), where=where, metric=objective.name,
                    report=report)
     except AccuracyDropError:
         report["passed"] = False

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import ModelError
+from edgeprune.models.ultra import quiet_environment, undo_patches
 
 DEFAULT_INPUT = (1, 3, 224, 224)
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -167,6 +168,7 @@ def call_factory(spec: str):
 
     mod_name, fn_name = spec.split(":")
     where = f"--model {spec}"
+    quiet_environment()  # a factory that imports Ultralytics: no network, no run-time installs
     try:
         module = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
@@ -196,6 +198,8 @@ def call_factory(spec: str):
             f"{where}: {fn_name}() raised {type(exc).__name__}: {_short(exc)}; "
             "fix the factory (--debug shows the traceback)"
         ) from exc
+    finally:
+        undo_patches()  # what importing Ultralytics replaced process-wide (edgeprune.models.ultra)
     if not isinstance(model, nn.Module):
         raise ModelError(
             f"{where}: {fn_name}() returned {type(model).__name__}, not a torch.nn.Module"

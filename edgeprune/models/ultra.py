@@ -15,8 +15,13 @@ fails loudly. Where torchvision is installed the real answer is used.
 (tests/zoo/ultralytics_real.py is the same stand-in for the tests.)
 
 Settings go to a temporary folder (``YOLO_CONFIG_DIR``) unless the user set
-one, and ``YOLO_OFFLINE=1``: importing it never writes into the user's home
-or reaches the network.
+one, ``YOLO_OFFLINE=1`` and ``YOLO_AUTOINSTALL=false``: importing it never
+writes into the user's home, reaches the network or installs a package
+(Ultralytics pip-installs what it misses by default). Importing Ultralytics
+also replaces ``PIL.Image.open`` (a bad image then tries to install pi-heif)
+and ``torch.save`` process-wide; :func:`undo_patches` puts them back, after
+our imports and after a user's factory (:func:`edgeprune.models.loading.call_factory`),
+so that a broken image is still one line naming the file.
 
 Example::
 
@@ -30,6 +35,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
 import tempfile
 
 from edgeprune.errors import MissingDependencyError
@@ -43,13 +49,34 @@ def available() -> bool:
     return importlib.util.find_spec("ultralytics") is not None
 
 
+def quiet_environment() -> None:
+    """The environment Ultralytics reads at import: no network, no installs, settings in a temp folder."""
+    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edgeprune-ultralytics-"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+
+
+def undo_patches() -> None:
+    """Put back what importing Ultralytics replaced process-wide (``PIL.Image.open``, ``torch.save``)."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is None:
+        return
+    pil = sys.modules.get("PIL.Image")
+    original_open = getattr(patches, "_image_open", None)
+    if pil is not None and original_open is not None and getattr(pil, "open", None) is getattr(patches, "image_open", None):
+        pil.open = original_open
+    torch = sys.modules.get("torch")
+    original_save = getattr(patches, "_torch_save", None)
+    if torch is not None and original_save is not None and torch.save is getattr(patches, "torch_save", None):
+        torch.save = original_save
+
+
 def import_ultralytics(module: str = "ultralytics.nn.tasks"):
     """Import ``module`` from ultralytics (see the module docstring); MissingDependencyError when absent."""
     if not available():
         raise MissingDependencyError("ultralytics", "detect", f"Ultralytics models ({INSTALL})")
-    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edgeprune-ultralytics-"))
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
+    quiet_environment()
     real = importlib.metadata.version
 
     def version(name: str) -> str:
@@ -65,6 +92,7 @@ def import_ultralytics(module: str = "ultralytics.nn.tasks"):
         return importlib.import_module(module)
     finally:
         importlib.metadata.version = real
+        undo_patches()
 
 
 def is_ultralytics_model(module) -> bool:

@@ -45,6 +45,7 @@ from edgeprune.checks.agreement import agreement
 from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import ExportError, PruneError
 from edgeprune.export.onnx import export_onnx, run_onnx
+from edgeprune.finetune.objectives import objective_for
 from edgeprune.models import LoadedModel
 from edgeprune.models.stats import count_macs_params
 from edgeprune.progress import step
@@ -56,6 +57,7 @@ from edgeprune.prune.plan import ChannelPlan
 ONNX_TOL = 1e-4
 CHECK_SAMPLES = 4
 ACCURACY_SAMPLES = 2000  # held-out images for accuracy before/after pruning
+DETECT_ACCURACY_SAMPLES = 200  # a detector's mAP before/after pruning (the export measures more)
 IMPORTANCES = ("l1", "l2", "bn", "taylor", "first")
 
 
@@ -202,10 +204,17 @@ def read_plan(path: str | os.PathLike[str], lm: LoadedModel) -> ChannelPlan:
     return plan
 
 
-def importance_batches(split, *, importance: str, budget: bool, given: Any = None, name: str = "the model"):
+def importance_batches(split, *, importance: str, budget: bool, given: Any = None, name: str = "the model",
+                       task: str = "classify"):
     """Batches for channel importance: ``given`` (the API's iterable of batches), else the data's train
     split when Taylor scores need it (``--importance taylor``, or a budget with ``--data``, whose
-    sensitivity compares groups); None otherwise. One line when Taylor has no data."""
+    sensitivity compares groups); None otherwise. One line when Taylor has no data. Taylor scores are a
+    classifier's (the loss of its labels): a detector's channels are scored by magnitude."""
+    if task != "classify":
+        if importance == "taylor":
+            raise PruneError(f"--importance taylor scores channels by a classifier's loss; '{name}' is a {task} "
+                             "model: use --importance l1 (the default), l2 or bn")
+        return None
     batches = list(given) if given is not None else None
     if batches is None and split is not None and split.train.labelled and (importance == "taylor" or budget):
         batches = list(split.train.batches(64, limit=512))
@@ -287,7 +296,7 @@ def prune_to_plan(
     shape = tuple(lm.input_shape)
     net = copy.deepcopy(lm.module)
     macs0, params0 = count_macs_params(net, shape)
-    acc0 = _accuracy(split, net)
+    acc0 = _accuracy(split, net, lm)
     step("removing channels and checking the surgery")
     prune_(net, plan, importance=options.importance, data=batches, protect=options.protect,
            protect_stem=options.stem_for(kind), x=example_input(shape), verify=options.verify)
@@ -315,22 +324,21 @@ def prune_to_plan(
         )
         if acc0 is not None:
             n = min(len(split.heldout), ACCURACY_SAMPLES)  # as _accuracy measures
-            result.accuracy_before, result.accuracy_after = acc0, _accuracy(split, net)
-            result.accuracy_note = f"top-1 on {n} held-out images ({split.heldout.source}), before fine-tuning"
+            result.accuracy_before, result.accuracy_after = acc0, _accuracy(split, net, lm)
+            what = "top-1" if lm.task == "classify" else "mAP50-95"
+            n = min(n, DETECT_ACCURACY_SAMPLES) if lm.task != "classify" else n
+            result.accuracy_note = f"{what} on {n} held-out images ({split.heldout.source}), before fine-tuning"
         atomic_write_text(out / "summary.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     return result
 
 
-def _accuracy(split, net) -> float | None:
-    """Top-1 on the held-out split (labelled data only), None without labels."""
+def _accuracy(split, net, lm: LoadedModel) -> float | None:
+    """The task's figure on the held-out split (labelled data only: top-1, or a detector's mAP50-95)."""
     if split is None or not split.heldout.labelled:
         return None
-    from edgeprune.finetune.loop import (  # the classification metric's one home (for now)
-        predict,
-        score,
-    )
-
     held = split.heldout
-    if len(held) > ACCURACY_SAMPLES:  # evenly spread: a split in class order still gives every class
-        held = held.subset(np.linspace(0, len(held) - 1, ACCURACY_SAMPLES).round().astype(int))
-    return round(score(predict(net, held), held)["top1"], 4)
+    samples = ACCURACY_SAMPLES if lm.task == "classify" else DETECT_ACCURACY_SAMPLES
+    if len(held) > samples:  # evenly spread: a split in class order still gives every class
+        held = held.subset(np.linspace(0, len(held) - 1, samples).round().astype(int))
+    objective = objective_for(lm.derive(net, plan=lm.plan), labelled=True, training=False)
+    return round(objective.measure(net, held)[objective.metric], 4)

@@ -87,6 +87,17 @@ def _flat(out) -> list:
     return [out]
 
 
+def detector_classes(module) -> int | None:
+    """A detector's class count, as its head says it (Ultralytics' ``nc``), else None."""
+    layers = getattr(module, "model", None)
+    try:
+        head = layers[-1] if layers is not None else None
+    except (TypeError, IndexError, KeyError):
+        head = None
+    nc = getattr(head, "nc", None) if head is not None else getattr(module, "nc", None)
+    return int(nc) if isinstance(nc, int) and nc > 0 else None
+
+
 def task_from_outputs(outputs) -> str:
     """'classify' for one ``[N, C]`` tensor, else 'detect' (the structures of the module docstring)."""
     tensors = [t for t in _flat(outputs) if hasattr(t, "ndim")]
@@ -122,4 +133,5 @@ def task_of(module, *, override: str | None = None, input_shape: tuple[int, ...]
     return task_from_outputs(outputs)
 
 
-__all__ = ["CLASSIFY", "DETECT", "PLANNED", "TASKS", "Ref", "Task", "get_task", "task_from_outputs", "task_of"]
+__all__ = ["CLASSIFY", "DETECT", "PLANNED", "TASKS", "Ref", "Task", "detector_classes", "get_task",
+           "task_from_outputs", "task_of"]
