@@ -70,7 +70,7 @@ def bench_model(
 
 
 def _model(model: Any, *, weights=None, input_shape=None, trust_factory=None, normalize=None, data=None,
-           teacher=None):
+           teacher=None, task=None):
     """``model`` as a LoadedModel: loaded here from a ``--model`` spec (said on the terminal), or as given."""
     from edgeprune.load import load_model, say_loaded
     from edgeprune.models import LoadedModel
@@ -79,7 +79,7 @@ def _model(model: Any, *, weights=None, input_shape=None, trust_factory=None, no
         return model
     spec_data = data if isinstance(data, (str, os.PathLike)) else None
     lm = load_model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory,
-                    normalize=normalize, data=spec_data)
+                    normalize=normalize, data=spec_data, task=task)
     if teacher is not None:
         lm.original = teacher
     say_loaded(lm)
@@ -124,6 +124,7 @@ def prune_model(
     speedup: float | None = None,
     weights: str | None = None,
     trust_factory: str | None = None,
+    task: str | None = None,
     input_shape: Any = None,
     normalize: Any = None,
     data: Any = None,
@@ -179,7 +180,7 @@ def prune_model(
     if data is not None and not isinstance(data, (str, os.PathLike, Dataset, DataSplit)):
         batches, data = list(data), None  # an iterable of batches: importance only
     lm = _model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory,
-                normalize=normalize, data=data)
+                normalize=normalize, data=data, task=task)
     split = _split(lm, data, val_data=val_data, val_fraction=val_fraction)
     if budgeted:
         from edgeprune.latency.job import prune_for_budget
@@ -257,6 +258,7 @@ def export_model(
     io_precision: str | None = None,
     weights: str | None = None,
     trust_factory: str | None = None,
+    task: str | None = None,
     input_shape: Any = None,
     normalize: Any = None,
     data: Any = None,
@@ -285,7 +287,7 @@ def export_model(
                             max_accuracy_drop=max_accuracy_drop)
     reach = resolve_target(target, board=False)
     lm = _model(model, weights=weights, input_shape=input_shape, trust_factory=trust_factory,
-                normalize=normalize, data=data)
+                normalize=normalize, data=data, task=task)
     split = _split(lm, data, val_data=val_data)  # --data, else the model's own data set when it is here
     return export(lm, profile=reach.profile, output_dir=output, options=options, split=split, log_file=log_file)
 

@@ -74,7 +74,7 @@ from edgeprune.models.loading import (
 )
 from edgeprune.progress import note
 from edgeprune.prune.io import FORMAT, load_pruned, read_ept
-from edgeprune.tasks import get_task
+from edgeprune.tasks import get_task, task_of
 
 
 def _trusted(spec: str, trust_factory: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -175,6 +175,7 @@ def load_model(
     normalize: Any = None,
     data: Any = None,
     original: LoadedModel | None = None,
+    task: str | None = None,
 ) -> LoadedModel:
     """Turn a ``--model`` value into a :class:`LoadedModel` (see the module docstring).
 
@@ -186,7 +187,8 @@ def load_model(
     ``unit``, ``MEAN/STD``). ``data``: the ``--data`` spec, consulted only
     for the input size of a factory that does not say it. ``original``: for
     a pruned model, its unpruned original as already loaded by the caller
-    (deploy resuming from its own ``.ept``).
+    (deploy resuming from its own ``.ept``). ``task``: ``--task``; default
+    what the model says (:func:`edgeprune.tasks.task_of`).
     """
     spec = str(spec)
     if not spec.strip():
@@ -212,6 +214,8 @@ def load_model(
         model_info(spec)  # raises: unknown name, with a suggestion
         raise AssertionError("unreachable")
     lm.trusted = tuple(dict.fromkeys((*lm.trusted, *trusted)))
+    if task is not None or (lm.base not in _REGISTRY and not lm.pruned):
+        lm.task = task_of(lm.module, override=task, input_shape=tuple(lm.input_shape))
     if original is not None:
         lm.original = original
     if lm.num_classes is None and lm.task == "classify":

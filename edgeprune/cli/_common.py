@@ -40,8 +40,8 @@ MODEL_HELP = (
 def model_options(f: Callable) -> Callable:
     """``--model/-m``, ``--weights`` and ``--trust-factory``: how every command takes a model.
 
-    The command receives ``model``, ``weights`` and ``trust_factory`` and hands
-    them to :func:`edgeprune.load.load_model`. A ``.ept`` file whose base is a
+    The command receives ``model``, ``weights``, ``trust_factory`` and ``task`` and
+    hands them to :func:`edgeprune.load.load_model`. A ``.ept`` file whose base is a
     Python factory loads only when the user names that factory (security: a
     file never decides what code runs).
 
@@ -62,6 +62,11 @@ def model_options(f: Callable) -> Callable:
             "--trust-factory", default=None, metavar="PKG.MOD:FN",
             help="Allow a .ept file whose base architecture is this Python factory to import and "
             "call it (a model file alone never runs code).",
+        ),
+        click.option(
+            "--task", type=click.Choice(["classify", "detect"]), default=None,
+            help="What the model does (its data, metric, loss and gate); default: read from the model "
+            "(an Ultralytics model says it; else the structure of its outputs).",
         ),
     ]):
         f = option(f)

@@ -57,7 +57,7 @@ from edgeprune.cli.prune_cmd import _shape
 @click.option("--output", "-o", default="deploy-out", show_default=True, metavar="DIR",
               help="Folder for the stages (DIR/<stage>/), run.json and the report (DIR/report/).")
 @json_option
-def deploy(targets, model, weights, trust_factory, data, val_data, val_fraction, normalize, latency_budget,
+def deploy(targets, model, weights, trust_factory, task, data, val_data, val_fraction, normalize, latency_budget,
            speedup, fmt, precision, io_precision, max_rounds, tolerance, min_keep, threads, ratio,
            max_accuracy_drop, force, input_shape, importance, protect, epochs, steps, time_budget, host,
            accept_new_host_key, keep, no_cache, fresh, output, as_json) -> None:
@@ -93,7 +93,7 @@ def deploy(targets, model, weights, trust_factory, data, val_data, val_fraction,
         data=data, val_data=val_data, val_fraction=val_fraction, normalize=normalize,
         latency_budget=latency_budget, speedup=speedup, ratio=ratio, max_accuracy_drop=max_accuracy_drop,
         force=force, fmt=fmt, precision=precision, io_precision=io_precision, weights=weights,
-        trust_factory=trust_factory, input_shape=input_shape, importance=importance, protect=tuple(protect),
+        trust_factory=trust_factory, task=task, input_shape=input_shape, importance=importance, protect=tuple(protect),
         epochs=epochs, steps=steps, time_budget=time_budget, max_rounds=max_rounds, tolerance=tolerance,
         min_keep=min_keep, threads=threads, host=host, accept_new_host_key=accept_new_host_key, keep=keep,
         use_cache=not no_cache, fresh=fresh,

@@ -196,7 +196,7 @@ def _apply(options):
               help="Precision (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def export(target, model, weights, trust_factory, fmt, precision, input_shape, calib, data, val_data,
+def export(target, model, weights, trust_factory, task, fmt, precision, input_shape, calib, data, val_data,
            max_accuracy_drop, calib_count, normalize, io_precision,
            min_agreement, quantizer, output, as_json) -> None:
     """Export a model to ONNX or TFLite for a board, checking every step against the original.
@@ -209,7 +209,8 @@ def export(target, model, weights, trust_factory, fmt, precision, input_shape, c
       coral-usb         TFLite full INT8 (uint8 I/O), then edgetpu_compiler if installed
       local             ONNX fp32
     """
-    _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
+    _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, task=task, target=target,
+         fmt=fmt,
          precision=precision, calib=calib, data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop,
          calib_count=calib_count, normalize=normalize, io_precision=io_precision,
          min_agreement=_parse_min_agreement(min_agreement), quantizer=quantizer, output=output,
@@ -223,7 +224,7 @@ def export(target, model, weights, trust_factory, fmt, precision, input_shape, c
               help="Output format (default: the profile's).")
 @_apply(_common_options[1:])
 @json_option
-def quantize(target, model, weights, trust_factory, fmt, input_shape, calib, data, val_data, max_accuracy_drop,
+def quantize(target, model, weights, trust_factory, task, fmt, input_shape, calib, data, val_data, max_accuracy_drop,
              calib_count, normalize, io_precision, min_agreement,
              quantizer, output, as_json) -> None:
     """Quantize a model to INT8 for a board (the INT8 step of `export`), with agreement checks.
@@ -231,7 +232,8 @@ def quantize(target, model, weights, trust_factory, fmt, input_shape, calib, dat
     Same as `edgeprune export --precision int8`: ONNX Q/DQ (TensorRT- or CPU-style per the
     profile) or full-INT8 TFLite, calibrated with --calib and checked on held-out inputs.
     """
-    _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, target=target, fmt=fmt,
+    _run(as_json=as_json, model=model, weights=weights, trust_factory=trust_factory, task=task, target=target,
+         fmt=fmt,
          precision="int8", calib=calib, data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop,
          calib_count=calib_count, normalize=normalize, io_precision=io_precision,
          min_agreement=_parse_min_agreement(min_agreement), quantizer=quantizer, output=output,

@@ -75,6 +75,7 @@ class DeployOptions:
     output: str
     weights: str | None = None
     trust_factory: str | None = None
+    task: str | None = None
     input_shape: tuple[int, ...] | None = None
     normalize: Any = None
     data: DataOptions = DataOptions()
@@ -486,7 +487,7 @@ def _stage_args(o: DeployOptions, name: str, target: str) -> dict[str, Any]:
     """
     model = {"model": o.model, "model_file": _file_sha(o.model), "weights": o.weights,
              "weights_file": _file_sha(o.weights), "input_shape": o.input_shape,
-             "normalize": None if o.normalize is None else str(o.normalize)}
+             "normalize": None if o.normalize is None else str(o.normalize), "task": o.task}
     data = {"data": o.data.data, "data_file": _file_sha(o.data.data), "val_data": o.data.val_data,
             "val_fraction": o.data.val_fraction}
     board = {"target": target, "host": o.host, "fmt": o.export.fmt, "precision": o.export.precision,
@@ -623,7 +624,7 @@ def load_once(opts: DeployOptions):
     """
     spec_data = opts.data.data if isinstance(opts.data.data, (str, os.PathLike)) else None
     original = load_model(opts.model, weights=opts.weights, input_shape=opts.input_shape,
-                          trust_factory=opts.trust_factory, normalize=opts.normalize, data=spec_data)
+                          trust_factory=opts.trust_factory, normalize=opts.normalize, data=spec_data, task=opts.task)
     say_loaded(original)
     split = split_for_model(original, opts.data)
     if split is not None:
