@@ -147,7 +147,7 @@ def test_models_lists_the_builtins(capsys):
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)["models"]}
     assert set(rows) == {"resnet18", "mobilenetv2", "yolo-small", "digits-cnn", "fmnist-cnn", "mobilenetv2-fmnist",
-                         "resnet18-fmnist"}
+                         "resnet18-fmnist", "yolov8n-fmnist-det"}
     assert rows["yolo-small"]["task"] == "detect" and rows["resnet18"]["params"] == 11689512
     code, out, _ = run(capsys, "models")
     assert code == 0 and "mobilenetv2" in out and "data set" in out and "weights" in out

@@ -82,11 +82,13 @@ class LiteRTRunner:
     """LiteRT (ai-edge-litert), one thread; float views through :class:`edgeprune.export.tflite.TFLiteRunner`."""
 
     def __init__(self, path: Path, *, like=None, emulate_qdq: bool = False) -> None:
-        from edgeprune.export.tflite import TFLiteRunner
+        from edgeprune.export.tflite import TFLiteRunner, interpreter
 
         self.path = Path(path)
         self.float_view = TFLiteRunner(self.path, like=like)
-        self.it = self.float_view.it
+        # raw() has an interpreter of its own: the float view's signature runner keeps
+        # views of its tensors, and LiteRT refuses invoke() while they are alive
+        self.it = interpreter(self.path)
 
     def input_spec(self) -> tuple[str, list, np.dtype]:
         ins = self.it.get_input_details()
