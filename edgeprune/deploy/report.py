@@ -142,8 +142,10 @@ def markdown(rep: dict[str, Any]) -> str:
         lines += [f"| {r['round']} | {_n(r.get('predicted_ms'))} | {_n(r.get('measured_ms'))} | "
                   f"{_n(r.get('budget_ms'))} |" for r in lat["rounds"]]
     if rep.get("accuracy"):
-        lines += ["", "## Accuracy per stage", "", "| stage | value | vs original | data |", "|---|---:|---:|---|"]
-        lines += [f"| {r['stage']} | {r['value']:.2%} | "
+        metric = rep["accuracy"][0].get("metric")
+        name, fmt = ("mAP50-95", ".4f") if metric == "map50_95" else (metric or "value", ".2%")
+        lines += ["", "## Accuracy per stage", "", f"| stage | {name} | vs original | data |", "|---|---:|---:|---|"]
+        lines += [f"| {r['stage']} | {format(r['value'], fmt)} | "
                   f"{'-' if r.get('delta_points') is None else format(r['delta_points'], '+.2f') + ' pts'} | "
                   f"{r.get('split', '')} |" for r in rep["accuracy"]]
     if rep.get("size"):
