@@ -166,3 +166,25 @@ def test_bad_detection_labels_are_one_line_before_any_work(user, tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and label.name in lines[0] and "internal error" not in lines[0], p.stderr
     assert not (tmp_path / "out" / "measure").exists()  # refused before the board was asked anything
+
+
+def test_a_user_detector_deploys_to_a_farm_board(user, farm, tmp_path):
+    """The same detector to a real sshd board (tests/farm): shipped, and its outputs checked on the board."""
+    import uuid
+
+    folder = f"/tmp/deploy-det-{uuid.uuid4().hex[:8]}" if farm.privileged else str(tmp_path / "deploy-b1")
+    targets = tmp_path / "targets.toml"
+    targets.write_text(farm.targets_toml(extra={"det-b1": {"board": "b1", "deploy_dir": folder}}))
+    r = user["root"]
+    env = {**os.environ, "EDGEPRUNE_TARGETS": str(targets), "PYTHONPATH": f"{r}{os.pathsep}{REPO}"}
+    args = ["deploy", "-t", "det-b1", "-m", "userdet:build", "--weights", str(r / "weights.pt"),
+            "--data", str(r / "data" / "data.yaml"), "--input-shape", f"1,3,{SIZE},{SIZE}", "--ratio", "0.2",
+            "--steps", "16", "--threads", "1", "--format", "onnx", "--precision", "fp32",
+            "--max-accuracy-drop", "100", "-o", str(tmp_path / "out"), "--json"]
+    p = subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True, cwd=r,
+                       env=env, timeout=1500)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads(p.stdout)
+    assert rep["ok"] and rep["gate"]["passed"] and rep["gate"]["metric"] == "map50_95"
+    assert rep["gate"]["original"] == pytest.approx(user["map50_95"], abs=1e-4)
+    assert rep["release"]["verification"]["passed"] is True  # held-out images ran on the board and matched

@@ -10,10 +10,10 @@ and loaded with ``YOLO("best.pt").model`` inside the factory.
 Skipped when ``ultralytics`` is not installed; ``bash scripts/setup.sh`` with
 the ``test`` extra installs it with ``--no-deps`` (its declared dependencies
 include torchvision and would pull a CUDA torch). This machine has no
-torchvision, so the factories import Ultralytics through
-``tests.zoo.ultralytics_real.import_ultralytics`` (one metadata query
-answered); a user's own ``from ultralytics.nn.tasks import DetectionModel``
-is the same code.
+torchvision; the factories import Ultralytics as a user's do (``from
+ultralytics.nn.tasks import DetectionModel``), and edgeprune answers the one
+torchvision metadata query Ultralytics makes at import
+(:mod:`edgeprune.models.ultra`).
 
 The checkpoint's weights are trained-like, not trained
 (:func:`tests.zoo.ultralytics_real.trained_like`: BatchNorm statistics of
@@ -54,9 +54,7 @@ SHAPE = (1, 3, 320, 320)
 ARGS = ["--input-shape", "1,3,320,320"]
 
 FROM_YAML = '''
-from tests.zoo.ultralytics_real import import_ultralytics  # = from ultralytics.nn.tasks import DetectionModel
-
-DetectionModel = import_ultralytics().DetectionModel
+from ultralytics.nn.tasks import DetectionModel
 
 
 def build():
@@ -64,9 +62,6 @@ def build():
 '''
 
 FROM_CHECKPOINT = '''
-from tests.zoo.ultralytics_real import import_ultralytics
-
-import_ultralytics()  # this machine has no torchvision: see tests/zoo/ultralytics_real.py
 from ultralytics import YOLO
 
 

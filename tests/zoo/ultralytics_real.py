@@ -4,53 +4,21 @@ Also what a user who trained a detector has: :func:`save_checkpoint` writes a
 ``best.pt`` the way Ultralytics' trainer does (its checkpoint dict, then its
 own ``strip_optimizer``), loaded back with ``YOLO("best.pt").model``.
 
-Ultralytics 8.4 imports without torchvision except for one line: at import,
-``ultralytics.utils`` reads torchvision's *version* from the package metadata
-(``importlib.metadata.version("torchvision")``), and fails when torchvision is
-not installed. Building a ``DetectionModel`` never imports torchvision itself
-(only NMS, datasets and some exporters do). torchvision cannot be installed
-here (its compiled ops do not load with the CPU torch; see FACTS.md), so
-:func:`import_ultralytics` answers that one metadata query during the import,
-and nothing else: ``import torchvision`` still fails, so any code path that
-really needs it would fail loudly.
-
-Settings go to a temporary folder (``YOLO_CONFIG_DIR``), never the user's home.
+Ultralytics is imported through :func:`edgeprune.models.ultra.import_ultralytics`
+(this machine has no torchvision; see that module), the one way edgeprune
+itself imports it. Settings go to a temporary folder, never the user's home.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import os
-import tempfile
+from edgeprune.models import ultra
 
-TORCHVISION_FOR_TORCH_2_13 = "0.28.0"
-
-
-def available() -> bool:
-    return importlib.util.find_spec("ultralytics") is not None
+available = ultra.available
 
 
 def import_ultralytics():
-    """``ultralytics.nn.tasks``, imported without torchvision (see the module docstring)."""
-    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edgeprune-ultralytics-"))
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    real = importlib.metadata.version
-
-    def version(name: str) -> str:
-        if name == "torchvision":
-            try:
-                return real(name)
-            except importlib.metadata.PackageNotFoundError:
-                return TORCHVISION_FOR_TORCH_2_13
-        return real(name)
-
-    importlib.metadata.version = version
-    try:
-        return importlib.import_module("ultralytics.nn.tasks")
-    finally:
-        importlib.metadata.version = real
+    """``ultralytics.nn.tasks``, imported without torchvision (:mod:`edgeprune.models.ultra`)."""
+    return ultra.import_ultralytics("ultralytics.nn.tasks")
 
 
 def _build(cfg: str):
