@@ -111,6 +111,22 @@ def test_keep_n_releases_never_current_or_previous(here, nets):
     assert f"{ids[-1]}" in r.removed
 
 
+SAME_SECOND = ["20260101-000000-ffffffff", "20260101-000000-cccccccc", "20260101-000000-aaaaaaaa",
+               "20260101-000000-11111111"]  # made in this order: their hex parts sort the other way
+
+
+def test_release_order_is_when_each_was_made_not_the_ids_hex_part(here, nets, monkeypatch):
+    """Issue 23: ships within one second once kept three releases for keep=2 (ids sorted by hex)."""
+    ids = iter(SAME_SECOND)
+    monkeypatch.setattr("edgeprune.ship.ship.new_release_id", lambda sha, now=None: next(ids))
+    made = [ship_artifact(nets[i], target="here", verify_inputs=X, keep=2).release for i in range(4)]
+    assert made == SAME_SECOND
+    assert sorted(p.name for p in (here / "releases").iterdir()) == sorted(made[-2:])
+    assert [r.id for r in list_releases("here").releases] == made[-2:]  # oldest first
+    seqs = [int((here / "releases" / r / "release.seq").read_text()) for r in made[-2:]]
+    assert seqs == [3, 4]
+
+
 def test_releases_and_rollback(here, nets):
     a = ship_artifact(nets[0], target="here", manifest=MANIFEST, verify_inputs=X)
     b = ship_artifact(nets[1], target="here", manifest={"precision": "fp32"}, verify_inputs=X)
