@@ -58,7 +58,7 @@ def test_ship_verifies_then_switches_and_records_the_manifest(here, nets):
     assert r.release.endswith(r.sha256[:8])
     rel = here / "releases" / r.release
     assert sorted(p.name for p in rel.iterdir()) == [
-        "check_inputs.npy", "check_outputs.npz", "manifest.json", "model.onnx"]
+        "check_inputs.npy", "check_outputs.npz", "manifest.json", "model.onnx", "release.seq"]
     assert (here / "current" / "model.onnx").read_bytes() == nets[0].read_bytes()
     m = json.loads((rel / "manifest.json").read_text())
     assert m["artifact"]["sha256"] == r.sha256 and m["source_model_sha256"] == "ab" * 32
