@@ -1015,6 +1015,7 @@ def probe(args):
 
 RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 LOCK_FILE = "lock.json"
+SEQ_FILE = "release.seq"  # the release's place in the order they were made (activate writes it)
 MAX_SMALL_JSON = 256 * 1024  # manifest.json and lock.json are read up to this
 
 
@@ -1364,18 +1365,35 @@ def _release_dir(root, sub, rid):
     return path
 
 
+def _seq(root, rid):
+    """A release's sequence number (0 for one made before they were recorded)."""
+    try:
+        with open(os.path.join(root, "releases", rid, SEQ_FILE), "rb") as fh:
+            text = fh.read(32).decode("ascii").strip()
+    except (OSError, IOError, ValueError):
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def _ordered(root):
+    """The real release folders, oldest first: by recorded sequence number, never by the id's hex part."""
+    rels = os.path.join(root, "releases")
+    names = [n for n in (os.listdir(rels) if os.path.isdir(rels) else [])
+             if RELEASE_ID.match(n) and not os.path.islink(os.path.join(rels, n))
+             and os.path.isdir(os.path.join(rels, n))]
+    return sorted(names, key=lambda n: (_seq(root, n), n))
+
+
 def _listing(root):
     rels = os.path.join(root, "releases")
     out = []
-    for rid in sorted(os.listdir(rels)) if os.path.isdir(rels) else []:
+    for rid in _ordered(root):
         path = os.path.join(rels, rid)
-        if not RELEASE_ID.match(rid) or os.path.islink(path) or not os.path.isdir(path):
-            continue
         size = 0
         for r, _, files in os.walk(path):
             size += sum(os.lstat(os.path.join(r, f)).st_size for f in files)
         manifest = _read_json(os.path.join(path, "manifest.json"))
-        out.append({"id": rid, "bytes": size, "manifest": manifest,
+        out.append({"id": rid, "bytes": size, "manifest": manifest, "seq": _seq(root, rid),
                     "manifest_error": None if manifest else "manifest.json missing or not JSON"})
     owner, age = _read_lock(root)
     return {"releases": out, "current": _link_id(root, "current"),
@@ -1437,6 +1455,9 @@ def _release(args):
             dst = os.path.join(root, "releases", rid)
             if os.path.lexists(dst):
                 raise AgentFailure("bad_release", "release %s already exists in %s" % (rid, root))
+            seq = max([_seq(root, n) for n in _ordered(root)] or [0]) + 1
+            with open(os.path.join(src, SEQ_FILE), "w") as fh:
+                fh.write("%d\n" % seq)
             _fsync_tree(src)
             os.rename(src, dst)
             _fsync_dir(os.path.dirname(dst))
@@ -1476,8 +1497,7 @@ def _gc(root, keep, keep_staging):
             removed.append("%s (staging)" % name)
     rels = os.path.join(root, "releases")
     names = sorted(os.listdir(rels))
-    real = [n for n in names if RELEASE_ID.match(n) and not os.path.islink(os.path.join(rels, n))
-            and os.path.isdir(os.path.join(rels, n))]
+    real = _ordered(root)  # oldest first, by sequence number
     kept = set(real[-keep:]) | set([_link_id(root, "current"), _link_id(root, "previous")])
     for name in names:
         if name not in kept:

@@ -197,3 +197,57 @@ def test_third_party_prints_never_reach_stdout_in_json_mode(tmp_path):
               "-o", str(tmp_path / "o2"), "--json", cwd=tmp_path)
     doc = json.loads(res.stdout)
     assert res.returncode == 1 and doc["ok"] is False and doc["error"]["kind"] == "prune"
+
+
+# -- issue 23: Ctrl-C as a command finishes -------------------------------------------------------------------
+
+LATE_CTRL_C = textwrap.dedent("""
+    import os, signal, sys
+    from edgeprune.cli import _common, main
+    real = _common._write_json
+    def then_ctrl_c(doc):
+        real(doc)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the result is out
+        for _ in range(10 ** 6):  # the bytecodes in which a KeyboardInterrupt would be raised
+            pass
+    _common._write_json = then_ctrl_c
+    sys.argv = ["edgeprune", *sys.argv[1:]]
+    main()
+""")
+
+
+def test_ctrl_c_just_after_export_printed_its_result_exits_0_with_that_result(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("EDGEPRUNE_DEBUG", None)
+    res = subprocess.run([sys.executable, "-c", LATE_CTRL_C, "export", "-t", "local", "-m", "digits-cnn",
+                          "-o", str(tmp_path / "out"), "--json"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(res.stdout)  # one document, whole
+    assert doc["ok"] is True and "interrupted" not in res.stderr
+
+
+EARLY_CTRL_C = textwrap.dedent("""
+    import os, signal, sys
+    from edgeprune.cli import main
+    from edgeprune.export import pipeline
+    real = pipeline.export
+    def ctrl_c_then_export(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the export works
+        return real(*args, **kwargs)
+    pipeline.export = ctrl_c_then_export
+    sys.argv = ["edgeprune", *sys.argv[1:]]
+    main()
+""")
+
+
+def test_ctrl_c_while_export_works_is_exit_130_and_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("EDGEPRUNE_DEBUG", None)
+    res = subprocess.run([sys.executable, "-c", EARLY_CTRL_C, "export", "-t", "local", "-m", "digits-cnn",
+                          "-o", str(tmp_path / "out"), "--json"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env, timeout=300)
+    assert res.returncode == 130, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is False and doc["error"]["kind"] == "interrupted"

@@ -117,6 +117,21 @@ def test_val_data_given_explicitly(class_tree, tmp_path):
     assert len(split.train) == 30 and len(split.val) == 3 and split.to_dict()["split"] == "given"
 
 
+def test_val_data_beside_a_builtin_set_is_the_held_out_data_and_is_checked(tmp_path):
+    """Issue 23: ``export --val-data FILE`` on digits-cnn measured the built-in test split, whatever FILE held."""
+    shape = (1, 1, 8, 8)
+    x = np.random.default_rng(0).random((12, 1, 8, 8)).astype(np.float32)
+    good = tmp_path / "val.npz"
+    np.savez(good, x=x, y=np.arange(12) % 10)
+    split = load_data("digits", input_shape=shape, num_classes=10, val_data=good)
+    assert split.heldout is split.val and len(split.heldout) == 12 and split.test is None
+    assert split.to_dict()["split"] == "given" and split.to_dict()["heldout"] == "val"
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=x, y=np.arange(12) + 5)  # labels 10..16: the model outputs 10 classes
+    with pytest.raises(DataError, match=r"--val-data .*bad.npz: label 16 is out of range"):
+        load_data("digits", input_shape=shape, num_classes=10, val_data=bad)
+
+
 def test_detectors_ignore_labels(class_tree):
     split = load_data(class_tree, input_shape=SHAPE, task="detect")
     assert not split.labelled

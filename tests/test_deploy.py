@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,51 @@ def test_an_interrupted_deploy_resumes_at_the_stage_it_stopped(here, monkeypatch
     by = {s["name"]: s for s in rep["stages"]}
     assert by["measure"]["board_measurements"] == 0 and by["measure"]["note"].startswith("reused: ")
     assert rep["ok"] and _current(here / "board") == rep["release"]["id"]
+
+
+def test_a_reused_ship_stage_ships_again_when_the_board_no_longer_runs_it(here):
+    """Issue 23: with ``current`` deleted (or the model replaced) on the board, a rerun ships again."""
+    board = here / "board"
+    first = deploy_model("digits-cnn", target="here", ratio=0.3, steps=STEPS, output=here / "out")
+    (board / "current").unlink()
+    again = deploy_model("digits-cnn", target="here", ratio=0.3, steps=STEPS, output=here / "out")
+    assert again["run"]["reused"] == list(deploy_pipeline.STAGES[:-2])  # all but ship
+    assert again["ok"] and _current(board) == again["release"]["id"] != first["release"]["id"]
+    assert sha256_file(board / "current" / "model.onnx") == again["release"]["sha256"]
+    same = deploy_model("digits-cnn", target="here", ratio=0.3, steps=STEPS, output=here / "out")
+    assert same["run"]["reused"] == list(deploy_pipeline.STAGES[:-1])  # the board runs it: nothing shipped
+    assert same["release"]["id"] == again["release"]["id"]
+    (board / "current" / "model.onnx").write_bytes(b"not the model")
+    fixed = deploy_model("digits-cnn", target="here", ratio=0.3, steps=STEPS, output=here / "out")
+    assert "ship" not in fixed["run"]["reused"] and _current(board) == fixed["release"]["id"]
+    assert sha256_file(board / "current" / "model.onnx") == fixed["release"]["sha256"] == again["release"]["sha256"]
+
+
+def test_a_second_deploy_into_the_same_output_is_refused_at_its_start(here):
+    """Issue 23: two identical deploys into one --output both ran and mixed their stages' files."""
+    out = here / "out"
+    cmd = ("deploy", "-t", "here", "-m", "digits-cnn", "--ratio", "0.3", "--steps", str(STEPS), "-o", str(out))
+    env = {**os.environ, "EDGEPRUNE_TARGETS": str(here / "targets.toml")}
+    first = subprocess.Popen([sys.executable, "-m", "edgeprune", *cmd], cwd=here, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):  # the first deploy holds the folder's lock (it takes it before loading the model)
+            if (out / "lock.json").exists() or first.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (out / "lock.json").exists() and first.poll() is None
+        second = _cli(*cmd, "--json", cwd=here, env_targets=here / "targets.toml")
+        assert second.returncode != 0 and first.poll() is None
+        line = second.stderr.strip()
+        assert "\n" not in line and line.startswith(f"error: --output {out}: another deploy holds this folder's lock")
+        assert f"pid {first.pid} " in line and "run again when it is done" in line
+        assert json.loads(second.stdout)["error"]["kind"] == "output"
+    finally:
+        first.kill()
+        first.wait()
+    # killed: its lock names a process that is gone, so the next deploy clears it and runs
+    rep = deploy_model("digits-cnn", target="here", ratio=0.3, steps=STEPS, output=out)
+    assert rep["ok"] and _current(here / "board") == rep["release"]["id"] and not (out / "lock.json").exists()
 
 
 def test_a_changed_option_restarts_the_stages_it_affects(here):

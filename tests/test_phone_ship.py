@@ -151,3 +151,16 @@ def test_releases_and_rollback_commands(capsys, phone, tflites):
     code, out, _ = run(capsys, "rollback", "-t", "phone", "--to", a.release, "--json")
     doc = json.loads(out)
     assert code == 0 and doc["release"] == a.release and doc["check"]["outputs_compared"] is False
+
+
+def test_release_order_on_a_phone_is_when_each_was_made(phone, tflites, monkeypatch):
+    """Issue 23: the phone's deploy script orders releases by their recorded sequence number, not by id."""
+    same_second = ["20260101-000000-ffffffff", "20260101-000000-cccccccc", "20260101-000000-aaaaaaaa"]
+    ids = iter(same_second)
+    monkeypatch.setattr("edgeprune.ship.phone.new_release_id", lambda sha, now=None: next(ids))
+    made = [ship_artifact(tflites[i % 2], target="phone", verify_inputs=X, keep=2,
+                          manifest={"precision": "int8"}).release for i in range(3)]
+    assert made == same_second
+    d = deploy_dir(phone)
+    assert sorted(p.name for p in (d / "releases").iterdir()) == sorted(made[-2:])
+    assert [r.id for r in list_releases("phone").releases] == made[-2:]

@@ -81,7 +81,7 @@ def test_ship_list_and_rollback_over_ssh(ship_env, nets):
     assert back.release == a.release and back.check["passed"]
     assert list_releases("ship-b1").current == a.release
     assert board_files("ship-b1", "releases", a.release) == [
-        "check_inputs.npy", "check_outputs.npz", "manifest.json", "model.onnx"]
+        "check_inputs.npy", "check_outputs.npz", "manifest.json", "model.onnx", "release.seq"]
     assert board_files("ship-b1", "staging") == []
 
 

@@ -58,7 +58,7 @@ def test_ship_verifies_then_switches_and_records_the_manifest(here, nets):
     assert r.release.endswith(r.sha256[:8])
     rel = here / "releases" / r.release
     assert sorted(p.name for p in rel.iterdir()) == [
-        "check_inputs.npy", "check_outputs.npz", "manifest.json", "model.onnx"]
+        "check_inputs.npy", "check_outputs.npz", "manifest.json", "model.onnx", "release.seq"]
     assert (here / "current" / "model.onnx").read_bytes() == nets[0].read_bytes()
     m = json.loads((rel / "manifest.json").read_text())
     assert m["artifact"]["sha256"] == r.sha256 and m["source_model_sha256"] == "ab" * 32
@@ -109,6 +109,22 @@ def test_keep_n_releases_never_current_or_previous(here, nets):
     # keep=1 keeps the newest only, plus current (r) and previous (ids[-2])
     assert sorted(p.name for p in (here / "releases").iterdir()) == sorted([ids[-2], r.release])
     assert f"{ids[-1]}" in r.removed
+
+
+SAME_SECOND = ["20260101-000000-ffffffff", "20260101-000000-cccccccc", "20260101-000000-aaaaaaaa",
+               "20260101-000000-11111111"]  # made in this order: their hex parts sort the other way
+
+
+def test_release_order_is_when_each_was_made_not_the_ids_hex_part(here, nets, monkeypatch):
+    """Issue 23: ships within one second once kept three releases for keep=2 (ids sorted by hex)."""
+    ids = iter(SAME_SECOND)
+    monkeypatch.setattr("edgeprune.ship.ship.new_release_id", lambda sha, now=None: next(ids))
+    made = [ship_artifact(nets[i], target="here", verify_inputs=X, keep=2).release for i in range(4)]
+    assert made == SAME_SECOND
+    assert sorted(p.name for p in (here / "releases").iterdir()) == sorted(made[-2:])
+    assert [r.id for r in list_releases("here").releases] == made[-2:]  # oldest first
+    seqs = [int((here / "releases" / r / "release.seq").read_text()) for r in made[-2:]]
+    assert seqs == [3, 4]
 
 
 def test_releases_and_rollback(here, nets):
@@ -229,3 +245,66 @@ def test_the_tolerance_follows_the_precision_export_stamped(here, nets, tmp_path
     assert r.manifest["precision"] == "fp16" and r.check["tolerance"]["rtol"] == 1e-2
     r = ship_artifact(m, target="here", verify_inputs=X, precision="fp32")  # the caller decides
     assert r.manifest["artifact"]["precision"] == "fp32"
+
+
+# -- issue 23: Ctrl-C during a ship leaves no lock behind ----------------------------------------------------
+
+def test_ctrl_c_as_the_agent_made_the_lock_removes_it(tmp_path):
+    from edgeprune.ship import folder_lock
+
+    lock = folder_lock(tmp_path, what="test")
+    real = lock.board.release
+
+    def ctrl_c_after(action, *args, **kw):
+        doc = real(action, *args, **kw)
+        if action == "lock":
+            raise KeyboardInterrupt  # Ctrl-C between the agent making the lock and this process noting it
+        return doc
+
+    lock.board.release = ctrl_c_after
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire()
+    assert not (tmp_path / "lock.json").exists()
+
+
+def test_ctrl_c_stops_the_agent_process_it_interrupts(tmp_path):
+    import signal
+    import threading
+
+    from edgeprune.transport._proc import run_process
+
+    pidfile = tmp_path / "pid"
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_process(["sh", "-c", f'echo $$ > "{pidfile}"; exec sleep 60'], cwd=None, timeout=120,
+                    max_output=1 << 16, what="test")
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):  # stopped (and reaped), not left running on its own
+        os.kill(pid, 0)
+
+
+SHIP_CTRL_C = """
+import os, signal, sys, threading
+import numpy as np
+from edgeprune.ship import ship_artifact
+at = sys.argv[2]
+def on_step(target, step):
+    if step == at:  # Ctrl-C a moment into this step (inside the agent's call, mostly)
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+try:
+    ship_artifact(sys.argv[1], target="here", verify_inputs=x, on_step=on_step)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("step", ["lock", "stage", "upload", "verify", "switch"])
+def test_ctrl_c_during_a_ship_releases_the_board_lock(here, nets, step):
+    res = subprocess.run([sys.executable, "-c", SHIP_CTRL_C, str(nets[0]), step], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=300)
+    assert res.returncode in (0, 130), res.stderr[-2000:]
+    assert not (here / "lock.json").exists(), f"lock left after Ctrl-C in {step}"
+    assert not list((here / "staging").iterdir())
+    if current(here) is None:  # interrupted before the switch: nothing half there
+        assert not list((here / "releases").iterdir())

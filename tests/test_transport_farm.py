@@ -183,6 +183,45 @@ def test_link_cut_mid_upload(farm_env, root_farm, tmp_path):
         assert t.remote_digest(t.path("model.bin")) == (old.stat().st_size, sha256_file(old))
 
 
+def test_a_cut_link_reads_as_a_lost_link_whichever_call_notices_it_first(farm_env, root_farm, tmp_path):
+    """Issue 23: SFTP failing first (a closed channel, an empty EOFError) while the transport still looked up
+    gave ``writing new on the board failed: ; the previous copy was kept``."""
+    old, new = blob(tmp_path / "old", 0.2, 3), blob(tmp_path / "new", 1, 4)
+    with open_transport(resolve_target("farm-cut")) as t:
+        t.upload(old, "model.bin")
+        real_put, sftp = t._put, t._sftp_client().get_channel()
+
+        def cut_then_put(*args):  # the cable pulled as the file starts; SFTP notices first, the transport not
+            root_farm.cut("cut")
+            sftp.close()
+            assert t.client.get_transport().is_active()
+            return real_put(*args)
+
+        t._put = cut_then_put
+        try:
+            with pytest.raises(TransportError, match="link to .* lost while uploading new") as exc:
+                t.upload(new, "model.bin")
+            with pytest.raises(TransportError, match="link to .* lost"):  # and the next call says so too
+                t.run(["true"], timeout=10)
+        finally:
+            root_farm.restore("cut")
+    msg = str(exc.value)
+    assert "previous copy" in msg and ": ;" not in msg and "()" not in msg and "\n" not in msg
+    with open_transport(resolve_target("farm-cut")) as t:
+        assert t.remote_digest(t.path("model.bin")) == (old.stat().st_size, sha256_file(old))
+
+
+def test_a_failed_write_on_a_live_link_names_its_cause(farm_env, tmp_path):
+    old, new = blob(tmp_path / "old", 0.2, 3), blob(tmp_path / "new", 0.2, 4)
+    with open_transport(resolve_target("farm-b1")) as t:
+        t.upload(old, "model.bin")
+        t._sftp_client().get_channel().close()  # SFTP fails, the board still answers
+        with pytest.raises(TransportError, match="writing new on the board failed: ") as exc:
+            t.upload(new, "model.bin")
+        cause = str(exc.value).split("failed: ", 1)[1].split("; the previous copy was kept")[0]
+        assert cause.strip() and "lost" not in str(exc.value)
+
+
 def test_lossy_slow_link_still_delivers(farm_env, tmp_path):
     f = blob(tmp_path / "m", 2, 5)
     with open_transport(resolve_target("farm-lossy")) as t:
@@ -209,7 +248,7 @@ def test_link_cut_while_a_command_runs(farm_env, root_farm):
         timer.start()
         start = time.monotonic()
         try:
-            with pytest.raises(TransportError, match="link lost|connection is closed|timed out"):
+            with pytest.raises(TransportError, match="link to .* lost|timed out"):
                 t.run(["sleep", "120"], timeout=120)
             took = time.monotonic() - start - 1.0
         finally:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -101,8 +103,17 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = os.environ.get("EDGEPRUNE_DEBUG", "") not in ("", "0")
     as_json = _wants_json(args)
-    with json_mode(as_json):
-        code = _run(args, as_json)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with json_mode(as_json):
+            code = _run(args, as_json)
+    except KeyboardInterrupt as exc:  # between the command and its report: still one line, exit 130
+        code = _fail(exc, "interrupted", "interrupted", 130, as_json)
+    finally:
+        if argv is not None:  # called from Python: its Ctrl-C back as it was
+            signal.signal(signal.SIGINT, handler)
+    if argv is None:  # the process ends now: a late Ctrl-C must not kill it after its last line
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 
@@ -138,7 +149,12 @@ def _run(args: list[str], as_json: bool) -> int:
 
 def _fail(exc: BaseException, kind: str, message: str, code: int, as_json: bool, *,
           details: dict | None = None, result: dict | None = None) -> int:
-    """Report a failure: the traceback with --debug, the one line on stderr, the JSON on stdout."""
+    """Report a failure: the traceback with --debug, the one line on stderr, the JSON on stdout.
+
+    The last thing the command says: a Ctrl-C from here on is ignored (as after ``emit``).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _debug and not isinstance(exc, (click.exceptions.Exit, click.Abort)):
         import traceback
 

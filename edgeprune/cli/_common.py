@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -192,7 +194,12 @@ def emit(result: Any, *, as_json: bool, human: Callable[[Any], None], ok: bool =
     """Print ``result`` as JSON (machines, with ``"ok"``) or through ``human`` (people).
 
     ``ok=False``: a result that is partly a failure (one of several boards), printed whole.
+    The command is done once its result is printed: from here on a Ctrl-C is ignored, so the
+    result is never followed by a death by SIGINT (``main`` puts the handler back when called
+    from Python).
     """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if as_json:
         _write_json({"ok": ok, **result} if isinstance(result, dict) else result)
     else:

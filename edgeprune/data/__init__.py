@@ -20,7 +20,8 @@ with their labels dropped.
 
 User data is split train/val with a seeded, per-class (stratified)
 permutation: ``val_fraction`` of each class goes to val. ``val_data`` gives
-the validation set explicitly instead. Preprocessing (channels, size,
+the validation set explicitly instead; with a built-in data set it is the
+held-out data too (its test split is then not used), checked as ``--data`` is. Preprocessing (channels, size,
 normalisation) follows the model: ``input_shape`` and ``normalize``
 (``imagenet``, ``unit`` or ``MEAN/STD``; default: ImageNet for 3-channel
 classifiers, else unit; built-in models carry theirs in
@@ -137,9 +138,11 @@ def load_data(
         raise DataError(f"val_fraction {val_fraction}: must be between 0 and 1")
     if isinstance(spec, str) and spec in BUILTIN:
         split = builtin_split(spec, pre, limit=limit)
-        if val_data is not None:
-            split.val = _open(val_data, pre=pre, input_shape=input_shape, task=task)
-            split.info["val_data"] = str(val_data)
+        if val_data is not None:  # the user's held-out data is what is measured (the test split is not)
+            val = _open(val_data, pre=pre, input_shape=input_shape, task=task)
+            _check_labels(val, num_classes, f"--val-data {val_data}")
+            split.val, split.test = val, None
+            split.info.update(split="given", val_data=str(val_data))
         for part in (split.train, split.heldout):
             _check_labels(part, num_classes, spec)
         return split

@@ -31,7 +31,14 @@ from edgeprune.checks.thresholds import Thresholds
 from edgeprune.data import DEFAULT_VAL_FRACTION, DataOptions
 from edgeprune.deploy.manifest import STAGES, RunManifest, digest
 from edgeprune.deploy.report import write_report
-from edgeprune.errors import AgentError, BudgetError, EdgePruneError, GateError, PruneError
+from edgeprune.errors import (
+    AgentError,
+    BudgetError,
+    EdgePruneError,
+    GateError,
+    OutputError,
+    PruneError,
+)
 from edgeprune.export.pipeline import AgreementError, ExportOptions, export, model_sha256
 from edgeprune.export.runners import model_inputs
 from edgeprune.finetune.run import FinetuneOptions, finetune_model
@@ -48,7 +55,7 @@ from edgeprune.prune.pipeline import (
     uniform_plan,
 )
 from edgeprune.reach import resolve_target
-from edgeprune.ship import ship_artifact
+from edgeprune.ship import folder_lock, ship_artifact, why_not_current
 
 DEFAULT_MAX_DROP = 1.0  # points of top-1 on held-out data; the gate
 LATENCY_SLACK = 0.10  # the final artifact may measure this much over the budget before it is flagged
@@ -520,7 +527,7 @@ def _file_sha(spec: str | None) -> str | None:
 def _run_stage(ctx: Ctx, name: str, key: str, *, ran: bool) -> tuple[bool, dict[str, Any]]:
     """Run or reuse stage ``name``; returns (ran, its record). Raises what the stage raised, after recording it."""
     m = ctx.manifest
-    if not ran and not ctx.opts.fresh and m.reusable(name, key, ctx.root):
+    if not ran and not ctx.opts.fresh and m.reusable(name, key, ctx.root) and not _board_moved_on(ctx, name):
         rec = m.stage(name)
         ctx.reused.append(name)
         ctx.say(f"{name}: reused from an earlier run ({rec.get('note') or rec.get('state')})")
@@ -545,6 +552,21 @@ def _run_stage(ctx: Ctx, name: str, key: str, *, ran: bool) -> tuple[bool, dict[
                    run=m.data.get("runs"))
     ctx.say(f"{name}: {out.note or out.state} ({rec['seconds']:.1f} s)")
     return True, rec
+
+
+def _board_moved_on(ctx: Ctx, name: str) -> bool:
+    """A completed ship stage is reused only while the board still runs what it shipped (else: ship again)."""
+    if name != "ship":
+        return False
+    res = ctx.manifest.stage(name).get("result") or {}
+    try:
+        why = why_not_current(ctx.reach, release=str(res.get("id")), sha256=str(res.get("sha256")),
+                              accept_new_host_key=ctx.opts.accept_new_host_key)
+    except EdgePruneError as exc:  # the board cannot say: shipping again says what is wrong
+        why = f"it could not be checked ({exc})"
+    if why:
+        ctx.say(f"ship: not reused: {why}; shipping again")
+    return why is not None
 
 
 def deploy_one(target: str, root: Path, opts: DeployOptions, *, reach, original, split, label: str = "",
@@ -650,8 +672,16 @@ def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLi
     opts = DeployOptions.from_options(model=str(model), output=str(output), **options)
     _refuse_bad_output(Path(output))
     reaches = {t: resolve_target(t, host=opts.host) for t in targets}  # an unknown board is refused first
-    original, split = load_once(opts)
     root = Path(output).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    # Two deploys into one folder would mix their stages' files: the second is refused here, at its start.
+    with folder_lock(root, what=f"deploy {opts.model} to {', '.join(targets)}", label=f"--output {output}",
+                     error=OutputError):
+        return _deploy_locked(targets, root, opts, reaches=reaches, command=command)
+
+
+def _deploy_locked(targets: list[str], root: Path, opts: DeployOptions, *, reaches, command) -> dict[str, Any]:
+    original, split = load_once(opts)
     if len(targets) == 1:
         return deploy_one(targets[0], root, opts, reach=reaches[targets[0]], original=original, split=split,
                           command=command)
@@ -674,8 +704,6 @@ def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLi
 
 
 def _refuse_bad_output(path: Path) -> None:
-    from edgeprune.errors import OutputError
-
     if not str(path).strip():
         raise OutputError("--output is empty: name a folder for the deploy's stages and report")
     if path.exists() and not path.is_dir():

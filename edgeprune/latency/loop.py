@@ -390,6 +390,7 @@ def plan_for_budget(
             **base_info,
             "runtime": first.runtime, "runtime_version": first.runtime_version,
             "board_id": identity.get("board_id"), "host_key": identity.get("host_key"),
+            "cpu_quota": (first.board or {}).get("cpu_quota"),  # the CFS quota the board reported (None: none)
             "threads": threads, "baseline_ms": round(base_ms, 5), "per_call_share": round(per_call, 3),
             "budget_from": "latency_budget" if latency_budget is not None else f"speedup {speedup:g}",
             "chosen_round": chosen["round"] if chosen else None,

@@ -31,12 +31,14 @@ Example::
 """
 
 from edgeprune.ship import phone as _phone  # noqa: F401  (registers the phones' backend)
+from edgeprune.ship.lock import folder_lock
 from edgeprune.ship.releases import (
     ReleaseInfo,
     ReleaseList,
     RollbackResult,
     list_releases,
     rollback,
+    why_not_current,
 )
 from edgeprune.ship.ship import ShipResult, ship_artifact, ship_many, summary_lines
 
@@ -45,9 +47,11 @@ __all__ = [
     "ReleaseList",
     "RollbackResult",
     "ShipResult",
+    "folder_lock",
     "list_releases",
     "rollback",
     "ship_artifact",
     "ship_many",
     "summary_lines",
+    "why_not_current",
 ]

@@ -17,6 +17,13 @@ A lock found held is **stale**, and cleared with a note, when:
 Clearing passes the stale lock's token to the agent, which removes only that
 lock (renamed aside first, put back if it turned out to be another).
 
+The same lock guards a folder of this computer (:func:`folder_lock`, e.g. a
+deploy's ``--output``): the agent runs as a subprocess on it, so there is one
+lock, one owner record and one rule for a dead owner.
+
+An interrupt (Ctrl-C) while the lock is being taken unlocks it again before
+it propagates: the agent may have made the lock just before.
+
 Example::
 
     lock = BoardLock(board, what="ship 20261128-101502-3f2a9c1d")
@@ -34,12 +41,16 @@ import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from edgeprune.errors import ShipError
+from edgeprune.errors import EdgePruneError, ShipError
+from edgeprune.reach import Reach
+from edgeprune.ship.board import Board
+from edgeprune.transport import transport_class
 
 REFRESH_S = 15.0
 STALE_S = 120.0
@@ -119,8 +130,11 @@ class BoardLock:
         stale_s: float = STALE_S,
         wait_s: float = 0.0,
         refresh_s: float = REFRESH_S,
+        holder: str = "the board's deploy lock",
+        error: type[EdgePruneError] = ShipError,
     ) -> None:
         self.board = board
+        self.holder, self.error = holder, error
         self.token = secrets.token_hex(12)
         self.owner = {
             "host": host_id(),
@@ -137,6 +151,17 @@ class BoardLock:
 
     def acquire(self) -> list[str]:
         """Take the lock (clearing a stale one, waiting up to ``wait_s``); notes of what was cleared."""
+        try:
+            return self._acquire()
+        except BaseException:
+            if not self.held:  # interrupted or failed while the agent may have just made it: ours to remove
+                try:
+                    self.board.release("unlock", "--token", self.token, timeout=30)
+                except BaseException:  # noqa: BLE001 - best effort: a lock nobody holds goes stale
+                    pass
+            raise
+
+    def _acquire(self) -> list[str]:
         notes: list[str] = []
         deadline = time.monotonic() + self.wait_s
         name = self.board.name
@@ -158,8 +183,8 @@ class BoardLock:
                 continue
             if time.monotonic() >= deadline:
                 refreshed = f", refreshed {age:.0f} s ago" if age is not None else ""
-                raise ShipError(
-                    f"{name}: another deploy holds the board's deploy lock ({describe(owner)}"
+                raise self.error(
+                    f"{name}: another deploy holds {self.holder} ({describe(owner)}"
                     f"{refreshed}); nothing was changed: run again when it is done (the lock of "
                     f"a deploy that died is cleared after {self.stale_s:.0f} s without refresh)"
                 )
@@ -181,16 +206,53 @@ class BoardLock:
                 pass
 
     def release(self) -> None:
-        """Stop the heartbeat and unlock; best effort (a dead link leaves a lock that goes stale)."""
+        """Stop the heartbeat and unlock; best effort (a dead link leaves a lock that goes stale).
+
+        A second Ctrl-C while unlocking does not stop it: the unlock is tried once more.
+        """
         self._stop.set()
         if self._beat is not None:
             self._beat.join(timeout=5)
         try:
-            if self.held:
-                self.board.release("unlock", "--token", self.token, timeout=30)
-        except Exception:  # noqa: BLE001 - a dead link, a closed client: the lock goes stale
-            pass
+            for _ in range(2):
+                try:
+                    if self.held:
+                        self.board.release("unlock", "--token", self.token, timeout=30)
+                    break
+                except KeyboardInterrupt:
+                    continue
+                except Exception:  # noqa: BLE001 - a dead link, a closed client: the lock goes stale
+                    break
         finally:
             self.held = False
             with _HELD_LOCK:
                 _HELD.discard(self.token)
+
+    def __enter__(self) -> BoardLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def folder_lock(folder: str | os.PathLike[str], *, what: str, label: str | None = None,
+                error: type[EdgePruneError] = ShipError) -> BoardLock:
+    """The deploy lock on a folder of this computer (``FOLDER/lock.json``; the folder must exist).
+
+    The agent runs on it as a local subprocess, as on ``--target local``: the
+    same link(2) lock, owner record, heartbeat and stale rule as a board's.
+    Example::
+
+        with folder_lock("out/", what="deploy digits-cnn to lab-pi", label="--output out/"):
+            ...                     # a second deploy into out/ is refused meanwhile
+    """
+    from edgeprune.bench.runner import agent_path  # as Board.prepare does: bench loads numpy
+
+    path = str(Path(folder).expanduser().resolve())
+    name = label or path
+    reach = Reach(name=name, profile=None, transport="local", workdir=str(agent_path().parent),
+                  python=sys.executable, deploy_dir=path)
+    t = transport_class("local")(reach)
+    t.ensure_workdir()
+    return BoardLock(Board(reach, t), what=what, holder="this folder's lock", error=error)

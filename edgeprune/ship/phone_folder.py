@@ -53,6 +53,19 @@ id_ok() { case "$1" in ""|.*|*[!A-Za-z0-9._-]*) err bad_release "not a release i
 rel() { l=$(readlink "$1" 2>/dev/null) || return 0; case "$l" in releases/*) echo "${l#releases/}";; esac; }
 holds() { [ -f lock.json ] && grep -qF "\"token\": \"$tok\"" lock.json; }
 need_lock() { holds || err lock_lost "this deploy no longer holds the deploy lock"; }
+seq_of() {  # a release's sequence number (0: made before they were recorded)
+  s=$(head -c 20 "releases/$1/release.seq" 2>/dev/null | tr -d ' \n')
+  case "$s" in ""|*[!0-9]*) echo 0;; *) echo "$s";; esac
+}
+ordered() {  # "SEQ ID" per release, oldest first: by sequence number, never by the id's hex part
+  for d in releases/*/; do
+    [ -d "$d" ] || continue
+    i=${d#releases/}; i=${i%/}
+    case "$i" in .*|*[!A-Za-z0-9._-]*) continue;; esac
+    [ -L "releases/$i" ] && continue
+    echo "$(seq_of "$i") $i"
+  done | sort -k1,1n -k2,2
+}
 lockinfo() {
   [ -f lock.json ] || return 0
   echo "@@lock $(( $(date +%s) - $(stat -c %Y lock.json) ))"
@@ -86,7 +99,7 @@ list)
   for d in releases/*/; do
     [ -d "$d" ] || continue
     i=${d#releases/}; i=${i%/}
-    echo "@@rel $i $(cat "releases/$i"/model.* 2>/dev/null | wc -c)"
+    echo "@@rel $i $(cat "releases/$i"/model.* 2>/dev/null | wc -c) $(seq_of "$i")"
     head -c 1048576 "releases/$i/manifest.json" 2>/dev/null | tr '\n' ' '; echo
   done
   lockinfo ;;
@@ -114,6 +127,8 @@ activate)
   need_lock; id_ok "$arg"
   [ -d "staging/$arg" ] || err bad_release "no staging/$arg to activate"
   [ -e "releases/$arg" ] && err bad_release "release $arg already exists"
+  top=$(ordered | tail -n 1); n=${top%% *}; [ -n "$top" ] || n=0
+  echo $((n + 1)) > "staging/$arg/release.seq" || err os_error "cannot write staging/$arg/release.seq"
   sync
   mv "staging/$arg" "releases/$arg" || err os_error "cannot move staging/$arg into releases/"
   switch_to "$arg" ;;
@@ -126,8 +141,7 @@ gc)
   need_lock
   case "$arg" in ""|*[!0-9]*) err bad_args "keep must be a number";; esac
   cur=$(rel current); prev=$(rel previous); n=0
-  for i in $(ls -1 releases | sort -r); do
-    case "$i" in .*|*[!A-Za-z0-9._-]*) continue;; esac
+  for i in $(ordered | sort -k1,1nr -k2,2r | cut -d' ' -f2); do
     n=$((n + 1))
     [ "$n" -le "$arg" ] && continue
     if [ "$i" = "$cur" ] || [ "$i" = "$prev" ]; then continue; fi
@@ -208,11 +222,11 @@ class PhoneFolder(Board):
                 exc = AgentError(f"{self.name}: {(msg or ['failed'])[0][:300]}")
                 exc.kind = kind[:40]
                 raise exc
-            if line.startswith("@@rel ") and len(line.split()) == 3:
-                rid, size = line.split()[1:]
+            if line.startswith("@@rel ") and len(line.split()) in (3, 4):
+                rid, size, *seq = line.split()[1:]
                 if RELEASE_ID.match(rid):
                     releases.append({"id": rid, "bytes": int(size) if size.isdigit() else None,
-                                     "manifest": _json(nxt)})
+                                     "manifest": _json(nxt), "seq": int(seq[0]) if seq and seq[0].isdigit() else 0})
                 i += 2
                 continue
             if line.startswith("@@lock ") and len(line.split()) == 2:
@@ -243,7 +257,7 @@ class PhoneFolder(Board):
                 doc[key] = doc[key] if RELEASE_ID.match(doc[key] or "") else None
         if "lock" in doc:
             doc["owner"], doc["age_s"] = doc["lock"]["owner"], doc["lock"]["age_s"]
-        doc["releases"] = sorted(releases, key=lambda r: r["id"])
+        doc["releases"] = sorted(releases, key=lambda r: (r["seq"], r["id"]))  # oldest first, as the agent
         return doc
 
     # -- files into and out of the folder ---------------------------------------------------

@@ -142,6 +142,50 @@ def list_releases(target, *, host: str | None = None, accept_new_host_key: bool 
     )
 
 
+def why_not_current(target, *, release: str, sha256: str, host: str | None = None,
+                    accept_new_host_key: bool = False) -> str | None:
+    """Why ``target`` does not run ``release`` as current with a model of this sha256; None when it does.
+
+    What a resumed deploy asks before it reuses its ship stage: the release is
+    on the board, ``current`` points at it, and its model hashes (on the board)
+    to ``sha256``. A phone without Python is asked for its listing; the sha256
+    there is its release's manifest's. Example::
+
+        why_not_current("lab-pi", release="20261128-101502-3f2a9c1d", sha256=sha)
+        # 'lab-pi has no current release' or None
+    """
+    from edgeprune.bench.runner import AGENT_NAME, agent_path
+    from edgeprune.transport import open_transport
+
+    reach = _reach(target, host)
+    name = reach.name
+    backend = RUNNER_BACKENDS.get(reach.runner)
+    if backend is not None:
+        listing = backend.releases(reach, accept_new_host_key=accept_new_host_key)
+        cur, ids = listing.current, [r.id for r in listing.releases]
+        got = next((r.sha256 for r in listing.releases if r.id == release), None)
+    else:
+        with open_transport(reach, accept_new_host_key=accept_new_host_key) as t:
+            t.ensure_workdir()
+            t.upload(agent_path(), AGENT_NAME)
+            raw = Board(reach, t).listing()
+            cur, ids = raw["current"], [r["id"] for r in raw["releases"]]
+            entry = next((r for r in raw["releases"] if r["id"] == release), None)
+            art = ((entry or {}).get("manifest") or {}).get("artifact")
+            file = art.get("file") if isinstance(art, dict) else None
+            digest = (t.remote_digest(f"{raw['deploy_dir']}/releases/{release}/{file}")
+                      if entry and file in MODEL_FILE.values() else None)
+            got = digest[1] if digest else None
+    if release not in ids:
+        return f"{name} has no release {release} any more (releases: {', '.join(ids[-5:]) or 'none'})"
+    if cur != release:
+        return f"{name}'s current release is {cur}, not {release}" if cur else f"{name} has no current release"
+    if got != sha256:
+        return (f"{name}'s release {release} has a model with sha256 {got[:16]}, not {sha256[:16]}" if got
+                else f"{name}'s release {release} has no model file")
+    return None
+
+
 def _stored_check(name: str, rid: str, manifest: dict[str, Any] | None) -> tuple[str, str, str]:
     """(model file, sha256, precision) from a release's manifest, validated."""
     art = (manifest or {}).get("artifact")

@@ -21,7 +21,10 @@ The steps, in order, each reported to ``on_step(target, step)``:
 A failure before ``switch`` (a cut link, a full disk, a kill, a mismatch)
 leaves ``current`` as it was and raises one line saying so; staging leftovers
 and a dead deploy's lock are cleared by the next deploy. Release ids are
-``YYYYMMDD-HHMMSS-<sha256[:8]>`` (UTC of the host), so they sort by time.
+``YYYYMMDD-HHMMSS-<sha256[:8]>`` (UTC of the host). Their order is not the
+ids': ``activate`` records each release's sequence number on the board
+(``release.seq``), and listing and gc go by it (two ships in one second
+would otherwise sort by their hash part).
 
 Example::
 

@@ -69,20 +69,26 @@ def run_process(
     for t in threads:
         t.start()
     deadline = start + timeout
-    while proc.poll() is None:
-        if over.is_set():
-            _killpg(proc)
-            break
-        if time.monotonic() > deadline:
-            if on_timeout:
-                on_timeout()
-            _killpg(proc)
-            for t in threads:
-                t.join(timeout=2)
-            raise TransportError(
-                f"{what}: timed out after {timeout:.0f} s; the process was stopped"
-            )
-        time.sleep(0.005)
+    try:
+        while proc.poll() is None:
+            if over.is_set():
+                _killpg(proc)
+                break
+            if time.monotonic() > deadline:
+                if on_timeout:
+                    on_timeout()
+                _killpg(proc)
+                for t in threads:
+                    t.join(timeout=2)
+                raise TransportError(
+                    f"{what}: timed out after {timeout:.0f} s; the process was stopped"
+                )
+            time.sleep(0.005)
+    except KeyboardInterrupt:
+        # Its own session never sees the terminal's Ctrl-C: stopped here, so that nothing it was
+        # doing (taking a lock, writing a file) completes behind the caller's back.
+        _killpg(proc)
+        raise
     for t in threads:
         t.join(timeout=5)
     # A leftover child holding the pipes must not outlive us either.

@@ -47,6 +47,12 @@ from edgeprune.transport.base import (
 
 DEAD_LINK_S = 10  # TCP_USER_TIMEOUT, and the upload stall watchdog
 KEEPALIVE_S = 3
+LINK_PROBE_S = 10  # after a failed call: how long the board has to answer `true` before the link counts as lost
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, never empty (paramiko raises a bare EOFError or a timeout without a message)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def fingerprint(key) -> str:
@@ -329,9 +335,33 @@ class SSHTransport(Transport):
         t = self.client.get_transport() if self.client else None
         if t is None or not t.is_active():
             raise TransportError(
-                f"{self.reach.name}: {self.reach.address}: the connection is closed (link lost?)"
+                f"{self.reach.name}: link to {self.reach.address} lost (the connection is closed)"
             )
         return t
+
+    def _link_lost(self, wd: Watchdog | None = None) -> bool:
+        """After a failed call: whether the link is gone (watchdog, closed transport, or no answer to ``true``).
+
+        Asked after every failure, so that a lost link reads as one whichever call noticed it
+        first (an SFTP write can fail with an empty EOFError while the transport still looks up).
+        """
+        if (wd is not None and wd.fired) or self.client is None:
+            return True
+        t = self.client.get_transport()
+        if t is None or not t.is_active():
+            return True
+        try:
+            chan = t.open_session(timeout=LINK_PROBE_S)
+            try:
+                chan.exec_command("true")
+                return not (chan.status_event.wait(LINK_PROBE_S) and chan.recv_exit_status() == 0)
+            finally:
+                chan.close()
+        except Exception:  # noqa: BLE001 - no session, no answer: the link is gone
+            return True
+
+    def _lost_how(self, wd: Watchdog | None) -> str:
+        return f"no progress for {DEAD_LINK_S} s" if wd is not None and wd.fired else "the board stopped answering"
 
     def close(self) -> None:
         if self.client is not None:
@@ -345,13 +375,16 @@ class SSHTransport(Transport):
         try:
             chan = self._transport().open_session(timeout=CONNECT_TIMEOUT_S)
             chan.exec_command(cmd)
-        except (OSError, EOFError) as exc:
+        except TransportError:
+            raise
+        except Exception as exc:  # OSError, EOFError, paramiko.SSHException (not imported here)
+            if self._link_lost():
+                raise TransportError(
+                    f"{self.reach.name}: link to {self.reach.address} lost: cannot start a command "
+                    f"on the board ({_cause(exc)})"
+                ) from None
             raise TransportError(
-                f"{self.reach.name}: cannot start a command on the board: {exc}"
-            ) from None
-        except Exception as exc:  # paramiko.SSHException without importing paramiko here
-            raise TransportError(
-                f"{self.reach.name}: cannot start a command on the board: {exc}"
+                f"{self.reach.name}: cannot start a command on the board: {_cause(exc)}"
             ) from None
         chan.settimeout(0.25)
         out, err, pid = bytearray(), bytearray(), None
@@ -392,7 +425,7 @@ class SSHTransport(Transport):
                     )
                 if chunk is None and not self.client.get_transport().is_active():
                     raise TransportError(
-                        f"{self.reach.name}: {self.reach.address}: link lost while "
+                        f"{self.reach.name}: link to {self.reach.address} lost while "
                         "the board was running a command"
                     )
             rc = None
@@ -417,7 +450,7 @@ class SSHTransport(Transport):
                 # paramiko reports -1 both for "killed by a signal" and for a closed transport.
                 if rc is None or (rc == -1 and not self.client.get_transport().is_active()):
                     raise TransportError(
-                        f"{self.reach.name}: {self.reach.address}: link lost while the "
+                        f"{self.reach.name}: link to {self.reach.address} lost while the "
                         "board was running a command (no exit status came back)"
                     )
         finally:
@@ -486,10 +519,10 @@ class SSHTransport(Transport):
                 self._sftp_client().put(str(local), remote_tmp, callback=wd.poke, confirm=True)
                 return
             except Exception as exc:
-                if wd.fired or self.client is None or not self.client.get_transport().is_active():
+                if self._link_lost(wd):
                     raise TransportError(
                         f"{self.reach.name}: link to {self.reach.address} lost while uploading "
-                        f"{local.name} (no progress for {DEAD_LINK_S} s); the board keeps its previous copy"
+                        f"{local.name} ({self._lost_how(wd)}); the board keeps its previous copy"
                     ) from None
                 failure = exc
         folder = posixpath.dirname(remote_tmp) or "."
@@ -501,7 +534,7 @@ class SSHTransport(Transport):
                 "nothing was changed: free some space and run again"
             )
         raise TransportError(
-            f"{self.reach.name}: writing {local.name} on the board failed: {failure}; "
+            f"{self.reach.name}: writing {local.name} on the board failed: {_cause(failure)}; "
             "the previous copy was kept"
         )
 
@@ -532,21 +565,26 @@ class SSHTransport(Transport):
             except TransportError:
                 raise
             except Exception as exc:
-                if wd.fired or self.client is None or not self.client.get_transport().is_active():
+                if self._link_lost(wd):
                     raise TransportError(
                         f"{self.reach.name}: link to {self.reach.address} lost while downloading "
-                        f"{posixpath.basename(remote)} (no progress for {DEAD_LINK_S} s)"
+                        f"{posixpath.basename(remote)} ({self._lost_how(wd)})"
                     ) from None
                 raise TransportError(
-                    f"{self.reach.name}: reading {remote} from the board failed: {exc}"
+                    f"{self.reach.name}: reading {remote} from the board failed: {_cause(exc)}"
                 ) from None
 
     def _rename(self, src: str, dst: str) -> None:
         try:
             self._sftp_client().posix_rename(src, dst)
-        except OSError as exc:
+        except Exception as exc:  # OSError, EOFError, paramiko.SSHException
+            if self._link_lost():
+                raise TransportError(
+                    f"{self.reach.name}: link to {self.reach.address} lost while renaming {src} to "
+                    f"{dst} on the board"
+                ) from None
             raise TransportError(
-                f"{self.reach.name}: cannot rename {src} to {dst} on the board: {exc}"
+                f"{self.reach.name}: cannot rename {src} to {dst} on the board: {_cause(exc)}"
             ) from None
 
     def _discard(self, path: str) -> None:
