@@ -96,7 +96,7 @@ class DeployOptions:
     def from_options(cls, *, model: str, output: str, data: Any = None, val_data: Any = None,
                      val_fraction: float = DEFAULT_VAL_FRACTION, latency_budget: float | None = None,
                      speedup: float | None = None, ratio: float | None = None, fmt: str | None = None,
-                     precision: str | None = None, io_precision: str | None = None, max_rounds: int = 3,
+                     precision: str | None = None, io_precision: str | None = None, max_rounds: int = 5,
                      tolerance: float = 0.10, min_keep: float | None = None, threads: int = 0,
                      importance: str = "l1", protect: tuple[str, ...] = (), epochs: int | None = None,
                      steps: int | None = None, time_budget: float | None = None, device: str = "cpu",
