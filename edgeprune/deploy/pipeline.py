@@ -248,7 +248,7 @@ def _prune_result(pr: PruneResult) -> dict[str, Any]:
     d = pr.to_dict()
     lat = d.get("latency") or {}
     return {
-        "latency": {k: lat.get(k) for k in ("budget_ms", "met", "status", "unpruned_ms", "rounds", "budget_from",
+        "latency": {k: lat.get(k) for k in ("budget_ms", "met", "verdict", "status", "unpruned_ms", "rounds", "budget_from",
                                              "board_visits", "chosen_round", "table")} if lat else None,
         "channels": [{"group": g, "channels": pr.plan.channels[g], "keep": k} for g, k in pr.plan.keep.items()],
         **{k: d.get(k) for k in ("protected", "removed_fraction", "align", "params_before", "params_after",
@@ -284,7 +284,7 @@ def stage_prune(ctx: Ctx) -> StageOut:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
         lat = summary.get("latency") or {}
-        result = {"latency": {k: lat.get(k) for k in ("budget_ms", "met", "status", "unpruned_ms", "rounds",
+        result = {"latency": {k: lat.get(k) for k in ("budget_ms", "met", "verdict", "status", "unpruned_ms", "rounds",
                                                        "budget_from", "board_visits", "chosen_round", "table")},
                   "channels": [{"group": g["id"], "channels": g["channels"], "keep": g["keep"]}
                                for g in plan.get("groups", [])],
