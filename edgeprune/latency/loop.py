@@ -603,7 +603,9 @@ def _round_row(r, alloc, j: Judgement, budget, b: _Board, *, knob, how) -> dict:
         "measured_ms": round(j.measured_ms, 4),
         "judged_ms": round(judged, 4),
         "judged_by": "measured p50" if b.relative_to is None else "speedup in the same batch",
-        "speedup_same_batch": round(j.unpruned_ms_same_batch / j.measured_ms, 3) if j.measured_ms else None,
+        # --speedup: the speedup the judged figure stands on (the median of the rounds' ratios)
+        "speedup_same_batch": round(b.relative_to / judged if b.relative_to else
+                                    j.unpruned_ms_same_batch / j.measured_ms, 3) if judged and j.measured_ms else None,
         "budget_ms": round(budget, 4),
         "window_ms": [round(lo, 4), round(budget, 4)],
         "verdict": verdict,
