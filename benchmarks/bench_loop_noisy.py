@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,7 @@ def main() -> None:
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
     load = spin()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the load generator
     try:
         with tempfile.TemporaryDirectory(prefix="bench-loop-noisy-") as tmp:
             out = Path(tmp) / "out"

@@ -634,7 +634,7 @@ def round_line(row: dict) -> str:
     else:
         judged = (f"judged {j:.3f} ms ({row['speedup_same_batch']:.2f}x faster than the unpruned model in the "
                   "same rounds, at the first measurement's load)")
-    extra = [f"{CONFIDENCE:.0%} interval {lo:.3f}-{hi:.3f} ms over {meas.get('rounds', 1)} rounds"]
+    extra = [f"{CONFIDENCE:.0%} interval {lo:.3f}-{hi:.3f} ms over {meas.get('rounds', 1)} round(s)"]
     if meas.get("batches", 1) > 1:
         extra.append(f"{meas['batches']} batches: the first was unsure or busy")
     busy = row.get("other_busy_cores")
@@ -659,6 +659,7 @@ def _how(r, verb="measured"):
 def _conclude(rounds: list[dict], budget: float, target: str, min_keep: float, unpruned: float,
               tolerance: float, stopped: str | None):
     """(status line, chosen round, verdict: met | met_under | not_met) from the measured rounds."""
+    budget = round(budget, 4)  # as the rows print it: one budget, the same digits everywhere
     if rounds and rounds[0]["round"] == 0:
         return (f"met on {target}: the unpruned model measures {unpruned:.3f} ms <= {budget:.3f} ms", rounds[0],
                 "met")
