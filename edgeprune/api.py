@@ -138,7 +138,7 @@ def prune_model(
     fmt: str | None = None,
     precision: str | None = None,
     io_precision: str | None = None,
-    max_rounds: int = 3,
+    max_rounds: int = 5,
     tolerance: float = 0.10,
     min_keep: float | None = None,
     threads: int = 0,

@@ -123,8 +123,8 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
-def _cpu_quota():
-    """The CFS quota of this process's cgroup as a fraction of one CPU, or None."""
+def _cpu_max():
+    """(quota us, period us) of this process's cgroup CPU limit (v2 ``cpu.max``, v1 ``cfs_quota_us``), or None."""
     text = _read("/proc/self/cgroup", "") or ""
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -135,14 +135,26 @@ def _cpu_quota():
             raw = _read("/sys/fs/cgroup" + path + "/cpu.max")
             if raw and not raw.startswith("max"):
                 q, p = raw.split()
-                return float(q) / float(p)
+                return float(q), float(p)
         elif "cpu" in ctrls:
             for base in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
                 q = _read(base + path + "/cpu.cfs_quota_us")
                 p = _read(base + path + "/cpu.cfs_period_us")
                 if q is not None and p:
-                    return None if int(q) < 0 else float(q) / float(p)
+                    return None if int(q) < 0 else (float(q), float(p))
     return None
+
+
+def _cpu_quota():
+    """The CFS quota of this process's cgroup as a fraction of one CPU, or None."""
+    qp = _cpu_max()
+    return qp[0] / qp[1] if qp and qp[1] > 0 else None
+
+
+def _cpu_quota_period_ms():
+    """The CFS period in ms (what a timed round must span several of on a quota), or None."""
+    qp = _cpu_max()
+    return qp[1] / 1000.0 if qp else None
 
 
 def _cgroup_throttled_periods():
@@ -277,6 +289,7 @@ def board_facts():
         "cpu_model": _cpu_model(),
         "cores": cores,
         "cpu_quota": _cpu_quota(),
+        "cpu_quota_period_ms": _cpu_quota_period_ms(),
         "memory_total_mb": mem.get("MemTotal"),
         "memory_available_mb": mem.get("MemAvailable"),
         "temperatures_c": dict((z, t) for z, t, _ in _thermal()),
@@ -882,6 +895,7 @@ class _Entry(object):
     def __init__(self, name, path, sha):
         self.name, self.path, self.sha = name, path, sha
         self.backend, self.error, self.samples, self.load_ms = None, None, [], None
+        self.rounds_ms = []  # per interleaved round, the median of its runs: what the host bootstraps over
 
 
 def _summary(samples_s):
@@ -944,7 +958,9 @@ def batch(args):
                 break
             k = rounds_done % len(live) if live else 0
             for e in live[k:] + live[:k]:  # each round starts one model later: no fixed position
-                e.samples.extend(_timed(e.backend.run, args.runs))
+                got = _timed(e.backend.run, args.runs)
+                e.samples.extend(got)
+                e.rounds_ms.append(round(_median(got) * 1000.0, 6))
             rounds_done += 1
         cpu1 = _cpu_snapshot()
         measure_s = time.perf_counter() - start
@@ -958,7 +974,7 @@ def batch(args):
         if e.backend is None:
             results.append({"name": e.name, "sha256": e.sha, "ok": False, "error": e.error})
         else:
-            r = {"name": e.name, "sha256": e.sha, "ok": True, "load_ms": e.load_ms}
+            r = {"name": e.name, "sha256": e.sha, "ok": True, "load_ms": e.load_ms, "rounds_ms": e.rounds_ms}
             r.update(_summary(e.samples))
             results.append(r)
     base_doc = None

@@ -52,7 +52,10 @@ class FakeFormulaBoard:
 
     def __init__(self, *, block: int = 32, per_call_ms: float = 0.02, graph_factor: float = 1.25,
                  per_node_ms: float = 0.004, board_id: str = "fake-board-1",
-                 slower_after_first_visit: float = 1.0, area_factor: dict[int, float] | None = None) -> None:
+                 slower_after_first_visit: float = 1.0, area_factor: dict[int, float] | None = None,
+                 plan_noise: dict[int, float] | None = None, flat_plans: dict[int, float] | None = None,
+                 round_noise: float = 0.0, busy_cores: dict[int, float] | None = None,
+                 cpu_quota: float | None = None) -> None:
         self.block, self.per_call, self.graph_factor, self.per_node = block, per_call_ms, graph_factor, per_node_ms
         self.board_id = board_id
         self.slower = slower_after_first_visit  # a board that gets busier/hotter after the first visit
@@ -61,6 +64,14 @@ class FakeFormulaBoard:
         self.area_factor = dict(area_factor or {})
         self.visits = 0
         self.models_seen = 0
+        # noise, keyed by the n-th measurement of a "plan" (1 = round 1's first batch), all deterministic:
+        self.plan_noise = dict(plan_noise or {})  # the plan's p50 times this factor (noise hitting one round)
+        self.flat_plans = dict(flat_plans or {})  # the plan measures unpruned / this, whatever it is (flat pair)
+        self.busy = dict(busy_cores or {})  # other processes' busy cores the agent reports in that batch
+        self.round_noise = round_noise  # per interleaved round, the plan/unpruned medians scatter this much
+        self.quota = cpu_quota  # the board's CPU quota (CPUs, period 100 ms), as the agent reports it
+        self.plan_batches = 0
+        self.runs_seen: list[int] = []  # runs per timed round of every batch with a plan
 
     def __enter__(self):
         return self
@@ -98,19 +109,39 @@ class FakeFormulaBoard:
         return ms + self.per_call
 
     def measure(self, models, *, settings=None, baseline=None, runtime=None) -> BatchResult:
+        import numpy as np
+
         self.visits += 1
         self.models_seen += len(models)
+        n_plan = 0
+        if "plan" in models:
+            self.plan_batches += 1
+            n_plan = self.plan_batches
+            self.runs_seen.append(settings.runs if settings is not None else 0)
+        rounds = settings.rounds if settings is not None else 1
+        rng = np.random.default_rng(1000 + self.visits)
+        p50s = {key: self.per_call + (self.latency(Path(path)) - self.per_call) * (self.slower if self.visits > 1 else 1)
+                for key, path in models.items()}
+        if n_plan in self.flat_plans:
+            p50s["plan"] = p50s["unpruned"] / self.flat_plans[n_plan]
+        if n_plan in self.plan_noise:
+            p50s["plan"] *= self.plan_noise[n_plan]
         timings = {}
-        for key, path in models.items():
-            p50 = self.per_call + (self.latency(Path(path)) - self.per_call) * (self.slower if self.visits > 1 else 1)
+        for key, p50 in p50s.items():
+            per_round = [p50] * rounds
+            if self.round_noise and key == "plan":
+                per_round = list(p50 * (1.0 + self.round_noise * rng.uniform(-1, 1, rounds)))
             timings[key] = BatchTiming(name=key, ok=True, p50_ms=p50, min_ms=p50, p10_ms=p50, p90_ms=p50,
-                                       spread=0.0, n=10)
+                                       spread=0.0, n=10, rounds_ms=per_round)
         base = BatchTiming(name="baseline", ok=True, p50_ms=self.per_call, min_ms=self.per_call,
                            p10_ms=self.per_call, p90_ms=self.per_call, spread=0.0, n=10)
-        return BatchResult(target="fake", runtime="fake-formula", runtime_version="1", board={"id": self.board_id},
-                           timings=timings, baseline=base, rounds_done=1, complete=True, throttled=None,
-                           throttle_reasons=[], other_busy_cores=0.0, measure_s=0.0)
+        board = {"id": self.board_id}
+        if self.quota is not None:
+            board.update(cpu_quota=self.quota, cpu_quota_period_ms=100.0)
+        return BatchResult(target="fake", runtime="fake-formula", runtime_version="1", board=board,
+                           timings=timings, baseline=base, rounds_done=rounds, complete=True, throttled=None,
+                           throttle_reasons=[], other_busy_cores=self.busy.get(n_plan, 0.0), measure_s=0.0)
 
     def identity(self, result=None) -> dict:
         return {"board_id": self.board_id, "host_key": None, "transport": "fake", "runtime": "fake-formula",
-                "runtime_version": "1", "threads": 0, "cpu_quota": None}
+                "runtime_version": "1", "threads": 0, "cpu_quota": self.quota}

@@ -44,10 +44,12 @@ def check_rounds(s: dict, max_rounds: int) -> dict:
     for r in lat["rounds"]:
         assert r["predicted_ms"] > 0 and r["measured_ms"] > 0 and r["budget_ms"] == lat["budget_ms"]
     chosen = next(r for r in lat["rounds"] if r["round"] == lat["chosen_round"])
-    # met only as measured: a --speedup round by its p50 scaled by the unpruned model beside it in the batch
-    assert chosen["judged_ms"] == pytest.approx(
-        chosen["measured_ms"] * lat["unpruned_ms"] / chosen["unpruned_ms_same_batch"], rel=2e-3, abs=2e-4)
-    assert lat["met"] == (chosen["judged_ms"] <= lat["budget_ms"])
+    # met only as measured: a --speedup round by the plan/unpruned ratio in the same interleaved rounds
+    assert chosen["judged_ms"] == pytest.approx(lat["unpruned_ms"] / chosen["speedup_same_batch"], rel=2e-3)
+    lo, hi = chosen["measurement"]["interval_ms"]
+    assert lo <= chosen["judged_ms"] <= hi and chosen["measurement"]["rounds"] >= 12
+    assert lat["met"] == (chosen["judged_ms"] <= lat["budget_ms"]) and chosen["verdict"] in ("met", "under", "over")
+    assert lat["verdict"] == ("not_met" if not lat["met"] else "met" if chosen["verdict"] == "met" else "met_under")
     return lat
 
 
@@ -57,7 +59,7 @@ def test_speedup_on_local_then_the_cached_table(capsys, cache, tmp_path):
     code, out, err = run(capsys, *args, "-o", str(tmp_path / "a"))
     s = json.loads(out) if out else None
     assert s is not None, err
-    lat = check_rounds(s, 3)
+    lat = check_rounds(s, 5)
     assert code == (0 if lat["met"] else 4), err
     assert lat["budget_ms"] == pytest.approx(lat["unpruned_ms"] / 1.3, rel=1e-3)
     assert lat["budget_from"] == "speedup 1.3" and lat["format"] == "onnx" and lat["precision"] == "fp32"
@@ -118,5 +120,5 @@ def test_human_output_shows_every_round(capsys, cache, tmp_path):
     code, out, err = run(capsys, "prune", "-t", "local", "-m", MODEL, "--input-shape", "1,3,32,32",
                          "--speedup", "1.2", "--threads", "1", "--max-rounds", "2", "-o", str(tmp_path))
     assert code in (0, 4), err
-    assert "round 1: predicted" in out and "latency table:" in out
-    assert ("met on local" in out) == (code == 0)
+    assert "round 1: measured" in out and "judged" in out and "latency table:" in out
+    assert ("met on local" in out or "warning: met, but " in out) == (code == 0)  # met, or met_under in one line

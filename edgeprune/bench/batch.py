@@ -85,6 +85,7 @@ class BatchTiming:
     n: int = 0
     load_ms: float | None = None
     error: str | None = None
+    rounds_ms: list[float] = field(default_factory=list)  # per interleaved round, its median (newer agents)
 
 
 @dataclass
@@ -223,10 +224,14 @@ def _timing(row: Any, where: str, *, name: str) -> BatchTiming:
     vals = {k: _num(row.get(k), f"{where}.{k}", hi=_MAX_MS) for k in ("p50_ms", "min_ms", "p10_ms", "p90_ms")}
     if not vals["min_ms"] <= vals["p10_ms"] <= vals["p50_ms"] <= vals["p90_ms"] + 1e-9:
         raise AgentError(f"{where}: min_ms <= p10_ms <= p50_ms <= p90_ms does not hold: {vals}")
+    per_round = row.get("rounds_ms") or []
+    if not isinstance(per_round, list) or len(per_round) > 10**5:
+        raise AgentError(f"{where}.rounds_ms must be a list of numbers")
     return BatchTiming(
         name=name,
         ok=True,
         n=n,
+        rounds_ms=[_num(v, f"{where}.rounds_ms[{i}]", hi=_MAX_MS) for i, v in enumerate(per_round)],
         spread=_num(row.get("spread"), f"{where}.spread", hi=1e6),
         load_ms=_num(row.get("load_ms"), f"{where}.load_ms", hi=_MAX_MS, allow_none=True),
         **vals,

@@ -119,7 +119,7 @@ def budget_options(only: str = "") -> Callable[[Callable], Callable]:
         click.option("--io-precision", type=click.Choice(["int8", "uint8", "float32"]), default=None,
                      help=h("a full-INT8 TFLite file's input/output type (default: the profile's; "
                             "--target local --io-precision int8 gives the file a Raspberry Pi runs).")),
-        click.option("--max-rounds", type=click.IntRange(1, 20), default=3, show_default=True,
+        click.option("--max-rounds", type=click.IntRange(1, 20), default=5, show_default=True,
                      help=h("closed-loop rounds (plan, prune, export, measure on the board).")),
         click.option("--tolerance", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.10,
                      show_default=True, metavar="T",

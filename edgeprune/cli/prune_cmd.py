@@ -232,9 +232,10 @@ def _human_latency(lat: dict) -> None:
     click.echo(f"  latency on the board ({lat.get('format')} {lat.get('precision')}, {lat.get('runtime')} "
                f"{lat.get('runtime_version')}): unpruned {lat['unpruned_ms']} ms, budget {lat['budget_ms']} ms")
     for r in lat["rounds"]:
-        click.echo(f"    round {r['round']}: predicted {r['predicted_ms']:.3f} ms, measured "
+        click.echo(f"    {r['line']}" if r.get("line") else
+                   f"    round {r['round']}: predicted {r['predicted_ms']:.3f} ms, measured "
                    f"{r['measured_ms']:.3f} ms ({r['measured_over_budget']:.2f} x budget)")
     t = lat.get("table", {})
     click.echo(f"  latency table: {t.get('shapes_for_this_model')} shapes, {t.get('reused_from_cache')} reused, "
                f"{t.get('measured_now')} measured now in {t.get('build_s')} s")
-    click.echo(f"  {lat['status']}")
+    click.echo(f"  {'warning: ' if lat.get('verdict') == 'met_under' else ''}{lat['status']}")

@@ -103,7 +103,7 @@ class DeployOptions:
     def from_options(cls, *, model: str, output: str, data: Any = None, val_data: Any = None,
                      val_fraction: float = DEFAULT_VAL_FRACTION, latency_budget: float | None = None,
                      speedup: float | None = None, ratio: float | None = None, fmt: str | None = None,
-                     precision: str | None = None, io_precision: str | None = None, max_rounds: int = 3,
+                     precision: str | None = None, io_precision: str | None = None, max_rounds: int = 5,
                      tolerance: float = 0.10, min_keep: float | None = None, threads: int = 0,
                      importance: str = "l1", protect: tuple[str, ...] = (), epochs: int | None = None,
                      steps: int | None = None, time_budget: float | None = None, device: str = "cpu",
@@ -255,7 +255,7 @@ def _prune_result(pr: PruneResult) -> dict[str, Any]:
     d = pr.to_dict()
     lat = d.get("latency") or {}
     return {
-        "latency": {k: lat.get(k) for k in ("budget_ms", "met", "status", "unpruned_ms", "rounds", "budget_from",
+        "latency": {k: lat.get(k) for k in ("budget_ms", "met", "verdict", "status", "unpruned_ms", "rounds", "budget_from",
                                              "board_visits", "chosen_round", "table")} if lat else None,
         "channels": [{"group": g, "channels": pr.plan.channels[g], "keep": k} for g, k in pr.plan.keep.items()],
         **{k: d.get(k) for k in ("protected", "removed_fraction", "align", "params_before", "params_after",
@@ -291,7 +291,7 @@ def stage_prune(ctx: Ctx) -> StageOut:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         plan = json.loads((folder / "plan.json").read_text(encoding="utf-8"))
         lat = summary.get("latency") or {}
-        result = {"latency": {k: lat.get(k) for k in ("budget_ms", "met", "status", "unpruned_ms", "rounds",
+        result = {"latency": {k: lat.get(k) for k in ("budget_ms", "met", "verdict", "status", "unpruned_ms", "rounds",
                                                        "budget_from", "board_visits", "chosen_round", "table")},
                   "channels": [{"group": g["id"], "channels": g["channels"], "keep": g["keep"]}
                                for g in plan.get("groups", [])],

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgeprune.errors import BudgetError, PruneError
 from edgeprune.latency.layers import DEFAULT_MIN_KEEP
-from edgeprune.latency.loop import plan_for_budget
+from edgeprune.latency.loop import DEFAULT_MAX_ROUNDS, DEFAULT_TOLERANCE, plan_for_budget
 from edgeprune.models import LoadedModel
 from edgeprune.prune.pipeline import PruneOptions, PruneResult, importance_batches, prune_to_plan
 
@@ -46,8 +46,8 @@ class BudgetOptions:
     fmt: str | None = None
     precision: str | None = None
     io_precision: str | None = None
-    max_rounds: int = 3
-    tolerance: float = 0.10
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    tolerance: float = DEFAULT_TOLERANCE
     min_keep: float | None = None
     threads: int = 0
     estimate: bool = False
@@ -79,7 +79,8 @@ def plan_to_budget(lm: LoadedModel, *, reach, profile, budget: BudgetOptions, op
     return plan_for_budget(
         lm, target=reach.name if reach is not None else profile.name, reach=reach, profile=profile,
         latency_budget=budget.latency_budget, speedup=budget.speedup, fmt=budget.fmt,
-        precision=budget.precision, max_rounds=budget.max_rounds, importance=options.importance, data=batches,
+        precision=budget.precision, io_precision=budget.io_precision, max_rounds=budget.max_rounds,
+        tolerance=budget.tolerance, importance=options.importance, data=batches,
         sensitivity="taylor" if batches is not None else None, protect=options.protect,
         protect_stem=options.stem_for("budget"), align=options.align,
         min_keep=DEFAULT_MIN_KEEP if budget.min_keep is None else budget.min_keep, threads=budget.threads,
@@ -118,12 +119,16 @@ def prune_for_budget(
     attach = {}
     if loop.table is not None:
         attach["latency_table.json"] = loop.table.save
-    measured = getattr(loop, "artifact", None)  # the file the board timed for the chosen round
+    measured = loop.artifact  # the file the board timed for the chosen round (sha256 in plan.latency)
     if measured is not None and Path(measured).is_file():
-        attach[f"measured{Path(measured).suffix}"] = lambda dest, src=Path(measured): shutil.copyfile(src, dest)
-    result = prune_to_plan(lm, plan, profile=profile, target=reach.name if reach is not None else profile.name,
-                           output=output, options=options, kind="budget", split=split, batches=batches,
-                           attach=attach)
+        attach[Path(measured).name] = lambda dest, src=Path(measured): shutil.copyfile(src, dest)
+    try:
+        result = prune_to_plan(lm, plan, profile=profile, target=reach.name if reach is not None else profile.name,
+                               output=output, options=options, kind="budget", split=split, batches=batches,
+                               attach=attach)
+    finally:
+        if measured is not None:
+            shutil.rmtree(Path(measured).parent, ignore_errors=True)
     if loop.met is False:  # raised after the result is in place
         raise BudgetError(f"{loop.status} (written anyway: {result.files['summary']})", result=result.to_dict())
     return result
