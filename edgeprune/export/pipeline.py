@@ -162,9 +162,15 @@ def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
 
     module.eval()
     parts = []
+    step = 16
     with torch.no_grad():
-        for i in range(0, len(x), 16):
-            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[i : i + 16])))))
+        try:
+            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[:step])))))
+        except Exception:  # an ExportedProgram or traced file of batch 1: one sample at a time
+            step = 1
+            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[:step])))))
+        for i in range(step, len(x), step):
+            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[i : i + step])))))
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
