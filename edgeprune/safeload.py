@@ -30,6 +30,7 @@ board before it is printed.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import json
 import logging
@@ -81,6 +82,9 @@ _SYMPY_NAMES = {
     "finite", "infinite", "zero", "nonzero", "Boolean", "BooleanTrue", "BooleanFalse",
 }
 _QUOTED_SYMBOL = re.compile(r"'[a-z]+\d*'|\"[a-z]+\d*\"")
+# an object array's own pickle (numpy rebuilding the array): allowed while looking for what is inside it
+_NUMPY = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")} | {
+    ("numpy", "ndarray"), ("numpy", "dtype")}
 _SYMBOL = re.compile(r"^[a-z]+\d+$|^\d")
 
 
@@ -131,12 +135,20 @@ class _Stub:
 
 
 class _Scanner(pickle.Unpickler):
-    def __init__(self, fh, *, torchscript: bool) -> None:
+    def __init__(self, fh, *, torchscript: bool, numpy: bool = False) -> None:
         super().__init__(fh, encoding="latin1")
         self._torchscript = torchscript
+        self._numpy = numpy
         self.refused: str | None = None
 
     def find_class(self, module: str, name: str):
+        # protocol 0-2 pickles name Python 2's modules (__builtin__.eval): the unpickler maps them, so do we
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        if self._numpy and (module, name) in _NUMPY:
+            return _Stub
         if not allowed(module, name, torchscript=self._torchscript):
             self.refused = f"{module}.{name}"
             raise pickle.UnpicklingError(f"refused global {self.refused}")
@@ -146,14 +158,14 @@ class _Scanner(pickle.Unpickler):
         return _Stub()
 
 
-def scan_pickle(fh, *, torchscript: bool = False) -> tuple[object, str | None]:
+def scan_pickle(fh, *, torchscript: bool = False, numpy: bool = False) -> tuple[object, str | None]:
     """Unpickle one pickle from ``fh`` with inert globals: ``(its value, None)`` or ``(None, refused global)``.
 
     Stops at the first global outside :func:`allowed` (before anything after
     it is read); raises ``pickle.UnpicklingError`` (or another exception) when
     the bytes are no pickle.
     """
-    scanner = _Scanner(fh, torchscript=torchscript)
+    scanner = _Scanner(fh, torchscript=torchscript, numpy=numpy)
     try:
         return scanner.load(), None
     except pickle.UnpicklingError:
@@ -216,7 +228,7 @@ def _check_zip(data: io.BufferedIOBase | io.BytesIO, where: str, depth: int, err
         name = info.filename
         if name in raw or _is_text(name) or info.is_dir() or info.file_size == 0:
             continue
-        label = f"{where}:{name}" if depth else name
+        label = f"{where}:{name}"
         with zf.open(info) as fh:
             head = fh.read(len(NPY_MAGIC))
         if head.startswith(ZIP_MAGIC):
@@ -249,9 +261,10 @@ def _scan_all(fh, label: str, error, *, torchscript: bool = False) -> None:
         raise _refusal(label, refused, error)
 
 
-def _refusal(label: str, name: str, error) -> EdgePruneError:
+def _refusal(label: str, name: str, error, *, fix: str = "save a state_dict, or torch.export.save a model"
+             ) -> EdgePruneError:
     return error(f"{label}: refused: its pickle asks for the global {printable(name)}, which could run code; "
-                 "only tensors and plain values are loaded (save a state_dict, or torch.export.save a model)")
+                 f"only tensors and plain values are loaded ({fix})")
 
 
 def _check_npy(fh, label: str, error) -> None:
@@ -265,11 +278,11 @@ def _check_npy(fh, label: str, error) -> None:
         raise error(f"{label}: not a readable numpy array") from None
     if dtype.hasobject:
         try:
-            _, refused = scan_pickle(fh)
+            _, refused = scan_pickle(fh, numpy=True)
         except Exception:
             refused = None
         if refused is not None:
-            raise _refusal(label, refused, error)
+            raise _refusal(label, refused, error, fix="save numeric arrays (no objects)")
         raise error(f"{label}: an object array (a pickle, not numbers); save numbers (np.savez with numeric arrays)")
 
 
