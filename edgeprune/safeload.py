@@ -24,8 +24,7 @@ arithmetic only.
 
 :func:`quiet` wraps a library load: its warnings and log records (torch's,
 Pillow's, numpy's) do not reach the terminal, so an error stays one line.
-:func:`printable` escapes control characters in text read from a file or a
-board before it is printed.
+Names a file gives are printed through :func:`edgeprune.progress.printable`.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgeprune.errors import EdgePruneError, ModelError
+from edgeprune.progress import printable
 
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
@@ -410,19 +410,27 @@ def quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-# -- printing what a file or a board said ---------------------------------------------------------------------
+# what libraries warn of on their own, by message (no import needed to name them): never the user's line
+_LIBRARY_WARNINGS = (
+    r"Image size \(\d+ pixels\) exceeds limit",   # Pillow's DecompressionBombWarning
+    r"Casting complex values to real",              # numpy's ComplexWarning
+)
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
+def quiet_libraries() -> None:
+    """For the CLI's whole run: libraries' warnings and log records stay off the terminal.
 
-def printable(text: object, *, newlines: bool = False) -> str:
-    """``text`` with control characters (terminal escapes, newlines unless ``newlines``) shown as ``\\xNN``.
-
-    Example::
-
-        printable("a\\x1b]0;owned\\x07b")   # 'a\\\\x1b]0;owned\\\\x07b'
+    A record that logging cannot format ("--- Logging error ---" and its
+    traceback) is dropped; records of loggers nobody configured go nowhere
+    (not to logging's last-resort stderr handler); torch's and Pillow's and
+    numpy's own warnings are ignored. edgeprune's errors are one line; its own
+    warnings are notes (:mod:`edgeprune.progress`). ``--debug`` leaves all of it on.
     """
-    text = str(text)
-    out = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
-                       text)
-    return out if newlines else out.replace("\n", "\\n").replace("\t", "\\t")
+    logging.raiseExceptions = False
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+    for message in _LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    for module in (r"torch(\..*)?$", r"PIL(\..*)?$", r"numpy(\..*)?$", r"onnx.*", r"torchvision(\..*)?$"):
+        warnings.filterwarnings("ignore", module=module)

@@ -448,3 +448,21 @@ def test_a_harmless_pt2_exports_end_to_end(good_files, tmp_path):
     report = json.loads(res.stdout)
     assert report["input_shape"] == [1, 3, 16, 16]  # the program's own sample input
     assert (tmp_path / "out" / "good.fp32.onnx").is_file()
+
+
+def test_terminal_escapes_from_a_file_are_shown_escaped(digits_ept, tmp_path):
+    from edgeprune.progress import printable
+
+    assert printable("a\x1b]0;owned\x07b\nerror: forged") == "a\\x1b]0;owned\\x07b\\nerror: forged"
+    forged = "evil\x1b]0;owned\x07\x1b[2J\nerror: forged line"
+    bad = rewrite(digits_ept, tmp_path / "esc.ept", meta={"name": forged})
+    res = cli("export", "-t", "local", "-m", str(bad), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    for text in (res.stdout, res.stderr):
+        assert "\x1b]" not in text and "\x1b[2J" not in text and "\x07" not in text
+        assert not any(line.startswith("error: forged") for line in text.splitlines())
+    assert all(p.name.isprintable() for p in (tmp_path / "out").iterdir())
+    # an error naming the file's name: one line, escaped
+    bad2 = rewrite(digits_ept, tmp_path / "esc2.ept", meta={"name": forged, "task": "evil\x1b[31m\nerror: x"})
+    line = one_line(cli("export", "-t", "local", "-m", str(bad2), "-o", str(tmp_path / "o2"), cwd=tmp_path))
+    assert "\x1b" not in line

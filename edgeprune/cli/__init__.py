@@ -96,11 +96,14 @@ def _wants_json(args: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the CLI and turns every failure into one line (and JSON)."""
     from edgeprune.cli._common import json_mode
+    from edgeprune.safeload import quiet_libraries
 
     global _debug
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = os.environ.get("EDGEPRUNE_DEBUG", "") not in ("", "0")
     as_json = _wants_json(args)
+    if not _debug and "--debug" not in args:
+        quiet_libraries()  # torch's, Pillow's, numpy's warnings and log records: not on a one-line error
     with json_mode(as_json):
         code = _run(args, as_json)
     sys.exit(code)
@@ -139,11 +142,13 @@ def _run(args: list[str], as_json: bool) -> int:
 def _fail(exc: BaseException, kind: str, message: str, code: int, as_json: bool, *,
           details: dict | None = None, result: dict | None = None) -> int:
     """Report a failure: the traceback with --debug, the one line on stderr, the JSON on stdout."""
+    from edgeprune.progress import printable
+
     if _debug and not isinstance(exc, (click.exceptions.Exit, click.Abort)):
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)  # names from files and boards: no terminal escapes
     if as_json:
         from edgeprune.cli._common import emit_error
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -345,7 +346,7 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
-    stem = o.name or str(loaded.name).replace("/", "_")
+    stem = o.name or re.sub(r"[/\x00-\x1f\x7f-\x9f]", "_", str(loaded.name))  # a name from a file: a plain file name
     report = ExportReport(target=profile.name, model=str(loaded.name), format=fmt, precision=precision,
                           output_dir=final)
     steps = chain(fmt, precision)
