@@ -388,6 +388,10 @@ def test_a_pickle_before_a_zip_and_a_duplicated_member_are_refused(good_files, t
                          + good_files["pt2"].read_bytes())
     with pytest.raises(ModelError, match="posix.system"):
         check_file(polyglot)
+    harmless_front = tmp_path / "front.pt2"  # a plain pickle in front: torch.export.load would still read the zip
+    harmless_front.write_bytes(pickle.dumps(1, protocol=2) + good_files["pt2"].read_bytes())
+    with pytest.raises(ModelError, match="front.pt2: refused: a zip archive with other data in front of it"):
+        check_file(harmless_front)
     import zipfile
 
     dup = tmp_path / "dup.pt2"
