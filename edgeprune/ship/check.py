@@ -186,5 +186,5 @@ def load_outputs(path: str | os.PathLike[str], *, max_bytes: int) -> list[np.nda
     try:
         with np_load(path, error=AgentError) as z:
             return [np.array(z[f"output_{k}"]) for k in range(len(names))]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, AgentError) as exc:  # AgentError: a pickle in it
         raise AgentError(f"{where}: cannot read it: {str(exc)[:200]}") from None
