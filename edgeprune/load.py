@@ -32,9 +32,10 @@ the one size a fixed-size Linear behind the convolutions takes), else the
 common size of the images in ``data``; else 224 x 224 with a warning line
 naming ``--input-shape``. The choice is said on the terminal.
 
-Security: a file never decides what code runs. Every torch pickle is read
-with ``torch.load(weights_only=True)`` (a plain Python pickle is refused
-unread). An ``.ept`` whose base is a built-in name is rebuilt from the
+Security: a file never decides what code runs. Every pickle inside a file
+(zip members, archives nested in it, ``.pt2`` payloads) is checked by
+:mod:`edgeprune.safeload` before torch reads the file, then read with
+``torch.load(weights_only=True)`` (a plain Python pickle is refused). An ``.ept`` whose base is a built-in name is rebuilt from the
 registry; one whose base is a factory is rebuilt only when the caller names
 that same factory: ``--model pkg.mod:fn --weights model.ept``, or
 ``--trust-factory pkg.mod:fn`` (``trust_factory=`` here). The refusal says so.

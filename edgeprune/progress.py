@@ -20,12 +20,29 @@ Example::
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object, *, newlines: bool = False) -> str:
+    """``text`` with control characters (terminal escapes, newlines unless ``newlines``) shown as ``\\xNN``.
+
+    Example::
+
+        printable("a\\x1b]0;owned\\x07b")   # 'a\\\\x1b]0;owned\\\\x07b'
+    """
+    text = str(text)
+    out = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                       text)
+    return out if newlines else out.replace("\n", "\\n").replace("\t", "\\t")
+
 
 _listener: Callable[[str, str], None] | None = None
 _lock = threading.Lock()
@@ -82,7 +99,7 @@ def show(stream: IO[str] | None = None) -> Iterator[None]:
         def warnings_only(message: str, kind: str = "step") -> None:
             if kind == "note" and message.startswith("warning:"):
                 with _lock:
-                    stream.write(message.replace("\n", " ") + "\n")
+                    stream.write(printable(message) + "\n")
                     stream.flush()
 
         _listener = warnings_only
@@ -92,15 +109,17 @@ def show(stream: IO[str] | None = None) -> Iterator[None]:
             _listener = None
         return
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(file=stream, stderr=True)
     current: list = [None, 0.0]  # message, start time
 
     def listener(message: str, kind: str = "step") -> None:
+        message = escape(printable(message))  # a name from a file or a board: no terminal escapes, no markup
         with _lock:
             now = time.monotonic()
             if kind == "note":
-                console.print(message, highlight=False, markup=False)
+                console.print(message, highlight=False)
                 return
             if kind == "update" and current[0] is not None:
                 current[0] = message

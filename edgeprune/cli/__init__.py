@@ -98,11 +98,14 @@ def _wants_json(args: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the CLI and turns every failure into one line (and JSON)."""
     from edgeprune.cli._common import json_mode
+    from edgeprune.safeload import quiet_libraries
 
     global _debug
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = os.environ.get("EDGEPRUNE_DEBUG", "") not in ("", "0")
     as_json = _wants_json(args)
+    if not _debug and "--debug" not in args:
+        quiet_libraries()  # torch's, Pillow's, numpy's warnings and log records: not on a one-line error
     handler = signal.getsignal(signal.SIGINT)
     try:
         with json_mode(as_json):
@@ -153,13 +156,15 @@ def _fail(exc: BaseException, kind: str, message: str, code: int, as_json: bool,
 
     The last thing the command says: a Ctrl-C from here on is ignored (as after ``emit``).
     """
+    from edgeprune.progress import printable
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _debug and not isinstance(exc, (click.exceptions.Exit, click.Abort)):
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)  # names from files and boards: no terminal escapes
     if as_json:
         from edgeprune.cli._common import emit_error
 

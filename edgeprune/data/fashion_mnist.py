@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import DataError
+from edgeprune.safeload import np_load
 
 FETCH = "bash scripts/fetch-data.sh fashion-mnist"
 _CACHE: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
@@ -123,7 +124,7 @@ def arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
         why = check(path)
         if why is not None:
             raise DataError(f"fashion-mnist: {why}; fetch it again: {FETCH}")
-        with np.load(path) as z:
+        with np_load(path, error=DataError) as z:
             _CACHE["fashion-mnist"] = (z["x"], z["y"].astype(np.int64), [str(c) for c in z["classes"]])
     return _CACHE["fashion-mnist"]
 
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> int:
             return 0 if why is None else 1
         if argv[:1] == ["convert"] and len(argv) == 2:
             path = convert(argv[1])
-            n = len(np.load(path)["y"])
+            n = len(np_load(path, error=DataError)["y"])
             print(f"fashion-mnist: {n:,} images (uint8 28x28, 10 classes) -> {path}")
             return 0
     except EdgePruneError as exc:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.data.dataset import ArrayDataset, DataError, Dataset, ImageDataset, TorchDataset
+from edgeprune.safeload import np_load
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -121,7 +122,7 @@ def _from_file(path: Path, preprocess, input_shape) -> Dataset:
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np_load(path, error=DataError)
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: not a readable numpy file ({exc})") from None
     if isinstance(loaded, np.ndarray):
@@ -204,9 +205,8 @@ def common_image_size(spec: Any) -> tuple[tuple[int, int], str] | None:
         return (h, w), f"the common size of the images in {path} ({n} of {sum(sizes.values())} read are {h}x{w})"
     if path.suffix.lower() in (".npy", ".npz") and path.is_file():
         try:
-            loaded = np.load(path, allow_pickle=False, mmap_mode="r") if path.suffix.lower() == ".npy" else \
-                np.load(path, allow_pickle=False)
-        except (ValueError, OSError):
+            loaded = np_load(path, error=DataError, mmap_mode="r" if path.suffix.lower() == ".npy" else None)
+        except (ValueError, OSError, DataError):
             return None
         if isinstance(loaded, np.ndarray):
             x = loaded

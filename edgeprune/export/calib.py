@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import ExportError, require
+from edgeprune.safeload import np_load
 
 DEFAULT_COUNT = 128
 MIN_RECOMMENDED = 32
@@ -221,7 +222,7 @@ def load_calibration(
         elif path.suffix == ".npy":
             if not path.is_file():
                 raise ExportError(f"{path}: calibration file not found")
-            arr, what = _fit(np.load(path), input_shape, str(path)), str(path)
+            arr, what = _fit(np_load(path, error=ExportError), input_shape, str(path)), str(path)
         elif ":" in text and not path.exists():
             arr, what = _from_factory(text, input_shape), f"factory {text}"
         else:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -162,9 +163,15 @@ def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
 
     module.eval()
     parts = []
+    step = 16
     with torch.no_grad():
-        for i in range(0, len(x), 16):
-            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[i : i + 16])))))
+        try:
+            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[:step])))))
+        except Exception:  # an ExportedProgram or traced file of batch 1: one sample at a time
+            step = 1
+            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[:step])))))
+        for i in range(step, len(x), step):
+            parts.append(flatten_numpy(module(torch.from_numpy(np.ascontiguousarray(x[i : i + step])))))
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
@@ -339,7 +346,7 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
     input_shape = tuple(int(d) for d in loaded.input_shape)
     if input_shape[0] != 1:
         raise ExportError(f"{loaded.name}: boards run batch 1; the model's input is {input_shape}")
-    stem = o.name or str(loaded.name).replace("/", "_")
+    stem = o.name or re.sub(r"[/\x00-\x1f\x7f-\x9f]", "_", str(loaded.name))  # a name from a file: a plain file name
     report = ExportReport(target=profile.name, model=str(loaded.name), format=fmt, precision=precision,
                           output_dir=final)
     steps = chain(fmt, precision)

@@ -45,6 +45,7 @@ from torch import nn
 
 from edgeprune._paths import atomic_write_bytes
 from edgeprune.errors import EdgePruneError, Interrupted
+from edgeprune.safeload import torch_load
 
 CKPT_FORMAT = "edgeprune.finetune-checkpoint"
 
@@ -241,8 +242,8 @@ def load_checkpoint(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged checkpoint: start over rather than fail
+        blob = torch_load(path)
+    except Exception:  # EdgePruneError included: a checkpoint asking for a global is not ours either  # a damaged checkpoint: start over rather than fail
         return None
     return blob if isinstance(blob, dict) and blob.get("format") == CKPT_FORMAT else None
 

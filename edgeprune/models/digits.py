@@ -21,6 +21,8 @@ import io
 import torch
 from torch import nn
 
+from edgeprune.safeload import torch_load
+
 INPUT_SHAPE = (1, 1, 16, 16)
 CACHE_NAME = "digits-cnn-v1.pt"
 SEED = 0
@@ -113,7 +115,7 @@ def load_or_train(model: DigitsCNN) -> DigitsCNN:
     if path.is_file():
         try:
             model.load_state_dict(
-                torch.load(path, map_location="cpu", weights_only=True), strict=True
+                torch_load(path), strict=True
             )
             if record("digits-cnn") is None:  # weights cached by an older edgeprune
                 _save_record(model)

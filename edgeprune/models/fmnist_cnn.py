@@ -27,6 +27,8 @@ import io
 import torch
 from torch import nn
 
+from edgeprune.safeload import torch_load
+
 INPUT_SHAPE = (1, 1, 28, 28)
 CACHE_NAME = "fmnist-cnn-v1.pt"
 SEED = 0
@@ -95,7 +97,7 @@ def load_or_train(model: FashionCNN) -> FashionCNN:
     path = cache_dir() / CACHE_NAME
     if path.is_file():
         try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+            model.load_state_dict(torch_load(path), strict=True)
             return model.eval()
         except Exception:  # a stale or truncated cache: retrain and overwrite
             pass

@@ -4,10 +4,11 @@
 :mod:`edgeprune.prune`) decides what a ``--model`` value is; this module
 does the parts that need only the model zoo:
 
-- :func:`safe_torch_load`: ``torch.load(weights_only=True)``, so a pickle
-  that would build arbitrary Python objects (``torch.save(model)``, a
+- :func:`safe_torch_load`: every pickle in the file checked first
+  (:mod:`edgeprune.safeload`), then ``torch.load(weights_only=True)``, so a
+  pickle that would build arbitrary Python objects (``torch.save(model)``, a
   malicious ``__reduce__``) is refused, never executed; a plain Python
-  pickle (not a torch file) is refused before it is read at all;
+  pickle (not a torch file) is refused;
 - :func:`call_factory`: import and call the user's ``package.module:function``.
   Only ever called for a factory the *user* named (``--model``,
   ``--trust-factory``), never for one named inside a file;
@@ -34,7 +35,6 @@ import importlib.metadata
 import pickle
 import re
 import sys
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from typing import Any
 from edgeprune.errors import ModelError
 from edgeprune.models.ultra import available as ultra_available
 from edgeprune.models.ultra import import_ultralytics, quiet_environment, undo_patches
+from edgeprune.safeload import check_file, check_graph, quiet, torch_load
 
 DEFAULT_INPUT = (1, 3, 224, 224)
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -75,20 +76,19 @@ def _plain_pickle_protocol(path: Path) -> int | None:
 
 def safe_torch_load(path: Path):
     """``torch.load(path, weights_only=True)`` with one-line errors, and torch's warnings kept quiet."""
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise ModelError(f"{path}: is a folder, not a model file; give the file inside it")
+    check_file(path)  # every pickle in it, before torch reads a byte: a global that could run code is refused
     protocol = _plain_pickle_protocol(path)
     if protocol is not None:
         raise ModelError(
             f"{path}: " + _REFUSED.format(what=f" (a plain Python pickle, protocol {protocol})")
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error says it
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)  # quiet: e.g. "Detected pickle protocol 4": the error says it
+    except ModelError:
+        raise
     except FileNotFoundError:
         raise ModelError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -446,11 +446,17 @@ def load_program(path: Path, kind: str, input_shape: tuple[int, ...] | None):
     from edgeprune.models import LoadedModel
 
     label = "ExportedProgram" if kind == "exported-program" else "TorchScript file"
+    check_file(path)  # every pickle in the archive and the archives inside it, before torch reads it
+    if kind == "exported-program":
+        check_graph(path)  # its nodes call operators only; its shape expressions are arithmetic
     try:
-        if kind == "exported-program":
-            module = torch.export.load(str(path)).module()
-        else:
-            module = torch.jit.load(str(path), map_location="cpu")
+        with quiet():
+            if kind == "exported-program":
+                program = torch.export.load(str(path))
+                module = _eval_mode_program(program.module())
+                input_shape = input_shape or _sample_shape(program)
+            else:
+                module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelError(f"{path}: damaged {label} ({type(exc).__name__})") from None
     shape = tuple(input_shape or DEFAULT_INPUT)
@@ -463,6 +469,34 @@ def load_program(path: Path, kind: str, input_shape: tuple[int, ...] | None):
         base=None,
         notes=[f"{kind}: loads and exports, but cannot be pruned (no nn.Conv2d modules left)"],
     )
+
+
+def _sample_shape(program) -> tuple[int, ...] | None:
+    """The shape of an ExportedProgram's one sample input (what it was exported on), else None."""
+    try:
+        args, kwargs = program.example_inputs
+        shape = tuple(int(d) for d in args[0].shape) if len(args) == 1 and not kwargs else None
+    except Exception:  # no sample inputs saved, or not one tensor
+        return None
+    return shape if shape is not None and len(shape) == 4 and shape[0] == 1 else None
+
+
+def _eval_mode_program(module):
+    """An ExportedProgram's module whose ``eval()``/``train()`` every stage may call: no-ops.
+
+    torch's ``ExportedProgram.module()`` raises on ``eval()`` ("not supported
+    yet"): its graph's dropout and batch-norm ops hold the mode it was
+    exported in (``torch.export`` of a model in eval mode, as edgeprune's
+    stages want it), and no call can change that.
+    """
+    import types
+
+    def _mode(self, mode: bool = True):
+        return self
+
+    module.train = types.MethodType(_mode, module)
+    module.eval = types.MethodType(lambda self: self, module)
+    return module
 
 
 def not_a_model(path: Path, blob) -> ModelError:

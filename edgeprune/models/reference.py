@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import ModelError
+from edgeprune.safeload import torch_load
 
 VERSION = "v1"
 TRAIN_COMMAND = "python benchmarks/train_reference.py --model {name}"
@@ -81,14 +82,15 @@ def record(name: str) -> dict[str, Any] | None:
 
 def load_trained(model, name: str):
     """Load the cached trained weights of ``name`` into ``model`` (strict)."""
-    import torch
 
     path = weights_path(name)
     if not path.is_file():
         raise ModelError(f"{name}: trained weights are not cached (looked for {path}); {train_hint(name)}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
         model.load_state_dict(state, strict=True)
+    except ModelError:
+        raise  # the file asks for a global (safeload): that one line, not "stale"
     except Exception as exc:
         raise ModelError(f"{path}: damaged or stale weights ({type(exc).__name__}); {train_hint(name)}") from None
     return model

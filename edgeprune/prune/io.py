@@ -41,6 +41,7 @@ from edgeprune._paths import atomic_write_bytes, sha256_file
 from edgeprune.errors import EdgePruneError, ModelError
 from edgeprune.models import _REGISTRY, LoadedModel, pretrained_available
 from edgeprune.models.loading import build_base, is_factory, load_weights, safe_torch_load
+from edgeprune.progress import printable
 from edgeprune.prune.apply import example_input, prune_
 from edgeprune.prune.plan import ChannelPlan
 from edgeprune.prune.rewrite import rewritten_blocks
@@ -276,7 +277,7 @@ def load_pruned(
     lm = LoadedModel(
         module=model.eval(),
         input_shape=tuple(meta["input_shape"]),
-        name=meta["name"],
+        name=printable(meta["name"]),  # printed and used in file names: no terminal escapes from a file
         source=str(path),
         task=meta["task"],
         base=meta["base"],

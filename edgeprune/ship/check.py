@@ -29,6 +29,7 @@ import numpy as np
 from edgeprune.checks.onboard import TOLERANCES, Tolerance, compare_outputs, tolerance
 from edgeprune.errors import AgentError, ExportError, ShipError
 from edgeprune.export.runners import SUFFIX_RUNTIME, host_runner
+from edgeprune.safeload import np_load
 
 __all__ = ["TOLERANCES", "Tolerance", "compare_outputs", "decode_board_outputs", "host_outputs",
            "load_outputs", "save_outputs", "tolerance"]
@@ -183,7 +184,7 @@ def load_outputs(path: str | os.PathLike[str], *, max_bytes: int) -> list[np.nda
     if sum(i.file_size for i in infos) > max_bytes:
         raise AgentError(f"{where}: more than {max_bytes} bytes; refused")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np_load(path, error=AgentError) as z:
             return [np.array(z[f"output_{k}"]) for k in range(len(names))]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, AgentError) as exc:  # AgentError: a pickle in it
         raise AgentError(f"{where}: cannot read it: {str(exc)[:200]}") from None
