@@ -141,6 +141,7 @@ def load_data(
         if val_data is not None:
             split.val = _open(val_data, pre=pre, input_shape=input_shape, task=task)
             split.info["val_data"] = str(val_data)
+            _check_labels(split.val, num_classes, str(val_data))
         for part in (split.train, split.heldout):
             _check_labels(part, num_classes, spec)
         return split
