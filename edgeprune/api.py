@@ -162,9 +162,11 @@ def prune_model(
     from edgeprune.errors import PruneError
     from edgeprune.prune.pipeline import PruneOptions, prune_to_plan, read_plan, uniform_plan
     from edgeprune.reach import resolve_target
+    from edgeprune.validate import check_all
 
     if sum(v is not None for v in (ratio, plan_file, latency_budget, speedup)) != 1:
         raise PruneError("give exactly one of --ratio R, --plan FILE, --latency-budget MS or --speedup S")
+    check_all(ratio=ratio, val_fraction=val_fraction)  # before anything is loaded
     options = PruneOptions(importance=importance, protect=tuple(protect), align=align, protect_stem=protect_stem,
                            verify=verify)
     budgeted = latency_budget is not None or speedup is not None
@@ -237,7 +239,9 @@ def finetune_model(
     """
     from edgeprune.finetune.run import FinetuneOptions
     from edgeprune.finetune.run import finetune_model as _finetune
+    from edgeprune.validate import check_all
 
+    check_all(val_fraction=val_fraction, limit=limit)  # before anything is loaded
     options = FinetuneOptions(epochs=epochs, steps=steps, time_budget=time_budget, device=device, lr=lr,
                               optimizer=optimizer, batch_size=batch_size, temperature=temperature, alpha=alpha,
                               patience=patience, augment=augment, seed=seed, max_accuracy_drop=max_accuracy_drop,

@@ -42,6 +42,13 @@ class EdgePruneError(Exception):
         return {}
 
 
+class OptionError(EdgePruneError, ValueError):
+    """An option's value is out of its range, NaN or infinite (exit 2, as a usage mistake on the CLI)."""
+
+    exit_code = 2
+    kind = "usage"
+
+
 class ProfileError(EdgePruneError):
     """A device profile or targets file is missing, malformed or unknown."""
 

@@ -31,6 +31,7 @@ from edgeprune.bench.phone import bench_phone
 from edgeprune.bench.result import BenchResult, cache_file, parse_agent_output
 from edgeprune.errors import AgentError, EdgePruneError, ModelError
 from edgeprune.progress import step
+from edgeprune.validate import check, check_all
 
 FORMAT_RUNTIMES = {".onnx": ("onnxruntime", "tensorrt"), ".tflite": ("litert", "edgetpu")}
 AGENT_NAME = "agent.py"
@@ -44,6 +45,10 @@ class BenchSettings:
     profile_ops: bool = False
     max_warmup_s: float = 10.0
     timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        check_all(runs=self.runs, warmup=self.warmup, threads=self.threads, max_warmup_s=self.max_warmup_s)
+        check("timeout", self.timeout_s)
 
 
 def agent_path() -> Path:

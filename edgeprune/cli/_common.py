@@ -20,6 +20,37 @@ from typing import IO, Any
 
 import click
 
+from edgeprune.validate import RANGES, show_value
+
+
+class Number(click.ParamType):
+    """A numeric option whose range is ``edgeprune.validate.RANGES[key]`` (the API checks the same table).
+
+    NaN, infinities and values out of range are a usage error (exit 2) that names the option and the range.
+
+    Example::
+
+        @click.option("--speedup", type=Number("speedup"), default=None)
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.range = RANGES[key]
+        self.name = "integer" if self.range.integer else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            v = value
+        else:
+            try:
+                v = int(str(value).strip(), 10) if self.range.integer else float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not {self.range.describe()}", param, ctx)
+        if not self.range.fits(v):
+            self.fail(f"{show_value(v)} is not {self.range.describe()}", param, ctx)
+        return v
+
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout (for machines)."
 )
@@ -107,10 +138,10 @@ def budget_options(only: str = "") -> Callable[[Callable], Callable]:
         return only + text if only else text[0].upper() + text[1:]
 
     options = [
-        click.option("--latency-budget", type=float, default=None, metavar="MS",
+        click.option("--latency-budget", type=Number("latency_budget"), default=None, metavar="MS",
                      help="p50 latency the pruned model must meet on the board, in ms (measured there by the "
                      "agent)."),
-        click.option("--speedup", type=float, default=None, metavar="S",
+        click.option("--speedup", type=Number("speedup"), default=None, metavar="S",
                      help="Budget = the unpruned model's p50 on the board / S (measured in the same run)."),
         click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default=None,
                      help=h("the artifact the board runs (default: the profile's).")),
@@ -119,14 +150,14 @@ def budget_options(only: str = "") -> Callable[[Callable], Callable]:
         click.option("--io-precision", type=click.Choice(["int8", "uint8", "float32"]), default=None,
                      help=h("a full-INT8 TFLite file's input/output type (default: the profile's; "
                             "--target local --io-precision int8 gives the file a Raspberry Pi runs).")),
-        click.option("--max-rounds", type=click.IntRange(1, 20), default=5, show_default=True,
+        click.option("--max-rounds", type=Number("max_rounds"), default=5, show_default=True,
                      help=h("closed-loop rounds (plan, prune, export, measure on the board).")),
-        click.option("--tolerance", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.10,
+        click.option("--tolerance", type=Number("tolerance"), default=0.10,
                      show_default=True, metavar="T",
                      help=h("the budget is met when the board's figure is within [1 - T, 1] of it.")),
-        click.option("--min-keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+        click.option("--min-keep", type=Number("min_keep"), default=None, metavar="F",
                      help=h("no group keeps less than this fraction of its channels (default 0.25).")),
-        click.option("--threads", type=click.IntRange(0, 256), default=0,
+        click.option("--threads", type=Number("threads"), default=0,
                      help=h("runtime threads on the board (0 = the runtime's default).")),
     ]
 

@@ -1,6 +1,6 @@
 import click
 
-from edgeprune.cli._common import emit, host_option, json_option
+from edgeprune.cli._common import Number, emit, host_option, json_option
 
 
 @click.command()
@@ -18,21 +18,21 @@ from edgeprune.cli._common import emit, host_option, json_option
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--runs",
-    type=click.IntRange(1, 100000),
+    type=Number("runs"),
     default=100,
     show_default=True,
     help="Timed runs after warm-up.",
 )
 @click.option(
     "--warmup",
-    type=click.IntRange(0, 100000),
+    type=Number("warmup"),
     default=10,
     show_default=True,
     help="Minimum warm-up runs; warm-up goes on until the timings settle.",
 )
 @click.option(
     "--threads",
-    type=click.IntRange(0, 256),
+    type=Number("threads"),
     default=0,
     show_default=True,
     help="Runtime threads (0 = the runtime's default).",
@@ -40,7 +40,7 @@ from edgeprune.cli._common import emit, host_option, json_option
 @click.option("--profile-ops", is_flag=True, help="Also report time per operator type.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(5, 86400),
+    type=Number("timeout"),
     default=600,
     show_default=True,
     metavar="S",

@@ -7,6 +7,7 @@ import sys
 import click
 
 from edgeprune.cli._common import (
+    Number,
     accept_new_host_key_option,
     budget_options,
     converters_to_log,
@@ -28,13 +29,13 @@ from edgeprune.cli.prune_cmd import _shape
               "pkg.mod:fn, or fashion-mnist / digits. Default: the model's own data set, if it has one here.")
 @click.option("--val-data", default=None, metavar="D",
               help="Held-out data for the gate (default: the data set's test split, else a seeded split).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+@click.option("--val-fraction", type=Number("val_fraction"), default=0.1,
               show_default=True, help="Share of --data held out (per class) when there is no --val-data.")
 @normalize_option
 @budget_options()
-@click.option("--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, metavar="R",
+@click.option("--ratio", type=Number("ratio"), default=None, metavar="R",
               help="Remove this fraction of every group's channels instead of a latency budget.")
-@click.option("--max-accuracy-drop", type=click.FloatRange(0), default=1.0, show_default=True, metavar="P",
+@click.option("--max-accuracy-drop", type=Number("max_accuracy_drop"), default=1.0, show_default=True, metavar="P",
               help="The gate: ship only if the exported file is at most P points of top-1 below the original "
               "on held-out data.")
 @click.option("--force", is_flag=True,
@@ -44,13 +45,13 @@ from edgeprune.cli.prune_cmd import _shape
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn", "taylor"]), default="l1", show_default=True,
               help="Which channels a group keeps (with data, groups are compared by Taylor sensitivity).")
 @click.option("--protect", multiple=True, metavar="LAYER", help="A layer name never to prune (repeatable).")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Fine-tuning passes (default 3).")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Fine-tuning optimiser steps instead of epochs.")
-@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MIN",
+@click.option("--epochs", type=Number("epochs"), default=None, help="Fine-tuning passes (default 3).")
+@click.option("--steps", type=Number("steps"), default=None, help="Fine-tuning optimiser steps instead of epochs.")
+@click.option("--time-budget", type=Number("time_budget"), default=None, metavar="MIN",
               help="Minutes of fine-tuning instead of epochs.")
 @host_option
 @accept_new_host_key_option
-@click.option("--keep", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--keep", type=Number("keep"), default=3, show_default=True,
               help="Releases kept on the board (the newest; current is never removed).")
 @click.option("--no-cache", is_flag=True, help="Measure again instead of reusing cached board measurements.")
 @click.option("--fresh", is_flag=True, help="Run every stage again instead of resuming an earlier run in --output.")

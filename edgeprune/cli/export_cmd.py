@@ -17,6 +17,7 @@ import os
 import click
 
 from edgeprune.cli._common import (
+    Number,
     converters_to_log,
     emit,
     json_option,
@@ -25,6 +26,7 @@ from edgeprune.cli._common import (
     target_option,
 )
 from edgeprune.cli.prune_cmd import _shape
+from edgeprune.validate import RANGES
 
 
 def _parse_min_agreement(value: str | None):
@@ -36,7 +38,7 @@ def _parse_min_agreement(value: str | None):
             v = float(value)
         except ValueError:
             raise click.BadParameter(f"'{value}': expected a number like 0.9 or top1=0.9,cosine=0.98") from None
-        if not 0.0 <= v <= 1.0:
+        if not RANGES["min_agreement"].fits(v):
             raise click.BadParameter(f"'{value}': agreement is a fraction between 0 and 1")
         return v
     from edgeprune.checks.thresholds import Thresholds
@@ -47,9 +49,13 @@ def _parse_min_agreement(value: str | None):
     if unknown:
         raise click.BadParameter(f"unknown key(s) {', '.join(sorted(unknown))}: use {'=, '.join(keys)}=")
     try:
-        return Thresholds(**{k: float(parts.get(k, 0.0)) for k in keys})
+        values = {k: float(parts.get(k, 0.0)) for k in keys}
     except ValueError:
         raise click.BadParameter(f"'{value}': values must be numbers") from None
+    bad = [k for k, v in values.items() if not RANGES["min_agreement"].fits(v)]
+    if bad:
+        raise click.BadParameter(f"'{value}': {', '.join(bad)} must be a fraction between 0 and 1")
+    return Thresholds(**values)
 
 
 def _human(report: dict) -> None:
@@ -159,15 +165,15 @@ _common_options = [
                  help="Data for calibration (train split) and accuracy (held-out split, every artifact): class "
                       "folders, a folder of images, .npy/.npz, pkg.mod:fn, or fashion-mnist / digits."),
     click.option("--val-data", default=None, metavar="D", help="Held-out data (default: a seeded split of --data)."),
-    click.option("--max-accuracy-drop", type=click.FloatRange(0), default=None, metavar="P",
+    click.option("--max-accuracy-drop", type=Number("max_accuracy_drop"), default=None, metavar="P",
                  help="Fail (exit 2) when the file to ship is more than P points below the original's "
                       "top-1 (agreement with the original on unlabelled data)."),
-    click.option("--calib-count", type=int, default=128, show_default=True, help="Calibration samples to use."),
+    click.option("--calib-count", type=Number("calib_count"), default=128, show_default=True, help="Calibration samples to use."),
     normalize_option,
     click.option("--io-precision", type=click.Choice(["int8", "uint8", "float32"]), default=None,
                  help="A full-INT8 TFLite file's input/output type (default: the profile's); "
                       "--target local --io-precision int8 gives exactly the file a Raspberry Pi runs."),
-    click.option("--min-agreement", default=None, metavar="X",
+    click.option("--min-agreement", default=None, metavar="X", callback=lambda ctx, param, v: _parse_min_agreement(v),
                  help="Fail (exit 2) below this top-1 agreement with the original model, e.g. 0.95, "
                       "or 'top1=0.95,cosine=0.99' (cosine: all outputs and each one; detectors also recall=, "
                       "score_corr=). Default per precision: fp32 0.99/0.9999, fp16 0.97/0.999, int8 0.60/0.93; "
@@ -213,7 +219,7 @@ def export(target, model, weights, trust_factory, task, fmt, precision, input_sh
          fmt=fmt,
          precision=precision, calib=calib, data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop,
          calib_count=calib_count, normalize=normalize, io_precision=io_precision,
-         min_agreement=_parse_min_agreement(min_agreement), quantizer=quantizer, output=output,
+         min_agreement=min_agreement, quantizer=quantizer, output=output,
          input_shape=input_shape)
 
 
@@ -236,5 +242,5 @@ def quantize(target, model, weights, trust_factory, task, fmt, input_shape, cali
          fmt=fmt,
          precision="int8", calib=calib, data=data, val_data=val_data, max_accuracy_drop=max_accuracy_drop,
          calib_count=calib_count, normalize=normalize, io_precision=io_precision,
-         min_agreement=_parse_min_agreement(min_agreement), quantizer=quantizer, output=output,
+         min_agreement=min_agreement, quantizer=quantizer, output=output,
          input_shape=input_shape)

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from edgeprune.cli._common import emit, json_option
+from edgeprune.cli._common import Number, emit, json_option
 
 
 class _Bar:
@@ -75,33 +75,33 @@ class _Bar:
 @click.option("--trust-factory", default=None, metavar="PKG.MOD:FN",
               help="Allow a .ept file whose base architecture is this Python factory to import and call it "
               "(a model file alone never runs code).")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Passes over the training split (default 3).")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Optimiser steps instead of epochs.")
-@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, metavar="MIN",
+@click.option("--epochs", type=Number("epochs"), default=None, help="Passes over the training split (default 3).")
+@click.option("--steps", type=Number("steps"), default=None, help="Optimiser steps instead of epochs.")
+@click.option("--time-budget", type=Number("time_budget"), default=None, metavar="MIN",
               help="Minutes of training instead of epochs (evaluations come on top).")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda", help="Where to train.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--lr", type=Number("lr"), default=None,
               help="Peak learning rate (default: 0.01 sgd, 0.001 adamw).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True,
+@click.option("--batch-size", type=Number("batch_size"), default=64, show_default=True)
+@click.option("--temperature", type=Number("temperature"), default=4.0, show_default=True,
               help="Distillation temperature.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+@click.option("--alpha", type=Number("alpha"), default=0.9, show_default=True,
               help="Weight of the distillation term when labels exist (the rest is cross-entropy).")
-@click.option("--patience", type=click.IntRange(1), default=3, show_default=True,
+@click.option("--patience", type=Number("patience"), default=3, show_default=True,
               help="Stop after this many evaluations without a better validation figure.")
 @click.option("--augment", type=click.Choice(["none", "shift", "flip+shift"]), default=None,
               help="Training augmentation (default: the model's data hook; shift for your own models).")
 @click.option("--val-data", default=None, metavar="D", help="Validation data (default: a seeded split of --data).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+@click.option("--val-fraction", type=Number("val_fraction"), default=0.1,
               show_default=True)
 @click.option("--normalize", default=None, metavar="N",
               help="imagenet, unit or MEAN/STD (default: the model's).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--limit", type=click.IntRange(1), default=None, help="Use at most this many images per split.")
-@click.option("--max-accuracy-drop", type=click.FloatRange(0), default=None, metavar="P",
+@click.option("--seed", type=Number("seed"), default=0, show_default=True)
+@click.option("--limit", type=Number("limit"), default=None, help="Use at most this many images per split.")
+@click.option("--max-accuracy-drop", type=Number("max_accuracy_drop"), default=None, metavar="P",
               help="Fail (exit 2) when the fine-tuned model is more than P points below the original.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's).")
+@click.option("--threads", type=Number("cpu_threads"), default=None, help="CPU threads (default: torch's).")
 @json_option
 def finetune(model, data, output, teacher, trust_factory, epochs, steps, time_budget, device, lr, optimizer, batch_size,
              temperature, alpha, patience, augment, val_data, val_fraction, normalize, seed, limit,

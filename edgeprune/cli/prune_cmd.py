@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgeprune.cli._common import (
+    Number,
     accept_new_host_key_option,
     budget_options,
     emit,
@@ -40,7 +41,7 @@ def _shape(ctx, param, value):
 )
 @click.option(
     "--ratio",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=Number("ratio"),
     default=None,
     metavar="R",
     help="Fraction of channels removed from every prunable group, e.g. 0.3.",

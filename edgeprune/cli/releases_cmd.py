@@ -2,7 +2,7 @@
 
 import click
 
-from edgeprune.cli._common import emit, host_option, json_option, target_option
+from edgeprune.cli._common import Number, emit, host_option, json_option, target_option
 
 accept_option = click.option(
     "--accept-new-host-key",
@@ -73,7 +73,7 @@ def _table(listing) -> None:
 @host_option
 @click.option("--to", "to", default=None, metavar="ID",
               help="The release to switch to (default: the previous one; see `edgeprune releases`).")
-@click.option("--wait", type=click.FloatRange(0, 3600), default=0, show_default=True, metavar="S",
+@click.option("--wait", type=Number("wait"), default=0, show_default=True, metavar="S",
               help="Wait this long for another deploy's lock on the board.")
 @accept_option
 @json_option

@@ -48,6 +48,7 @@ import numpy as np
 from edgeprune.data.builtin import BUILTIN, available, builtin_split, data_home
 from edgeprune.data.dataset import DataError, Dataset, DataSplit
 from edgeprune.data.preprocess import Preprocess, parse_normalize
+from edgeprune.validate import check_all
 
 DEFAULT_VAL_FRACTION = 0.1
 
@@ -196,11 +197,7 @@ class DataOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.val_fraction, (int, float)) and 0.0 < self.val_fraction < 1.0):
-            raise DataError(f"--val-fraction {self.val_fraction}: a fraction between 0 and 1")
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
-                                       or self.limit < 1):
-            raise DataError(f"--limit {self.limit}: a whole number of images, 1 or more")
+        check_all(val_fraction=self.val_fraction, limit=self.limit, seed=self.seed)
 
 
 def split_for(model: Any, data: Any = None, *, default: str | None = None, val_data: Any = None,

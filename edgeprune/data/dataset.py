@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,29 @@ import numpy as np
 from edgeprune.errors import DataError
 
 AUGMENTS = ("none", "shift", "flip+shift")
+
+
+def image_errors(image_mod) -> tuple[type[BaseException], ...]:
+    """What Pillow raises for a file it cannot, or must not, decode (a decompression bomb)."""
+    return (OSError, ValueError, SyntaxError, image_mod.DecompressionBombError)
+
+
+def image_error(path: Any, exc: BaseException) -> DataError:
+    """The one line for an image file Pillow refused: which file, why, and what to do."""
+    if type(exc).__name__ == "DecompressionBombError":
+        pixels = exc.args[0].split(" pixels")[0].rsplit("(", 1)[-1] if exc.args else "too many"
+        return DataError(f"{path}: this image is too large to decode ({pixels} pixels, more than Pillow decodes "
+                         "safely); resize it or remove the file")
+    return DataError(f"{path}: cannot decode this image ({type(exc).__name__}: {exc}); remove or replace the file")
+
+
+def check_finite(x: np.ndarray, source: str) -> None:
+    """Infinities or NaN in data are one line naming the source (training on them gives NaN weights)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{source}: {int(bad.sum())} value(s) are NaN or infinite (the first in sample {where[0]}, "
+                        f"at {where[1:]}); fix or drop those samples")
 
 
 class Dataset:
@@ -185,9 +209,8 @@ class ImageDataset(Dataset):
                     if im.size != (w, h):
                         im = im.resize((w, h), image_mod.BILINEAR)
                     out.append(np.asarray(im, dtype=np.uint8))
-            except (OSError, ValueError, SyntaxError) as exc:
-                raise DataError(f"{path}: cannot decode this image ({type(exc).__name__}: {exc}); "
-                                "remove or replace the file") from None
+            except image_errors(image_mod) as exc:
+                raise image_error(path, exc) from None
         return self.preprocess(np.stack(out), layout="nhwc")
 
 
@@ -201,7 +224,20 @@ class TorchDataset(Dataset):
         n = len(ds)
         first = ds[0] if n else None
         labelled = isinstance(first, (tuple, list)) and len(first) >= 2
-        self._labels = (np.array([int(ds[i][1]) for i in range(n)], dtype=np.int64) if labelled else None)
+        if n:
+            self._fetch(np.array([0]))  # the first item fits the model, or one line now
+        labels = []
+        for i in range(n if labelled else 0):
+            item = ds[i]
+            label = item[1] if isinstance(item, (tuple, list)) and len(item) >= 2 else None
+            try:
+                value = float(label.item() if hasattr(label, "item") else label)
+            except (TypeError, ValueError):
+                value = math.nan
+            if not (math.isfinite(value) and value == int(value)):
+                raise DataError(f"{source}: item {i}'s label is {label!r}; labels must be whole class numbers")
+            labels.append(int(value))
+        self._labels = np.array(labels, dtype=np.int64) if labelled else None
 
     def _n(self) -> int:
         return len(self._ds)
@@ -213,12 +249,17 @@ class TorchDataset(Dataset):
         for i in idx:
             item = self._ds[int(i)]
             x = item[0] if isinstance(item, (tuple, list)) else item
-            x = torch.as_tensor(np.asarray(x) if not hasattr(x, "detach") else x.detach()).float()
-            if tuple(x.shape) != self._shape:
-                raise DataError(f"{self.source}: item {int(i)} has shape {tuple(x.shape)}, "
+            a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+            if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+                raise DataError(f"{self.source}: item {int(i)} is {type(x).__name__} of dtype {a.dtype}, not "
+                                f"numbers; return model inputs shaped {self._shape} (a tensor or an array)")
+            if tuple(a.shape) != self._shape:
+                raise DataError(f"{self.source}: item {int(i)} has shape {tuple(a.shape)}, "
                                 f"the model takes {self._shape}")
-            xs.append(x)
-        return torch.stack(xs)
+            xs.append(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))
+        out = torch.stack(xs)
+        check_finite(out.numpy(), self.source)
+        return out
 
 
 class Subset(Dataset):

@@ -36,7 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.data.dataset import ArrayDataset, DataError, Dataset, ImageDataset, TorchDataset
+from edgeprune.data.dataset import (
+    ArrayDataset,
+    DataError,
+    Dataset,
+    ImageDataset,
+    TorchDataset,
+    check_finite,
+    image_error,
+    image_errors,
+)
 from edgeprune.safeload import np_load
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -58,8 +67,8 @@ def _check_headers(files: list[Path]) -> None:
         try:
             with image_mod.open(p):
                 pass
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{p}: cannot decode this image ({type(exc).__name__}); remove or replace the file") from None
+        except image_errors(image_mod) as exc:
+            raise image_error(p, exc) from None
 
 
 def _from_folder(folder: Path, preprocess) -> Dataset:
@@ -83,10 +92,29 @@ def _from_folder(folder: Path, preprocess) -> Dataset:
     return ImageDataset(files, None, preprocess=preprocess, source=f"{folder} (unlabelled images)")
 
 
+def _numbers(a, what: str, source: str) -> np.ndarray:
+    """``a`` as a numpy array of real numbers (ints or floats), else one line saying what it holds."""
+    try:
+        a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{source}: the {what} are not an array of numbers ({exc})") from None
+    if a.dtype == object:
+        raise DataError(f"{source}: the {what} hold Python objects (dtype object), which edgeprune never unpickles; "
+                        "save numbers (uint8 pixels, float32 inputs, integer labels)")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise DataError(f"{source}: the {what} are {a.dtype} values, not numbers; give uint8 pixels, float32 "
+                        "inputs and integer labels")
+    return a
+
+
 def _arrays(x, y, *, preprocess, input_shape, source: str) -> Dataset:
-    x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    x = _numbers(x, "images", source)
+    if np.issubdtype(x.dtype, np.floating):
+        check_finite(x, source)
     if y is not None:
-        y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+        y = _numbers(y, "labels", source)
+        if np.issubdtype(y.dtype, np.floating):
+            check_finite(y, f"{source} (labels)")
         if y.ndim == 2 and y.shape[1] > 1:  # one-hot
             y = y.argmax(1)
         y = y.reshape(-1)
@@ -132,7 +160,11 @@ def _from_file(path: Path, preprocess, input_shape) -> Dataset:
         if xk is None:
             raise DataError(f"{path}: no images array (looked for {', '.join(_X_KEYS)}; found {', '.join(loaded.files)})")
         yk = next((k for k in _Y_KEYS if k in loaded.files), None)
-        x, y = loaded[xk], (loaded[yk] if yk else None)
+        try:
+            x, y = loaded[xk], (loaded[yk] if yk else None)
+        except ValueError as exc:  # an object array: numpy refuses to unpickle it (allow_pickle=False)
+            raise DataError(f"{path}: its arrays hold Python objects ({exc}); edgeprune never unpickles data: "
+                            "save numbers (uint8 pixels, float32 inputs, integer labels)") from None
     return _arrays(x, y, preprocess=preprocess, input_shape=input_shape, source=str(path))
 
 
@@ -142,9 +174,20 @@ def _from_factory(spec: str, preprocess, input_shape) -> Dataset:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
         raise DataError(f"--data {spec}: cannot import it ({exc}); is it on PYTHONPATH?") from None
-    result = fn()
+    except Exception as exc:  # the user's module failed while importing: their error, shown as theirs
+        raise DataError(f"--data {spec}: importing your module raised {type(exc).__name__}: {exc}") from None
+    try:
+        result = fn()
+    except Exception as exc:  # the user's code: their exception, one line, the traceback with --debug
+        raise DataError(f"--data {spec}: your function raised {type(exc).__name__}: {exc}") from exc
     if isinstance(result, dict):
-        return _arrays(result.get("x"), result.get("y"), preprocess=preprocess, input_shape=input_shape, source=spec)
+        xk = next((k for k in _X_KEYS if k in result), None)
+        if xk is None:
+            raise DataError(f"--data {spec}: returned a dict without images (looked for {', '.join(_X_KEYS)}; "
+                            f"found {', '.join(map(str, result)) or 'no keys'}); return {{'x': images, 'y': labels}}")
+        yk = next((k for k in _Y_KEYS if k in result), None)
+        return _arrays(result[xk], result.get(yk) if yk else None, preprocess=preprocess, input_shape=input_shape,
+                       source=spec)
     if isinstance(result, (tuple, list)) and len(result) == 2 and hasattr(result[0], "shape"):
         return _arrays(result[0], result[1], preprocess=preprocess, input_shape=input_shape, source=spec)
     if hasattr(result, "shape"):
@@ -197,7 +240,7 @@ def common_image_size(spec: Any) -> tuple[tuple[int, int], str] | None:
             try:
                 with Image.open(f) as im:
                     sizes[(im.height, im.width)] += 1
-            except (OSError, ValueError, SyntaxError):
+            except image_errors(Image):  # loading the data names the file
                 continue
         if not sizes:
             return None
@@ -215,7 +258,10 @@ def common_image_size(spec: Any) -> tuple[tuple[int, int], str] | None:
                 key = next((k for k in _X_KEYS if k in loaded.files), None)
                 if key is None:
                     return None
-                x = loaded[key]
+                try:
+                    x = loaded[key]
+                except ValueError:  # an object array: loading it says so, naming the file
+                    return None
         if x.ndim == 3:
             return (int(x.shape[1]), int(x.shape[2])), f"the images in {path} ({x.shape[1]}x{x.shape[2]})"
         if x.ndim == 4:

@@ -56,6 +56,7 @@ from edgeprune.prune.pipeline import (
 )
 from edgeprune.reach import resolve_target
 from edgeprune.ship import folder_lock, ship_artifact, why_not_current
+from edgeprune.validate import check_all
 
 DEFAULT_MAX_DROP = 1.0  # points of top-1 on held-out data; the gate
 LATENCY_SLACK = 0.10  # the final artifact may measure this much over the budget before it is flagged
@@ -136,12 +137,7 @@ class DeployOptions:
         return self.budget.threads if self.budget is not None else (self.finetune.threads or 0)
 
     def check(self) -> None:
-        if not (isinstance(self.max_accuracy_drop, (int, float)) and 0 <= self.max_accuracy_drop < float("inf")):
-            raise EdgePruneError(f"--max-accuracy-drop {self.max_accuracy_drop}: points of top-1, 0 or more")
-        if self.keep < 1:
-            raise EdgePruneError(f"--keep {self.keep}: keep at least 1 release on the board")
-        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
-            raise PruneError(f"--ratio {self.ratio}: the fraction of channels removed must be in [0, 1)")
+        check_all(max_accuracy_drop=self.max_accuracy_drop, keep=self.keep, ratio=self.ratio)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune.data.dataset import check_finite, image_error, image_errors
 from edgeprune.errors import ExportError, require
 from edgeprune.safeload import np_load
 
@@ -104,7 +105,14 @@ def _normalize(x01: np.ndarray, how: str) -> np.ndarray:
 def _fit(arr: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
     """Bring ``arr`` to (N, C, H, W) matching ``input_shape``, or raise naming both shapes."""
     want = tuple(input_shape[1:])
-    arr = np.asarray(arr)
+    try:
+        arr = np.asarray(arr)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"{what}: not an array of numbers ({exc})") from None
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ExportError(f"{what}: the samples are {arr.dtype} values, not numbers; give float32 model inputs")
+    if np.issubdtype(arr.dtype, np.floating):
+        check_finite(arr, what)
     if arr.ndim == len(want):
         arr = arr[None]
     if arr.ndim == len(want) + 1:
@@ -131,8 +139,8 @@ def _from_images(folder: Path, input_shape: tuple[int, ...], normalize: str, lim
             with image_mod.open(p) as im:
                 im = im.convert("L" if c == 1 else "RGB").resize((w, h), image_mod.BILINEAR)
                 a = np.asarray(im, dtype=np.float32) / 255.0
-        except OSError as exc:
-            raise ExportError(f"{p}: cannot read this image: {exc}") from None
+        except image_errors(image_mod) as exc:
+            raise image_error(p, exc) from None
         out.append(a[None] if c == 1 else a.transpose(2, 0, 1))
     return _normalize(np.stack(out), normalize)
 
@@ -143,7 +151,14 @@ def _from_factory(spec: str, input_shape: tuple[int, ...]) -> np.ndarray:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
         raise ExportError(f"calibration factory '{spec}': cannot import it: {exc}") from None
-    result = fn()
+    except Exception as exc:  # the user's module failed while importing: their error, shown as theirs
+        raise ExportError(f"--calib {spec}: importing your module raised {type(exc).__name__}: {exc}") from None
+    try:
+        result = fn()
+    except Exception as exc:  # the user's code: their exception, one line (the traceback with --debug)
+        raise ExportError(f"--calib {spec}: your function raised {type(exc).__name__}: {exc}") from exc
+    if not hasattr(result, "__iter__") and not hasattr(result, "detach"):
+        raise ExportError(f"--calib {spec}: returned {type(result).__name__}; return an array or a list of samples")
     if hasattr(result, "detach"):
         result = result.detach().cpu().numpy()
     if isinstance(result, np.ndarray):

@@ -75,6 +75,7 @@ from edgeprune.export.formats import (
 from edgeprune.export.runners import host_runner
 from edgeprune.progress import step
 from edgeprune.tasks import detector_classes
+from edgeprune.validate import check, check_all
 
 
 @dataclass
@@ -148,10 +149,10 @@ class ExportOptions:
             raise ExportError(f"detector_outputs '{self.detector_outputs}': use 'split' or 'keep'")
         if self.io_precision not in (None, "int8", "uint8", "float32"):
             raise ExportError(f"--io-precision {self.io_precision}: use int8, uint8 or float32")
-        for name in ("calib_count", "verify_count", "accuracy_count"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ExportError(f"{name.replace('_', '-')} {v!r}: a whole number of samples, 1 or more")
+        check_all(calib_count=self.calib_count, verify_count=self.verify_count, accuracy_count=self.accuracy_count,
+                  max_accuracy_drop=self.max_accuracy_drop)
+        if isinstance(self.min_agreement, (int, float)):
+            check("min_agreement", self.min_agreement)
 
 
 # -- the model and its reference outputs ---------------------------------------

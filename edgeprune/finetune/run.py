@@ -14,6 +14,7 @@ from typing import Any
 
 from edgeprune.errors import EdgePruneError, ModelError
 from edgeprune.finetune.loop import Recipe
+from edgeprune.validate import check, check_all
 
 BN_BATCHES = 50
 
@@ -85,6 +86,12 @@ class FinetuneOptions:
     seed: int = 0
     max_accuracy_drop: float | None = None
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_all(epochs=self.epochs, steps=self.steps, time_budget=self.time_budget, lr=self.lr,
+                  batch_size=self.batch_size, temperature=self.temperature, alpha=self.alpha,
+                  patience=self.patience, seed=self.seed, max_accuracy_drop=self.max_accuracy_drop)
+        check("cpu_threads", self.threads, option="--threads")
 
     def recipe(self, default_augment: str) -> Recipe:
         return Recipe(epochs=self.epochs, steps=self.steps,

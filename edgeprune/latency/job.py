@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from edgeprune.latency.layers import DEFAULT_MIN_KEEP
 from edgeprune.latency.loop import DEFAULT_MAX_ROUNDS, DEFAULT_TOLERANCE, plan_for_budget
 from edgeprune.models import LoadedModel
 from edgeprune.prune.pipeline import PruneOptions, PruneResult, importance_batches, prune_to_plan
+from edgeprune.validate import check_all
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,8 @@ class BudgetOptions:
     def __post_init__(self) -> None:
         if (self.latency_budget is None) == (self.speedup is None):
             raise PruneError("give exactly one of --latency-budget MS or --speedup S")
-        if self.latency_budget is not None and not (math.isfinite(self.latency_budget) and self.latency_budget > 0):
-            raise PruneError(f"--latency-budget {self.latency_budget}: a finite, positive number of ms")
-        if self.speedup is not None and not (math.isfinite(self.speedup) and 1.0 < self.speedup <= 1000):
-            raise PruneError(f"--speedup {self.speedup}: a number above 1 and at most 1000 (2 = twice as fast)")
-        if not 1 <= int(self.max_rounds) <= 20:
-            raise PruneError(f"--max-rounds {self.max_rounds}: 1 to 20 rounds")
-        if not (math.isfinite(self.tolerance) and 0.0 < self.tolerance < 1.0):
-            raise PruneError(f"--tolerance {self.tolerance}: a fraction of the budget in (0, 1)")
-        if self.min_keep is not None and not (math.isfinite(self.min_keep) and 0.0 < self.min_keep <= 1.0):
-            raise PruneError(f"--min-keep {self.min_keep}: a fraction of each group's channels in (0, 1]")
+        check_all(latency_budget=self.latency_budget, speedup=self.speedup, max_rounds=self.max_rounds,
+                  tolerance=self.tolerance, min_keep=self.min_keep, threads=self.threads)
 
     @property
     def asked(self) -> str:

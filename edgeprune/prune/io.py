@@ -132,6 +132,11 @@ def _check_meta(meta, state, path: Path) -> None:
         raise _refuse(path, f"input_shape {str(shape)[:60]} is not 4 sizes, batch 1, within {MAX_SIDE}")
     if not isinstance(meta.get("plans"), list) or not meta["plans"]:
         raise _refuse(path, "no plans")
+    for i, p in enumerate(meta["plans"]):
+        try:
+            ChannelPlan.from_dict(p, where=f"plans[{i}]")
+        except EdgePruneError as exc:
+            raise _refuse(path, str(exc)) from None
     ow = meta.get("original_weights")
     if ow is not None and not (isinstance(ow, dict) and isinstance(ow.get("file"), str) and len(ow["file"]) < 4096
                                and isinstance(ow.get("sha256"), str) and len(ow["sha256"]) == 64):
@@ -157,7 +162,7 @@ def read_ept(path: Path, blob: dict | None = None) -> tuple[dict, dict]:
     blob = safe_torch_load(path) if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelError(f"{path}: not an edgeprune pruned model (.ept)")
-    if blob.get("version") != VERSION:
+    if isinstance(blob.get("version"), bool) or blob.get("version") != VERSION:
         raise ModelError(
             f"{path}: .ept version {str(blob.get('version'))[:20]!r}; this edgeprune reads {VERSION}"
         )

@@ -24,11 +24,19 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgeprune.errors import PruneError
 
 FORMAT = "edgeprune.channel-plan"
 VERSION = 1
+MAX_CHANNELS = 1 << 20  # a group's channel count read from a file (a plan or an .ept)
+MAX_SIDE = 8192
+
+
+def _whole(v: Any) -> bool:
+    """A JSON whole number: an int, not a bool, not a float (3.0 or 3.5 channels is a damaged plan)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _groups(n: int) -> str:
@@ -198,31 +206,66 @@ class ChannelPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping, *, where: str = "plan") -> ChannelPlan:
+        """A plan from its JSON form, every field type-checked first (one line naming the field)."""
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise PruneError(f'{where}: not an edgeprune channel plan (no "format": "{FORMAT}")')
-        if data.get("version") != VERSION:
+        if not _whole(data.get("version")) or data.get("version") != VERSION:
             raise PruneError(
-                f"{where}: plan version {data.get('version')!r}; this edgeprune reads {VERSION}"
+                f"{where}: plan version {str(data.get('version'))[:20]!r}; this edgeprune reads {VERSION}"
             )
-        try:
-            groups = list(data["groups"])
-            keep = {str(g["id"]): int(g["keep"]) for g in groups}
-            channels = {str(g["id"]): int(g["channels"]) for g in groups}
-            shape = tuple(int(s) for s in data["input_shape"]) if data.get("input_shape") else None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PruneError(f"{where}: malformed plan ({type(exc).__name__}: {exc})") from None
+
+        def bad(field: str, value: Any, want: str) -> PruneError:
+            return PruneError(f"{where}: plan field '{field}' is {str(value)[:40]!r} "
+                              f"({type(value).__name__}); expected {want}")
+
+        groups = data.get("groups")
+        if not isinstance(groups, list):
+            raise bad("groups", groups, "a list of {id, channels, keep}")
+        keep: dict[str, int] = {}
+        channels: dict[str, int] = {}
+        for i, g in enumerate(groups):
+            if not isinstance(g, Mapping):
+                raise bad(f"groups[{i}]", g, "an object {id, channels, keep}")
+            gid = g.get("id")
+            if not isinstance(gid, str) or not gid or len(gid) > 300:
+                raise bad(f"groups[{i}].id", gid, "a layer name")
+            if gid in keep:
+                raise PruneError(f"{where}: group {gid} appears twice")
+            for name in ("channels", "keep"):
+                if not _whole(g.get(name)) or not 1 <= g[name] <= MAX_CHANNELS:
+                    raise bad(f"groups[{i}].{name}", g.get(name), f"a whole number from 1 to {MAX_CHANNELS}")
+            keep[gid], channels[gid] = g["keep"], g["channels"]
+        shape = data.get("input_shape")
+        if shape is not None and not (isinstance(shape, list) and len(shape) == 4 and all(
+                _whole(d) and 1 <= d <= MAX_SIDE for d in shape)):
+            raise bad("input_shape", shape, f"4 whole numbers N,C,H,W (each 1 to {MAX_SIDE})")
+        align = data.get("align", 1)
+        if not _whole(align) or not 1 <= align <= 1024:
+            raise bad("align", align, "a whole number from 1 to 1024")
+        base = data.get("base")
+        if base is not None and (not isinstance(base, str) or len(base) > 300):
+            raise bad("base", base, "a model name (a string)")
+        rewrites = data.get("rewrites", [])
+        if not isinstance(rewrites, list) or not all(isinstance(r, str) and len(r) <= 300 for r in rewrites):
+            raise bad("rewrites", rewrites, "a list of layer names")
+        note = data.get("note", "")
+        if not isinstance(note, str):
+            raise bad("note", note, "a string")
+        latency = data.get("latency")
+        if latency is not None and not isinstance(latency, Mapping):
+            raise bad("latency", latency, "an object")
         for gid, k in keep.items():
             if not 1 <= k <= channels[gid]:
                 raise PruneError(f"{where}: group {gid} keeps {k} of {channels[gid]} channels")
         return cls(
             keep=keep,
             channels=channels,
-            input_shape=shape,
-            align=int(data.get("align", 1)),
-            base=data.get("base"),
-            rewrites=[str(r) for r in data.get("rewrites", [])],
-            note=str(data.get("note", "")),
-            latency=data.get("latency") if isinstance(data.get("latency"), dict) else None,
+            input_shape=tuple(shape) if shape else None,
+            align=align,
+            base=base,
+            rewrites=list(rewrites),
+            note=note,
+            latency=dict(latency) if latency is not None else None,
         )
 
     @classmethod

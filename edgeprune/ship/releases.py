@@ -41,6 +41,7 @@ from edgeprune.ship.ship import (
     _unchanged_error,
     verify_on_board,
 )
+from edgeprune.validate import check as check_option
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -218,6 +219,7 @@ def rollback(
     from edgeprune.bench.runner import choose_runtime
     from edgeprune.transport import open_transport
 
+    check_option("wait", lock_wait_s, option="--wait")
     start = time.monotonic()
     reach = _reach(target, host)
     backend = RUNNER_BACKENDS.get(reach.runner)

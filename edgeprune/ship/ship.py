@@ -68,6 +68,7 @@ from edgeprune.ship.check import (
     tolerance,
 )
 from edgeprune.ship.lock import STALE_S, BoardLock
+from edgeprune.validate import check as check_option
 
 DEFAULT_KEEP = 3
 INLINE_MAX_BYTES = 1 << 20
@@ -230,6 +231,8 @@ def ship_artifact(
     the caller knows (source_model_sha256, plan, profile, precision, latency_ms,
     accuracy, forced, ...); ship adds release, time, artifact, check, previous.
     """
+    check_option("keep", keep)
+    check_option("wait", lock_wait_s, option="lock_wait_s")
     start = time.monotonic()
     reach = _reach(target, host)
     backend = RUNNER_BACKENDS.get(reach.runner)
