@@ -50,11 +50,14 @@ def bench_model(
     timeout: float = 600.0,
     use_cache: bool = True,
     accept_new_host_key: bool = False,
+    parallel: int = 4,
+    canary: int = 0,
 ):
     """Measure ``model`` (.onnx/.tflite) on one board (a ``BenchResult``) or several (a list).
 
-    With several targets, boards are measured concurrently and each item of
-    the list is a ``BenchResult`` or the ``EdgePruneError`` that board gave.
+    With several targets, ``parallel`` boards are measured at a time (``canary``: the first K first,
+    the rest only if they all succeed) and each item of the list is a ``BenchResult``, the
+    ``EdgePruneError`` that board gave, or a ``NotStarted``.
     """
     from edgeprune.bench.runner import BenchSettings, bench_many, bench_target
     from edgeprune.reach import resolve_target
@@ -66,7 +69,7 @@ def bench_model(
         return bench_target(reaches[0], model, settings=settings, use_cache=use_cache,
                             accept_new_host_key=accept_new_host_key)
     return bench_many(reaches, model, settings=settings, use_cache=use_cache,
-                      accept_new_host_key=accept_new_host_key)
+                      accept_new_host_key=accept_new_host_key, parallel=parallel, canary=canary)
 
 
 def _model(model: Any, *, weights=None, input_shape=None, trust_factory=None, normalize=None, data=None,
@@ -304,8 +307,9 @@ def quantize_model(model: Any, *, target: str, output: str | os.PathLike[str], *
 def ship_model(artifact: str | os.PathLike[str], *, target: str | list[str], **options: Any):
     """Ship an artifact to one board (a ``ShipResult``) or several at once (a list).
 
-    With several targets, each item is a ``ShipResult`` or that board's
-    ``EdgePruneError``; one board's failure never stops the others. Options:
+    With several targets, each item is a ``ShipResult``, that board's
+    ``EdgePruneError`` or a ``NotStarted`` (``parallel=``, ``canary=``: see
+    :func:`edgeprune.ship.ship_many`); one board's failure never stops the others. Options:
     see :func:`edgeprune.ship.ship_artifact` (``verify_inputs`` is required).
     """
     from edgeprune.ship import ship_artifact, ship_many

@@ -35,6 +35,16 @@ the profile's name::
     delegate = "gpu"                # cpu, gpu, nnapi, external or a delegate .so on the phone
     run_as = "com.example.app"      # ship into this debuggable app's files (default /data/local/tmp)
 
+A group names several boards; ``--target lab`` (or ``-t lab``) then means
+all of them, in this order (bench, ship and deploy; see ``--parallel`` and
+``--canary``)::
+
+    [lab]
+    targets = ["lab-nano", "lab-pi", "my-pixel"]
+
+``--targets-from FILE`` reads names the same way, one a line (``#`` starts a
+comment): :func:`expand_targets`.
+
 Every error names the file and the key. Example::
 
     reach = resolve_target("lab-nano")
@@ -53,7 +63,7 @@ from edgeprune.errors import EdgePruneError, ProfileError, did_you_mean
 from edgeprune.transport import transport_class
 from edgeprune.transport.ssh import parse_host
 
-__all__ = ["TARGET_KEYS", "Reach", "load_targets", "parse_host", "resolve_target", "targets_file"]
+__all__ = ["TARGET_KEYS", "Reach", "expand_targets", "load_targets", "parse_host", "resolve_target", "targets_file"]
 
 # key -> (type, description)
 TARGET_KEYS: dict[str, tuple[type, str]] = {
@@ -146,6 +156,9 @@ def load_targets(path: Path | None = None) -> dict[str, dict[str, Any]]:
             raise ProfileError(
                 f"{path}: '{name}' must be a table [{name}] of keys ({', '.join(TARGET_KEYS)})"
             )
+        if GROUP_KEY in entry:
+            _check_group(path, name, entry, data)
+            continue
         for key, value in entry.items():
             if key not in TARGET_KEYS:
                 hint = did_you_mean(key, TARGET_KEYS, n=1, cutoff=0.6, quote=True) or (
@@ -161,6 +174,58 @@ def load_targets(path: Path | None = None) -> dict[str, dict[str, Any]]:
             if bad:
                 raise ProfileError(f"{path}: [{name}] key '{key}': expected {desc}, got {value!r}")
     return data
+
+
+GROUP_KEY = "targets"  # [lab] targets = ["a", "b"]: a group of boards
+
+
+def _check_group(path: Path, name: str, entry: dict[str, Any], data: dict[str, Any]) -> None:
+    members = entry[GROUP_KEY]
+    if set(entry) != {GROUP_KEY}:
+        others = ", ".join(sorted(set(entry) - {GROUP_KEY}))
+        raise ProfileError(f"{path}: [{name}] is a group (key 'targets'): it takes no other keys (got {others})")
+    if not isinstance(members, list) or not members or not all(
+            isinstance(m, str) and m.strip() and "\n" not in m for m in members):
+        raise ProfileError(f"{path}: [{name}] key 'targets': expected a list of target names, got {members!r}")
+    nested = [m for m in members if isinstance(data.get(m), dict) and GROUP_KEY in data[m]]
+    if nested:
+        raise ProfileError(f"{path}: [{name}] key 'targets': {nested[0]} is a group; groups do not nest, "
+                           "list its boards")
+
+
+def _targets_from(file: str) -> list[str]:
+    path = Path(file).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"--targets-from {file}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    names = [n for n in names if n]
+    bad = [n for n in names if any(c.isspace() for c in n)]
+    if bad:
+        raise ProfileError(f"--targets-from {file}: one target name a line, got {bad[0]!r}")
+    if not names:
+        raise ProfileError(f"--targets-from {file}: no target names in it (one a line, # starts a comment)")
+    return names
+
+
+def expand_targets(names: list[str] | tuple[str, ...], *, targets_from: str | None = None) -> list[str]:
+    """The boards ``-t`` (repeated) and ``--targets-from FILE`` name, groups expanded, each once, in order.
+
+    Example::
+
+        expand_targets(["lab", "local"])          # ['lab-nano', 'lab-pi', 'my-pixel', 'local']
+        expand_targets([], targets_from="boards.txt")
+    """
+    given = [*names, *(_targets_from(targets_from) if targets_from else [])]
+    if not given:
+        raise ProfileError("give the boards: --target NAME (repeat it), or --targets-from FILE")
+    entries = load_targets()
+    out: list[str] = []
+    for name in given:
+        entry = entries.get(name)
+        out.extend(entry[GROUP_KEY] if isinstance(entry, dict) and GROUP_KEY in entry else [name])
+    return list(dict.fromkeys(out))
 
 
 def resolve_target(name: str, *, host: str | None = None, board: bool = True) -> Reach:
@@ -180,6 +245,9 @@ def resolve_target(name: str, *, host: str | None = None, board: bool = True) ->
     tfile = targets_file()
     entries = load_targets(tfile)
     entry = entries.get(name, {})
+    if GROUP_KEY in entry:
+        raise ProfileError(f"{tfile}: [{name}] is a group of boards ({', '.join(entry[GROUP_KEY])}); "
+                           "this command takes one board: name one of them")
     src_file = f"targets file {tfile}"
     profile_name = entry.get("profile", name)
     try:

@@ -90,7 +90,7 @@ RANGES: dict[str, Range] = {
     "patience": Range(1, None, integer=True),
     "cpu_threads": Range(1, 1024, integer=True),
     # export, the gate
-    "max_accuracy_drop": Range(0.0, 100.0, hint="points of top-1"),
+    "max_accuracy_drop": Range(0.0, 100.0, hint="points of top-1 or mAP"),
     "calib_count": Range(1, 1_000_000, integer=True, hint="samples"),
     "verify_count": Range(1, 1_000_000, integer=True, hint="samples"),
     "accuracy_count": Range(1, 10**9, integer=True, hint="samples"),
@@ -102,6 +102,11 @@ RANGES: dict[str, Range] = {
     "max_warmup_s": Range(0.0, 86400.0),
     "keep": Range(1, 1000, integer=True, hint="releases kept on the board"),
     "wait": Range(0.0, 3600.0, hint="seconds"),
+    # a fleet of boards
+    "parallel": Range(1, 256, integer=True, hint="boards at once"),
+    "canary": Range(0, 100000, integer=True, hint="boards first, 0 = none"),
+    # fine-tuning on several processes
+    "nproc_per_node": Range(1, 1024, integer=True, hint="processes"),
 }
 
 

@@ -1,8 +1,9 @@
 """Measure a model on boards: upload the agent and the model, run it, parse what comes back.
 
-One board: :func:`bench_target`. Several at once: :func:`bench_many` (one
-thread per board; boards are measured concurrently, results come back in the
-order asked, each a :class:`BenchResult` or the error that board gave).
+One board: :func:`bench_target`. Several: :func:`bench_many` (at most
+``parallel`` boards at once, :func:`edgeprune._threads.fan_out`; results come
+back in the order asked, each a :class:`BenchResult`, the error that board
+gave, or ``NotStarted`` after a failed canary).
 
 The agent (``targets/agent.py``) and the model are uploaded only when the
 board's copy differs (sha256). The model is stored on the board under a name
@@ -22,11 +23,11 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeprune._paths import sha256_file
+from edgeprune._threads import DEFAULT_PARALLEL, NotStarted, fan_out
 from edgeprune.bench.phone import bench_phone
 from edgeprune.bench.result import BenchResult, cache_file, parse_agent_output
 from edgeprune.errors import AgentError, EdgePruneError, ModelError
@@ -208,8 +209,11 @@ def bench_many(
     use_cache: bool = True,
     accept_new_host_key: bool = False,
     agent: str | Path | None = None,
-) -> list[BenchResult | EdgePruneError]:
-    """:func:`bench_target` on every board at once; each item is a result or that board's error."""
+    parallel: int = DEFAULT_PARALLEL,
+    canary: int = 0,
+) -> list[BenchResult | EdgePruneError | NotStarted]:
+    """:func:`bench_target` on every board, at most ``parallel`` at once; each item is a result or that
+    board's error. ``canary=K``: the first K boards first, the rest only if all K were measured."""
 
     def one(reach) -> BenchResult | EdgePruneError:
         try:
@@ -224,7 +228,4 @@ def bench_many(
         except EdgePruneError as exc:
             return exc
 
-    if len(reaches) == 1:
-        return [one(reaches[0])]
-    with ThreadPoolExecutor(max_workers=len(reaches), thread_name_prefix="edgeprune-bench") as pool:
-        return list(pool.map(one, reaches))
+    return fan_out(reaches, one, parallel=parallel, canary=canary, name="edgeprune-bench")

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quantize": ("edgeprune.cli.export_cmd", "quantize", "Quantize a model to INT8 for a board, with checks."),
     "export": ("edgeprune.cli.export_cmd", "export", "Export a model to ONNX or TFLite for a board, with checks."),
     "deploy": ("edgeprune.cli.deploy_cmd", "deploy", "Prune, fine-tune, quantize, export and ship to a board."),
+    "ship": ("edgeprune.cli.ship_cmd", "ship", "Ship an exported model to boards, checked on each board first."),
     "releases": ("edgeprune.cli.releases_cmd", "releases", "List the releases shipped to a board."),
     "rollback": ("edgeprune.cli.releases_cmd", "rollback", "Switch a board back to an earlier release, after checks."),
 }

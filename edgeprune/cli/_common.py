@@ -63,6 +63,35 @@ target_option = click.option(
     help="Board profile name (see `edgeprune targets list`), e.g. jetson-nano, raspberry-pi-5, local.",
 )
 
+def fleet_options(f: Callable) -> Callable:
+    """``--targets-from``, ``--parallel`` and ``--canary``: ``bench``, ``ship`` and ``deploy`` to many boards.
+
+    The command receives ``targets_from``, ``parallel`` and ``canary``; the boards are
+    ``edgeprune.reach.expand_targets(targets, targets_from=targets_from)`` and go through
+    ``edgeprune._threads.fan_out``.
+    """
+    from edgeprune._threads import DEFAULT_PARALLEL
+
+    for option in reversed([
+        click.option("--targets-from", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+                     help="Also the boards named in FILE, one a line (# starts a comment); a group of the "
+                     "targets file ([lab] targets = [...]) can be given to -t as well."),
+        click.option("--parallel", type=Number("parallel"), default=DEFAULT_PARALLEL, show_default=True,
+                     metavar="K", help="Boards worked on at once (SSH sessions open at the same time)."),
+        click.option("--canary", type=Number("canary"), default=0, show_default=True, metavar="K",
+                     help="The first K boards first; only if every one of them succeeds (for ship and deploy: "
+                     "checked on the board) are the others started."),
+    ]):
+        f = option(f)
+    return f
+
+
+def fleet_tally(boards: int, failed: int, not_started: int, parallel: int) -> str:
+    """The last line of a many-board run, e.g. ``8 boards (--parallel 3): 6 ok, 1 failed, 1 not started``."""
+    text = f"{boards} boards (--parallel {parallel}): {boards - failed - not_started} ok, {failed} failed"
+    return text + (f", {not_started} not started (a canary failed)" if not_started else "")
+
+
 MODEL_HELP = (
     "A built-in name (see `edgeprune models`), a Python factory pkg.module:function "
     "(with --weights), a pruned model saved by edgeprune (.ept), an ExportedProgram (.pt2) "

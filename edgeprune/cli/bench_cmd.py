@@ -1,6 +1,6 @@
 import click
 
-from edgeprune.cli._common import Number, emit, host_option, json_option
+from edgeprune.cli._common import Number, emit, fleet_options, fleet_tally, host_option, json_option
 
 
 @click.command()
@@ -9,11 +9,11 @@ from edgeprune.cli._common import Number, emit, host_option, json_option
     "-t",
     "targets",
     multiple=True,
-    required=True,
     metavar="NAME",
-    help="Board to measure on (a targets-file entry or a profile; repeat for several, "
-    "measured at the same time), e.g. -t local -t lab-pi.",
+    help="Board to measure on (a targets-file entry, a group, or a profile; repeat for several, "
+    "--parallel of them at a time), e.g. -t local -t lab-pi.",
 )
+@fleet_options
 @host_option
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -63,6 +63,9 @@ from edgeprune.cli._common import Number, emit, host_option, json_option
 @json_option
 def bench(
     targets,
+    targets_from,
+    parallel,
+    canary,
     host,
     model,
     runs,
@@ -87,8 +90,9 @@ def bench(
 
     from edgeprune.bench.runner import BenchSettings, bench_many
     from edgeprune.errors import EdgePruneError, ProfileError
-    from edgeprune.reach import resolve_target
+    from edgeprune.reach import expand_targets, resolve_target
 
+    targets = expand_targets(targets, targets_from=targets_from)
     if host and len(targets) > 1:
         raise ProfileError(
             "--host names one board; with several --target, put each in your targets file"
@@ -114,27 +118,38 @@ def bench(
             settings=settings,
             use_cache=not no_cache,
             accept_new_host_key=accept_new_host_key,
+            parallel=parallel,
+            canary=canary,
         )
+    from edgeprune._threads import NotStarted
+
     failed = [
         (r.name, o) for r, o in zip(reaches, outcomes, strict=True) if isinstance(o, EdgePruneError)
     ]
+    skipped = [r.name for r, o in zip(reaches, outcomes, strict=True) if isinstance(o, NotStarted)]
     if len(reaches) == 1 and failed:
         raise failed[0][1]
     docs = [
-        {"target": r.name, "error": str(o)} if isinstance(o, EdgePruneError) else o.to_dict()
+        {"target": r.name, "state": "failed", "error": str(o)} if isinstance(o, EdgePruneError)
+        else {"target": r.name, "state": "not started", "error": str(o)} if isinstance(o, NotStarted)
+        else o.to_dict()
         for r, o in zip(reaches, outcomes, strict=True)
     ]
     emit(
         docs[0] if len(docs) == 1 else {"results": docs},
         as_json=as_json,
         human=lambda _: _table(reaches, outcomes, profile_ops),
-        ok=not failed,
+        ok=not failed and not skipped,
     )
-    if failed:
+    if len(reaches) > 1:
+        click.echo(fleet_tally(len(reaches), len(failed), len(skipped), parallel), err=True)
+    if failed or skipped:
         for name, exc in failed:
             click.echo(
                 f"error: {exc}" if str(exc).startswith(name) else f"error: {name}: {exc}", err=True
             )
+        for name in skipped:
+            click.echo(f"error: {name}: not started: canary failed", err=True)
         raise click.exceptions.Exit(1)
 
 

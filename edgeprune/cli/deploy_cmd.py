@@ -12,6 +12,8 @@ from edgeprune.cli._common import (
     budget_options,
     converters_to_log,
     emit,
+    fleet_options,
+    fleet_tally,
     host_option,
     json_option,
     model_options,
@@ -21,8 +23,9 @@ from edgeprune.cli.prune_cmd import _shape
 
 
 @click.command()
-@click.option("--target", "-t", "targets", required=True, multiple=True, metavar="NAME",
-              help="Board to deploy to (a profile or a targets-file entry); repeat for several boards at once.")
+@click.option("--target", "-t", "targets", multiple=True, metavar="NAME",
+              help="Board to deploy to (a profile, a targets-file entry or a group); repeat for several boards.")
+@fleet_options
 @model_options
 @click.option("--data", "-d", default=None, metavar="D",
               help="Data for fine-tuning, calibration and the accuracy gate: class folders, .npy/.npz, "
@@ -58,7 +61,7 @@ from edgeprune.cli.prune_cmd import _shape
 @click.option("--output", "-o", default="deploy-out", show_default=True, metavar="DIR",
               help="Folder for the stages (DIR/<stage>/), run.json and the report (DIR/report/).")
 @json_option
-def deploy(targets, model, weights, trust_factory, task, data, val_data, val_fraction, normalize, latency_budget,
+def deploy(targets, targets_from, parallel, canary, model, weights, trust_factory, task, data, val_data, val_fraction, normalize, latency_budget,
            speedup, fmt, precision, io_precision, max_rounds, tolerance, min_keep, threads, ratio,
            max_accuracy_drop, force, input_shape, importance, protect, epochs, steps, time_budget, host,
            accept_new_host_key, keep, no_cache, fresh, output, as_json) -> None:
@@ -79,7 +82,8 @@ def deploy(targets, model, weights, trust_factory, task, data, val_data, val_fra
     reused (and said so), no completed board measurement is repeated. Below the
     gate nothing is shipped (exit 2); a budget not met stops before shipping
     (exit 4); --force ships anyway and records why. With several -t, boards
-    deploy at once into DIR/<target>/; one failing does not stop the others.
+    deploy into DIR/<target>/, --parallel at a time; one failing does not stop the others;
+    --canary K deploys the first K first and starts no other board if one of them fails.
 
     \b
     Examples:
@@ -89,6 +93,9 @@ def deploy(targets, model, weights, trust_factory, task, data, val_data, val_fra
       edgeprune deploy -t pi-a -t pi-b -t pi-c -m mobilenetv2-fmnist --speedup 2
     """
     from edgeprune.deploy import deploy_model
+    from edgeprune.reach import expand_targets
+
+    targets = expand_targets(targets, targets_from=targets_from)
 
     options = dict(
         data=data, val_data=val_data, val_fraction=val_fraction, normalize=normalize,
@@ -109,7 +116,7 @@ def deploy(targets, model, weights, trust_factory, task, data, val_data, val_fra
     try:
         with converters_to_log("deploy") as log:
             result = deploy_model(model, target=list(targets) if len(targets) > 1 else targets[0],
-                                  output=output, command=command, **options)
+                                  output=output, command=command, parallel=parallel, canary=canary, **options)
     finally:
         if log is not None and os.path.isdir(output):
             shutil.move(log, os.path.join(output, "deploy.log"))
@@ -143,6 +150,10 @@ def _human_many(summary: dict) -> None:
             lat = rep.get("latency") or {}
             click.echo(f"ok      {o['target']}: shipped {o['shipped']} "
                        f"({lat.get('final_ms') or 0:.4g} ms on the board; {(rep.get('gate') or {}).get('reason')})")
+        elif o.get("state") == "not started":
+            click.echo(f"SKIPPED {o['target']}: {o['error']['message']}")
         else:
             click.echo(f"FAILED  {o['target']}: {o['error']['message']}")
+    states = [o.get("state") for o in summary["targets"]]
+    click.echo(fleet_tally(len(states), states.count("failed"), states.count("not started"), summary["parallel"]))
     click.echo(f"reports: {summary['output']}/<target>/report/report.html; summary: {summary['output']}/deploy.json")

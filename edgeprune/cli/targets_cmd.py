@@ -62,7 +62,7 @@ def list_(as_json: bool) -> None:
     mine = [
         {"target": name, "profile": entry.get("profile", name), "host": entry.get("host"),
          "user": entry.get("user"), "port": entry.get("port"), "file": str(tfile)}
-        for name, entry in load_targets().items()
+        for name, entry in load_targets().items() if "targets" not in entry  # a group: its boards are listed
     ]
 
     def human(rows: list[dict]) -> None:

@@ -16,13 +16,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgeprune import __version__
 from edgeprune._paths import atomic_write_text
+from edgeprune._threads import DEFAULT_PARALLEL, NotStarted, fan_out
 from edgeprune.bench.batch import BatchSession, BatchSettings
 from edgeprune.bench.runner import BenchSettings, bench_target
 from edgeprune.checks.gate import decide
@@ -651,16 +651,20 @@ def load_once(opts: DeployOptions):
 
 
 def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLike[str],
-                 command: list[str] | None = None, **options: Any) -> dict[str, Any]:
+                 command: list[str] | None = None, parallel: int = DEFAULT_PARALLEL, canary: int = 0,
+                 **options: Any) -> dict[str, Any]:
     """Deploy ``model`` to one board or several; see :mod:`edgeprune.deploy`.
 
     ``options`` have the CLI's names (:meth:`DeployOptions.from_options`).
     One target: returns its report (``deploy.json``) and raises the failing
     stage's error (a :class:`GateError` below the gate, ``BudgetError`` for a
-    budget not met, ...). Several: each board in ``output/<target>/``, all at
-    once; returns ``{"ok": all shipped, "targets": [...]}`` (also written as
-    ``output/deploy.json``); one board's failure never stops the others. The
-    model and data are loaded once and every target is resolved once.
+    budget not met, ...). Several: each board in ``output/<target>/``, at most
+    ``parallel`` at once; returns ``{"ok": all shipped, "targets": [...]}``
+    (also written as ``output/deploy.json``); one board's failure never stops
+    the others. ``canary=K``: the first K boards are deployed (and checked on
+    the board by the ship stage) first; when one fails, the others are never
+    started (``"state": "not started"``, nothing measured or shipped there).
+    The model and data are loaded once and every target is resolved once.
     """
     targets = [target] if isinstance(target, str) else list(dict.fromkeys(target))
     if not targets:
@@ -673,10 +677,12 @@ def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLi
     # Two deploys into one folder would mix their stages' files: the second is refused here, at its start.
     with folder_lock(root, what=f"deploy {opts.model} to {', '.join(targets)}", label=f"--output {output}",
                      error=OutputError):
-        return _deploy_locked(targets, root, opts, reaches=reaches, command=command)
+        return _deploy_locked(targets, root, opts, reaches=reaches, command=command, parallel=parallel,
+                              canary=canary)
 
 
-def _deploy_locked(targets: list[str], root: Path, opts: DeployOptions, *, reaches, command) -> dict[str, Any]:
+def _deploy_locked(targets: list[str], root: Path, opts: DeployOptions, *, reaches, command, parallel: int,
+                   canary: int) -> dict[str, Any]:
     original, split = load_once(opts)
     if len(targets) == 1:
         return deploy_one(targets[0], root, opts, reach=reaches[targets[0]], original=original, split=split,
@@ -686,15 +692,20 @@ def _deploy_locked(targets: list[str], root: Path, opts: DeployOptions, *, reach
         try:
             rep = deploy_one(t, root / t, opts, reach=reaches[t], original=original, split=split,
                              label=f"[{t}] ", command=command)
-            return {"target": t, "ok": True, "shipped": (rep.get("release") or {}).get("id"), "report": rep}
+            return {"target": t, "ok": True, "state": "shipped", "shipped": (rep.get("release") or {}).get("id"),
+                    "report": rep}
         except EdgePruneError as exc:
-            return {"target": t, "ok": False, "error": {"kind": exc.kind, "message": str(exc),
-                                                        "exit_code": exc.exit_code},
+            return {"target": t, "ok": False, "state": "failed",
+                    "error": {"kind": exc.kind, "message": str(exc), "exit_code": exc.exit_code},
                     "report": _read_json(root / t / "report" / "deploy.json")}
 
-    with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="edgeprune-deploy") as pool:
-        outcomes = list(pool.map(one, targets))
-    summary = {"ok": all(o["ok"] for o in outcomes), "output": str(root), "targets": outcomes}
+    done = fan_out(targets, one, parallel=parallel, canary=canary, passed=lambda o: o["ok"], name="edgeprune-deploy")
+    outcomes = [o if not isinstance(o, NotStarted) else
+                {"target": t, "ok": False, "state": "not started",
+                 "error": {"kind": "not-started", "message": str(o), "exit_code": 1}, "report": None}
+                for t, o in zip(targets, done, strict=True)]
+    summary = {"ok": all(o["ok"] for o in outcomes), "output": str(root), "parallel": parallel, "canary": canary,
+               "targets": outcomes}
     atomic_write_text(root / "deploy.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 

@@ -1,4 +1,4 @@
-"""Ship one artifact to one board, or to several at once; the board never loses a working model.
+"""Ship one artifact to one board, or to many (bounded, canary first); the board never loses a working model.
 
 The steps, in order, each reported to ``on_step(target, step)``:
 
@@ -43,7 +43,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune._paths import sha256_file
+from edgeprune._threads import DEFAULT_PARALLEL, NotStarted, fan_out
 from edgeprune.errors import (
     AgentError,
     EdgePruneError,
@@ -430,14 +430,19 @@ def ship_many(
     targets: list,
     verify_inputs: np.ndarray,
     reference_outputs: list[np.ndarray] | None = None,
+    parallel: int = DEFAULT_PARALLEL,
+    canary: int = 0,
     **options: Any,
-) -> list[ShipResult | EdgePruneError]:
-    """:func:`ship_artifact` to every target at once; each item is a result or that board's error.
+) -> list[ShipResult | EdgePruneError | NotStarted]:
+    """:func:`ship_artifact` to every target, at most ``parallel`` at once; each item is a result or
+    that board's error.
 
-    One board's failure never stops the others. The host's reference is
-    computed once. Example::
+    One board's failure never stops the others. ``canary=K``: the first K
+    boards are shipped and checked on the board first; if one fails, the
+    rest are never touched (each a ``NotStarted``: "not started: canary
+    failed"). The host's reference is computed once. Example::
 
-        outcomes = ship_many("m.onnx", targets=["pi-a", "pi-b", "pi-c"], verify_inputs=x)
+        outcomes = ship_many("m.onnx", targets=["pi-a", "pi-b", "pi-c"], verify_inputs=x, canary=1)
         print("\\n".join(summary_lines(["pi-a", "pi-b", "pi-c"], outcomes)))
     """
     if reference_outputs is None:
@@ -452,19 +457,18 @@ def ship_many(
         except EdgePruneError as exc:
             return exc
 
-    if len(targets) == 1:
-        return [one(targets[0])]
-    with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="edgeprune-ship") as pool:
-        return list(pool.map(one, targets))
+    return fan_out(targets, one, parallel=parallel, canary=canary, name="edgeprune-ship")
 
 
-def summary_lines(targets: list, outcomes: list[ShipResult | EdgePruneError]) -> list[str]:
-    """One line per board: what it runs now, or why it was not changed."""
+def summary_lines(targets: list, outcomes: list[ShipResult | EdgePruneError | NotStarted]) -> list[str]:
+    """One line per board: what it runs now, why it was not changed, or that it was never started."""
     lines = []
     for target, o in zip(targets, outcomes, strict=True):
         label = target if isinstance(target, str) else target.name
         if isinstance(o, ShipResult):
             lines.append(f"ok      {o.summary()}")
+        elif isinstance(o, NotStarted):
+            lines.append(f"SKIPPED {label}: {o}")
         else:
             text = str(o)
             lines.append(f"FAILED  {text if text.startswith(label) else f'{label}: {text}'}")

@@ -47,6 +47,7 @@ from edgeprune.transport.base import (
 
 DEAD_LINK_S = 10  # TCP_USER_TIMEOUT, and the upload stall watchdog
 KEEPALIVE_S = 3
+CLOSE_WAIT_S = 2.0  # close(): how long the board may take to end the session
 LINK_PROBE_S = 10  # after a failed call: how long the board has to answer `true` before the link counts as lost
 
 
@@ -364,7 +365,17 @@ class SSHTransport(Transport):
         return f"no progress for {DEAD_LINK_S} s" if wd is not None and wd.fired else "the board stopped answering"
 
     def close(self) -> None:
+        """End the session the way the board sees it end: half-close, then wait (at most
+        :data:`CLOSE_WAIT_S`) until the board's sshd has finished it and closed its side. So
+        ``--parallel K`` is also the most sessions a fleet's boards (or a jump host) ever hold at once."""
         if self.client is not None:
+            t = self.client.get_transport()
+            if t is not None and t.is_active():
+                try:
+                    t.sock.shutdown(socket.SHUT_WR)
+                    t.join(CLOSE_WAIT_S)  # paramiko's reader thread ends at the board's EOF
+                except (OSError, RuntimeError):
+                    pass
             self.client.close()
         self.client = self._sftp = None
 

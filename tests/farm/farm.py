@@ -31,6 +31,7 @@ from __future__ import annotations
 import getpass
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -164,8 +165,13 @@ def cleanup_stale_farms() -> None:
 class Farm:
     """Start with ``with Farm(specs) as farm:``; boards are in ``farm.boards`` by name."""
 
-    def __init__(self, specs: list[BoardSpec], *, privileged: bool | None = None) -> None:
+    def __init__(
+        self, specs: list[BoardSpec], *, privileged: bool | None = None, session_log: bool = False
+    ) -> None:
         self.privileged = can_use_namespaces() if privileged is None else privileged
+        # session_log: every board's sshd appends its VERBOSE log (logins, disconnects) to ONE file,
+        # farm.session_log, in the order the events happened (see sessions_at_once()).
+        self.session_log = None
         self.names = [s.name for s in specs]  # without root, every name is the one loopback board
         if not self.privileged:
             specs = specs[:1]
@@ -182,6 +188,8 @@ class Farm:
         self.user = getpass.getuser()
         self.subnet = None
         self.cgroup_root: Path | None = None
+        if session_log:
+            self.session_log = self.root / "sessions.log"
 
     # -- life cycle ------------------------------------------------------------------
     def __enter__(self) -> Farm:
@@ -282,7 +290,7 @@ class Farm:
                     "MaxStartups 200",
                     "MaxSessions 200",
                     "ClientAliveInterval 10",
-                    "LogLevel ERROR",
+                    "LogLevel VERBOSE" if self.session_log else "LogLevel ERROR",
                 ]
             )
             + "\n"
@@ -291,9 +299,10 @@ class Farm:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if spec.rootfs:
             config = self._chroot_config(spec, bdir, config)
+        to_log = ["-E", str(self.session_log)] if self.session_log and not spec.rootfs else []
         if not self.privileged:
             board.proc = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
+                [sshd, "-D", "-e", "-f", str(config), *to_log],
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
@@ -339,6 +348,7 @@ class Farm:
                     "}\n"
                 ),
             )
+        log_arg = ' -E "$2"' if to_log else ""  # the session log's path: the script's $2
         # A private /tmp (size-limited) and hostname, then sshd in the foreground.
         # The login shell's rc file of this machine (pyenv init: ~100 ms) is not the board's.
         empty = self.root / "empty-rc"
@@ -352,7 +362,7 @@ class Farm:
             f"{self._restore_python_script()}"
             f'for rc in {rcs}; do [ -f "$rc" ] && mount --bind "{empty}" "$rc"; done; '
             f"{self._cgroup_mount_script()}"
-            f'hostname farm-{spec.name} && exec "$0" -D -e -f "$1"'
+            f'hostname farm-{spec.name} && exec "$0" -D -e -f "$1"{log_arg}'
         )
         board.proc = subprocess.Popen(
             [
@@ -370,6 +380,7 @@ class Farm:
                 script,
                 sshd,
                 str(config),
+                *to_log[1:],
             ],
             stdout=log,
             stderr=log,
@@ -528,6 +539,38 @@ class Farm:
                 lines.append(f"{k} = {v}" if isinstance(v, int) else f'{k} = "{v}"')
             lines.append("")
         return "\n".join(lines)
+
+    def session_events(self) -> list[tuple[int, str]]:
+        """The boards' SSH logins (+1) and connection ends (-1) with the client's address, in the order
+        every board's sshd wrote them to the one shared log (``session_log=True``). A board's client
+        address is the host side of its link (``farm.client_addr(board)``)."""
+        events, live = [], set()
+        for line in self.session_log.read_text(errors="replace").splitlines():
+            m = re.search(r"Accepted \S+ for \S+ from (\S+) port (\d+)", line)
+            if m:
+                live.add(m.groups())
+                events.append((1, m.group(1)))
+                continue
+            m = re.search(r"(?:Disconnected from user \S+|Connection closed by|Received disconnect from|"
+                          r"Read error from remote host|Connection reset by|Closing connection to) (\S+) port (\d+)", line)
+            if m and m.groups() in live:
+                live.discard(m.groups())
+                events.append((-1, m.group(1)))
+        return events
+
+    def sessions_at_once(self) -> tuple[int, int]:
+        """(most SSH sessions open at the same time over all boards, logins in all), from the boards' log."""
+        open_now = most = total = 0
+        for delta, _ in self.session_events():
+            open_now += delta
+            total += delta > 0
+            most = max(most, open_now)
+        return most, total
+
+    def client_addr(self, board: str) -> str:
+        """The address a board sees the host's connections come from."""
+        b = self.boards[board]
+        return b.addr if not self.privileged else str(ipaddress.ip_address(b.addr) - 1)
 
     def ns_processes(self, board: str) -> list[str]:
         """Command lines of every process in the board's namespace (root farms only)."""
