@@ -9,10 +9,11 @@ command resumes).
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
-from edgeprune.cli._common import emit, json_option
+from edgeprune.cli._common import emit, json_option, json_stdout
 
 
 class _Bar:
@@ -146,13 +147,15 @@ def finetune(ctx, model, data, output, teacher, trust_factory, epochs, steps, ti
     except (DistributedError, Interrupted) as exc:
         if world.main:
             raise
-        sys.exit(exc.exit_code)  # every rank has it; rank 0 says it, once
+        time.sleep(2)  # torchrun stops the others when one rank exits: rank 0 first says it (once) and saves
+        sys.exit(exc.exit_code)
     if world.main:
         emit(report, as_json=as_json, human=_human)
 
 
 def _launch(ctx: click.Context, world, nproc: int) -> None:
     """Run this same command in ``nproc`` processes under torchrun (a subprocess), and exit with its status."""
+    import signal
     import subprocess
 
     from click.core import ParameterSource
@@ -176,10 +179,14 @@ def _launch(ctx: click.Context, world, nproc: int) -> None:
             args += [flag] if value else []
         elif value is not None:
             args += [flag, str(value)]
-    proc = subprocess.Popen(command(nproc, args))
+    # its own session: Ctrl-C reaches torchrun once, from here; it stops the ranks and rank 0 saves
+    # rank 0 prints the --json document on the stdout this process keeps for it
+    proc = subprocess.Popen(command(nproc, args), start_new_session=True,
+                            stdout=json_stdout() if p["as_json"] else None)
     try:
         code = proc.wait()
-    except KeyboardInterrupt:  # torchrun got it too: it stops the ranks, rank 0 saves; wait for that
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
         code = proc.wait()
     sys.exit(code)
 

@@ -135,11 +135,29 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def shield(world: World) -> None:
+    """Ignore further SIGINT/SIGTERM: the process is on its way out, saving its checkpoint (several processes only)."""
+    if world.active:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def peer_failure(world: World, exc: BaseException) -> bool:
+    """Whether ``exc`` says another rank went away (gloo's or NCCL's error in a collective), not a bug here."""
+    if not world.active:
+        return False
+    text = str(exc)
+    return isinstance(exc, torch.distributed.DistError) or any(
+        w in text for w in ("gloo", "Gloo", "NCCL", "Connection reset by peer", "Connection closed by peer"))
+
+
 def stop(world: World) -> None:
     import torch.distributed as dist
 
-    if world.active and dist.is_initialized():
-        dist.destroy_process_group()
+    if world.active:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def backend() -> str | None:

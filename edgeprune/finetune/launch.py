@@ -3,8 +3,9 @@
 The subprocess is ``torch.distributed.run`` itself (its own argument parser
 and ``run``), with one difference from the ``torchrun`` command: when a rank
 fails, the exit status is that rank's (1 an error, 2 the accuracy gate,
-130 interrupted), and torchrun's multi-line failure summary is left out: the
-ranks have already said what went wrong (rank 0 in one line).
+130 interrupted), and torchrun's multi-line failure summary and log lines are left out
+(``LOGLEVEL=INFO`` shows the log): the ranks have already said what went
+wrong (rank 0 in one line).
 
 Example::
 
@@ -13,6 +14,8 @@ Example::
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 
@@ -28,6 +31,10 @@ def main(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    if "LOGLEVEL" not in os.environ:  # torchrun's own log lines (thread banner, SIGTERMs sent) unless asked for
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(argv)
     try:
         run(args)

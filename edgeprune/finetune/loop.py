@@ -421,10 +421,14 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
                     save()
                     last_save = time.monotonic()
     except KeyboardInterrupt:
+        distributed.shield(world)  # torchrun's SIGTERM to the remaining ranks must not cut this save short
         save()
         raise Interrupted(f"interrupted at step {st['step']}; checkpoint saved in {ckpt_dir}: "
                           "run the same command again to resume") from None
-    except torch.distributed.DistError:  # another rank stopped (killed, out of memory): keep what rank 0 has
+    except RuntimeError as exc:  # another rank stopped (killed, out of memory): keep what rank 0 has
+        if not distributed.peer_failure(world, exc):
+            raise
+        distributed.shield(world)
         save()
         raise DistributedError(f"another process of the run stopped at step {st['step']}; checkpoint saved in "
                                f"{ckpt_dir}: run the same command again (any process count) to resume") from None
