@@ -98,6 +98,7 @@ def test_two_processes_reach_one_process_top1_with_one_set_of_checkpoints(pruned
     out = tmp_path / "two"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt", "prelude.json"]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "finetune.json", "model.ept", "report.md"]
+    assert "2 processes (gloo), effective batch 64" in (out / "report.md").read_text()
     state = json.loads(torch.load(out / "checkpoints" / "last.pt", weights_only=True)["state"])
     assert state["world_size"] == 2 and state["step"] == STEPS and state["done"]
     from edgeprune.load import load_model

@@ -134,9 +134,9 @@ def finetune_model(
 
     from edgeprune._paths import output_dir
 
-    emit = on_event or (lambda kind, info: None)
     device = _device(options.device)
     world = distributed.world_from_env()
+    emit = (on_event if world.main else None) or (lambda kind, info: None)  # rank 0 speaks for the run
     distributed.check_options(world, device=device, time_budget=options.time_budget, sync_bn=options.sync_bn,
                               amp=options.amp, task=getattr(model, "task", None))
     output_dir(output, create=False)  # a bad --output is refused before any work
