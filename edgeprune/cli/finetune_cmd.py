@@ -104,7 +104,7 @@ class _Bar:
               help="Fail (exit 2) when the fine-tuned model is more than P points below the original.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's).")
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None,
-              help="Mixed precision (torch.autocast; fp16 with a grad scaler, GPUs only).")
+              help="Mixed precision (torch.autocast): bf16 on the CPU or GPU, fp16 on GPUs (with a grad scaler).")
 @click.option("--nproc-per-node", type=click.IntRange(1), default=None, metavar="N",
               help="Train in N processes on this machine (torchrun, DistributedDataParallel; --batch-size stays "
               "the effective batch). Several machines: run torchrun yourself (README).")
