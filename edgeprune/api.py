@@ -230,6 +230,8 @@ def finetune_model(
     seed: int = 0,
     max_accuracy_drop: float | None = None,
     threads: int | None = None,
+    amp: str | None = None,
+    sync_bn: bool = False,
     on_event=None,
 ) -> dict:
     """``edgeprune finetune``: distil the pruned ``model`` (an ``.ept`` or a LoadedModel) on ``data``.
@@ -238,7 +240,10 @@ def finetune_model(
     a LoadedModel), else the ``.ept``'s own original (a built-in base's
     trained weights, or the weights file the ``.ept`` records for a factory
     you trust). Returns ``finetune.json``'s dict; see
-    :mod:`edgeprune.finetune` for the recipe.
+    :mod:`edgeprune.finetune` for the recipe. A script that calls it under
+    torchrun trains in DistributedDataParallel (:mod:`edgeprune.finetune.distributed`):
+    rank 0 gets the dict, the other ranks ``{"rank": r, "world_size": n}``.
+    ``amp``: ``"bf16"`` or ``"fp16"`` (GPUs) mixed precision.
     """
     from edgeprune.finetune.run import FinetuneOptions
     from edgeprune.finetune.run import finetune_model as _finetune
@@ -248,7 +253,7 @@ def finetune_model(
     options = FinetuneOptions(epochs=epochs, steps=steps, time_budget=time_budget, device=device, lr=lr,
                               optimizer=optimizer, batch_size=batch_size, temperature=temperature, alpha=alpha,
                               patience=patience, augment=augment, seed=seed, max_accuracy_drop=max_accuracy_drop,
-                              threads=threads)
+                              threads=threads, amp=amp, sync_bn=sync_bn)
     lm = _model(model, trust_factory=trust_factory, normalize=normalize)
     teach = _teacher(teacher, lm, trust_factory)
     split = _split(lm, data, val_data=val_data, val_fraction=val_fraction, limit=limit, seed=seed)

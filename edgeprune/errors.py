@@ -242,6 +242,14 @@ class AgreementError(ExportError):
         return self.report.to_dict()  # --json: the whole report beside the error
 
 
+class DistributedError(EdgePruneError):
+    """Fine-tuning under torchrun: an option the distributed run cannot honour, or a rank that stopped.
+
+    Every rank raises it; only rank 0 prints it (one line, not one per process)."""
+
+    kind = "distributed"
+
+
 class Interrupted(EdgePruneError):
     """Ctrl-C during training: the last checkpoint is saved; the same command resumes."""
 

@@ -244,6 +244,11 @@ def json_mode(on: bool) -> Iterator[None]:
             os.close(saved)
 
 
+def json_stdout() -> IO[str] | None:
+    """Where --json documents go while ``json_mode`` holds fd 1 on stderr (a child process that prints one)."""
+    return _json_out
+
+
 def _write_json(doc: Any) -> None:
     out = _json_out or sys.stdout
     out.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")

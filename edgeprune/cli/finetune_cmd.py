@@ -9,10 +9,11 @@ command resumes).
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
-from edgeprune.cli._common import Number, emit, json_option
+from edgeprune.cli._common import Number, emit, json_option, json_stdout
 
 
 class _Bar:
@@ -102,10 +103,17 @@ class _Bar:
 @click.option("--max-accuracy-drop", type=Number("max_accuracy_drop"), default=None, metavar="P",
               help="Fail (exit 2) when the fine-tuned model is more than P points below the original.")
 @click.option("--threads", type=Number("cpu_threads"), default=None, help="CPU threads (default: torch's).")
+@click.option("--amp", type=click.Choice(["bf16", "fp16"]), default=None,
+              help="Mixed precision (torch.autocast): bf16 on the CPU or GPU, fp16 on GPUs (with a grad scaler).")
+@click.option("--nproc-per-node", type=Number("nproc_per_node"), default=None, metavar="N",
+              help="Train in N processes on this machine (torchrun, DistributedDataParallel; --batch-size stays "
+              "the effective batch). Several machines: run torchrun yourself (README).")
+@click.option("--sync-bn", is_flag=True, help="With several processes on GPUs: synchronise BatchNorm statistics.")
 @json_option
-def finetune(model, data, output, teacher, trust_factory, epochs, steps, time_budget, device, lr, optimizer, batch_size,
-             temperature, alpha, patience, augment, val_data, val_fraction, normalize, seed, limit,
-             max_accuracy_drop, threads, as_json) -> None:
+@click.pass_context
+def finetune(ctx, model, data, output, teacher, trust_factory, epochs, steps, time_budget, device, lr, optimizer,
+             batch_size, temperature, alpha, patience, augment, val_data, val_fraction, normalize, seed, limit,
+             max_accuracy_drop, threads, amp, nproc_per_node, sync_bn, as_json) -> None:
     """Fine-tune a pruned model by distillation from its unpruned original.
 
     \b
@@ -117,18 +125,70 @@ def finetune(model, data, output, teacher, trust_factory, epochs, steps, time_bu
     \b
     Example:
       edgeprune finetune -m out/pruned/model.ept --data fashion-mnist -o out/finetuned --epochs 2
+      edgeprune finetune -m out/pruned/model.ept --data fashion-mnist -o out/finetuned --nproc-per-node 2
     """
     from edgeprune.api import finetune_model
+    from edgeprune.errors import DistributedError, Interrupted
+    from edgeprune.finetune.distributed import world_from_env
 
+    world = world_from_env()
+    if nproc_per_node and nproc_per_node > 1:
+        _launch(ctx, world, nproc_per_node)
+        return
     # Below --max-accuracy-drop, AccuracyDropError carries the report: --json prints it with the error.
-    with _Bar() as bar:
-        report = finetune_model(
-            model, data=data, output=output, teacher=teacher, trust_factory=trust_factory, epochs=epochs, steps=steps,
-            time_budget=time_budget, device=device, lr=lr, optimizer=optimizer, batch_size=batch_size,
-            temperature=temperature, alpha=alpha, patience=patience, augment=augment, val_data=val_data,
-            val_fraction=val_fraction, normalize=normalize, seed=seed, limit=limit,
-            max_accuracy_drop=max_accuracy_drop, threads=threads, on_event=bar)
-    emit(report, as_json=as_json, human=_human)
+    try:
+        with _Bar() as bar:
+            report = finetune_model(
+                model, data=data, output=output, teacher=teacher, trust_factory=trust_factory, epochs=epochs,
+                steps=steps, time_budget=time_budget, device=device, lr=lr, optimizer=optimizer,
+                batch_size=batch_size, temperature=temperature, alpha=alpha, patience=patience, augment=augment,
+                val_data=val_data, val_fraction=val_fraction, normalize=normalize, seed=seed, limit=limit,
+                max_accuracy_drop=max_accuracy_drop, threads=threads, amp=amp, sync_bn=sync_bn, on_event=bar)
+    except (DistributedError, Interrupted) as exc:
+        if world.main:
+            raise
+        time.sleep(2)  # torchrun stops the others when one rank exits: rank 0 first says it (once) and saves
+        sys.exit(exc.exit_code)
+    if world.main:
+        emit(report, as_json=as_json, human=_human)
+
+
+def _launch(ctx: click.Context, world, nproc: int) -> None:
+    """Run this same command in ``nproc`` processes under torchrun (a subprocess), and exit with its status."""
+    import signal
+    import subprocess
+
+    from click.core import ParameterSource
+
+    from edgeprune.errors import DistributedError
+    from edgeprune.finetune.distributed import check_options
+    from edgeprune.finetune.launch import command
+
+    p = ctx.params
+    if world.active:
+        raise DistributedError("--nproc-per-node inside torchrun: torchrun already started the processes; "
+                               "drop --nproc-per-node")
+    check_options(world, device=p["device"], time_budget=p["time_budget"], sync_bn=p["sync_bn"], amp=p["amp"],
+                  nproc_per_node=nproc)
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name == "nproc_per_node" or ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT:
+            continue
+        flag, value = max(param.opts, key=len), p[param.name]
+        if getattr(param, "is_flag", False):
+            args += [flag] if value else []
+        elif value is not None:
+            args += [flag, str(value)]
+    # its own session: Ctrl-C reaches torchrun once, from here; it stops the ranks and rank 0 saves
+    # rank 0 prints the --json document on the stdout this process keeps for it
+    proc = subprocess.Popen(command(nproc, args), start_new_session=True,
+                            stdout=json_stdout() if p["as_json"] else None)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait()
+    sys.exit(code)
 
 
 def _human(r: dict) -> None:

@@ -109,16 +109,26 @@ class Dataset:
         return Subset(self, np.asarray(indices, dtype=np.int64), source=source, drop_labels=drop_labels)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: str | None = None,
-                limit: int | None = None, start: int = 0) -> Iterator[Any]:
-        """Batches of ``(x, y)`` (labelled) or ``x``. ``start`` skips batches (a resumed epoch)."""
+                limit: int | None = None, start: int = 0, part: tuple[int, int] | None = None) -> Iterator[Any]:
+        """Batches of ``(x, y)`` (labelled) or ``x``. ``start`` skips batches (a resumed epoch).
+
+        ``part=(rank, world)``: only rank's share of every batch (:func:`shard_bounds`), with the
+        augmentation the whole batch gets, so ``world`` processes together see one process's batches.
+        A share with no rows (a last batch smaller than ``world``) yields the batch's first row.
+        """
         n = len(self) if limit is None else min(limit, len(self))
         order = np.random.default_rng(seed).permutation(len(self))[:n] if shuffle else np.arange(n)
         for b, i in enumerate(range(0, n, batch_size)):
             if b < start:
                 continue
-            x, y = self.get(order[i : i + batch_size])
+            idx = order[i : i + batch_size]
+            rows = slice(0, len(idx))
+            if part is not None:
+                lo, hi = shard_bounds(len(idx), *part)
+                rows = slice(lo, hi) if hi > lo else slice(0, 1)
+            x, y = self.get(idx[rows])
             if augment and augment != "none":
-                x = _augment(x, augment, seed=seed * 100_003 + b)
+                x = _augment(x, augment, seed=seed * 100_003 + b, rows=rows, total=len(idx))
             yield (x, y) if y is not None else x
 
     def numpy(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -132,11 +142,17 @@ class Dataset:
                 "num_classes": self.num_classes}
 
 
-def _augment(x, how: str, *, seed: int):
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of an ``n``-row batch that process ``rank`` of ``world`` takes (every row exactly once)."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def _augment(x, how: str, *, seed: int, rows: slice | None = None, total: int | None = None):
     """Training augmentation on a preprocessed batch: random shifts (up to 1/8 of the side), optional flips.
 
     Shifts pad by edge replication, so no black borders the model never sees
     at test time. Seeded per batch, so a resumed run sees the same batches.
+    ``x`` may be ``rows`` of a ``total``-row batch: the draws are the whole batch's.
     """
     import torch
 
@@ -144,13 +160,15 @@ def _augment(x, how: str, *, seed: int):
         raise DataError(f"augment '{how}': choose one of {', '.join(AUGMENTS)}")
     g = torch.Generator().manual_seed(int(seed) % (2**63))
     n, _, h, w = x.shape
+    total = n if total is None else total
+    rows = rows if rows is not None else slice(0, n)
     if "flip" in how:
-        flip = torch.rand(n, generator=g) < 0.5
+        flip = (torch.rand(total, generator=g) < 0.5)[rows]
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
     pad = max(1, min(h, w) // 8)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dy = torch.randint(0, 2 * pad + 1, (total,), generator=g)[rows]
+    dx = torch.randint(0, 2 * pad + 1, (total,), generator=g)[rows]
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 

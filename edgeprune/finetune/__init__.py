@@ -31,6 +31,13 @@ The stages (:func:`finetune_model`):
    ``report.md``; ``max_accuracy_drop`` (points) fails the run after writing
    them (:class:`~edgeprune.checks.accuracy.AccuracyDropError`, exit 2).
 
+Under torchrun (``torchrun --nproc-per-node N -m edgeprune finetune ...``, or
+``--nproc-per-node N``) the same recipe trains in DistributedDataParallel:
+``batch_size`` stays the effective batch, shared out across the processes,
+so the learning-rate rule and the result are one process's; rank 0 alone
+measures and writes; ``last.pt`` resumes at any process count
+(:mod:`edgeprune.finetune.distributed`). ``amp``: bf16/fp16 autocast.
+
 Data (``--data``) is any :func:`edgeprune.data.load_data` spec; accuracy is
 always measured on the split fine-tuning never trained on (``test`` for
 built-in data sets, else ``val``, which early stopping also reads: the JSON

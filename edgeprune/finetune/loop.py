@@ -20,7 +20,11 @@ One loop, plain values in and out: a student module, a :class:`DataSplit`, a
   matter) is the same: same batches in the same order, same augmentation,
   same optimiser state, so an interrupted run ends where an uninterrupted
   one would;
-- reports progress through ``on_event(kind, info)`` (the CLI draws a bar).
+- reports progress through ``on_event(kind, info)`` (the CLI draws a bar);
+- under torchrun (``world``), trains in DistributedDataParallel on each
+  rank's share of every batch, rank 0 alone evaluating and writing
+  (:mod:`edgeprune.finetune.distributed`); ``recipe.amp`` runs the forward
+  passes under ``torch.autocast``.
 
 Example::
 
@@ -44,7 +48,10 @@ import torch
 from torch import nn
 
 from edgeprune._paths import atomic_write_bytes
-from edgeprune.errors import EdgePruneError, Interrupted
+from edgeprune.data.dataset import shard_bounds
+from edgeprune.errors import DistributedError, EdgePruneError, Interrupted
+from edgeprune.finetune import distributed
+from edgeprune.finetune.distributed import World
 from edgeprune.safeload import torch_load
 
 CKPT_FORMAT = "edgeprune.finetune-checkpoint"
@@ -72,6 +79,8 @@ class Recipe:
     checkpoint_every_s: float = 300.0
     seed: int = 0
     channels_last: bool = True  # NHWC activations: ~30 % faster convolutions on this CPU, and on tensor cores
+    amp: str | None = None  # 'bf16' | 'fp16': torch.autocast for the forward passes (fp16 with a GradScaler)
+    sync_bn: bool = False  # several processes: SyncBatchNorm (GPUs only; edgeprune.finetune.distributed)
 
     def resolved(self) -> Recipe:
         r = copy.copy(self)
@@ -250,14 +259,16 @@ def load_checkpoint(path: Path) -> dict | None:
 
 def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | None = None, device: str = "cpu",
           ckpt_dir: Path | None = None, key: str = "", on_event: Callable[[str, dict], None] | None = None,
-          objective=None) -> dict[str, Any]:
+          objective=None, world: World | None = None) -> dict[str, Any]:
     """Train ``student`` in place (left holding the best weights); returns what happened. See the module docstring.
 
     ``objective``: the task's loss and figure (:mod:`edgeprune.finetune.objectives`); default a
-    classifier's (KL distillation, top-1 or agreement with the teacher).
+    classifier's (KL distillation, top-1 or agreement with the teacher). ``world``: this process's
+    place in a torchrun run (default one process); the process group is already started.
     """
     recipe = recipe.resolved()
-    emit = on_event or (lambda kind, info: None)
+    world = world or World()
+    emit = (on_event if world.main else None) or (lambda kind, info: None)
     train_ds, val_ds = split.train, split.val
     if recipe.val_limit and len(val_ds) > recipe.val_limit:  # evenly spread: a class-ordered split keeps every class
         import numpy as np
@@ -281,8 +292,11 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
     if teacher is not None:
         teacher.to(device, memory_format=fmt).eval()
     opt = make_optimizer(student, recipe)
+    device_type = torch.device(device).type
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp or "")
+    scaler = torch.amp.GradScaler(device_type, enabled=recipe.amp == "fp16")
     st: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "images": 0, "bad": 0,
-                          "best": None, "history": [], "done": False, "stopped": None}
+                          "best": None, "history": [], "done": False, "stopped": None, "world_size": world.size}
     last = ckpt_dir / "last.pt" if ckpt_dir else None
     best_path = ckpt_dir / "best.pt" if ckpt_dir else None
     ck = load_checkpoint(last) if last else None
@@ -292,23 +306,38 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
         student.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         st.update(json.loads(ck["state"]))
         best_blob = load_checkpoint(best_path) if best_path else None
         best_state = best_blob["model"] if best_blob else None
     else:
         torch.manual_seed(recipe.seed)
     resumed_at = st["step"] if resumed else None
+    resumed_world = st.pop("world_size", 1) if resumed else None
+    st["world_size"] = world.size  # the world that writes the next checkpoint
+    model, swapped = distributed.wrap(student, world, device=device, sync_bn=recipe.sync_bn)  # DDP: rank 0's state
+    mine = {"images": 0, "seconds": 0.0}  # this rank's rows and time in this session (images/s per rank)
 
     def save(done: bool = False) -> None:
         st["done"] = done
-        if last is None:
+        if last is None or not world.main:
             return
+        extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
         atomic_write_bytes(last, _state_bytes({"format": CKPT_FORMAT, "key": key, "model": _cpu_state(student),
                                                "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                                               "state": json.dumps(st)}))
+                                               "state": json.dumps(st), **extra}))
 
     def evaluate() -> bool:
-        """One evaluation on val; True when training should stop early."""
+        """One evaluation on val (rank 0; the others take its decision); True when training should stop early."""
+        stop = measure_here() if world.main else None
+        if world.active:
+            shared = distributed.broadcast(world, {k: st[k] for k in ("history", "best", "bad")} | {"stop": stop})
+            stop = shared.pop("stop")
+            st.update(shared)
+        return bool(stop)
+
+    def measure_here() -> bool:
         nonlocal best_state
         value = objective.measure(student, val_ds, device=device)[metric]
         entry = {"step": st["step"], "epoch": round(st["step"] / per_epoch, 3), metric: value,
@@ -346,23 +375,32 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
             if progress() >= 1.0:
                 st["stopped"] = finished
                 break
+            shard = {"part": world.part} if world.active else {}  # rank's rows of every global batch
             batches = train_ds.batches(recipe.batch_size, shuffle=True, seed=recipe.seed * 1000 + st["epoch"],
-                                       augment=recipe.augment, start=st["batch"])
+                                       augment=recipe.augment, start=st["batch"], **shard)
             for batch in batches:
                 t0 = time.perf_counter()
                 x, y = batch if isinstance(batch, tuple) else (batch, None)
                 x = x.to(device, memory_format=fmt)
                 y = y.to(device) if y is not None else None
+                n_batch = min(recipe.batch_size, len(train_ds) - st["batch"] * recipe.batch_size)
+                lo, hi = shard_bounds(n_batch, world.rank, world.size)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(progress(), recipe)
-                loss = objective.loss(student, teacher, x, y, recipe)
+                with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = objective.loss(model, teacher, x, y, recipe)
+                if world.active:  # DDP averages over ranks: weight by the share so it is the global batch's mean
+                    loss = loss * (world.size * (hi - lo) / n_batch)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 st["step"] += 1
                 st["batch"] += 1
-                st["images"] += int(x.shape[0])
+                st["images"] += n_batch
                 st["elapsed"] += time.perf_counter() - t0
+                mine["images"] += hi - lo
+                mine["seconds"] += time.perf_counter() - t0
                 epoch_end = st["batch"] >= per_epoch
                 if epoch_end:  # the checkpoint then points at the next epoch's first batch
                     st["epoch"] += 1
@@ -384,12 +422,22 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
                     save()
                     last_save = time.monotonic()
     except KeyboardInterrupt:
+        distributed.shield(world)  # torchrun's SIGTERM to the remaining ranks must not cut this save short
         save()
         raise Interrupted(f"interrupted at step {st['step']}; checkpoint saved in {ckpt_dir}: "
                           "run the same command again to resume") from None
+    except RuntimeError as exc:  # another rank stopped (killed, out of memory): keep what rank 0 has
+        if not distributed.peer_failure(world, exc):
+            raise
+        distributed.shield(world)
+        save()
+        raise DistributedError(f"another process of the run stopped at step {st['step']}; checkpoint saved in "
+                               f"{ckpt_dir}: run the same command again (any process count) to resume") from None
     if not st["history"] or st["history"][-1]["step"] != st["step"]:
         evaluate()
     save(done=True)
+    distributed.unwrap(swapped)
+    per_rank = distributed.gather(world, round(mine["images"] / mine["seconds"], 1) if mine["seconds"] else None)
     if best_state is not None:
         student.load_state_dict(best_state)
     student.to(memory_format=torch.contiguous_format).eval()
@@ -408,6 +456,10 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
         "images_seen": st["images"],
         "images_per_s": round(st["images"] / seconds, 1) if seconds else None,
         "resumed_from_step": resumed_at,
+        "resumed_world_size": resumed_world,
+        "world_size": world.size,
+        "images_per_s_per_rank": per_rank,
+        "amp": recipe.amp,
         "recipe": recipe.to_dict(),
         "device": device,
         "threads": torch.get_num_threads(),

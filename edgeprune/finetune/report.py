@@ -43,10 +43,20 @@ def write_finetune_report(report: dict[str, Any], out_dir: Path) -> Path:
               f"- {report['steps']} steps ({report['epochs']:g} epochs), stopped: {report.get('stopped')}; "
               f"best at epoch {best.get('epoch')} (val {report['metric']} {_fmt(best.get('metric'), '.4f')})",
               f"- {report.get('images_per_s')} images/s on {report.get('device')} ({report.get('threads')} threads)"
-              + (f"; resumed from step {report['resumed_from_step']}" if report.get("resumed_from_step") else ""),
+              + (f"; resumed from step {report['resumed_from_step']}" if report.get("resumed_from_step") else "")
+              + _processes(report),
               "", "Machine-readable: `finetune.json`."]
     for note in report.get("notes") or []:
         lines.insert(3, f"Note: {note}\n")
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _processes(report: dict) -> str:
+    d = report.get("distributed") or {}
+    if (d.get("world_size") or 1) <= 1:
+        return ""
+    ranks = ", ".join("-" if v is None else f"{v:g}" for v in d.get("images_per_s_per_rank") or [])
+    return (f"; {d['world_size']} processes ({d.get('backend')}), effective batch {d.get('effective_batch')}, "
+            f"images/s per rank {ranks}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import EdgePruneError, ModelError
+from edgeprune.finetune import distributed
 from edgeprune.finetune.loop import Recipe
 from edgeprune.validate import check, check_all
 
@@ -86,6 +87,8 @@ class FinetuneOptions:
     seed: int = 0
     max_accuracy_drop: float | None = None
     threads: int | None = None
+    amp: str | None = None
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         check_all(epochs=self.epochs, steps=self.steps, time_budget=self.time_budget, lr=self.lr,
@@ -98,7 +101,8 @@ class FinetuneOptions:
                       time_budget_s=self.time_budget * 60 if self.time_budget else None,
                       optimizer=self.optimizer, lr=self.lr, batch_size=self.batch_size,
                       temperature=self.temperature, alpha=self.alpha, patience=self.patience,
-                      augment=self.augment or default_augment, seed=self.seed).resolved()
+                      augment=self.augment or default_augment, seed=self.seed, amp=self.amp,
+                      sync_bn=self.sync_bn).resolved()
 
 
 @dataclass
@@ -128,13 +132,20 @@ def finetune_model(
     :class:`~edgeprune.checks.accuracy.AccuracyDropError` (after writing everything)
     when the fine-tuned model is more than ``options.max_accuracy_drop``
     points below the original. ``model`` itself is not changed.
+
+    Under torchrun (``RANK``/``WORLD_SIZE`` in the environment) it trains in
+    DistributedDataParallel (:mod:`edgeprune.finetune.distributed`); rank 0
+    returns the result, the other ranks ``{"rank": r, "world_size": n}``.
     """
     import torch
 
     from edgeprune._paths import output_dir
 
-    emit = on_event or (lambda kind, info: None)
     device = _device(options.device)
+    world = distributed.world_from_env()
+    emit = (on_event if world.main else None) or (lambda kind, info: None)  # rank 0 speaks for the run
+    distributed.check_options(world, device=device, time_budget=options.time_budget, sync_bn=options.sync_bn,
+                              amp=options.amp, task=getattr(model, "task", None))
     output_dir(output, create=False)  # a bad --output is refused before any work
     before = torch.get_num_threads()
     if options.threads:
@@ -144,16 +155,18 @@ def finetune_model(
         from edgeprune.models import data_info
 
         recipe = options.recipe(data_info(lm).augment)
+        if world.active:
+            device = distributed.start(world, device)
         with torch.random.fork_rng(devices=[]):  # seeded training leaves the caller's RNG as it was
             return _run(lm, split=split, output=Path(output), teacher=teacher, recipe=recipe, device=device,
-                        max_accuracy_drop=options.max_accuracy_drop, emit=emit)
+                        max_accuracy_drop=options.max_accuracy_drop, emit=emit, world=world)
     finally:
+        distributed.stop(world)
         torch.set_num_threads(before)
 
 
-def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop, emit) -> FinetuneResult:
+def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop, emit, world) -> FinetuneResult:
     from edgeprune._paths import output_dir
-    from edgeprune.checks.accuracy import check_drop, drop_points
     from edgeprune.export.pipeline import model_sha256
     from edgeprune.finetune.loop import load_checkpoint, recalibrate_batchnorm, train
     from edgeprune.finetune.objectives import objective_for
@@ -178,12 +191,13 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
     objective = objective_for(lm, teacher=tmod, labelled=held.labelled)
     key = _key({"student": model_sha256(student), "teacher": model_sha256(tmod) if tmod is not None else None,
                 "data": split.to_dict(), "recipe": recipe.to_dict()})
-    out = output_dir(output)
+    out = output_dir(output) if world.main else Path(output)
     ckpt = out / "checkpoints"
     prelude_path = ckpt / "prelude.json"
     prelude = _read_json(prelude_path)
-    last = load_checkpoint(ckpt / "last.pt")
-    if prelude.get("key") != key or last is None or last.get("key") != key:
+    last = load_checkpoint(ckpt / "last.pt") if world.main else None
+    # rank 0 alone measures and recalibrates; DDP hands its weights and statistics to the other ranks
+    if world.main and (prelude.get("key") != key or last is None or last.get("key") != key):
         emit("phase", {"message": f"measuring the original and the pruned model on {len(held):,} held-out images"})
         orig = objective.measure(tmod, held, device=device) if tmod is not None else {}
         pruned = objective.measure(student, held, device=device)
@@ -197,9 +211,27 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
         ckpt.mkdir(parents=True, exist_ok=True)
         atomic_write_text(prelude_path, json.dumps(prelude) + "\n")
         # the recalibrated statistics are where training starts; a resumed run loads its checkpoint instead
-    emit("phase", {"message": "fine-tuning"})
+    distributed.barrier(world)  # the other ranks read last.pt only once rank 0 has decided what it holds
+    emit("phase", {"message": "fine-tuning" + (f" in {world.size} processes ({distributed.backend()})"
+                                               if world.active else "")})
     result = train(student, split, recipe=recipe, teacher=tmod, device=device, ckpt_dir=ckpt, key=key,
-                   on_event=emit, objective=objective)
+                   on_event=emit, objective=objective, world=world)
+    if not world.main:
+        distributed.barrier(world)  # rank 0 measures and writes; nothing here to write
+        return FinetuneResult(model=lm, report={"rank": world.rank, "world_size": world.size})
+    try:
+        return _finish(lm, split=split, out=out, teach=teach, tmod=tmod, teacher_name=teacher_name, source=source,
+                       classes=classes, objective=objective, prelude=prelude, result=result, device=device,
+                       max_accuracy_drop=max_accuracy_drop, emit=emit, t_start=t_start)
+    finally:
+        distributed.barrier(world)
+
+
+def _finish(lm, *, split, out: Path, teach, tmod, teacher_name, source, classes, objective, prelude, result, device,
+            max_accuracy_drop, emit, t_start) -> FinetuneResult:
+    from edgeprune.checks.accuracy import check_drop, drop_points
+
+    held, student = split.heldout, lm.module
     emit("phase", {"message": f"measuring the fine-tuned model on {len(held):,} held-out images"})
     final = objective.measure(student, held, device=device)
     metric = objective.metric
@@ -229,7 +261,12 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
         "bn_recalibration_images": prelude["bn_images"],
         **{k: result[k] for k in ("epochs", "steps", "steps_per_epoch", "best", "stopped", "images_per_s",
                                   "train_seconds", "images_seen", "resumed_from_step", "device", "threads",
-                                  "recipe", "history")},
+                                  "recipe", "history", "amp")},
+        "distributed": {"world_size": result["world_size"], "backend": distributed.backend(),
+                        "images_per_s_total": result["images_per_s"],
+                        "images_per_s_per_rank": result["images_per_s_per_rank"],
+                        "resumed_from_world_size": result["resumed_world_size"],
+                        "effective_batch": result["recipe"]["batch_size"]},
         "best_epoch": (result["best"] or {}).get("epoch"),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
