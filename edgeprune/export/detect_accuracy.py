@@ -29,13 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune.checks.accuracy import AccuracyCheck
 from edgeprune.tasks.detect_eval import agreement_of, evaluate
 
 SAMPLES = 500
 
 
-class DetectAccuracy:
-    """Figures for one export of a detector; ``run`` callables map a torch NCHW batch to output pieces."""
+class DetectAccuracy(AccuracyCheck):
+    """Figures for one export of a detector; ``run`` callables map a torch NCHW batch to output pieces.
+
+    The classifier's check with the detector's figure: ``add``, ``drop`` and ``gate`` are
+    :class:`~edgeprune.checks.accuracy.AccuracyCheck`'s, ``measure`` takes a run, not logits.
+    """
 
     def __init__(self, *, held, original: Callable | None, model: Callable, num_classes: int | None, layout,
                  max_drop: float | None = None, pruned: bool = False, samples: int = SAMPLES) -> None:
@@ -63,27 +68,3 @@ class DetectAccuracy:
             value = agreement_of(self.original_run, run, self.held, num_classes=self.nc, batch_size=1,
                                  layouts=(self.layout, self.layout))["recall"]
         return round(float(value), 4)
-
-    def add(self, step: str, run: Callable) -> float:
-        value = self.measure(run)
-        self.figures["artifacts"][step] = value
-        return value
-
-    @property
-    def baseline(self) -> float | None:
-        f = self.figures
-        return f["original"] if f["original"] is not None else f["model"]
-
-    def drop(self, value: float | None) -> float | None:
-        return None if value is None or self.baseline is None else round((self.baseline - value) * 100, 2)
-
-    def gate(self, step: str, path: str) -> str | None:
-        """The failure message when the artifact ``step`` lost more than the gate allows, else None."""
-        max_drop = self.figures["max_accuracy_drop"]
-        value = self.figures["artifacts"].get(step)
-        drop = self.drop(value)
-        if max_drop is None or drop is None or drop <= max_drop:
-            return None
-        return (f"{path}: {self.figures['metric_name']} {value:.4f} vs the original's {self.baseline:.4f} on "
-                f"{self.figures['samples']} held-out images ({self.figures['heldout']}): {drop:.2f} points lost "
-                f"> --max-accuracy-drop {max_drop:g}")
