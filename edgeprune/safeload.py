@@ -310,7 +310,13 @@ def check_file(path: str | Path, *, error: type[EdgePruneError] = ModelError) ->
         if head.startswith(NPY_MAGIC):
             _check_npy(fh, str(path), error)
             return "npy"
-        _scan_all(fh, str(path), error)
+        try:
+            _scan_all(fh, str(path), error)
+        except EdgePruneError as exc:
+            if "damaged" in str(exc) and not head.startswith(b"\x80"):  # no pickle starts this way either
+                what = "a PyTorch model" if issubclass(error, ModelError) else "a numpy or PyTorch data file"
+                raise error(f"{path}: not {what} (neither torch.save's zip archive, a .npy nor a pickle)") from None
+            raise
         if zipfile.is_zipfile(fh):  # torch.load reads the front as a pickle, torch.export.load the zip behind it
             raise error(f"{path}: refused: a zip archive with other data in front of it (a pickle and an "
                         "archive in one file); save the model again")

@@ -43,6 +43,22 @@ FARM_BOARDS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_it_was():
+    """Every test starts and ends with Python's own Ctrl-C handler.
+
+    A command that has reported ignores a late Ctrl-C (``edgeprune.cli``), and a
+    test calling the CLI's inner ``_run`` in this process would leave SIGINT
+    ignored for the tests after it, and for every subprocess they start (a child
+    inherits an ignored signal), so their Ctrl-C tests would see exit 0.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Small models on a shared 2-core machine: one torch thread avoids OpenMP barrier stalls.
