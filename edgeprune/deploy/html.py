@@ -264,8 +264,10 @@ def _section_latency(rep: dict[str, Any]) -> str:
     lat = rep.get("latency") or {}
     rounds = lat.get("rounds") or []
     parts = ["<h2>Latency on the board</h2>"]
-    facts = [("unpruned (measured)", _num(lat.get("unpruned_ms"), ".4g", " ms")),
-             ("budget", _num(lat.get("budget_ms"), ".4g", " ms")),
+    facts = [("unpruned (measured: " + (lat.get("unpruned_from") or "p50") + ")",
+              _num(lat.get("unpruned_ms"), ".4g", " ms")),
+             ("budget" + (f" ({lat['budget_from']})" if lat.get("budget_from") else ""),
+              _num(lat.get("budget_ms"), ".4g", " ms")),
              ("final artifact (measured)", _num(lat.get("final_ms"), ".4g", " ms")),
              ("speedup", _num(lat.get("speedup"), ".3g", "x"))]
     parts.append(_table(["", "value"], facts, numeric=(1,)))

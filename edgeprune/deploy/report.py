@@ -43,7 +43,13 @@ def build_report(ctx, *, seconds: float, error: BaseException | None) -> dict[st
     rounds = [{"round": r.get("round"), "predicted_ms": r.get("predicted_ms"), "measured_ms": r.get("measured_ms"),
                "budget_ms": r.get("budget_ms", lat.get("budget_ms")), "verdict": r.get("verdict", "")}
               for r in lat.get("rounds") or []]
-    latency = {"unpruned_ms": final.get("unpruned_same_batch_ms") or measure.get("p50_ms"), "budget_ms": lat.get("budget_ms"),
+    # One unpruned figure, and which measurement it is: the final check's (unpruned and shipped in the same
+    # batch), else the closed loop's (the one its budget was computed from), else the measure stage's.
+    unpruned, unpruned_from = next(
+        ((v, w) for v, w in ((final.get("unpruned_same_batch_ms"), "measured with the shipped file, same batch"),
+                             (lat.get("unpruned_ms"), "the closed loop's, from which the budget was computed"),
+                             (measure.get("p50_ms"), "the measure stage's")) if v is not None), (None, None))
+    latency = {"unpruned_ms": unpruned, "unpruned_from": unpruned_from, "budget_ms": lat.get("budget_ms"),
                "final_ms": final.get("p50_ms"), "speedup": final.get("speedup"), "rounds": rounds,
                "loop_unpruned_ms": lat.get("unpruned_ms"), "status": lat.get("status"),
                "budget_from": lat.get("budget_from")}
@@ -135,7 +141,10 @@ def markdown(rep: dict[str, Any]) -> str:
     lines += [f"**{headline(rep)}**", ""]
     lat = rep.get("latency") or {}
     lines += ["## Latency on the board (p50, measured)", "",
-              f"- unpruned: {ms_text(lat.get('unpruned_ms'))}; budget: {ms_text(lat.get('budget_ms'))}; "
+              f"- unpruned: {ms_text(lat.get('unpruned_ms'))}"
+              + (f" ({lat['unpruned_from']})" if lat.get("unpruned_from") else "")
+              + f"; budget: {ms_text(lat.get('budget_ms'))}"
+              + (f" ({lat['budget_from']})" if lat.get("budget_from") else "") + "; "
               f"shipped: {ms_text(lat.get('final_ms'))}; speedup: {x_text(lat.get('speedup'))}"]
     if lat.get("rounds"):
         lines += ["", "| round | predicted ms | measured ms | budget ms |", "|---:|---:|---:|---:|"]
