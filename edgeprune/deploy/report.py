@@ -102,19 +102,23 @@ def _accuracy_rows(measure, prune, ft, exp) -> list[dict[str, Any]]:
     where = f"{acc.get('samples') or measure.get('samples')} held-out: {acc.get('heldout') or measure.get('heldout')}"
     rows = []
 
-    def add(stage: str, value: Any, split: str = where) -> None:
+    def add(stage: str, value: Any, split: str = where, base: float | None = original) -> None:
+        """A row; its points against the original measured on the same images (``base``)."""
         if isinstance(value, (int, float)):
             rows.append({"stage": stage, "metric": metric, "value": round(float(value), 4), "split": split,
-                         "delta_points": (round((value - original) * 100, 2) if original is not None else None)})
+                         "delta_points": (round((value - base) * 100, 2) if base is not None else None)})
 
     add("original (PyTorch)", original)
     add(f"unpruned, {measure.get('step', 'exported')}", measure.get("accuracy"))
     fta = ft.get("accuracy") or {}
     ft_where = f"{(ft.get('heldout') or {}).get('samples')} held-out: {(ft.get('heldout') or {}).get('split')} split"
-    if fta:
-        add("pruned (PyTorch)", fta.get("pruned"), ft_where)
-        add("BatchNorm recalibrated", fta.get("bn_recalibrated"), ft_where)
-        add("fine-tuned (PyTorch)", fta.get("finetuned"), ft_where)
+    if fta:  # fine-tuning measured its own original on its own held-out images: its rows count from that
+        ft_base = fta.get("original") if fta.get("original") is not None else original
+        if fta.get("original") is not None and fta.get("original") != original:
+            add("original (PyTorch)", fta.get("original"), ft_where, ft_base)
+        add("pruned (PyTorch)", fta.get("pruned"), ft_where, ft_base)
+        add("BatchNorm recalibrated", fta.get("bn_recalibrated"), ft_where, ft_base)
+        add("fine-tuned (PyTorch)", fta.get("finetuned"), ft_where, ft_base)
     else:
         add("pruned (PyTorch)", prune.get("accuracy_after"), prune.get("accuracy_note") or where)
     add(f"shipped, {exp.get('step', 'exported')}", exp.get("final_accuracy"))
