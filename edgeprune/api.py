@@ -147,6 +147,7 @@ def prune_model(
     threads: int = 0,
     estimate: bool = False,
     host: str | None = None,
+    delegate: str | None = None,
     use_cache: bool = True,
     accept_new_host_key: bool = False,
 ) -> dict:
@@ -180,7 +181,7 @@ def prune_model(
                                io_precision=io_precision, max_rounds=max_rounds, tolerance=tolerance,
                                min_keep=min_keep, threads=threads, estimate=estimate, use_cache=use_cache)
     # an unknown board is refused before anything is loaded; a board's address is needed only for a budget
-    reach = resolve_target(target, host=host, board=budgeted and not estimate)
+    reach = resolve_target(target, host=host, board=budgeted and not estimate, delegate=delegate)
     batches = None
     if data is not None and not isinstance(data, (str, os.PathLike, Dataset, DataSplit)):
         batches, data = list(data), None  # an iterable of batches: importance only

@@ -228,8 +228,12 @@ def expand_targets(names: list[str] | tuple[str, ...], *, targets_from: str | No
     return list(dict.fromkeys(out))
 
 
-def resolve_target(name: str, *, host: str | None = None, board: bool = True) -> Reach:
+def resolve_target(name: str, *, host: str | None = None, board: bool = True, delegate: str | None = None) -> Reach:
     """Where ``--target name`` is: profile, transport, address, user, key, workdir.
+
+    ``delegate``: ``--delegate`` (phones measured with ``benchmark_model``), over
+    the targets file's and the profile's; refused in one line for a board that
+    edgeprune's agent measures.
 
     ``board=False``: only the profile is needed (a ``--ratio`` prune, an
     export), so a board without a known address resolves too; its Reach
@@ -275,4 +279,9 @@ def resolve_target(name: str, *, host: str | None = None, board: bool = True) ->
     for attr in ("key_filename", "known_hosts"):
         if getattr(reach, attr):
             setattr(reach, attr, str(Path(getattr(reach, attr)).expanduser()))
+    if delegate:
+        if reach.runner != "benchmark_model":
+            raise ProfileError(f"--delegate: {name} is measured by edgeprune's agent, not benchmark_model; "
+                               "--delegate applies to phones without a Python")
+        reach.delegate, reach.sources["delegate"] = delegate, "--delegate"
     return reach

@@ -69,3 +69,20 @@ def test_deploy_to_the_phone_ships_what_it_can_check(capsys, pixel):
                                                                       rel["artifact"]).read_bytes()
     assert rep["board"]["runtime_version"].startswith("benchmark_model ") and rep["board"]["model"] == "Google Pixel 8"
     assert rep["latency"]["final_ms"] > 0 and rep["latency"]["speedup"] > 1.0
+
+
+def test_delegate_on_deploy_overrides_the_profiles_for_every_phone_measurement(capsys, pixel):
+    """`--delegate` is one option on bench, prune and deploy (resolved with the target), FAKE phone."""
+    code, out, err = run(capsys, "deploy", "-t", "pixel-8", "-m", "digits-cnn", "--ratio", "0.3", "--steps", "10",
+                         "--delegate", "nnapi", "--json", "-o", str(pixel / "dep-nnapi"))
+    rep = json.loads(out)
+    assert code == 0 and rep["ok"], err
+    runs = (pixel / "bm.log").read_text().splitlines()
+    assert runs and all("--use_nnapi=true" in r and "--use_gpu=true" not in r for r in runs), runs[:3]
+    assert "NNAPI" in rep["release"]["verification"]["statement"], rep["release"]["verification"]
+
+
+def test_delegate_on_a_board_edgeprune_s_agent_measures_is_one_line(capsys):
+    code, _, err = run(capsys, "prune", "-t", "local", "-m", "digits-cnn", "--speedup", "1.3", "--delegate", "gpu",
+                       "-o", "never")
+    assert code != 0 and "--delegate: local is measured by edgeprune's agent" in err and err.count("\n") == 1, err

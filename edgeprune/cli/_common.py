@@ -63,6 +63,15 @@ target_option = click.option(
     help="Board profile name (see `edgeprune targets list`), e.g. jetson-nano, raspberry-pi-5, local.",
 )
 
+delegate_option = click.option(
+    "--delegate",
+    default=None,
+    metavar="NAME",
+    help="Phones measured with benchmark_model: cpu, gpu, nnapi, external, or the path of a delegate .so "
+    "on the phone (default: the targets file's, else the profile's).",
+)
+
+
 def fleet_options(f: Callable) -> Callable:
     """``--targets-from``, ``--parallel`` and ``--canary``: ``bench``, ``ship`` and ``deploy`` to many boards.
 

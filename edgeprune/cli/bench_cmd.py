@@ -1,6 +1,14 @@
 import click
 
-from edgeprune.cli._common import Number, emit, fleet_options, fleet_tally, host_option, json_option
+from edgeprune.cli._common import (
+    Number,
+    delegate_option,
+    emit,
+    fleet_options,
+    fleet_tally,
+    host_option,
+    json_option,
+)
 
 
 @click.command()
@@ -47,13 +55,7 @@ from edgeprune.cli._common import Number, emit, fleet_options, fleet_tally, host
     help="Give up on a board after this many seconds (the agent is stopped).",
 )
 @click.option("--no-cache", is_flag=True, help="Measure again even when a cached result exists.")
-@click.option(
-    "--delegate",
-    default=None,
-    metavar="NAME",
-    help="Phones measured with benchmark_model: cpu, gpu, nnapi, external, or the path of a delegate .so "
-    "on the phone (default: the targets file's, else the profile's).",
-)
+@delegate_option
 @click.option(
     "--accept-new-host-key",
     is_flag=True,
@@ -97,15 +99,7 @@ def bench(
         raise ProfileError(
             "--host names one board; with several --target, put each in your targets file"
         )
-    reaches = [resolve_target(t, host=host) for t in targets]
-    if delegate:
-        for r in reaches:
-            if r.runner != "benchmark_model":
-                raise ProfileError(
-                    f"--delegate: {r.name} is measured by edgeprune's agent, not benchmark_model; "
-                    "--delegate applies to phones without a Python"
-                )
-            r.delegate, r.sources["delegate"] = delegate, "--delegate"
+    reaches = [resolve_target(t, host=host, delegate=delegate) for t in targets]
     settings = BenchSettings(
         runs=runs, warmup=warmup, threads=threads, profile_ops=profile_ops, timeout_s=timeout
     )

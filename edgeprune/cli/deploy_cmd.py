@@ -11,6 +11,7 @@ from edgeprune.cli._common import (
     accept_new_host_key_option,
     budget_options,
     converters_to_log,
+    delegate_option,
     emit,
     fleet_options,
     fleet_tally,
@@ -53,6 +54,7 @@ from edgeprune.cli.prune_cmd import _shape
 @click.option("--time-budget", type=Number("time_budget"), default=None, metavar="MIN",
               help="Minutes of fine-tuning instead of epochs.")
 @host_option
+@delegate_option
 @accept_new_host_key_option
 @click.option("--keep", type=Number("keep"), default=3, show_default=True,
               help="Releases kept on the board (the newest; current is never removed).")
@@ -64,7 +66,7 @@ from edgeprune.cli.prune_cmd import _shape
 def deploy(targets, targets_from, parallel, canary, model, weights, trust_factory, task, data, val_data, val_fraction, normalize, latency_budget,
            speedup, fmt, precision, io_precision, max_rounds, tolerance, min_keep, threads, ratio,
            max_accuracy_drop, force, input_shape, importance, protect, epochs, steps, time_budget, host,
-           accept_new_host_key, keep, no_cache, fresh, output, as_json) -> None:
+           delegate, accept_new_host_key, keep, no_cache, fresh, output, as_json) -> None:
     """Prune, fine-tune, quantize, export, verify and ship a model to a board, in one go.
 
     \b
@@ -103,7 +105,7 @@ def deploy(targets, targets_from, parallel, canary, model, weights, trust_factor
         force=force, fmt=fmt, precision=precision, io_precision=io_precision, weights=weights,
         trust_factory=trust_factory, task=task, input_shape=input_shape, importance=importance, protect=tuple(protect),
         epochs=epochs, steps=steps, time_budget=time_budget, max_rounds=max_rounds, tolerance=tolerance,
-        min_keep=min_keep, threads=threads, host=host, accept_new_host_key=accept_new_host_key, keep=keep,
+        min_keep=min_keep, threads=threads, host=host, delegate=delegate, accept_new_host_key=accept_new_host_key, keep=keep,
         use_cache=not no_cache, fresh=fresh,
     )
     import os

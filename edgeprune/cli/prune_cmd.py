@@ -8,6 +8,7 @@ from edgeprune.cli._common import (
     Number,
     accept_new_host_key_option,
     budget_options,
+    delegate_option,
     emit,
     host_option,
     json_option,
@@ -60,6 +61,7 @@ def _shape(ctx, param, value):
     help="With a budget: plan from the profile's roofline estimate, without a board (not measured).",
 )
 @host_option
+@delegate_option
 @accept_new_host_key_option
 @click.option(
     "--no-cache",
@@ -130,6 +132,7 @@ def prune(
     threads,
     estimate,
     host,
+    delegate,
     accept_new_host_key,
     no_cache,
     importance,
@@ -183,6 +186,7 @@ def prune(
             threads=threads,
             estimate=estimate,
             host=host,
+            delegate=delegate,
             accept_new_host_key=accept_new_host_key,
             use_cache=not no_cache,
             trust_factory=trust_factory,

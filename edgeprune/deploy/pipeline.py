@@ -95,6 +95,7 @@ class DeployOptions:
     max_accuracy_drop: float = DEFAULT_MAX_DROP
     force: bool = False
     host: str | None = None
+    delegate: str | None = None  # --delegate: phones measured with benchmark_model
     accept_new_host_key: bool = False
     keep: int = 3
     use_cache: bool = True
@@ -493,7 +494,7 @@ def _stage_args(o: DeployOptions, name: str, target: str) -> dict[str, Any]:
              "normalize": None if o.normalize is None else str(o.normalize), "task": o.task}
     data = {"data": o.data.data, "data_file": _file_sha(o.data.data), "val_data": o.data.val_data,
             "val_fraction": o.data.val_fraction}
-    board = {"target": target, "host": o.host, "fmt": o.export.fmt, "precision": o.export.precision,
+    board = {"target": target, "host": o.host, "delegate": o.delegate, "fmt": o.export.fmt, "precision": o.export.precision,
              "io_precision": o.export.io_precision, "threads": o.threads}
     return {
         "measure": {**model, **data, **board},
@@ -671,7 +672,7 @@ def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLi
         raise EdgePruneError("give at least one --target")
     opts = DeployOptions.from_options(model=str(model), output=str(output), **options)
     _refuse_bad_output(Path(output))
-    reaches = {t: resolve_target(t, host=opts.host) for t in targets}  # an unknown board is refused first
+    reaches = {t: resolve_target(t, host=opts.host, delegate=opts.delegate) for t in targets}  # an unknown board is refused first
     root = Path(output).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     # Two deploys into one folder would mix their stages' files: the second is refused here, at its start.
