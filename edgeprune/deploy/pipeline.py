@@ -58,7 +58,7 @@ from edgeprune.reach import resolve_target
 from edgeprune.ship import folder_lock, ship_artifact, why_not_current
 from edgeprune.validate import check_all
 
-DEFAULT_MAX_DROP = 1.0  # points of top-1 on held-out data; the gate
+DEFAULT_MAX_DROP = 1.0  # points of top-1 (or of a detector's mAP50-95) on held-out data; the gate
 LATENCY_SLACK = 0.10  # the final artifact may measure this much over the budget before it is flagged
 SHIP_SAMPLES = 32  # held-out inputs run on the board by the ship stage's check
 GATE_SAMPLES = 10_000  # held-out images the gate is measured on (all of a built-in test split)
