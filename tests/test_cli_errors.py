@@ -216,12 +216,17 @@ LATE_CTRL_C = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_just_after_export_printed_its_result_exits_0_with_that_result(tmp_path):
+def _export_json_under(script: str, tmp_path):
+    """``export -t local -m digits-cnn --json`` run by ``script`` (which patches in its Ctrl-C) in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("EDGEPRUNE_DEBUG", None)
-    res = subprocess.run([sys.executable, "-c", LATE_CTRL_C, "export", "-t", "local", "-m", "digits-cnn",
-                          "-o", str(tmp_path / "out"), "--json"], capture_output=True, text=True, cwd=tmp_path,
-                         env=env, timeout=300)
+    return subprocess.run([sys.executable, "-c", script, "export", "-t", "local", "-m", "digits-cnn",
+                           "-o", str(tmp_path / "out"), "--json"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=300)
+
+
+def test_ctrl_c_just_after_export_printed_its_result_exits_0_with_that_result(tmp_path):
+    res = _export_json_under(LATE_CTRL_C, tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(res.stdout)  # one document, whole
     assert doc["ok"] is True and "interrupted" not in res.stderr
@@ -242,11 +247,7 @@ EARLY_CTRL_C = textwrap.dedent("""
 
 
 def test_ctrl_c_while_export_works_is_exit_130_and_one_line(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("EDGEPRUNE_DEBUG", None)
-    res = subprocess.run([sys.executable, "-c", EARLY_CTRL_C, "export", "-t", "local", "-m", "digits-cnn",
-                          "-o", str(tmp_path / "out"), "--json"], capture_output=True, text=True, cwd=tmp_path,
-                         env=env, timeout=300)
+    res = _export_json_under(EARLY_CTRL_C, tmp_path)
     assert res.returncode == 130, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in res.stderr
     doc = json.loads(res.stdout)

@@ -31,17 +31,14 @@ Example::
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import pickle
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import ModelError
-from edgeprune.models.ultra import available as ultra_available
-from edgeprune.models.ultra import import_ultralytics, quiet_environment, undo_patches
+from edgeprune.models.ultra import quiet_environment, torchvision_version_answered, undo_patches
 from edgeprune.safeload import check_file, check_graph, quiet, torch_load
 
 DEFAULT_INPUT = (1, 3, 224, 224)
@@ -173,17 +170,7 @@ def call_factory(spec: str):
     where = f"--model {spec}"
     quiet_environment()  # a factory that imports Ultralytics: no network, no run-time installs
     try:
-        try:
-            module = importlib.import_module(mod_name)
-        except importlib.metadata.PackageNotFoundError as exc:
-            if exc.name != "torchvision" or not ultra_available():
-                raise
-            # Ultralytics reads torchvision's version at import (see edgeprune.models.ultra):
-            # import it the way edgeprune does, then the user's module again
-            for name in [n for n in sys.modules if n == "ultralytics" or n.startswith("ultralytics.")]:
-                del sys.modules[name]
-            import_ultralytics("ultralytics")
-            sys.modules.pop(mod_name, None)
+        with torchvision_version_answered():  # ... and reads torchvision's version (edgeprune.models.ultra)
             module = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
         if exc.name and (mod_name == exc.name or mod_name.startswith(exc.name + ".")):

@@ -31,12 +31,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 
 from edgeprune.errors import MissingDependencyError
 
@@ -72,11 +74,13 @@ def undo_patches() -> None:
         torch.save = original_save
 
 
-def import_ultralytics(module: str = "ultralytics.nn.tasks"):
-    """Import ``module`` from ultralytics (see the module docstring); MissingDependencyError when absent."""
-    if not available():
-        raise MissingDependencyError("ultralytics", "detect", f"Ultralytics models ({INSTALL})")
-    quiet_environment()
+@contextlib.contextmanager
+def torchvision_version_answered() -> Iterator[None]:
+    """While inside: ``importlib.metadata.version("torchvision")`` answers even without torchvision.
+
+    The one query Ultralytics makes at import (see the module docstring); every
+    other name, and torchvision where it is installed, gets the real answer.
+    """
     real = importlib.metadata.version
 
     def version(name: str) -> str:
@@ -89,9 +93,20 @@ def import_ultralytics(module: str = "ultralytics.nn.tasks"):
 
     importlib.metadata.version = version
     try:
-        return importlib.import_module(module)
+        yield
     finally:
         importlib.metadata.version = real
+
+
+def import_ultralytics(module: str = "ultralytics.nn.tasks"):
+    """Import ``module`` from ultralytics (see the module docstring); MissingDependencyError when absent."""
+    if not available():
+        raise MissingDependencyError("ultralytics", "detect", f"Ultralytics models ({INSTALL})")
+    quiet_environment()
+    try:
+        with torchvision_version_answered():
+            return importlib.import_module(module)
+    finally:
         undo_patches()
 
 
