@@ -115,7 +115,7 @@ def _accuracy_rows(measure, prune, ft, exp) -> list[dict[str, Any]]:
     if fta:  # fine-tuning measured its own original on its own held-out images: its rows count from that
         ft_base = fta.get("original") if fta.get("original") is not None else original
         if fta.get("original") is not None and fta.get("original") != original:
-            add("original (PyTorch)", fta.get("original"), ft_where, ft_base)
+            add("original (PyTorch), on fine-tuning's held-out images", fta.get("original"), ft_where, ft_base)
         add("pruned (PyTorch)", fta.get("pruned"), ft_where, ft_base)
         add("BatchNorm recalibrated", fta.get("bn_recalibrated"), ft_where, ft_base)
         add("fine-tuned (PyTorch)", fta.get("finetuned"), ft_where, ft_base)
