@@ -205,6 +205,47 @@ def test_a_user_model_deploys_and_passes_the_gate_on_its_own_weights(user):
     assert acc["original"] is not None and acc["model"] is not None
 
 
+@pytest.mark.slow
+def test_a_user_model_deploys_fine_tuned_in_two_processes(user):
+    """deploy --nproc-per-node 2: the fine-tune stage trains under torchrun (gloo, DDP) on the user's folder,
+    distilled from the user's own weights, and the gate and the ship stage take its model as they take one
+    process's."""
+    r = user["root"]
+    args = ["deploy", "-t", "local", "-m", "usernet:build", "--weights", str(r / "weights.pt"), "--data",
+            str(r / "images" / "train"), "--val-data", str(r / "images" / "val"), "--ratio", "0.25", "--epochs",
+            "2", "--threads", "1", "--normalize", "unit", "--nproc-per-node", "2", "-o", "ddp"]
+    p = _cli(user, *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = r / "ddp"
+    ft = json.loads((out / "finetune" / "finetune.json").read_text())
+    assert ft["distributed"]["world_size"] == 2 and ft["distributed"]["backend"] == "gloo", ft["distributed"]
+    assert ft["distributed"]["effective_batch"] == 64
+    assert ft["teacher"].startswith("usernet:build") and "weights.pt" in ft["teacher"]
+    assert "unit" in ft["data"]["preprocess"]
+    assert ft["accuracy"]["original"] == pytest.approx(user["val_top1"], abs=1e-4)
+    assert sorted(x.name for x in (out / "finetune" / "checkpoints").iterdir()) == ["best.pt", "last.pt",
+                                                                                    "prelude.json"]
+    gate = json.loads((out / "verify" / "gate.json").read_text())
+    assert gate["passed"] and gate["original"] == pytest.approx(user["val_top1"], abs=1e-4), gate
+    # the shipped file is the fine-tuned model: this test's own ONNX Runtime loop on the test folder
+    import onnxruntime as ort
+
+    release = json.loads((out / "report" / "deploy.json").read_text())["release"]
+    sess = ort.InferenceSession(str(Path(release["deploy_dir"]) / "current" / "model.onnx"),
+                                providers=["CPUExecutionProvider"])
+    x, y = _folder_arrays(r / "images" / "test")
+    name = sess.get_inputs()[0].name
+    pred = np.concatenate([sess.run(None, {name: x[i:i + 1]})[0].argmax(1) for i in range(len(x))])
+    assert float((pred == y).mean()) >= user["val_top1"] - 0.03
+    # what cannot be honoured in several processes is refused in one line, before any work
+    i = args.index("--epochs")
+    bad = _cli(user, *args[:i], *args[i + 2:-1], "ddp-bad", "--time-budget", "1")
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        "error: --time-budget with 2 processes: each would stop at a different step; give --steps or --epochs"]
+    assert not (r / "ddp-bad").exists()
+
+
 def test_a_model_fed_the_wrong_normalisation_is_found_and_nothing_ships(user):
     p = _cli(user, *_deploy_args(user, "-o", "wrong"))
     assert p.returncode == 2, p.stderr[-2000:]

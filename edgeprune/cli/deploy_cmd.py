@@ -53,6 +53,9 @@ from edgeprune.cli.prune_cmd import _shape
 @click.option("--steps", type=Number("steps"), default=None, help="Fine-tuning optimiser steps instead of epochs.")
 @click.option("--time-budget", type=Number("time_budget"), default=None, metavar="MIN",
               help="Minutes of fine-tuning instead of epochs.")
+@click.option("--nproc-per-node", type=Number("nproc_per_node"), default=None, metavar="N",
+              help="Fine-tune in N processes on this machine (torchrun, DistributedDataParallel; the same "
+              "effective batch as one process).")
 @host_option
 @delegate_option
 @accept_new_host_key_option
@@ -65,7 +68,7 @@ from edgeprune.cli.prune_cmd import _shape
 @json_option
 def deploy(targets, targets_from, parallel, canary, model, weights, trust_factory, task, data, val_data, val_fraction, normalize, latency_budget,
            speedup, fmt, precision, io_precision, max_rounds, tolerance, min_keep, threads, ratio,
-           max_accuracy_drop, force, input_shape, importance, protect, epochs, steps, time_budget, host,
+           max_accuracy_drop, force, input_shape, importance, protect, epochs, steps, time_budget, nproc_per_node, host,
            delegate, accept_new_host_key, keep, no_cache, fresh, output, as_json) -> None:
     """Prune, fine-tune, quantize, export, verify and ship a model to a board, in one go.
 
@@ -94,8 +97,8 @@ def deploy(targets, targets_from, parallel, canary, model, weights, trust_factor
       edgeprune deploy -t jetson-nano -m my.pkg:build --weights w.pt --data images/ --latency-budget 8
       edgeprune deploy -t pi-a -t pi-b -t pi-c -m mobilenetv2-fmnist --speedup 2
     """
+    from edgeprune.boards.reach import expand_targets
     from edgeprune.deploy import deploy_model
-    from edgeprune.reach import expand_targets
 
     targets = expand_targets(targets, targets_from=targets_from)
 
@@ -106,7 +109,7 @@ def deploy(targets, targets_from, parallel, canary, model, weights, trust_factor
         trust_factory=trust_factory, task=task, input_shape=input_shape, importance=importance, protect=tuple(protect),
         epochs=epochs, steps=steps, time_budget=time_budget, max_rounds=max_rounds, tolerance=tolerance,
         min_keep=min_keep, threads=threads, host=host, delegate=delegate, accept_new_host_key=accept_new_host_key, keep=keep,
-        use_cache=not no_cache, fresh=fresh,
+        use_cache=not no_cache, fresh=fresh, nproc_per_node=nproc_per_node,
     )
     import os
     import shutil

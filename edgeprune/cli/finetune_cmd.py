@@ -155,14 +155,11 @@ def finetune(ctx, model, data, output, teacher, trust_factory, epochs, steps, ti
 
 def _launch(ctx: click.Context, world, nproc: int) -> None:
     """Run this same command in ``nproc`` processes under torchrun (a subprocess), and exit with its status."""
-    import signal
-    import subprocess
-
     from click.core import ParameterSource
 
     from edgeprune.errors import DistributedError
     from edgeprune.finetune.distributed import check_options
-    from edgeprune.finetune.launch import command
+    from edgeprune.finetune.launch import launch
 
     p = ctx.params
     if world.active:
@@ -179,15 +176,8 @@ def _launch(ctx: click.Context, world, nproc: int) -> None:
             args += [flag] if value else []
         elif value is not None:
             args += [flag, str(value)]
-    # its own session: Ctrl-C reaches torchrun once, from here; it stops the ranks and rank 0 saves
     # rank 0 prints the --json document on the stdout this process keeps for it
-    proc = subprocess.Popen(command(nproc, args), start_new_session=True,
-                            stdout=json_stdout() if p["as_json"] else None)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait()
+    code = launch(nproc, args, stdout=json_stdout() if p["as_json"] else None)
     sys.exit(code)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from edgeprune._paths import atomic_write_text
 from edgeprune._threads import DEFAULT_PARALLEL, NotStarted, fan_out
 from edgeprune.bench.batch import BatchSession, BatchSettings
 from edgeprune.bench.runner import BenchSettings, bench_target
+from edgeprune.boards.reach import resolve_target
 from edgeprune.checks.gate import decide
 from edgeprune.checks.preprocess import check_preprocessing
 from edgeprune.checks.thresholds import Thresholds
@@ -34,13 +37,17 @@ from edgeprune.deploy.report import write_report
 from edgeprune.errors import (
     AgentError,
     BudgetError,
+    DistributedError,
     EdgePruneError,
     GateError,
+    Interrupted,
     OutputError,
     PruneError,
 )
 from edgeprune.export.pipeline import AgreementError, ExportOptions, export, model_sha256
 from edgeprune.export.runners import model_inputs
+from edgeprune.finetune.distributed import World, check_options
+from edgeprune.finetune.launch import launch
 from edgeprune.finetune.run import FinetuneOptions, finetune_model
 from edgeprune.latency.job import BudgetOptions, prune_for_budget
 from edgeprune.latency.loop import WHOLE
@@ -54,7 +61,6 @@ from edgeprune.prune.pipeline import (
     prune_to_plan,
     uniform_plan,
 )
-from edgeprune.reach import resolve_target
 from edgeprune.ship import folder_lock, ship_artifact, why_not_current
 from edgeprune.validate import check_all
 
@@ -100,6 +106,9 @@ class DeployOptions:
     keep: int = 3
     use_cache: bool = True
     fresh: bool = False
+    # --nproc-per-node: the fine-tune stage trains in N processes under torchrun (not part of its resume key:
+    # a checkpoint written at one process count resumes at any other)
+    nproc_per_node: int | None = None
 
     @classmethod
     def from_options(cls, *, model: str, output: str, data: Any = None, val_data: Any = None,
@@ -138,7 +147,21 @@ class DeployOptions:
         return self.budget.threads if self.budget is not None else (self.finetune.threads or 0)
 
     def check(self) -> None:
-        check_all(max_accuracy_drop=self.max_accuracy_drop, keep=self.keep, ratio=self.ratio)
+        check_all(max_accuracy_drop=self.max_accuracy_drop, keep=self.keep, ratio=self.ratio,
+                  nproc_per_node=self.nproc_per_node)
+        if (self.nproc_per_node or 1) > 1:
+            self.check_processes(self.task)
+
+    def check_processes(self, task: str | None) -> None:
+        """Refuse, in one line, what fine-tuning in ``nproc_per_node`` processes cannot honour (before any work)."""
+        f = self.finetune
+        check_options(World(), device=f.device, time_budget=f.time_budget, sync_bn=f.sync_bn, amp=f.amp,
+                      task=task, nproc_per_node=self.nproc_per_node)
+        if self.data.data is not None and not isinstance(self.data.data, (str, os.PathLike)):
+            raise DistributedError("--nproc-per-node: the processes read the data themselves; give --data as a "
+                                   "path or a name, not arrays in memory")
+        if self.normalize is not None and not isinstance(self.normalize, str):
+            raise DistributedError("--nproc-per-node: give --normalize as text (imagenet, unit or MEAN/STD)")
 
 
 @dataclass
@@ -310,11 +333,16 @@ def stage_finetune(ctx: Ctx) -> StageOut:
         return StageOut(state="skipped", note="no data: give --data (a folder of class folders, .npz, pkg.mod:fn "
                                               "or a built-in data set) to recover accuracy by fine-tuning")
     folder = ctx.dir("finetune")
-    step(f"{ctx.label}fine-tuning with distillation on {ctx.split.to_dict().get('source')}")
+    nproc = ctx.opts.nproc_per_node or 1
+    step(f"{ctx.label}fine-tuning with distillation on {ctx.split.to_dict().get('source')}"
+         + (f" in {nproc} processes (torchrun)" if nproc > 1 else ""))
     with _CPU:
-        fr = finetune_model(ctx.model_of("prune"), split=ctx.split, output=folder, options=ctx.opts.finetune)
-    ctx.models["finetune"] = fr.model
-    rep = fr.to_dict()
+        if nproc > 1:
+            rep = _finetune_in_processes(ctx, folder, nproc)
+        else:
+            fr = finetune_model(ctx.model_of("prune"), split=ctx.split, output=folder, options=ctx.opts.finetune)
+            ctx.models["finetune"] = fr.model
+            rep = fr.to_dict()
     acc = rep.get("accuracy") or {}
     result = {k: rep.get(k) for k in ("metric", "heldout", "steps", "epochs", "best_epoch", "stopped",
                                       "images_per_s", "drop_points", "teacher")}
@@ -323,6 +351,29 @@ def stage_finetune(ctx: Ctx) -> StageOut:
             f"(original {_pct(acc.get('original'))}) in {rep.get('steps')} steps")
     return StageOut(outputs={"model": folder / "model.ept", "report": folder / "finetune.json"},
                     result=result, note=text)
+
+
+def _finetune_in_processes(ctx: Ctx, folder: Path, nproc: int) -> dict[str, Any]:
+    """``edgeprune finetune`` on the prune stage's ``model.ept`` in ``nproc`` processes (torchrun, DDP), with
+    this deploy's data, split and recipe; returns its ``finetune.json``. The fine-tuned model is read back
+    from ``folder`` when the next stage asks for it. Its own checkpoints make it resumable like any stage."""
+    o, f = ctx.opts, ctx.opts.finetune
+    data = o.data.data if o.data.data is not None else ctx.split.to_dict().get("source")
+    args = ["--model", str(ctx.dir("prune") / "model.ept"), "--data", str(data), "--output", str(folder),
+            "--val-fraction", str(o.data.val_fraction), "--seed", str(o.data.seed), "--device", f.device]
+    given = {"--val-data": o.data.val_data, "--epochs": f.epochs, "--steps": f.steps, "--threads": f.threads,
+             "--normalize": o.normalize, "--limit": o.data.limit, "--amp": f.amp,
+             "--trust-factory": o.trust_factory or (o.model if ":" in o.model else None)}
+    for flag, value in given.items():
+        args += [flag, str(value)] if value is not None else []
+    args += ["--sync-bn"] if f.sync_bn else []
+    code = launch(nproc, args, stdout=subprocess.DEVNULL)
+    if code == 128 + signal.SIGINT:
+        raise Interrupted("interrupted while fine-tuning: run the same command again to resume")
+    if code:
+        raise DistributedError(f"fine-tuning in {nproc} processes failed (exit {code}): its error is above")
+    ctx.models.pop("finetune", None)
+    return json.loads((folder / "finetune.json").read_text(encoding="utf-8"))
 
 
 def _model_to_export(ctx: Ctx):
@@ -685,6 +736,8 @@ def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLi
 def _deploy_locked(targets: list[str], root: Path, opts: DeployOptions, *, reaches, command, parallel: int,
                    canary: int) -> dict[str, Any]:
     original, split = load_once(opts)
+    if (opts.nproc_per_node or 1) > 1:
+        opts.check_processes(original.task)  # a detector is known once it is loaded
     if len(targets) == 1:
         return deploy_one(targets[0], root, opts, reach=reaches[targets[0]], original=original, split=split,
                           command=command)

@@ -26,6 +26,23 @@ def command(nproc_per_node: int, finetune_args: list[str]) -> list[str]:
             str(nproc_per_node), "-m", "edgeprune", "finetune", *finetune_args]
 
 
+def launch(nproc_per_node: int, finetune_args: list[str], *, stdout=None) -> int:
+    """Run ``edgeprune finetune FINETUNE_ARGS`` in ``nproc_per_node`` processes here; returns its exit status.
+
+    Used by ``edgeprune finetune --nproc-per-node`` and by deploy's fine-tune stage. The launcher runs in
+    its own session: Ctrl-C here reaches it once (forwarded as SIGINT), it stops the ranks and rank 0
+    saves its checkpoint; the same command then resumes, at any process count.
+    """
+    import subprocess
+
+    proc = subprocess.Popen(command(nproc_per_node, finetune_args), start_new_session=True, stdout=stdout)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
 def main(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
