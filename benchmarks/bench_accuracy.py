@@ -84,7 +84,7 @@ def _head(model: nn.Module) -> nn.Module:
 
 def edgeprune_uniform(lm, ratio: float, precision: str) -> nn.Module:
     from edgeprune._threads import one_thread
-    from edgeprune.profiles import load_profile
+    from edgeprune.boards.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_
 
     model = copy.deepcopy(lm.module).eval()
@@ -218,7 +218,7 @@ class Bench:
     def _board(self):
         if getattr(self, "_session", None) is None:
             from edgeprune.bench.batch import BatchSession, BatchSettings
-            from edgeprune.reach import resolve_target
+            from edgeprune.boards.reach import resolve_target
 
             runs = max(1, self.args.bench_runs // 20)
             self._session = BatchSession(resolve_target("local"), settings=BatchSettings(

@@ -182,7 +182,7 @@ def main() -> None:
             os.environ["EDGEPRUNE_TARGETS"] = str(targets)
             os.environ["EDGEPRUNE_CACHE_DIR"] = str(tmp / "cache")
             from edgeprune.bench.runner import BenchSettings, bench_many, bench_target
-            from edgeprune.reach import resolve_target
+            from edgeprune.boards.reach import resolve_target
 
             settings = BenchSettings(runs=50, threads=1, max_warmup_s=5)
             reaches = [resolve_target(f"farm-f{i}") for i in range(8)]

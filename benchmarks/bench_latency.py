@@ -106,8 +106,8 @@ def budget_hit(models, runtimes, budgets, threads, shape, work: Path) -> list[di
 
 
 def predictor_error(models, runtimes, n_plans, threads, shape, work: Path, seed: int = 0) -> list[dict]:
+    from edgeprune.boards.profiles import load_profile
     from edgeprune.errors import EdgePruneError
-    from edgeprune.profiles import load_profile
 
     rows = []
     profile = load_profile("local")
@@ -126,6 +126,7 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
     import math
 
     from edgeprune.bench.batch import BatchSession, BatchSettings
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.latency.estimate import RooflineEstimate
     from edgeprune.latency.layers import candidate_counts, layer_inventory
     from edgeprune.latency.loop import WHOLE, _export, export_stage_probes
@@ -135,7 +136,6 @@ def _predictor_one(name, rt, n_plans, threads, shape, work, seed, profile) -> di
     from edgeprune.load import load_model
     from edgeprune.models.stats import count_macs_params
     from edgeprune.prune import ChannelPlan, example_input, prune_
-    from edgeprune.reach import resolve_target
 
     fmt, precision = RUNTIMES[rt]
     lm = load_model(name, input_shape=shape)
@@ -217,11 +217,11 @@ def micro_check(threads: int, work: Path) -> list[dict]:
     from torch import nn
 
     from edgeprune.bench.batch import BatchSession, BatchSettings
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.export.onnx import export_onnx
     from edgeprune.export.tflite import convert_onnx_to_tflite
     from edgeprune.latency.layers import LayerShape
     from edgeprune.latency.micro import build_micro_models
-    from edgeprune.reach import resolve_target
 
     shapes = [LayerShape("conv", ci, co, (k, k), (s, s), (k // 2, k // 2), groups=g, hw=(hw, hw))
               for _, ci, co, k, s, hw, g in MICRO_SHAPES]

@@ -151,7 +151,7 @@ class _Env:
 
 def batch_overhead(n_models: int, rounds: int, repeat: int) -> dict:
     from edgeprune.bench.batch import BatchSession, BatchSettings
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
     from tests.fake_adb import install_fake_bm_phone
 
     tmp = Path(tempfile.mkdtemp(prefix="edgeprune-bench-phone-"))

@@ -36,10 +36,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _results import machine_line, write_section  # noqa: E402
 
+from edgeprune.boards.profiles import load_profile  # noqa: E402
 from edgeprune.export.onnx import export_onnx, onnx_session  # noqa: E402
 from edgeprune.models import build, pretrained_available  # noqa: E402
 from edgeprune.models.stats import count_macs_params  # noqa: E402
-from edgeprune.profiles import load_profile  # noqa: E402
 from edgeprune.prune import ChannelPlan, example_input, prunable_groups, prune_  # noqa: E402
 
 SHAPE = (1, 3, 224, 224)

@@ -68,6 +68,8 @@ def layer_macs(inv, keep) -> int:
 def run_model(name, shape, ratio, round_tos, threads, work: Path, digits: bool) -> list[dict]:
     import edgeprune
     from edgeprune.bench.batch import BatchSession, BatchSettings
+    from edgeprune.boards.profiles import load_profile
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.errors import BudgetError
     from edgeprune.export.onnx import export_onnx
     from edgeprune.latency.allocate import allocate, channel_importance
@@ -78,9 +80,7 @@ def run_model(name, shape, ratio, round_tos, threads, work: Path, digits: bool) 
     from edgeprune.latency.table import cache_path, load_cached
     from edgeprune.load import load_model
     from edgeprune.models.stats import count_macs_params
-    from edgeprune.profiles import load_profile
     from edgeprune.prune import ChannelPlan, example_input, prune_
-    from edgeprune.reach import resolve_target
 
     lm = load_model(name, input_shape=shape)
     net, x = lm.module, example_input(shape)

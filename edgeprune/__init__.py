@@ -21,10 +21,10 @@ from edgeprune.errors import EdgePruneError  # noqa: E402  (cheap, no heavy impo
 def __getattr__(name: str):
     # Lazy public API: each name is imported from its stage module on first use.
     lazy = {
-        "load_profile": ("edgeprune.profiles", "load_profile"),
-        "list_profiles": ("edgeprune.profiles", "list_profiles"),
-        "Profile": ("edgeprune.profiles", "Profile"),
-        "resolve_target": ("edgeprune.reach", "resolve_target"),
+        "load_profile": ("edgeprune.boards.profiles", "load_profile"),
+        "list_profiles": ("edgeprune.boards.profiles", "list_profiles"),
+        "Profile": ("edgeprune.boards.profiles", "Profile"),
+        "resolve_target": ("edgeprune.boards.reach", "resolve_target"),
         "list_models": ("edgeprune.models", "list_models"),
         "load_model": ("edgeprune.load", "load_model"),
         "bench_model": ("edgeprune.api", "bench_model"),

@@ -60,7 +60,7 @@ def bench_model(
     ``EdgePruneError`` that board gave, or a ``NotStarted``.
     """
     from edgeprune.bench.runner import BenchSettings, bench_many, bench_target
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
 
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, profile_ops=profile_ops, timeout_s=timeout)
     names = [target] if isinstance(target, str) else list(target)
@@ -162,10 +162,10 @@ def prune_model(
     raises :class:`~edgeprune.errors.BudgetError` when the board measured it
     as not met, after writing everything. Returns ``summary.json``'s dict.
     """
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.data import Dataset, DataSplit
     from edgeprune.errors import PruneError
     from edgeprune.prune.pipeline import PruneOptions, prune_to_plan, read_plan, uniform_plan
-    from edgeprune.reach import resolve_target
     from edgeprune.validate import check_all
 
     if sum(v is not None for v in (ratio, plan_file, latency_budget, speedup)) != 1:
@@ -289,9 +289,9 @@ def export_model(
 ):
     """``edgeprune export``: an ``ExportReport`` (every artifact, its checks and accuracy; see
     :func:`edgeprune.export.pipeline.export`)."""
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.export.calib import ACCURACY_COUNT, VERIFY_COUNT
     from edgeprune.export.pipeline import ExportOptions, export
-    from edgeprune.reach import resolve_target
 
     options = ExportOptions(fmt=fmt, precision=precision, io_precision=io_precision, calib=calib,
                             calib_count=calib_count, verify_count=verify_count or VERIFY_COUNT,

@@ -43,7 +43,7 @@ def tflite_model(tmp_path_factory):
 
 def test_agent_measures_on_an_aarch64_userland(arm_farm, tflite_model, tmp_path, monkeypatch):
     from edgeprune.bench.runner import BenchSettings, bench_target
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
 
     targets = tmp_path / "targets.toml"
     targets.write_text(

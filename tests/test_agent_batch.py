@@ -249,7 +249,7 @@ def test_pack_batch_names_are_plain_and_hashes_match(three, tmp_path):
 
 def test_batch_session_on_local_keeps_one_session_and_knows_the_board(three, tmp_path, monkeypatch):
     from edgeprune.bench.batch import BatchSession
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
 
     monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
     _, m = three

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from edgeprune.bench.runner import BenchSettings, bench_target
+from edgeprune.boards.reach import resolve_target
 from edgeprune.errors import AgentError, TransportError
-from edgeprune.reach import resolve_target
 
 # A hang anywhere here must fail the test, not the CI job (pytest-timeout).
 pytestmark = pytest.mark.timeout(300)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.profiles import load_profile
+from edgeprune.boards.profiles import load_profile
 
 pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")

@@ -21,9 +21,9 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from edgeprune.api import export_model as export  # noqa: E402
+from edgeprune.boards.profiles import list_profiles, load_profile  # noqa: E402
 from edgeprune.checks.thresholds import Thresholds  # noqa: E402
 from edgeprune.export.pipeline import resolve  # noqa: E402
-from edgeprune.profiles import list_profiles, load_profile  # noqa: E402
 from tests.sizes import SMALL  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -20,8 +20,8 @@ import uuid
 import pytest
 
 from edgeprune._threads import CANARY_FAILED, NotStarted, fan_out
+from edgeprune.boards.reach import expand_targets
 from edgeprune.errors import EdgePruneError, ProfileError
-from edgeprune.reach import expand_targets
 
 BOARDS = [f"f{i}" for i in range(8)]
 

@@ -143,8 +143,8 @@ def test_prune_keeps_the_measured_artifact_with_its_sha256(cache, tmp_path):
     import json
 
     from edgeprune._paths import sha256_file
+    from edgeprune.boards.profiles import load_profile
     from edgeprune.latency.job import BudgetOptions, prune_for_budget
-    from edgeprune.profiles import load_profile
     from edgeprune.prune.pipeline import PruneOptions
 
     out = tmp_path / "out"

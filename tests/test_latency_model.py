@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
+from edgeprune.boards.profiles import load_profile
 from edgeprune.latency.allocate import allocate
 from edgeprune.latency.estimate import RooflineEstimate
 from edgeprune.latency.layers import Layer, LayerShape, candidate_counts
 from edgeprune.latency.predict import Calibration, Predictor
 from edgeprune.latency.table import LatencyTable, cache_path, interp_staircase, load_cached
-from edgeprune.profiles import load_profile
 
 IDENT = {"board_id": "b0a4", "host_key": "ssh-ed25519 SHA256:abc", "transport": "ssh",
          "runtime": "onnxruntime", "runtime_version": "1.31.1", "threads": 1, "cpu_quota": None}

@@ -10,8 +10,8 @@ import pytest
 
 from edgeprune.bench.batch import BatchSession, BatchSettings
 from edgeprune.bench.phone_batch import BASELINE, PhoneBatchSession, parse_phone_batch
+from edgeprune.boards.reach import resolve_target
 from edgeprune.errors import BenchmarkModelError, ModelError, TransportError
-from edgeprune.reach import resolve_target
 from tests.fake_adb import install_fake_bm_phone
 
 QUICK = BatchSettings(rounds=3, runs=4, warmup=1, max_s=60, timeout_s=120)

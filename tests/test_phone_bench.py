@@ -173,7 +173,7 @@ def test_wrong_inputs_are_one_line_naming_the_fix(capsys, phone, model, tmp_path
 
 
 def test_termux_phones_keep_the_python_agent(tmp_path, monkeypatch):
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
     from tests.fake_adb import install_fake_phone
 
     install_fake_phone(tmp_path, monkeypatch, workdir=tmp_path / "wd")

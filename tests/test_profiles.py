@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from edgeprune.boards.profiles import list_profiles, load_profile, load_profile_file
 from edgeprune.errors import ProfileError
-from edgeprune.profiles import list_profiles, load_profile, load_profile_file
 
 SHIPPED = [
     "jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5",
@@ -90,7 +90,7 @@ def test_local_figures_are_measured_positive_and_cached(tmp_path):
     cache = tmp_path / "cache" / "probe-local.json"
     assert cache.is_file()
     first = json.loads(cache.read_text())
-    from edgeprune.probe import probe_local
+    from edgeprune.boards.probe import probe_local
 
     again = probe_local()
     assert again["cached"] is True
@@ -98,7 +98,7 @@ def test_local_figures_are_measured_positive_and_cached(tmp_path):
 
 
 def test_a_damaged_probe_cache_is_measured_again(tmp_path):
-    from edgeprune.probe import probe_local
+    from edgeprune.boards.probe import probe_local
 
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "probe-local.json").write_text("{not json")

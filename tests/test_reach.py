@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from edgeprune.boards.reach import parse_host, resolve_target
 from edgeprune.errors import ProfileError
-from edgeprune.reach import parse_host, resolve_target
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ def test_ship_list_rollback_through_adb(fake_phone, tflites):
 
 
 def test_phone_default_deploy_folder_is_under_data_local_tmp(fake_phone, monkeypatch):
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.ship.board import deploy_dir_for
 
     (fake_phone / "t2.toml").write_text('[phone2]\nprofile = "pixel-8"\nhost = "FAKE123"\n')

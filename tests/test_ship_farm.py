@@ -18,8 +18,8 @@ import uuid
 import numpy as np
 import pytest
 
+from edgeprune.boards.reach import resolve_target
 from edgeprune.errors import ShipCheckError, ShipError
-from edgeprune.reach import resolve_target
 from edgeprune.ship import list_releases, rollback, ship_artifact, ship_many, summary_lines
 from edgeprune.ship.check import host_outputs
 from edgeprune.transport import open_transport

@@ -211,7 +211,7 @@ def test_api_mirrors_the_cli(here, nets):
 def test_the_lock_heartbeat_keeps_a_long_deploy_fresh(here):
     import time
 
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.ship.board import Board
     from edgeprune.ship.lock import BoardLock, stale_reason
     from edgeprune.transport import open_transport

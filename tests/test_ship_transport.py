@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from edgeprune._paths import sha256_file
+from edgeprune.boards.reach import resolve_target
 from edgeprune.errors import TransportError
-from edgeprune.reach import resolve_target
 from edgeprune.transport import open_transport
 from tests.test_ship_adb import fake_phone  # noqa: F401  (fixture)
 

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from edgeprune._paths import sha256_file
+from edgeprune.boards.reach import resolve_target
 from edgeprune.errors import TransportError
-from edgeprune.reach import resolve_target
 from edgeprune.transport import open_transport
 from tests.fake_adb import install_fake_phone
 

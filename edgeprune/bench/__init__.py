@@ -3,7 +3,7 @@
 Example::
 
     from edgeprune.bench import BenchSettings, bench_target
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
 
     r = bench_target(resolve_target("local"), "model.onnx", settings=BenchSettings(runs=50))
     r.latency_ms["p50"]

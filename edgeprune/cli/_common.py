@@ -76,7 +76,7 @@ def fleet_options(f: Callable) -> Callable:
     """``--targets-from``, ``--parallel`` and ``--canary``: ``bench``, ``ship`` and ``deploy`` to many boards.
 
     The command receives ``targets_from``, ``parallel`` and ``canary``; the boards are
-    ``edgeprune.reach.expand_targets(targets, targets_from=targets_from)`` and go through
+    ``edgeprune.boards.reach.expand_targets(targets, targets_from=targets_from)`` and go through
     ``edgeprune._threads.fan_out``.
     """
     from edgeprune._threads import DEFAULT_PARALLEL

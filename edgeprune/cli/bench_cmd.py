@@ -91,8 +91,8 @@ def bench(
     from pathlib import Path
 
     from edgeprune.bench.runner import BenchSettings, bench_many
+    from edgeprune.boards.reach import expand_targets, resolve_target
     from edgeprune.errors import EdgePruneError, ProfileError
-    from edgeprune.reach import expand_targets, resolve_target
 
     targets = expand_targets(targets, targets_from=targets_from)
     if host and len(targets) > 1:

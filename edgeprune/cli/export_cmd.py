@@ -121,10 +121,10 @@ def _human(report: dict) -> None:
 def _run(*, as_json: bool, **kwargs) -> None:
     from edgeprune._paths import output_dir
     from edgeprune.api import export_model
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.checks.accuracy import AccuracyDropError
     from edgeprune.errors import ExportError
     from edgeprune.export.pipeline import AgreementError, resolve
-    from edgeprune.reach import resolve_target
 
     # refusals (jetson-nano INT8, a precision the board lacks) come before anything is written
     resolve(resolve_target(kwargs["target"], board=False).profile, kwargs["fmt"], kwargs["precision"])

@@ -52,9 +52,9 @@ def ship(targets, targets_from, parallel, canary, host, artifact, inputs, precis
 
     import numpy as np
 
+    from edgeprune.boards.reach import expand_targets, resolve_target
     from edgeprune.errors import EdgePruneError, ProfileError
     from edgeprune.progress import show
-    from edgeprune.reach import expand_targets, resolve_target
     from edgeprune.ship import ShipResult, ship_many, summary_lines
 
     names = expand_targets(targets, targets_from=targets_from)

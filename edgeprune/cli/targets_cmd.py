@@ -53,8 +53,8 @@ def list_(as_json: bool) -> None:
     and the README's "How a target is reached"). `--json` gives
     {"profiles": [...], "targets": [...]}.
     """
-    from edgeprune.profiles import list_profiles
-    from edgeprune.reach import load_targets, targets_file
+    from edgeprune.boards.profiles import list_profiles
+    from edgeprune.boards.reach import load_targets, targets_file
 
     rows = [dict(_summary(p.resolved()), file=str(p.path)) for p in list_profiles()]
     # The user's own boards (targets file): name -> profile and where it is.
@@ -110,7 +110,7 @@ def show(name: str, as_json: bool) -> None:
     For `local`, the compute and bandwidth figures are measured on this
     machine the first time (about 2 s) and cached.
     """
-    from edgeprune.profiles import load_profile
+    from edgeprune.boards.profiles import load_profile
 
     profile = load_profile(name)
     data = profile.resolved()

@@ -122,7 +122,7 @@ def _export(module, lm, profile, fmt: str, precision: str, folder: Path, name: s
     from edgeprune.models import LoadedModel
 
     if isinstance(profile, str):
-        from edgeprune.profiles import load_profile
+        from edgeprune.boards.profiles import load_profile
 
         profile = load_profile(profile)
     loaded = LoadedModel(module=module, input_shape=tuple(lm.input_shape), name=name, source=name,
@@ -418,6 +418,45 @@ def _search(b: _Board, tr: _Traced, pred, *, budget, unpruned, base_ms, max_roun
     return rows, None
 
 
+def _target(target: str, *, host, reach, profile, estimate: bool):
+    """(reach, profile): as the caller resolved them, else ``target`` resolved here (no reach to estimate)."""
+    from edgeprune.boards.profiles import load_profile
+    from edgeprune.boards.reach import resolve_target
+
+    if reach is None and profile is None:
+        reach = None if estimate else resolve_target(target, host=host)
+    if profile is None:
+        profile = reach.profile if reach is not None else load_profile(target)
+    return reach, profile
+
+
+def _unpruned_round(b: _Board, first, budget: float, quota) -> dict:
+    """Round 0 when the unpruned model already meets the budget: nothing to remove."""
+    t_un = first.timings["unpruned"]
+    unpruned = t_un.p50_ms
+    lo_hi = judge(t_un.rounds_ms or [unpruned], t_un.rounds_ms or [unpruned], relative_to=None)
+    j = Judgement(judged_ms=unpruned, low_ms=lo_hi[1], high_ms=lo_hi[2], measured_ms=unpruned,
+                  unpruned_ms_same_batch=unpruned, rounds=len(t_un.rounds_ms) or 1, batches=1,
+                  busy_cores=first.other_busy_cores, quota=quota, last=first)
+    row = _round_row(0, None, j, budget, b, knob=None, how="the unpruned model")
+    row["verdict"], row["removed_fraction"] = "met", 0.0
+    row["line"] = round_line(row)
+    row["_artifact"] = b.full_art
+    note(f"round 0: the unpruned model measures {unpruned:.3f} ms, within the budget of {budget:.3f} ms: "
+         "nothing to remove")
+    return row
+
+
+def _keep_measured(chosen: dict | None, keep_dir: Path) -> Path | None:
+    """The file the board timed for the chosen round, copied out of the loop's scratch folder."""
+    if chosen is None or chosen.get("_artifact") is None:
+        return None
+    src = Path(chosen["_artifact"])
+    artifact = keep_dir / f"measured{src.suffix}"
+    shutil.copyfile(src, artifact)
+    return artifact
+
+
 def plan_for_budget(
     lm,
     *,
@@ -472,18 +511,9 @@ def plan_for_budget(
     """
     from edgeprune.export.pipeline import resolve
     from edgeprune.latency.predict import StageFit
-    from edgeprune.reach import resolve_target
 
     _check_args(latency_budget, speedup, max_rounds, min_keep, tolerance)
-    if reach is None and profile is None:
-        reach = None if estimate else resolve_target(target, host=host)
-    if profile is None:
-        if reach is not None:
-            profile = reach.profile
-        else:
-            from edgeprune.profiles import load_profile
-
-            profile = load_profile(target)
+    reach, profile = _target(target, host=host, reach=reach, profile=profile, estimate=estimate)
     fmt, precision = resolve(profile, fmt, precision)
     multiple = profile.alignment(precision) if align else 1
     sensitivity = sensitivity or importance
@@ -533,17 +563,7 @@ def plan_for_budget(
                    io_precision=io_precision, work=work, full_art=full_art, settings=with_runs(whole, runs),
                    relative_to=unpruned if speedup is not None else None, tolerance=tolerance, quota=quota)
         if unpruned <= budget:
-            lo_hi = judge(t_un.rounds_ms or [unpruned], t_un.rounds_ms or [unpruned], relative_to=None)
-            j = Judgement(judged_ms=unpruned, low_ms=lo_hi[1], high_ms=lo_hi[2], measured_ms=unpruned,
-                          unpruned_ms_same_batch=unpruned, rounds=len(t_un.rounds_ms) or 1, batches=1,
-                          busy_cores=first.other_busy_cores, quota=quota, last=first)
-            row = _round_row(0, None, j, budget, b, knob=None, how="the unpruned model")
-            row["verdict"], row["removed_fraction"] = "met", 0.0
-            row["line"] = round_line(row)
-            row["_artifact"] = full_art
-            rounds, stopped = [row], None
-            note(f"round 0: the unpruned model measures {unpruned:.3f} ms, within the budget of "
-                 f"{budget:.3f} ms: nothing to remove")
+            rounds, stopped = [_unpruned_round(b, first, budget, quota)], None
         else:
             rounds, stopped = _search(b, tr, pred, budget=budget, unpruned=unpruned, base_ms=base_ms,
                                       max_rounds=max_rounds, importance=importance, data=data, protect=protect,
@@ -553,11 +573,7 @@ def plan_for_budget(
         if busy > BUSY_CORES:
             status += (f" [the board was busy: other processes used up to {busy:.1f} cores while it measured; "
                        "these timings are contended]")
-        artifact = None
-        if chosen is not None and chosen.get("_artifact") is not None:
-            src = Path(chosen["_artifact"])
-            artifact = keep_dir / f"measured{src.suffix}"
-            shutil.copyfile(src, artifact)
+        artifact = _keep_measured(chosen, keep_dir)
         info = {
             **base_info,
             "runtime": first.runtime, "runtime_version": first.runtime_version,

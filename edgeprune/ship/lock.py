@@ -47,8 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeprune.boards.reach import Reach
 from edgeprune.errors import EdgePruneError, ShipError
-from edgeprune.reach import Reach
 from edgeprune.ship.board import Board
 from edgeprune.transport import transport_class
 

@@ -41,7 +41,7 @@ from typing import Any
 from edgeprune._paths import sha256_file
 from edgeprune.bench.delegates import describe_delegate, judge_delegate
 from edgeprune.bench.phone import Phone
-from edgeprune.errors import AgentError, EdgePruneError, ModelError, ShipError, TransportError
+from edgeprune.errors import EdgePruneError, ModelError, ShipError, TransportError
 from edgeprune.ship.lock import STALE_S, BoardLock
 from edgeprune.ship.phone_folder import PhoneFolder
 from edgeprune.ship.releases import ReleaseList, RollbackResult, _info, _stored_check
@@ -58,6 +58,7 @@ from edgeprune.ship.ship import (
     _stepper,
     _unchanged_error,
     new_release_id,
+    switch_current,
 )
 
 NOT_COMPARED = "outputs not compared: no runner on the phone"
@@ -152,16 +153,8 @@ def ship_to_phone(artifact_path, *, reach, manifest: dict[str, Any] | None = Non
             (tmp / "manifest.json").write_text(json.dumps(full, allow_nan=False))  # one line: the lister reads lines
             folder.put(tmp / "manifest.json", "manifest.json", folder=staged)
             step("switch", f"switching current to {rid}")
-            try:
-                doc = folder.release("activate", "--token", lock.token, "--id", rid)
-            except TransportError as exc:
-                err = ShipError(f"{name}: the link was lost while switching to {rid} ({exc}); current is either "
-                                f"{current or 'none'} or {rid}: see `edgeprune releases --target {name}`")
-                err.final = True
-                raise err from None
-            switched = doc.get("current") == rid
-            if not switched:
-                raise AgentError(f"{name}: activate answered current={doc.get('current')!r}")
+            doc = switch_current(folder, lock.token, rid, name=name, current=current)
+            switched = True
             notes += doc.get("notes") or []
             previous = doc.get("previous")
             step("gc", f"keeping the newest {keep} releases")

@@ -126,7 +126,7 @@ def new_release_id(sha256: str, *, now: float | None = None) -> str:
 
 def _reach(target, host: str | None):
     if isinstance(target, str):
-        from edgeprune.reach import resolve_target
+        from edgeprune.boards.reach import resolve_target
 
         return resolve_target(target, host=host)
     return target
@@ -316,18 +316,8 @@ def ship_artifact(
                 (tmp / "manifest.json").write_text(json.dumps(full, indent=2, allow_nan=False))
                 t.upload(tmp / "manifest.json", "manifest.json", folder=staged)
                 step("switch", f"switching current to {rid}")
-                try:
-                    doc = board.release("activate", "--token", lock.token, "--id", rid)
-                except TransportError as exc:
-                    err = ShipError(
-                        f"{name}: the link was lost while switching to {rid} ({exc}); current is "
-                        f"either {current or 'none'} or {rid}: see `edgeprune releases --target {name}`"
-                    )
-                    err.final = True  # says itself what the board runs
-                    raise err from None
-                switched = doc.get("current") == rid
-                if not switched:
-                    raise AgentError(f"agent on {name}: activate answered current={doc.get('current')!r}")
+                doc = switch_current(board, lock.token, rid, name=name, current=current)
+                switched = True
                 previous = doc.get("previous") if isinstance(doc.get("previous"), str) else None
                 step("gc", f"keeping the newest {keep} releases")
                 removed = _gc(board, lock.token, keep, notes)
@@ -373,6 +363,21 @@ def _stage(board: Board, token: str, rid: str) -> tuple[str, dict[str, Any]]:
             raise AgentError(f"agent on {board.name}: staged at an unexpected path")
         return candidate, doc
     raise ShipError(f"{board.name}: no free release id for {rid}")
+
+
+def switch_current(board, token: str, rid: str, *, name: str, current: str | None) -> dict:
+    """The atomic switch: ``current`` -> release ``rid`` on ``board`` (an SSH board or a phone's folder, both
+    answering ``release activate``); the agent's answer. A link lost here says what the board may now run."""
+    try:
+        doc = board.release("activate", "--token", token, "--id", rid)
+    except TransportError as exc:
+        err = ShipError(f"{name}: the link was lost while switching to {rid} ({exc}); current is "
+                        f"either {current or 'none'} or {rid}: see `edgeprune releases --target {name}`")
+        err.final = True  # says itself what the board runs
+        raise err from None
+    if doc.get("current") != rid:
+        raise AgentError(f"agent on {name}: activate answered current={doc.get('current')!r}")
+    return doc
 
 
 def _gc(board: Board, token: str, keep: int, notes: list[str]) -> list[str]:

@@ -5,7 +5,7 @@ classes are imported only when used (paramiko only for SSH).
 
 Example::
 
-    from edgeprune.reach import resolve_target
+    from edgeprune.boards.reach import resolve_target
     from edgeprune.transport import open_transport
 
     with open_transport(resolve_target("lab-pi")) as board:

@@ -23,7 +23,7 @@ Subclasses supply the primitives (``_exec``, ``_put``, ``_get``, ``_rename``,
 ``_discard``); the upload and download protocols themselves live here, once.
 
 Each class also owns what is specific to its way of reaching a board, at
-class level, so that :func:`edgeprune.reach.resolve_target` finds it through
+class level, so that :func:`edgeprune.boards.reach.resolve_target` finds it through
 the ``TRANSPORTS`` registry instead of branching on names: the default
 working folder (:attr:`Transport.default_workdir`), what ``--host`` means
 (:meth:`Transport.apply_host`: an SSH address, an adb serial), where else the

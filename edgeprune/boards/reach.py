@@ -87,7 +87,7 @@ class Reach:
     """Everything needed to reach one board; ``sources`` says where each value came from."""
 
     name: str
-    profile: Any  # edgeprune.profiles.Profile
+    profile: Any  # edgeprune.boards.profiles.Profile
     transport: str
     hostname: str | None = None
     user: str | None = None
@@ -128,7 +128,7 @@ def targets_file() -> Path:
     from edgeprune._paths import config_dir, config_file
 
     if config_file().is_file():
-        from edgeprune.config import read_config
+        from edgeprune.boards.config import read_config
 
         configured = read_config().get("targets_file")
         if configured:
@@ -244,7 +244,7 @@ def resolve_target(name: str, *, host: str | None = None, board: bool = True, de
         resolve_target("raspberry-pi-5", host="pi@10.0.0.7").address   # 'pi@10.0.0.7:22'
         resolve_target("raspberry-pi-5", board=False).profile.name      # 'raspberry-pi-5'
     """
-    from edgeprune.profiles import load_profile
+    from edgeprune.boards.profiles import load_profile
 
     tfile = targets_file()
     entries = load_targets(tfile)

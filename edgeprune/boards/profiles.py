@@ -14,7 +14,7 @@ The schema is :data:`SCHEMA`; every load checks it and an error names the
 file, the key and what is expected.
 
 The ``local`` profile is this machine: its figures say ``"measure"`` and are
-measured the first time they are needed (:mod:`edgeprune.probe`), then cached.
+measured the first time they are needed (:mod:`edgeprune.boards.probe`), then cached.
 
 Example::
 
@@ -246,7 +246,7 @@ class Profile:
         key = "int8_gops" if precision == "int8" else f"{precision}_gflops"
         value = self.data["peak"].get(key)
         if value == MEASURE:
-            from edgeprune.probe import probe_local
+            from edgeprune.boards.probe import probe_local
 
             return probe_local()["fp32_gflops"]
         return None if value is None else float(value)
@@ -257,7 +257,7 @@ class Profile:
         if value is None:
             return None
         if value == MEASURE:
-            from edgeprune.probe import probe_local
+            from edgeprune.boards.probe import probe_local
 
             return probe_local()["copy_gbps"]
         return float(value)
@@ -279,7 +279,7 @@ class Profile:
         out = copy.deepcopy(self.data)
         if not self.measured:
             return out
-        from edgeprune.probe import probe_local
+        from edgeprune.boards.probe import probe_local
 
         probe = probe_local()
         fills = {
@@ -373,7 +373,7 @@ def profile_dirs() -> list[Path]:
     dirs = [data_dir("device_profiles")]
     cfg = config_file()
     if cfg.is_file():
-        from edgeprune.config import read_config
+        from edgeprune.boards.config import read_config
 
         dirs += [Path(d).expanduser() for d in read_config().get("profiles_dirs", [])]
     env = os.environ.get("EDGEPRUNE_PROFILES")
