@@ -1,13 +1,14 @@
 """An independent interleaved timing of two artifacts on one machine: the check on what the loop says.
 
 Not edgeprune's agent: this script's own loop, so that a bias in the agent cannot hide in both figures.
-``ROUNDS`` rounds of ``RUNS`` runs of each file, the order alternating every round; the figure is the
-median over rounds of (a / b). ONNX Runtime (``.onnx``) or LiteRT (``.tflite``), 1 thread, a fixed seeded
+``ROUNDS`` rounds of ``RUNS`` runs (or ``--runs``) of each file, the order alternating every round; the
+figure is the median over rounds of (a / b), a round's value the median of its runs, and with a mean of its
+runs beside it (on a CPU quota, a round spans several quota periods and its mean is what the board sustains). ONNX Runtime (``.onnx``) or LiteRT (``.tflite``), 1 thread, a fixed seeded
 input of the file's own input type.
 
 Run on a board (over SSH, so it runs inside the board's CPU quota)::
 
-    python benchmarks/_interleave.py A B N,C,H,W      # prints one JSON line
+    python benchmarks/_interleave.py A B N,C,H,W [RUNS]     # prints one JSON line
 """
 
 from __future__ import annotations
@@ -53,17 +54,19 @@ def _runner(path: Path, shape):
     return run
 
 
-def interleaved_ratio(a: Path, b: Path, shape) -> dict:
-    """{"ratio": median of per-round a/b, "a_ms": p50 a, "b_ms": p50 b, "rounds": ROUNDS}."""
+def interleaved_ratio(a: Path, b: Path, shape, runs: int = RUNS) -> dict:
+    """``ratio``: the median over rounds of a/b, each round's figure the median of its ``runs`` runs;
+    ``mean_ratio``: the same with each round's figure the mean of its runs (the figure on a board with a CPU
+    quota, where a round's median jumps between the free and the throttled time); p50s and means of each."""
     run = {"a": _runner(Path(a), shape), "b": _runner(Path(b), shape)}
 
-    def timed(k: str) -> float:
+    def timed(k: str) -> tuple[float, float]:
         out = []
-        for _ in range(RUNS):
+        for _ in range(runs):
             t0 = time.perf_counter()
             run[k]()
             out.append(time.perf_counter() - t0)
-        return statistics.median(out) * 1000.0
+        return statistics.median(out) * 1000.0, statistics.fmean(out) * 1000.0
 
     for k in run:
         timed(k)  # warm-up
@@ -71,10 +74,14 @@ def interleaved_ratio(a: Path, b: Path, shape) -> dict:
     for r in range(ROUNDS):
         for k in (("a", "b") if r % 2 == 0 else ("b", "a")):
             (ra if k == "a" else rb).append(timed(k))
-    return {"ratio": statistics.median(x / y for x, y in zip(ra, rb, strict=True)),
-            "a_ms": statistics.median(ra), "b_ms": statistics.median(rb), "rounds": ROUNDS}
+    med = [x[0] / y[0] for x, y in zip(ra, rb, strict=True)]
+    mean = [x[1] / y[1] for x, y in zip(ra, rb, strict=True)]
+    return {"ratio": statistics.median(med), "mean_ratio": statistics.median(mean), "runs": runs,
+            "a_ms": statistics.median(x[0] for x in ra), "b_ms": statistics.median(y[0] for y in rb),
+            "a_mean_ms": statistics.median(x[1] for x in ra), "b_mean_ms": statistics.median(y[1] for y in rb),
+            "rounds": ROUNDS}
 
 
 if __name__ == "__main__":
     a, b, shape = sys.argv[1], sys.argv[2], tuple(int(v) for v in sys.argv[3].split(","))
-    print(json.dumps(interleaved_ratio(Path(a), Path(b), shape)))
+    print(json.dumps(interleaved_ratio(Path(a), Path(b), shape, int(sys.argv[4]) if len(sys.argv) > 4 else RUNS)))

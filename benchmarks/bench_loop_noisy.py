@@ -16,7 +16,10 @@ For every (board, model, artifact, speedup):
    folder) and the unpruned model (exported here the way the loop exports it) are timed by
    ``benchmarks/_interleave.py`` ON THE SAME BOARD (over SSH for a farm board, so inside its quota; the
    load generator still running for ``busy``): interleaved rounds, the order alternating.
-   measured / budget = S x the median over rounds of (pruned / unpruned);
+   measured / budget = S x the median over rounds of (pruned / unpruned), a round's figure the median of
+   its runs; on a quota board the MEAN of its runs, each round spanning at least 3 quota periods (the
+   medians' ratio is printed beside it: under a quota a round's median jumps between the free and the
+   throttled run time; see edgeprune/latency/judge.py);
 4. one row per run in ``benchmarks/RESULTS.md`` (section ``loop-noisy``; a row with the same board, model,
    artifact and budget is replaced), with the command.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -76,7 +80,8 @@ def write(rows: dict[tuple, str], commands: list[str]) -> None:
         "namespaces) capped by cgroup `cpu.max` at 0.5 / 0.25 of a core. Every prune runs with `--threads 1` "
         "and the default `--tolerance 0.1` / `--max-rounds 5`: a budget is met when the board's figure is within "
         "[0.9, 1.0] of it. The last column is this script's own interleaved loop (`benchmarks/_interleave.py`, "
-        "not the agent) timing the file the board measured against the unpruned model on the same board.",
+        "not the agent) timing the file the board measured against the unpruned model on the same board; on a quota "
+        "board, the ratio of round means (rounds of at least 3 quota periods), the ratio of medians beside it.",
         "",
         HEAD,
         *[rows[k] for k in sorted(rows)],
@@ -109,7 +114,8 @@ def main() -> None:
         from farm.farm import BoardSpec, Farm, can_use_namespaces
 
         if not can_use_namespaces():
-            sys.exit("the quota boards need root (farm boards in network namespaces)")
+            sys.exit("the quota boards need root and the farm's tools (farm boards in network namespaces): "
+                     "run bash scripts/install-farm-deps.sh")
         farm = Farm([BoardSpec(b.replace(".", ""), cpu_quota=q) for b, q in quotas.items()]).__enter__()
         targets = tmp / "targets.toml"
         targets.write_text(farm.targets_toml())
@@ -158,28 +164,32 @@ def one_run(board, target, model, fmt, precision, speedup, shape, tmp: Path, env
         measured = out / f"measured{unpruned.suffix}"
         if board == "busy":
             got = interleaved_ratio(measured, unpruned, shape)
-        else:
-            got = on_board(farm, board.replace(".", ""), measured, unpruned, shape)
+        else:  # each round spans at least 3 quota periods; the figure is the ratio of round means
+            period = (lat.get("quota_runs") or {}).get("period_ms") or 100.0
+            runs = max(10, math.ceil(3 * period / max(lat["unpruned_ms"], 1e-3)))
+            got = on_board(farm, board.replace(".", ""), measured, unpruned, shape, runs)
     finally:
         if load is not None:
             load.kill()
             load.wait()
     rounds = ", ".join(f"{r['judged_ms'] / r['budget_ms']:.2f}" for r in lat["rounds"])
-    ratio = speedup * got["ratio"]
+    quota = board != "busy"
+    ratio = speedup * (got["mean_ratio"] if quota else got["ratio"])
     ok = "in [0.9, 1.0]" if 0.9 <= ratio <= 1.0 else ("over" if ratio > 1.0 else "under")
     key = (board, f"{model}, {shape[-1]} px", f"{fmt} {precision}", f"{1 / speedup:.3f}x")
+    how = (f"means {got['a_mean_ms']:.2f} / {got['b_mean_ms']:.2f} ms, {got['runs']} runs a round; ratio of "
+           f"medians {speedup * got['ratio']:.2f}" if quota else f"p50 {got['a_ms']:.2f} / {got['b_ms']:.2f} ms")
     line = (f"| {' | '.join(key)} | {rounds} | {lat['verdict']}, exit {proc.returncode}, {len(lat['rounds'])} "
-            f"rounds, {wall:.0f} s | **{ratio:.2f}** ({ok}; {got['a_ms']:.2f} / {got['b_ms']:.2f} ms, "
-            f"{got['rounds']} rounds; load {loadavg()}) |")
+            f"rounds, {wall:.0f} s | **{ratio:.2f}** ({ok}; {how}; {got['rounds']} rounds; load {loadavg()}) |")
     print(line, flush=True)
     return {key: line}
 
 
-def on_board(farm, name: str, a: Path, b: Path, shape) -> dict:
+def on_board(farm, name: str, a: Path, b: Path, shape, runs: int) -> dict:
     """The interleaved timing run on the farm board over SSH, so inside its cgroup quota."""
     bd = farm.boards[name]
     remote = " ".join(shlex.quote(v) for v in [farm.python, str(ROOT / "benchmarks" / "_interleave.py"),
-                                                str(a), str(b), ",".join(map(str, shape))])
+                                                str(a), str(b), ",".join(map(str, shape)), str(runs)])
     ssh = ["ssh", "-i", str(farm.client_key), "-o", f"UserKnownHostsFile={farm.known_hosts}",
            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(bd.port), f"{farm.user}@{bd.addr}",
            remote]

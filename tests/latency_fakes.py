@@ -55,7 +55,8 @@ class FakeFormulaBoard:
                  slower_after_first_visit: float = 1.0, area_factor: dict[int, float] | None = None,
                  plan_noise: dict[int, float] | None = None, flat_plans: dict[int, float] | None = None,
                  round_noise: float = 0.0, busy_cores: dict[int, float] | None = None,
-                 cpu_quota: float | None = None) -> None:
+                 cpu_quota: float | None = None, quota_alias: float = 0.0,
+                 report_means: bool = True) -> None:
         self.block, self.per_call, self.graph_factor, self.per_node = block, per_call_ms, graph_factor, per_node_ms
         self.board_id = board_id
         self.slower = slower_after_first_visit  # a board that gets busier/hotter after the first visit
@@ -70,6 +71,11 @@ class FakeFormulaBoard:
         self.busy = dict(busy_cores or {})  # other processes' busy cores the agent reports in that batch
         self.round_noise = round_noise  # per interleaved round, the plan/unpruned medians scatter this much
         self.quota = cpu_quota  # the board's CPU quota (CPUs, period 100 ms), as the agent reports it
+        # under that quota, a round's MEAN is the formula's time / quota (what the board sustains), and its
+        # MEDIAN aliases with the period: the unpruned model's runs straddle throttled periods (its median
+        # is this much over its sustained time), the plan's do not (its median is the free run time)
+        self.quota_alias = quota_alias
+        self.report_means = report_means  # False: an older agent, medians only
         self.plan_batches = 0
         self.runs_seen: list[int] = []  # runs per timed round of every batch with a plan
 
@@ -131,8 +137,15 @@ class FakeFormulaBoard:
             per_round = [p50] * rounds
             if self.round_noise and key == "plan":
                 per_round = list(p50 * (1.0 + self.round_noise * rng.uniform(-1, 1, rounds)))
+            means = []
+            if self.quota is not None:
+                means = [v / self.quota for v in per_round]
+                if self.quota_alias and key != "plan":
+                    per_round = [v * (1.0 + self.quota_alias) for v in means]
+                    p50 = per_round[0]
             timings[key] = BatchTiming(name=key, ok=True, p50_ms=p50, min_ms=p50, p10_ms=p50, p90_ms=p50,
-                                       spread=0.0, n=10, rounds_ms=per_round)
+                                       spread=0.0, n=10, rounds_ms=per_round,
+                                       rounds_mean_ms=means if self.report_means else [])
         base = BatchTiming(name="baseline", ok=True, p50_ms=self.per_call, min_ms=self.per_call,
                            p10_ms=self.per_call, p90_ms=self.per_call, spread=0.0, n=10)
         board = {"id": self.board_id}

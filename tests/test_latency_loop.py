@@ -137,6 +137,21 @@ def test_a_busy_board_with_a_quota_measures_more_rounds_and_keeps_the_interval(c
     assert q.rounds[0]["measurement"]["batches"] == 1 and q.rounds[0]["measurement"]["actions"] == []
 
 
+def test_on_a_quota_the_budget_is_judged_on_the_round_means_not_their_aliased_medians(cache):
+    """A FAKE board with a 0.5-CPU quota whose medians alias with the quota period (the unpruned model's runs
+    straddle throttled periods, the plan's do not: medians say the plan is 40 % faster than it is): the loop
+    judges the round means (the time the board sustains), so the plan it keeps is really in the window."""
+    board = FakeFormulaBoard(cpu_quota=0.5, quota_alias=0.4)
+    r = plan_for_budget(lm(), target="local", speedup=1.6, board=board, max_rounds=5)
+    assert r.verdict == "met", r.status
+    sustained = board.latency(r.artifact) / 0.5  # the plan's true time on this board: its formula over the quota
+    assert 0.9 <= sustained / r.budget_ms <= 1.0, (sustained, r.budget_ms)
+    # the same board read by its medians (an agent without rounds_mean_ms) keeps a plan far over the budget
+    old = FakeFormulaBoard(cpu_quota=0.5, quota_alias=0.4, report_means=False)
+    o = plan_for_budget(lm(), target="local", speedup=1.6, board=old, max_rounds=5)
+    assert old.latency(o.artifact) / board.latency(r.artifact) > 1.2
+
+
 def test_prune_keeps_the_measured_artifact_with_its_sha256(cache, tmp_path):
     """prune with a budget: the file the board timed for the chosen round is in the output folder, and
     summary.json names it with its sha256."""

@@ -86,6 +86,7 @@ class BatchTiming:
     load_ms: float | None = None
     error: str | None = None
     rounds_ms: list[float] = field(default_factory=list)  # per interleaved round, its median (newer agents)
+    rounds_mean_ms: list[float] = field(default_factory=list)  # per round, the mean of its runs (newer agents)
 
 
 @dataclass
@@ -224,14 +225,18 @@ def _timing(row: Any, where: str, *, name: str) -> BatchTiming:
     vals = {k: _num(row.get(k), f"{where}.{k}", hi=_MAX_MS) for k in ("p50_ms", "min_ms", "p10_ms", "p90_ms")}
     if not vals["min_ms"] <= vals["p10_ms"] <= vals["p50_ms"] <= vals["p90_ms"] + 1e-9:
         raise AgentError(f"{where}: min_ms <= p10_ms <= p50_ms <= p90_ms does not hold: {vals}")
-    per_round = row.get("rounds_ms") or []
-    if not isinstance(per_round, list) or len(per_round) > 10**5:
-        raise AgentError(f"{where}.rounds_ms must be a list of numbers")
+    per_round, means = row.get("rounds_ms") or [], row.get("rounds_mean_ms") or []
+    for key, got in (("rounds_ms", per_round), ("rounds_mean_ms", means)):
+        if not isinstance(got, list) or len(got) > 10**5:
+            raise AgentError(f"{where}.{key} must be a list of numbers")
+    if means and len(means) != len(per_round):
+        raise AgentError(f"{where}: rounds_mean_ms and rounds_ms differ in length")
     return BatchTiming(
         name=name,
         ok=True,
         n=n,
         rounds_ms=[_num(v, f"{where}.rounds_ms[{i}]", hi=_MAX_MS) for i, v in enumerate(per_round)],
+        rounds_mean_ms=[_num(v, f"{where}.rounds_mean_ms[{i}]", hi=_MAX_MS) for i, v in enumerate(means)],
         spread=_num(row.get("spread"), f"{where}.spread", hi=1e6),
         load_ms=_num(row.get("load_ms"), f"{where}.load_ms", hi=_MAX_MS, allow_none=True),
         **vals,

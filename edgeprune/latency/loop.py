@@ -57,6 +57,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import statistics
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -430,10 +431,9 @@ def _target(target: str, *, host, reach, profile, estimate: bool):
     return reach, profile
 
 
-def _unpruned_round(b: _Board, first, budget: float, quota) -> dict:
-    """Round 0 when the unpruned model already meets the budget: nothing to remove."""
+def _unpruned_round(b: _Board, first, unpruned: float, budget: float, quota) -> dict:
+    """Round 0 when the unpruned model (``unpruned`` ms) already meets the budget: nothing to remove."""
     t_un = first.timings["unpruned"]
-    unpruned = t_un.p50_ms
     lo_hi = judge(t_un.rounds_ms or [unpruned], t_un.rounds_ms or [unpruned], relative_to=None)
     j = Judgement(judged_ms=unpruned, low_ms=lo_hi[1], high_ms=lo_hi[2], measured_ms=unpruned,
                   unpruned_ms_same_batch=unpruned, rounds=len(t_un.rounds_ms) or 1, batches=1,
@@ -548,6 +548,8 @@ def plan_for_budget(
         if not t_un.ok:
             raise AgentError(f"{target}: the board cannot run the unpruned model: {t_un.error}")
         unpruned = t_un.p50_ms
+        if (first.board or {}).get("cpu_quota") and t_un.rounds_mean_ms:  # what a quota'd board sustains (.judge)
+            unpruned = float(statistics.median(t_un.rounds_mean_ms))
         base_ms = first.baseline.p50_ms if first.baseline else 0.0
         budget = latency_budget if latency_budget is not None else unpruned / speedup
         identity = board.identity(first)
@@ -563,7 +565,7 @@ def plan_for_budget(
                    io_precision=io_precision, work=work, full_art=full_art, settings=with_runs(whole, runs),
                    relative_to=unpruned if speedup is not None else None, tolerance=tolerance, quota=quota)
         if unpruned <= budget:
-            rounds, stopped = [_unpruned_round(b, first, budget, quota)], None
+            rounds, stopped = [_unpruned_round(b, first, unpruned, budget, quota)], None
         else:
             rounds, stopped = _search(b, tr, pred, budget=budget, unpruned=unpruned, base_ms=base_ms,
                                       max_rounds=max_rounds, importance=importance, data=data, protect=protect,
