@@ -129,7 +129,7 @@ FLOORS = [
     ("prune", "finetune", "export", "ship", "tasks"),
     ("bench", "models", "data", "checks"),
     ("transport", "boards"),
-    ("errors", "_paths", "_threads", "progress", "validate", "safeload", "__init__"),
+    ("errors", "_paths", "_threads", "progress", "validate", "safeload", "userfn", "__init__"),
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 

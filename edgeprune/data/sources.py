@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from edgeprune.data.dataset import (
     image_errors,
 )
 from edgeprune.safeload import np_load
+from edgeprune.userfn import import_function
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -169,13 +169,7 @@ def _from_file(path: Path, preprocess, input_shape) -> Dataset:
 
 
 def _from_factory(spec: str, preprocess, input_shape) -> Dataset:
-    mod_name, _, fn_name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise DataError(f"--data {spec}: cannot import it ({exc}); is it on PYTHONPATH?") from None
-    except Exception as exc:  # the user's module failed while importing: their error, shown as theirs
-        raise DataError(f"--data {spec}: importing your module raised {type(exc).__name__}: {exc}") from None
+    fn = import_function(spec, where=f"--data {spec}", error=DataError)
     try:
         result = fn()
     except Exception as exc:  # the user's code: their exception, one line, the traceback with --debug

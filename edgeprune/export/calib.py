@@ -40,7 +40,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ import numpy as np
 from edgeprune.data.dataset import check_finite, image_error, image_errors
 from edgeprune.errors import ExportError, require
 from edgeprune.safeload import np_load
+from edgeprune.userfn import import_function
 
 DEFAULT_COUNT = 128
 MIN_RECOMMENDED = 32
@@ -146,13 +146,7 @@ def _from_images(folder: Path, input_shape: tuple[int, ...], normalize: str, lim
 
 
 def _from_factory(spec: str, input_shape: tuple[int, ...]) -> np.ndarray:
-    mod_name, _, fn_name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ExportError(f"calibration factory '{spec}': cannot import it: {exc}") from None
-    except Exception as exc:  # the user's module failed while importing: their error, shown as theirs
-        raise ExportError(f"--calib {spec}: importing your module raised {type(exc).__name__}: {exc}") from None
+    fn = import_function(spec, where=f"--calib {spec}", error=ExportError)
     try:
         result = fn()
     except Exception as exc:  # the user's code: their exception, one line (the traceback with --debug)

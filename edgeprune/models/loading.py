@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import re
 import zipfile
@@ -40,6 +39,7 @@ from typing import Any
 from edgeprune.errors import ModelError
 from edgeprune.models.ultra import quiet_environment, torchvision_version_answered, undo_patches
 from edgeprune.safeload import check_file, check_graph, quiet, torch_load
+from edgeprune.userfn import import_function, short
 
 DEFAULT_INPUT = (1, 3, 224, 224)
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -166,37 +166,16 @@ def call_factory(spec: str):
     """
     from torch import nn
 
-    mod_name, fn_name = spec.split(":")
+    fn_name = spec.split(":")[1]
     where = f"--model {spec}"
     quiet_environment()  # a factory that imports Ultralytics: no network, no run-time installs
-    try:
-        with torchvision_version_answered():  # ... and reads torchvision's version (edgeprune.models.ultra)
-            module = importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (mod_name == exc.name or mod_name.startswith(exc.name + ".")):
-            raise ModelError(f"{where}: cannot import '{mod_name}' ({exc}); is it on PYTHONPATH?") from None
-        raise ModelError(
-            f"{where}: importing '{mod_name}' failed: it needs the module '{exc.name}', which is not "
-            "installed; install it"
-        ) from exc
-    except SyntaxError as exc:
-        at = f"{exc.filename}:{exc.lineno}" if exc.filename else mod_name
-        raise ModelError(
-            f"{where}: '{mod_name}' has a syntax error at {at} ({exc.msg}); fix the file"
-        ) from exc
-    except Exception as exc:  # the user's module ran and raised at import
-        raise ModelError(
-            f"{where}: importing '{mod_name}' raised {type(exc).__name__}: {_short(exc)}; "
-            "fix the module (--debug shows the traceback)"
-        ) from exc
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise ModelError(f"{where}: '{mod_name}' has no function '{fn_name}'")
+    with torchvision_version_answered():  # ... and reads torchvision's version (edgeprune.models.ultra)
+        fn = import_function(spec, where=where, error=ModelError)
     try:
         model = fn()
     except Exception as exc:
         raise ModelError(
-            f"{where}: {fn_name}() raised {type(exc).__name__}: {_short(exc)}; "
+            f"{where}: {fn_name}() raised {type(exc).__name__}: {short(exc)}; "
             "fix the factory (--debug shows the traceback)"
         ) from exc
     finally:
@@ -207,10 +186,6 @@ def call_factory(spec: str):
         )
     return model.eval()
 
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or "(no message)"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -235,7 +210,7 @@ def run_once(model, shape: tuple[int, ...], where: str, *, native: tuple[int, ..
         )
         raise ModelError(
             f"{where}: the model does not run on input {_shape_text(shape)} "
-            f"({type(exc).__name__}: {_short(exc, 120)}); {fix}"
+            f"({type(exc).__name__}: {short(exc, 120)}); {fix}"
         ) from None
 
 
