@@ -46,7 +46,10 @@ each command a child process: ``prune`` at 320 (and 640 for YOLO26n),
 ``export`` to ONNX fp32 and to TFLite full INT8, with their wall time and
 peak RSS; it writes the ``zoo-commands`` section.
 
-Run:  nice python benchmarks/bench_zoo.py [--models ghostnet,vit,...] [--no-tp] [--commands]
+``--deploy``: YOLO26n at 320 and 640 px through ``edgeprune deploy -t local`` to TFLite full INT8 (wall time,
+peak RSS); the ``zoo-deploy`` section.
+
+Run:  nice python benchmarks/bench_zoo.py [--models ghostnet,vit,...] [--no-tp] [--commands] [--deploy]
 (about 30-40 min on 2 busy cores; it is CPU-bound, not timed). It rewrites the
 ``zoo`` section of benchmarks/RESULTS.md and prints the tables.
 """
@@ -296,6 +299,56 @@ def commands(out: Path, sizes: dict[str, list[int]]) -> list[dict]:
     return rows
 
 
+def deploys(out: Path, sizes: list[int]) -> list[dict]:
+    """YOLO26n as a user gives it (a best.pt through their factory) through ``edgeprune deploy -t local`` to
+    TFLite full INT8 at each input size: exit, wall time, peak RSS of the deploy process and its children."""
+    import torch
+
+    from tests.zoo import ultralytics_real
+
+    rows = []
+    tasks = ultralytics_real.import_ultralytics()
+    for imgsz in sizes:
+        root = out / f"deploy-yolo26n-{imgsz}"
+        root.mkdir(parents=True, exist_ok=True)
+        shape = (1, 3, imgsz, imgsz)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = ultralytics_real.trained_like(tasks.DetectionModel("yolo26n.yaml", verbose=False), shape)
+        ultralytics_real.save_checkpoint(model, root / "best.pt", cfg="yolo26n.yaml", imgsz=imgsz)
+        (root / "userdet.py").write_text(USERDET.format(path=str(root / "best.pt")))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+        row = {"model": "yolo26n", "imgsz": imgsz, "load": _load_avg()}
+        row["deploy"] = _timed(["deploy", "-t", "local", "-m", "userdet:build", "--input-shape",
+                                f"1,3,{imgsz},{imgsz}", "--ratio", "0.3", "--format", "tflite", "--precision", "int8",
+                                "-o", "deploy"], root, env)
+        rep = root / "deploy" / "report" / "deploy.json"
+        if rep.is_file():
+            from edgeprune.deploy.report import headline
+
+            row["headline"] = headline(json.loads(rep.read_text()))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def deploys_table(rows: list[dict], cmd: str) -> str:
+    from benchmarks._results import machine_line
+
+    lines = ["## YOLO26n through `edgeprune deploy` (TFLite full INT8, target `local`; issue 19)", "",
+             f"`{cmd}` ({machine_line()}). `edgeprune deploy -t local -m userdet:build --input-shape 1,3,S,S "
+             "--ratio 0.3 --format tflite --precision int8` on a YOLO26n checkpoint written as Ultralytics' trainer "
+             "writes one (weights trained-like, not trained: tests/zoo/ultralytics_real.py), no data (no "
+             "fine-tuning). Peak RSS: the largest `ru_maxrss` of the deploy process and its children. Goal: under "
+             "6 GiB at 640.", "",
+             "| input | load (1/5/15 min) | exit | wall | peak RSS | headline |", "|---:|---|---|---:|---:|---|"]
+    for r in rows:
+        d = r["deploy"]
+        lines.append(f"| {r['imgsz']} | {r['load']} | {d['code']} | {d['seconds']:.0f} s | "
+                     f"{d['rss_mib'] / 1024:.2f} GiB | {(r.get('headline') or d['error'])[:160]} |")
+    return "\n".join(lines)
+
+
 def commands_table(rows: list[dict], cmd: str, seconds: float) -> str:
     from benchmarks._results import machine_line
 
@@ -400,7 +453,19 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     ap.add_argument("--commands", action="store_true",
                     help="only the real Ultralytics detectors through the CLI (its own RESULTS section)")
+    ap.add_argument("--deploy", action="store_true",
+                    help="only YOLO26n at 320 and 640 px through deploy (its own RESULTS section)")
     args = ap.parse_args()
+    if args.deploy:
+        with tempfile.TemporaryDirectory(prefix="bench-zoo-deploy-") as tmp:
+            rows = deploys(Path(tmp), [320, 640])
+        body = deploys_table(rows, "nice python benchmarks/bench_zoo.py --deploy")
+        print(body)
+        if not args.no_write:
+            from benchmarks._results import write_section
+
+            write_section("zoo-deploy", body)
+        return
     if args.commands:
         t0 = time.time()
         with tempfile.TemporaryDirectory(prefix="bench-zoo-cmd-") as tmp:
