@@ -347,7 +347,8 @@ def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLi
     ``fmt``, ``precision``, ``weights``, ``trust_factory``, ``input_shape``,
     ``importance``, ``protect``, ``epochs``, ``steps``, ``time_budget``,
     ``max_rounds``, ``min_keep``, ``threads``, ``host``, ``accept_new_host_key``,
-    ``keep``, ``use_cache``, ``fresh``. One target returns its report dict and
+    ``keep``, ``use_cache``, ``fresh``, ``delegate``, ``nproc_per_node`` (the fine-tune stage in N
+    processes under torchrun), ``parallel`` and ``canary`` (several targets). One target returns its report dict and
     raises the failing stage's error (``GateError`` below the gate); several
     return ``{"ok": ..., "targets": [...]}``, one board's failure never
     stopping the others.
