@@ -189,3 +189,37 @@ def test_a_user_detector_deploys_to_a_farm_board(user, farm, tmp_path):
     assert rep["ok"] and rep["gate"]["passed"] and rep["gate"]["metric"] == "map50_95"
     assert rep["gate"]["original"] == pytest.approx(user["map50_95"], abs=1e-4)
     assert rep["release"]["verification"]["passed"] is True  # held-out images ran on the board and matched
+
+
+def test_the_shares_of_a_detection_batch_are_one_processs_batch(user):
+    """DetectionDataset.batches(part=(rank, world)): two ranks' rows and boxes, put back together, are exactly
+    the batch one process gets (same images, same augmentation, every box once, re-based to its share)."""
+    train = user["split"].train
+    whole = list(train.batches(16, shuffle=True, seed=3, augment="flip+shift", limit=40))
+    parts = [list(train.batches(16, shuffle=True, seed=3, augment="flip+shift", limit=40, part=(r, 2)))
+             for r in range(2)]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 3
+    for (x, t), (x0, t0), (x1, t1) in zip(whole, *parts, strict=True):
+        assert torch.equal(torch.cat([x0, x1]), x)
+        t1 = t1.clone()
+        t1[:, 0] += len(x0)
+        assert torch.equal(torch.cat([t0, t1]), t), "a box lost, doubled or moved between the shares"
+        assert len(t0) and len(t1)
+
+
+def test_a_user_detector_deploy_fine_tunes_in_two_processes(user, tmp_path):
+    """deploy --nproc-per-node 2 on the user's detector: the fine-tune stage trains under torchrun (gloo, DDP)
+    with the mAP of held-out images, and the gate and ship stages take its model."""
+    r = user["root"]
+    p = _cli(user, "deploy", "-t", "local", "-m", "userdet:build", "--weights", str(r / "weights.pt"),
+             "--data", str(r / "data" / "data.yaml"), "--input-shape", f"1,3,{SIZE},{SIZE}", "--ratio", "0.2",
+             "--steps", "8", "--threads", "1", "--format", "onnx", "--precision", "fp32", "--max-accuracy-drop",
+             "100", "--nproc-per-node", "2", "-o", str(tmp_path / "ddp"), "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads(p.stdout)
+    ft = json.loads((tmp_path / "ddp" / "finetune" / "finetune.json").read_text())
+    assert ft["distributed"]["world_size"] == 2 and ft["metric"] == "map50_95", ft
+    assert 1 <= ft["steps"] <= 8 and len(ft["distributed"]["images_per_s_per_rank"]) == 2  # early stopping may end it
+    assert ft["accuracy"]["original"] == pytest.approx(user["map50_95"], abs=1e-4)
+    assert rep["ok"] and rep["gate"]["metric"] == "map50_95" and rep["gate"]["passed"], rep["gate"]
+    assert rep["gate"]["original"] == pytest.approx(user["map50_95"], abs=1e-4)

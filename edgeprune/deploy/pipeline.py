@@ -150,13 +150,13 @@ class DeployOptions:
         check_all(max_accuracy_drop=self.max_accuracy_drop, keep=self.keep, ratio=self.ratio,
                   nproc_per_node=self.nproc_per_node)
         if (self.nproc_per_node or 1) > 1:
-            self.check_processes(self.task)
+            self.check_processes()
 
-    def check_processes(self, task: str | None) -> None:
+    def check_processes(self) -> None:
         """Refuse, in one line, what fine-tuning in ``nproc_per_node`` processes cannot honour (before any work)."""
         f = self.finetune
         check_options(World(), device=f.device, time_budget=f.time_budget, sync_bn=f.sync_bn, amp=f.amp,
-                      task=task, nproc_per_node=self.nproc_per_node)
+                      nproc_per_node=self.nproc_per_node)
         if self.data.data is not None and not isinstance(self.data.data, (str, os.PathLike)):
             raise DistributedError("--nproc-per-node: the processes read the data themselves; give --data as a "
                                    "path or a name, not arrays in memory")
@@ -736,8 +736,6 @@ def deploy_model(model: str, *, target: str | list[str], output: str | os.PathLi
 def _deploy_locked(targets: list[str], root: Path, opts: DeployOptions, *, reaches, command, parallel: int,
                    canary: int) -> dict[str, Any]:
     original, split = load_once(opts)
-    if (opts.nproc_per_node or 1) > 1:
-        opts.check_processes(original.task)  # a detector is known once it is loaded
     if len(targets) == 1:
         return deploy_one(targets[0], root, opts, reach=reaches[targets[0]], original=original, split=split,
                           command=command)

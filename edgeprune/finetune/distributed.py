@@ -29,14 +29,17 @@ What a distributed run does, and why it reaches what one process reaches:
   other ranks with SIGTERM, which rank 0 turns into a checkpoint.
 
 Refused, in one line before any work: ``--time-budget`` (ranks would stop at
-different steps), ``--sync-bn`` on CPUs (SyncBatchNorm needs GPUs),
-detection models (their targets are not sharded yet), more processes per
-node than GPUs with ``--device cuda``.
+different steps), ``--sync-bn`` on CPUs (SyncBatchNorm needs GPUs), more
+processes per node than GPUs with ``--device cuda``. Detectors train too:
+each rank takes its rows of every global batch and their boxes
+(``DetectionDataset.batches(part=...)``); their loss is normalised over the
+rank's share (Ultralytics' per image, distillation per weighted anchor),
+so N processes approximate one process's step rather than repeat it.
 
 Example::
 
     world = world_from_env()      # RANK / WORLD_SIZE / LOCAL_RANK that torchrun sets
-    check_options(world, device="cpu", time_budget=None, sync_bn=False, amp=None, task="classify")
+    check_options(world, device="cpu", time_budget=None, sync_bn=False, amp=None)
     device = start(world, "cpu")  # init_process_group("gloo")
 """
 
@@ -85,7 +88,7 @@ def world_from_env() -> World:
 
 
 def check_options(world: World, *, device: str, time_budget: float | None, sync_bn: bool, amp: str | None,
-                  task: str | None = None, nproc_per_node: int | None = None) -> None:
+                  nproc_per_node: int | None = None) -> None:
     """Refuse, in one line, what a run of ``world.size`` processes (or ``nproc_per_node``) cannot honour."""
     size = nproc_per_node or world.size
     cuda = device.startswith("cuda")
@@ -101,9 +104,6 @@ def check_options(world: World, *, device: str, time_budget: float | None, sync_
     if sync_bn and not cuda:
         raise DistributedError("--sync-bn needs GPUs (SyncBatchNorm does not run on the CPU with gloo): "
                                "drop --sync-bn or use --device cuda")
-    if task == "detect":
-        raise DistributedError("a detector under torchrun: its targets are not sharded across processes yet; "
-                               "fine-tune it in one process")
     if cuda and torch.cuda.is_available():
         per_node = nproc_per_node or int(os.environ.get("LOCAL_WORLD_SIZE", size))
         gpus = torch.cuda.device_count()

@@ -145,7 +145,7 @@ def finetune_model(
     world = distributed.world_from_env()
     emit = (on_event if world.main else None) or (lambda kind, info: None)  # rank 0 speaks for the run
     distributed.check_options(world, device=device, time_budget=options.time_budget, sync_bn=options.sync_bn,
-                              amp=options.amp, task=getattr(model, "task", None))
+                              amp=options.amp)
     output_dir(output, create=False)  # a bad --output is refused before any work
     before = torch.get_num_threads()
     if options.threads:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.data.dataset import AUGMENTS, DataError, Dataset
+from edgeprune.data.dataset import AUGMENTS, DataError, Dataset, shard_bounds
 from edgeprune.tasks.letterbox import PAD_VALUE, Letterbox, xywh_to_xyxy, xyxy_to_xywh
 
 
@@ -137,8 +137,15 @@ class DetectionDataset(Dataset):
                                 source=source or self.source)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: str | None = None,
-                limit: int | None = None, start: int = 0) -> Iterator[Any]:
-        """``(x, targets)`` (labelled) or ``x``; ``augment`` moves the boxes with the pixels (see :func:`augment`)."""
+                limit: int | None = None, start: int = 0, part: tuple[int, int] | None = None) -> Iterator[Any]:
+        """``(x, targets)`` (labelled) or ``x``; ``augment`` moves the boxes with the pixels (see :func:`augment`).
+
+        ``part=(rank, world)``: only rank's rows of every batch (:func:`~edgeprune.data.dataset.shard_bounds`)
+        and their targets, image indices counted from the share's first row. The whole batch is read and
+        augmented first, so that ``world`` processes together see exactly one process's batches (each
+        decodes the whole batch: simple and exact; the training step, not the decoding, is what the
+        processes share out). A share with no rows yields the batch's first row.
+        """
         n = len(self) if limit is None else min(limit, len(self))
         order = np.random.default_rng(seed).permutation(len(self))[:n] if shuffle else np.arange(n)
         for b, i in enumerate(range(0, n, batch_size)):
@@ -147,6 +154,8 @@ class DetectionDataset(Dataset):
             x, t = self.get(order[i : i + batch_size])
             if augment and augment != "none":
                 x, t = augment_batch(x, t, augment, seed=seed * 100_003 + b)
+            if part is not None:
+                x, t = _share(x, t, *shard_bounds(len(x), *part))
             yield (x, t) if t is not None else x
 
     def numpy(self, limit: int | None = None) -> tuple[np.ndarray, None]:
@@ -158,6 +167,18 @@ class DetectionDataset(Dataset):
         boxes = sum(len(b) for b in self.labels) if self.labels is not None else None
         return {"source": self.source, "samples": len(self), "labelled": self.labelled, "boxes": boxes,
                 "num_classes": self.num_classes}
+
+
+def _share(x, targets, lo: int, hi: int):
+    """Rows ``[lo, hi)`` of a batch and their targets (``[image, class, x, y, w, h]`` rows), re-based to ``lo``."""
+    if hi <= lo:
+        lo, hi = 0, 1
+    if targets is None:
+        return x[lo:hi], None
+    keep = (targets[:, 0] >= lo) & (targets[:, 0] < hi)
+    t = targets[keep].clone()
+    t[:, 0] -= lo
+    return x[lo:hi], t
 
 
 def augment_batch(x, targets, how: str, *, seed: int):
