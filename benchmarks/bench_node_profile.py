@@ -11,7 +11,8 @@ resolution stage (edgeprune/latency/predict.py). Here two per-layer alternatives
 - ``node2``: the same with a second point per layer from the stage probes' profiles (the unpruned model
   with one stage's groups at their minimum), the scale interpolated between the two widths.
 
-Every predictor is calibrated on the unpruned model measured in the same batch (one point, as in a closed
+Plans keep channel counts that are multiples of the ``local`` profile's alignment, as the loop's and
+``bench_latency.py``'s do. Every predictor is calibrated on the unpruned model measured in the same batch (one point, as in a closed
 loop's first round); MAPE (max) against the plans measured on ``local`` through the agent. Writes the
 section ``node-profile`` of benchmarks/RESULTS.md (one row per model and size; a new run replaces its row).
 """
@@ -69,6 +70,7 @@ def matched(nodes, conv_layers, linear_layers) -> list | None:
 
 def main() -> None:
     from edgeprune.bench.batch import BatchSession, BatchSettings
+    from edgeprune.boards.profiles import load_profile
     from edgeprune.boards.reach import resolve_target
     from edgeprune.latency.layers import candidate_counts, layer_inventory
     from edgeprune.latency.loop import WHOLE, _export, export_stage_probes
@@ -84,13 +86,14 @@ def main() -> None:
     lm = load_model(name, input_shape=shape)
     net, x = lm.module, example_input(shape)
     inv = layer_inventory(net, x)
-    space = {g.id: candidate_counts(g.channels, multiple=math.lcm(1, g.slices)) for g in inv.prunable}
+    align = load_profile("local").alignment("fp32")  # the channel counts the loop would try (bench_latency.py too)
+    space = {g.id: candidate_counts(g.channels, multiple=math.lcm(align, g.slices)) for g in inv.prunable}
     full = {g: c[-1] for g, c in space.items()}
     rng = random.Random(0)
     plans = []
     for i in range(n_plans):
         keep = {g: rng.choice(c) for g, c in space.items()}
-        plan = ChannelPlan.from_keep(inv.prunable, keep, align=1, input_shape=shape, base=lm.base)
+        plan = ChannelPlan.from_keep(inv.prunable, keep, align=align, input_shape=shape, base=lm.base)
         m = copy.deepcopy(net)
         prune_(m, plan, x=x, verify=False)
         plans.append((keep, _export(m, lm, "local", "onnx", "fp32", work, f"p{i}")))
@@ -102,7 +105,7 @@ def main() -> None:
         sys.exit(f"{name}: ORT's conv/linear nodes do not pair up with the model's layers")
     sf = StageFit.plan(inv.layers, space)
     probe_arts = export_stage_probes(sf, lm, full, inv.prunable, profile_name="local", fmt="onnx",
-                                     precision="fp32", folder=work, align=1, prefix="probe-")
+                                     precision="fp32", folder=work, align=align, prefix="probe-")
     whole = BatchSettings(**{**WHOLE.__dict__, "threads": 1})
     with BatchSession(resolve_target("local"), settings=BatchSettings(threads=1)) as board:
         first = board.measure({"unpruned": full_art, **probe_arts}, settings=whole)
