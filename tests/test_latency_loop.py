@@ -132,9 +132,16 @@ def test_a_busy_board_with_a_quota_measures_more_rounds_and_keeps_the_interval(c
     runs = m["cpu_quota"]["runs_per_round"]
     assert runs * r.unpruned_ms >= 3 * 100.0 and set(board.runs_seen) == {runs}
     assert "the board was busy" in r.status
+    # the chosen round's interval is still wider than the tolerance: the status says so, in one clause
+    chosen = next(x for x in r.rounds if x["round"] == r.info["chosen_round"])
+    lo, hi = (v / r.budget_ms for v in chosen["measurement"]["interval_ms"])
+    assert r.info["uncertain"].startswith("uncertain: the board's figure for this plan has a 90% interval of "
+                                          f"{lo:.2f}-{hi:.2f} x the budget after 3 batches (a CPU quota of 0.5 CPU)")
+    assert f"[{r.info['uncertain']}]" in r.status and "\n" not in r.status
     quiet = FakeFormulaBoard(round_noise=0.01)
     q = plan_for_budget(lm(), target="local", speedup=1.6, board=quiet)
     assert q.rounds[0]["measurement"]["batches"] == 1 and q.rounds[0]["measurement"]["actions"] == []
+    assert q.info["uncertain"] is None and "uncertain" not in q.status
 
 
 def test_on_a_quota_the_budget_is_judged_on_the_round_means_not_their_aliased_medians(cache):

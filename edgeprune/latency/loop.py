@@ -575,6 +575,9 @@ def plan_for_budget(
         if busy > BUSY_CORES:
             status += (f" [the board was busy: other processes used up to {busy:.1f} cores while it measured; "
                        "these timings are contended]")
+        uncertain = _uncertain(chosen, budget, tolerance, quota)
+        if uncertain:
+            status += f" [{uncertain}]"
         artifact = _keep_measured(chosen, keep_dir)
         info = {
             **base_info,
@@ -586,6 +589,7 @@ def plan_for_budget(
             "budget_from": "latency_budget" if latency_budget is not None else f"speedup {speedup:g}",
             "chosen_round": chosen["round"] if chosen else None,
             "search_stopped": stopped,
+            "uncertain": uncertain,  # None, or why the chosen round's figure is less sure than the tolerance
             "quota_runs": quota,  # runs per timed round chosen for that quota
             "board_visits": getattr(board, "visits", None),
             "table": {**table_info, "lookups": dict(table.stats), "drift": table.drift[-10:]},
@@ -673,6 +677,21 @@ def _how(r, verb="measured"):
         return f"{verb} {r['measured_ms']:.3f} ms"
     return (f"{verb} {r['speedup_same_batch']:.2f}x faster than the unpruned model in the same batch "
             f"({r['judged_ms']:.3f} ms at the load of the first measurement; {r['measured_ms']:.3f} ms raw)")
+
+
+def _uncertain(chosen: dict | None, budget: float, tolerance: float, quota) -> str | None:
+    """One line when the chosen round's interval, after every batch the judge allows, is still wider than the
+    tolerance: the verdict stands on the median, but the plan may be that much over or under the budget."""
+    m = (chosen or {}).get("measurement") or {}
+    lo_hi = m.get("interval_ms")
+    if not lo_hi or (m.get("interval_width") or 0.0) <= tolerance:
+        return None
+    where = (f"a CPU quota of {quota['cpus']:g} CPU" if quota else
+             "other processes busy" if (m.get("other_busy_cores") or 0.0) > BUSY_CORES else "a noisy board")
+    return (f"uncertain: the board's figure for this plan has a {m.get('confidence', 0.9):.0%} interval of "
+            f"{lo_hi[0] / budget:.2f}-{lo_hi[1] / budget:.2f} x the budget after {m.get('batches')} batches "
+            f"({where}), wider than the tolerance of {tolerance:.0%}: measure the kept file again before "
+            "relying on the margin")
 
 
 def _conclude(rounds: list[dict], budget: float, target: str, min_keep: float, unpruned: float,
