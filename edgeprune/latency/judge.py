@@ -110,8 +110,9 @@ def runs_for_quota(board_facts: dict[str, Any], unpruned_ms: float, runs: int) -
     return chosen, {"cpus": round(float(quota), 3), "period_ms": round(float(period), 3), "runs_per_round": chosen}
 
 
-def _rounds(t, quota: dict[str, Any] | None = None) -> list[float]:
-    """A timing's per-round figures: the medians, or with a CPU quota the means (see the module docstring)."""
+def round_figures(t, quota: Any = None) -> list[float]:
+    """A timing's per-round figures: the medians, or on a board with a CPU quota (``quota`` truthy) the
+    means (see the module docstring); one value, its p50, from an agent without per-round figures."""
     if quota and getattr(t, "rounds_mean_ms", None):
         return list(t.rounds_mean_ms)
     return list(t.rounds_ms) if t.rounds_ms else [t.p50_ms]
@@ -146,7 +147,7 @@ def measure_judged(board, files: dict, *, settings, relative_to: float | None, t
         t, tu = res.timings["plan"], res.timings["unpruned"]
         if not (t.ok and tu.ok):
             raise AgentError(f"{where}the board could not run the exported model: {t.error or tu.error}")
-        a, b = _rounds(t, quota), _rounds(tu, quota)
+        a, b = round_figures(t, quota), round_figures(tu, quota)
         if len(a) != len(b):  # one value each when the agent's round lists do not pair up
             a, b = [t.p50_ms], [tu.p50_ms]
         plan_r += a

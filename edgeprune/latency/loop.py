@@ -73,6 +73,7 @@ from edgeprune.latency.judge import (
     Judgement,
     judge,
     measure_judged,
+    round_figures,
     runs_for_quota,
     with_runs,
 )
@@ -434,9 +435,10 @@ def _target(target: str, *, host, reach, profile, estimate: bool):
 def _unpruned_round(b: _Board, first, unpruned: float, budget: float, quota) -> dict:
     """Round 0 when the unpruned model (``unpruned`` ms) already meets the budget: nothing to remove."""
     t_un = first.timings["unpruned"]
-    lo_hi = judge(t_un.rounds_ms or [unpruned], t_un.rounds_ms or [unpruned], relative_to=None)
+    per_round = round_figures(t_un, quota)  # the figures ``unpruned`` came from (means on a CPU quota)
+    lo_hi = judge(per_round, per_round, relative_to=None)
     j = Judgement(judged_ms=unpruned, low_ms=lo_hi[1], high_ms=lo_hi[2], measured_ms=unpruned,
-                  unpruned_ms_same_batch=unpruned, rounds=len(t_un.rounds_ms) or 1, batches=1,
+                  unpruned_ms_same_batch=unpruned, rounds=len(per_round), batches=1,
                   busy_cores=first.other_busy_cores, quota=quota, last=first)
     row = _round_row(0, None, j, budget, b, knob=None, how="the unpruned model")
     row["verdict"], row["removed_fraction"] = "met", 0.0
@@ -548,8 +550,9 @@ def plan_for_budget(
         if not t_un.ok:
             raise AgentError(f"{target}: the board cannot run the unpruned model: {t_un.error}")
         unpruned = t_un.p50_ms
-        if (first.board or {}).get("cpu_quota") and t_un.rounds_mean_ms:  # what a quota'd board sustains (.judge)
-            unpruned = float(statistics.median(t_un.rounds_mean_ms))
+        on_quota = (first.board or {}).get("cpu_quota")
+        if on_quota and t_un.rounds_mean_ms:  # what a board with a CPU quota sustains (see .judge)
+            unpruned = float(statistics.median(round_figures(t_un, on_quota)))
         base_ms = first.baseline.p50_ms if first.baseline else 0.0
         budget = latency_budget if latency_budget is not None else unpruned / speedup
         identity = board.identity(first)
