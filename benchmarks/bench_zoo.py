@@ -247,6 +247,23 @@ def _timed(args: list[str], cwd: Path, env: dict) -> dict:
             "error": line}
 
 
+def _user_project(root: Path, tasks, name: str, imgsz: int) -> dict:
+    """A user's folder: ``best.pt`` (``NAME.yaml``, trained-like, written as Ultralytics' trainer writes it) and
+    ``userdet.py`` whose ``build()`` loads it; returns the environment its commands run with."""
+    import torch
+
+    from tests.zoo import ultralytics_real
+
+    root.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ultralytics_real.trained_like(tasks.DetectionModel(f"{name}.yaml", verbose=False),
+                                              (1, 3, imgsz, imgsz))
+    ultralytics_real.save_checkpoint(model, root / "best.pt", cfg=f"{name}.yaml", imgsz=imgsz)
+    (root / "userdet.py").write_text(USERDET.format(path=str(root / "best.pt")))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+
+
 def _load_avg() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -254,8 +271,6 @@ def _load_avg() -> str:
 def commands(out: Path, sizes: dict[str, list[int]]) -> list[dict]:
     """The real Ultralytics models as a user gives them (a best.pt loaded with YOLO(...).model in their factory),
     through the CLI: prune, export ONNX fp32 (local) and TFLite full INT8 (local), each a child process."""
-    import torch
-
     from tests.zoo import ultralytics_real
 
     rows = []
@@ -263,14 +278,7 @@ def commands(out: Path, sizes: dict[str, list[int]]) -> list[dict]:
     for name, imgszs in sizes.items():
         for imgsz in imgszs:
             root = out / f"{name}-{imgsz}"
-            root.mkdir(parents=True, exist_ok=True)
-            shape = (1, 3, imgsz, imgsz)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = ultralytics_real.trained_like(tasks.DetectionModel(f"{name}.yaml", verbose=False), shape)
-            ultralytics_real.save_checkpoint(model, root / "best.pt", cfg=f"{name}.yaml", imgsz=imgsz)
-            (root / "userdet.py").write_text(USERDET.format(path=str(root / "best.pt")))
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+            env = _user_project(root, tasks, name, imgsz)
             row: dict = {"model": name, "imgsz": imgsz, "load": _load_avg()}
             row["prune"] = _timed(["prune", "-t", "local", "-m", "userdet:build", "--input-shape", f"1,3,{imgsz},{imgsz}",
                                    "--ratio", "0.3", "-o", "pruned"], root, env)
@@ -302,22 +310,13 @@ def commands(out: Path, sizes: dict[str, list[int]]) -> list[dict]:
 def deploys(out: Path, sizes: list[int]) -> list[dict]:
     """YOLO26n as a user gives it (a best.pt through their factory) through ``edgeprune deploy -t local`` to
     TFLite full INT8 at each input size: exit, wall time, peak RSS of the deploy process and its children."""
-    import torch
-
     from tests.zoo import ultralytics_real
 
     rows = []
     tasks = ultralytics_real.import_ultralytics()
     for imgsz in sizes:
         root = out / f"deploy-yolo26n-{imgsz}"
-        root.mkdir(parents=True, exist_ok=True)
-        shape = (1, 3, imgsz, imgsz)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = ultralytics_real.trained_like(tasks.DetectionModel("yolo26n.yaml", verbose=False), shape)
-        ultralytics_real.save_checkpoint(model, root / "best.pt", cfg="yolo26n.yaml", imgsz=imgsz)
-        (root / "userdet.py").write_text(USERDET.format(path=str(root / "best.pt")))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+        env = _user_project(root, tasks, "yolo26n", imgsz)
         row = {"model": "yolo26n", "imgsz": imgsz, "load": _load_avg()}
         row["deploy"] = _timed(["deploy", "-t", "local", "-m", "userdet:build", "--input-shape",
                                 f"1,3,{imgsz},{imgsz}", "--ratio", "0.3", "--format", "tflite", "--precision", "int8",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 
 
@@ -33,8 +34,6 @@ def launch(nproc_per_node: int, finetune_args: list[str], *, stdout=None) -> int
     its own session: Ctrl-C here reaches it once (forwarded as SIGINT), it stops the ranks and rank 0
     saves its checkpoint; the same command then resumes, at any process count.
     """
-    import subprocess
-
     proc = subprocess.Popen(command(nproc_per_node, finetune_args), start_new_session=True, stdout=stdout)
     try:
         return proc.wait()
