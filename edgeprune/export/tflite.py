@@ -65,6 +65,7 @@ import io
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -332,8 +333,7 @@ def saved_model(onnx_path: Path, workdir: Path, sample_nchw: np.ndarray | None, 
 def configure_converter(tf, conv, precision: str, representative, io_precision: str) -> None:
     """Set a ``TFLiteConverter`` for ``precision``: fp32 as is, fp16 weights, or full INT8 (every op an
     int8 kernel, inputs/outputs ``io_precision``) calibrated on ``representative`` (a generator of
-    ``[NHWC sample]``). The one set-up of every TFLite INT8 file edgeprune makes (exports and the latency
-    table's micro-models alike, so that they cost what the exported layers cost)."""
+    ``[NHWC sample]``)."""
     if precision == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -348,19 +348,13 @@ def configure_converter(tf, conv, precision: str, representative, io_precision: 
         raise ExportError(f"TFLite precision '{precision}' is not one of fp32, fp16, int8")
 
 
-def _tflite_bytes(sm: Path, precision: str, calib: np.ndarray | None, io_precision: str) -> bytes:
-    tf = require("tensorflow", "tflite", "TFLite conversion")
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
-    representative = None
-    if precision == "int8":
-        if calib is None or len(calib) == 0:
-            raise ExportError("full-INT8 TFLite needs calibration samples (--calib)")
-        nhwc = np.ascontiguousarray(calib.transpose(0, 2, 3, 1), dtype=np.float32)
-
-        def representative():
-            for i in range(len(nhwc)):
-                yield [nhwc[i : i + 1]]
-
+def tflite_bytes(tf, conv, precision: str, samples: Callable[[], Iterable[np.ndarray]] | None,
+                 io_precision: str) -> bytes:
+    """Convert with ``conv`` (a ``TFLiteConverter``) to ``precision``, calibrated on ``samples()`` (NHWC
+    arrays, one per calibration step) for INT8: the one set-up and conversion of every TFLite file
+    edgeprune makes (exports and the latency table's micro-models alike, so that they cost what the
+    exported layers cost). The converter's chatter is kept off the terminal; a failure is one ExportError."""
+    representative = None if samples is None else (lambda: ([s] for s in samples()))
     configure_converter(tf, conv, precision, representative, io_precision)
     log = io.StringIO()
     try:
@@ -372,6 +366,21 @@ def _tflite_bytes(sm: Path, precision: str, calib: np.ndarray | None, io_precisi
         raise ExportError(f"TFLite {precision} conversion failed{hint}: {msg}") from exc
 
 
+def _saved_model_bytes(sm: Path, precision: str, calib: np.ndarray | None, io_precision: str) -> bytes:
+    tf = require("tensorflow", "tflite", "TFLite conversion")
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+    samples = None
+    if precision == "int8":
+        if calib is None or len(calib) == 0:
+            raise ExportError("full-INT8 TFLite needs calibration samples (--calib)")
+        nhwc = np.ascontiguousarray(calib.transpose(0, 2, 3, 1), dtype=np.float32)
+
+        def samples():
+            return (nhwc[i : i + 1] for i in range(len(nhwc)))
+
+    return tflite_bytes(tf, conv, precision, samples, io_precision)
+
+
 def convert_onnx_to_tflite(onnx_path: Path, dest: Path, *, precision: str, calib: np.ndarray | None = None,
                            io_precision: str = "int8", workdir: Path | None = None) -> dict:
     """ONNX fp32 -> TFLite ``precision`` at ``dest`` (atomic); returns what was done."""
@@ -381,7 +390,7 @@ def convert_onnx_to_tflite(onnx_path: Path, dest: Path, *, precision: str, calib
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-tfl-")))
         sm = saved_model(Path(onnx_path), Path(workdir), calib, int8=precision == "int8")
-        data = _tflite_bytes(sm, precision, calib, io_precision if precision == "int8" else "float32")
+        data = _saved_model_bytes(sm, precision, calib, io_precision if precision == "int8" else "float32")
         padding = _PADDING.get(_key(Path(onnx_path), precision == "int8"), {})
         if precision == "int8":
             _check_int8_scales(Path(dest), data, padding)

@@ -38,9 +38,7 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -48,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import ExportError, require
-from edgeprune.export.tflite import configure_converter
+from edgeprune.export.tflite import tflite_bytes
 from edgeprune.latency.layers import LayerShape
 
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
@@ -186,21 +184,16 @@ def _tf_layer(tf, shape: LayerShape) -> Callable:
     return conv
 
 
-def _tflite_bytes(tf, shape: LayerShape, precision: str, io_precision: str) -> bytes:
+def _layer_tflite(tf, shape: LayerShape, precision: str, io_precision: str) -> bytes:
+    """One layer alone as a TFLite file, converted as the exporter converts (:func:`.tflite_bytes`)."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ExportError(f"no TFLite micro-models in precision '{precision}'")
     fn = _tf_layer(tf, shape)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
     in_shape = [int(d) for d in fn.input_signature[0].shape]
     rng = np.random.default_rng(0)
-
-    def representative():
-        for _ in range(3):
-            yield [rng.standard_normal(in_shape).astype(np.float32)]
-
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ExportError(f"no TFLite micro-models in precision '{precision}'")
-    configure_converter(tf, conv, precision, representative, io_precision)
-    with contextlib.redirect_stdout(io.StringIO()):
-        return conv.convert()
+    return tflite_bytes(tf, conv, precision, lambda: (rng.standard_normal(in_shape).astype(np.float32)
+                                                      for _ in range(3)), io_precision)
 
 
 # -- the entry point ---------------------------------------------------------------
@@ -243,7 +236,7 @@ def build_micro_models(
                 _onnx_precision(shape, tmp, precision, dest, scheme)
                 tmp.unlink(missing_ok=True)
             else:
-                dest.write_bytes(_tflite_bytes(tf, shape, precision, io_precision))
+                dest.write_bytes(_layer_tflite(tf, shape, precision, io_precision))
         except ExportError:
             raise
         except Exception as exc:
