@@ -12,6 +12,7 @@ The Python API mirrors the CLI (see :mod:`edgeprune.api`)::
     edgeprune.bench_model(report.final.path, target="local").latency_ms["p50"]
     edgeprune.deploy_model("digits-cnn", target="local", speedup=1.5, output="out/")  # all of it, shipped
 """
+import importlib
 
 __version__ = "0.1.0"
 
@@ -39,8 +40,6 @@ def __getattr__(name: str):
         "deploy_model": ("edgeprune.api", "deploy_model"),
     }
     if name in lazy:
-        import importlib
-
         mod, attr = lazy[name]
         return getattr(importlib.import_module(mod), attr)
     raise AttributeError(f"module 'edgeprune' has no attribute {name!r}")

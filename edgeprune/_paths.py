@@ -18,13 +18,17 @@ Writing, so that no reader ever sees half a result:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+from edgeprune.errors import OutputError
 
 _PKG = Path(__file__).resolve().parent
 
@@ -121,8 +125,6 @@ def output_dir(path: str | os.PathLike[str], *, option: str = "--output", create
     An empty path, the current folder (or one holding it) and the home folder
     are refused: a result replaces its folder as a whole (:func:`staged_output`).
     """
-    from edgeprune.errors import OutputError
-
     if not str(path).strip():
         raise OutputError(f"{option} is empty; give a folder for the results, e.g. {option} out/")
     path = Path(path).expanduser()
@@ -169,9 +171,6 @@ RENAME_EXCHANGE = 2  # linux/fs.h
 
 def _renameat2_exchange(a: Path, b: Path) -> bool:
     """Atomically exchange the folders ``a`` and ``b`` (Linux renameat2); False where unsupported."""
-    import ctypes
-    import sys
-
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -275,8 +274,6 @@ def staged_output(path: str | os.PathLike[str], *, option: str = "--output") -> 
         with staged_output("out/", option="--output") as tmp:
             (tmp / "summary.json").write_text(...)     # records Path("out") / "model.ept"
     """
-    from edgeprune.errors import OutputError
-
     final = output_dir(path, option=option, create=False)
     real = Path(os.path.realpath(final))
     parent = real.parent

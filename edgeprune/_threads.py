@@ -28,6 +28,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
+
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
 R = TypeVar("R")

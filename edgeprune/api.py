@@ -37,6 +37,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from edgeprune.bench.runner import BenchSettings, bench_many, bench_target
+from edgeprune.boards.reach import resolve_target
+from edgeprune.errors import PruneError
+from edgeprune.models import _REGISTRY, LoadedModel
+from edgeprune.validate import check_all
+
+# Lazy imports: the imports inside functions below load numpy, torch, which importing this module does not;
+# they load only when a function that needs them runs.
+
 
 def bench_model(
     model: str | os.PathLike[str],
@@ -59,9 +68,6 @@ def bench_model(
     the rest only if they all succeed) and each item of the list is a ``BenchResult``, the
     ``EdgePruneError`` that board gave, or a ``NotStarted``.
     """
-    from edgeprune.bench.runner import BenchSettings, bench_many, bench_target
-    from edgeprune.boards.reach import resolve_target
-
     settings = BenchSettings(runs=runs, warmup=warmup, threads=threads, profile_ops=profile_ops, timeout_s=timeout)
     names = [target] if isinstance(target, str) else list(target)
     reaches = [resolve_target(n, host=host) for n in names]
@@ -76,7 +82,6 @@ def _model(model: Any, *, weights=None, input_shape=None, trust_factory=None, no
            teacher=None, task=None):
     """``model`` as a LoadedModel: loaded here from a ``--model`` spec (said on the terminal), or as given."""
     from edgeprune.load import load_model, say_loaded
-    from edgeprune.models import LoadedModel
 
     if isinstance(model, LoadedModel):
         return model
@@ -94,7 +99,6 @@ def _teacher(teacher: Any, lm, trust_factory=None):
     if teacher is None:
         return None
     from edgeprune.load import load_model
-    from edgeprune.models import _REGISTRY, LoadedModel
 
     if isinstance(teacher, LoadedModel):
         return teacher
@@ -162,11 +166,8 @@ def prune_model(
     raises :class:`~edgeprune.errors.BudgetError` when the board measured it
     as not met, after writing everything. Returns ``summary.json``'s dict.
     """
-    from edgeprune.boards.reach import resolve_target
     from edgeprune.data import Dataset, DataSplit
-    from edgeprune.errors import PruneError
     from edgeprune.prune.pipeline import PruneOptions, prune_to_plan, read_plan, uniform_plan
-    from edgeprune.validate import check_all
 
     if sum(v is not None for v in (ratio, plan_file, latency_budget, speedup)) != 1:
         raise PruneError("give exactly one of --ratio R, --plan FILE, --latency-budget MS or --speedup S")
@@ -248,7 +249,6 @@ def finetune_model(
     """
     from edgeprune.finetune.run import FinetuneOptions
     from edgeprune.finetune.run import finetune_model as _finetune
-    from edgeprune.validate import check_all
 
     check_all(val_fraction=val_fraction, limit=limit)  # before anything is loaded
     options = FinetuneOptions(epochs=epochs, steps=steps, time_budget=time_budget, device=device, lr=lr,
@@ -289,7 +289,6 @@ def export_model(
 ):
     """``edgeprune export``: an ``ExportReport`` (every artifact, its checks and accuracy; see
     :func:`edgeprune.export.pipeline.export`)."""
-    from edgeprune.boards.reach import resolve_target
     from edgeprune.export.calib import ACCURACY_COUNT, VERIFY_COUNT
     from edgeprune.export.pipeline import ExportOptions, export
 

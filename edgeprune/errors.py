@@ -14,6 +14,8 @@ Example::
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -174,8 +176,6 @@ def did_you_mean(
         did_you_mean("bandwith", ["bandwidth_gbps"], n=1, cutoff=0.6, quote=True, prefix="memory.")
         # "did you mean 'memory.bandwidth_gbps'?"
     """
-    import difflib
-
     near = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
     shown = [f"'{prefix}{c}'" if quote else f"{prefix}{c}" for c in near]
     return f"did you mean {' or '.join(shown)}?" if near else ""
@@ -188,8 +188,6 @@ def require(module: str, extra: str, purpose: str = ""):
 
         ort = require("onnxruntime", "onnx", "running ONNX models")
     """
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # only a missing package, not a broken one

@@ -58,6 +58,7 @@ from typing import Any
 
 from edgeprune._paths import sha256_file
 from edgeprune.data import DataError, DataOptions, DataSplit, available
+from edgeprune.data.preprocess import parse_normalize
 from edgeprune.errors import ModelError
 from edgeprune.models import _REGISTRY, LoadedModel, data_info, model_info, pretrained_available
 from edgeprune.models.loading import (
@@ -152,8 +153,6 @@ def _from_file(path: Path, input_shape, trusted: tuple[str, ...]) -> LoadedModel
 
 def _preprocessing(lm: LoadedModel, normalize: Any) -> None:
     """Fill ``lm.normalize`` and where it came from: the user's, the built-in model's, else the default."""
-    from edgeprune.data.preprocess import parse_normalize
-
     if normalize is not None:
         lm.normalize, lm.normalize_source = parse_normalize(normalize), "--normalize"
         return

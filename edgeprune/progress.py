@@ -28,6 +28,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
+# Lazy imports: the imports inside functions below load rich, which importing this module does not;
+# they load only when a function that needs them runs.
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 

@@ -45,6 +45,9 @@ from pathlib import Path
 from edgeprune.errors import EdgePruneError, ModelError
 from edgeprune.progress import printable
 
+# Lazy imports: the imports inside functions below load numpy, torch, which importing this module does not;
+# they load only when a function that needs them runs.
+
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER (pre-1.6 files)

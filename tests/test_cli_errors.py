@@ -123,7 +123,7 @@ def test_a_factory_that_fails(tmp_path, source, words):
 BUG = (
     "import sys, edgeprune.cli.models_cmd as m, edgeprune.models as models\n"
     "def boom():\n    raise KeyError('registry')\n"
-    "models.list_models = boom\n"
+    "m.list_models = boom  # the command calls the list_models it imported\n"
     "from edgeprune.cli import main\nmain(sys.argv[1:])\n"
 )
 

@@ -236,3 +236,60 @@ def test_every_exception_class_lives_in_errors_py():
                 if any(b.endswith(("Error", "Exception")) or b in ("Interrupted",) for b in bases):
                     bad.append(f"{path.relative_to(PKG)}: {node.name}")
     assert not bad, bad
+
+
+# -- issue 22: imports at the head of modules, except a heavy library's, which loads lazily and says so ----------
+
+# heavy libraries, and optional ones (not in pyproject's dependencies), which may load inside a function
+HEAVY = {"flatbuffers", "torch", "tensorflow", "onnx", "onnxruntime", "ultralytics", "timm", "matplotlib", "torch_pruning",
+         "ai_edge_litert", "cv2", "pycocotools", "faster_coco_eval", "paramiko", "scipy", "sklearn", "skimage",
+         "PIL", "yaml", "numpy", "rich", "click", "onnx2tf", "tflite_runtime", "nncf", "torchvision"}
+
+
+def _function_imports(tree: ast.Module):
+    """(import node, inside a try block) for every import inside a function."""
+    in_try: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try):
+            for part in node.body + [s for h in node.handlers for s in h.body] + node.orelse + node.finalbody:
+                in_try.update(id(s) for s in ast.walk(part))
+    seen: set[int] = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in seen:
+                    seen.add(id(node))
+                    yield node, id(node) in in_try
+
+
+def test_imports_inside_functions_are_lazy_loads_of_heavy_libraries_and_say_so():
+    """An import inside a function is an optional dependency (inside ``try``), or loads a heavy library the
+    module does not load at import time, and then the module says so in one ``# Lazy imports:`` comment (or
+    the line says why); anything else belongs at the head of the module, where a reader sees it. (That each
+    such import really loads something the module does not was checked when they were moved: importing every
+    module alone loaded the same libraries before and after.)"""
+    std = set(sys.stdlib_module_names)
+    bad = []
+    for path in PKG.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        name = _module_name(path)
+        for node, in_try in _function_imports(ast.parse(text)):
+            if in_try:
+                continue
+            where = f"{path.relative_to(PKG)}:{node.lineno}"
+            if isinstance(node, ast.ImportFrom):
+                mod = _resolve(node, name, path.name == "__init__.py") or ""
+                targets = [mod, *(f"{mod}.{a.name}" for a in node.names)]
+            else:
+                targets = [a.name for a in node.names]
+            top = targets[0].split(".")[0]
+            said = "# Lazy imports:" in text or "#" in lines[node.end_lineno - 1]
+            if top in std:
+                bad.append(f"{where}: the standard library's {targets[0]} is cheap: import it at the head")
+            elif not said:
+                bad.append(f"{where}: a lazy import without a '# Lazy imports:' comment saying why")
+            elif top != "edgeprune" and top not in HEAVY:
+                bad.append(f"{where}: {top} is not a heavy library (tests/test_structure.py HEAVY): import it "
+                           "at the head")
+    assert not bad, "\n".join(sorted(bad))

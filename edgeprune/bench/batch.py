@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import tarfile
 import tempfile
 from collections.abc import Mapping
@@ -39,9 +40,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeprune._paths import sha256_file
+from edgeprune._paths import atomic_write_bytes, cache_dir, sha256_file
 from edgeprune.bench.result import _MAX_MS, _num, _obj, _str, decode_agent_output
-from edgeprune.errors import AgentError, ModelError
+from edgeprune.bench.runner import AGENT_NAME, agent_failure, agent_path, choose_runtime
+from edgeprune.errors import AgentError, ModelError, require
+from edgeprune.progress import step
+from edgeprune.transport import open_transport
+
+# Lazy imports: the imports inside functions below load onnx, which importing this module does not;
+# they load only when a function that needs them runs.
 
 MANIFEST = "manifest.json"
 BATCH_FORMAT = "edgeprune.batch"
@@ -121,8 +128,6 @@ def baseline_model(suffix: str, folder: Path) -> Path:
     (session/interpreter call, input and output handling).
     """
     if suffix == ".onnx":
-        from edgeprune.errors import require
-
         onnx = require("onnx", "onnx", "building the baseline model")
         from onnx import TensorProto, helper
 
@@ -138,8 +143,6 @@ def baseline_model(suffix: str, folder: Path) -> Path:
         onnx.save(model, str(path))
         return path
     if suffix == ".tflite":
-        from edgeprune._paths import atomic_write_bytes, cache_dir
-
         cached = cache_dir() / "latency" / "baseline-v1.tflite"
         if not cached.is_file():
             atomic_write_bytes(cached, _tflite_baseline_bytes())
@@ -148,10 +151,6 @@ def baseline_model(suffix: str, folder: Path) -> Path:
 
 
 def _tflite_baseline_bytes() -> bytes:
-    import os
-
-    from edgeprune.errors import require
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tf = require("tensorflow", "tflite", "building the TFLite baseline model")
 
@@ -351,9 +350,6 @@ class BatchSession:
         accept_new_host_key: bool = False,
         agent: str | Path | None = None,
     ) -> None:
-        from edgeprune.bench.runner import agent_path
-        from edgeprune.transport import open_transport
-
         self.reach = reach
         self.settings = settings
         self.agent = Path(agent) if agent else agent_path()
@@ -383,9 +379,6 @@ class BatchSession:
         runtime: str | None = None,
     ) -> BatchResult:
         """Measure ``models`` ({key: file}, one format) in one agent run; timings keyed by ``key``."""
-        from edgeprune.bench.runner import AGENT_NAME, agent_failure, choose_runtime
-        from edgeprune.progress import step
-
         settings = settings or self.settings
         first = Path(next(iter(models.values())))
         runtime = runtime or choose_runtime(self.reach.profile, first)

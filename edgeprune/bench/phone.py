@@ -39,12 +39,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edgeprune._paths import sha256_file
+from edgeprune._paths import atomic_write_text, sha256_file
 from edgeprune.bench.bm_output import BenchmarkOutput, parse_benchmark_output
 from edgeprune.bench.delegates import judge_delegate, resolve_delegate
 from edgeprune.bench.result import BenchResult, cache_file
 from edgeprune.errors import BenchmarkModelError, ModelError, TransportError
 from edgeprune.progress import step
+from edgeprune.transport import CONNECT_TIMEOUT_S, open_transport
 
 LITERT_CLI_CACHE = "~/.cache/litert-cli/binaries"  # litert-cli 0.2.1 keeps the binaries it downloads here
 PREBUILT = ("https://storage.googleapis.com/tensorflow-nightly-public/prod/tensorflow/release/lite/tools/"
@@ -300,9 +301,6 @@ def to_bench_result(out: BenchmarkOutput, *, reach, phone: Phone, model: Path, m
 def bench_phone(reach, model: str | Path, *, settings, use_cache: bool = True,
                 delegate: str | None = None) -> BenchResult:
     """Measure ``model`` (.tflite) on the phone ``reach`` with benchmark_model; see the module docstring."""
-    from edgeprune._paths import atomic_write_text
-    from edgeprune.transport import CONNECT_TIMEOUT_S, open_transport
-
     model = Path(model)
     if not model.is_file():
         raise ModelError(f"{model}: model file not found")

@@ -63,6 +63,7 @@ from edgeprune.bench.delegates import judge_delegate
 from edgeprune.bench.phone import Phone, judge_thermal, run_failure
 from edgeprune.errors import BenchmarkModelError, EdgePruneError, ModelError, TransportError
 from edgeprune.progress import step
+from edgeprune.transport import open_transport
 
 BASELINE = "baseline.tflite"
 KEEP_LINES = 60  # of one run, read by the host (the rest of a run's kept lines is dropped)
@@ -196,8 +197,6 @@ class PhoneBatchSession(BatchSession):
 
     def __init__(self, reach, *, settings: BatchSettings | None = None, accept_new_host_key: bool = False,
                  agent: str | Path | None = None) -> None:
-        from edgeprune.transport import open_transport
-
         # No BatchSession.__init__: there is no agent and no Python on the phone.
         self.reach = reach
         self.settings = settings or BatchSettings()

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeprune._paths import cache_dir
 from edgeprune.errors import AgentError
 
 PROTOCOL = 2  # what this edgeprune's agent speaks
@@ -237,10 +239,5 @@ def parse_agent_output(stdout: bytes, *, target: str, host: str | None = None) -
 
 def cache_file(key: dict) -> Path:
     """Where a measurement with this key (model sha256, board identity, settings) is cached."""
-    import hashlib
-    import json
-
-    from edgeprune._paths import cache_dir
-
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_dir() / "bench" / f"{name}.json"

@@ -26,12 +26,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgeprune._paths import sha256_file
+from edgeprune._paths import atomic_write_text, data_dir, sha256_file
 from edgeprune._threads import DEFAULT_PARALLEL, NotStarted, fan_out
 from edgeprune.bench.phone import bench_phone
 from edgeprune.bench.result import BenchResult, cache_file, parse_agent_output
 from edgeprune.errors import AgentError, EdgePruneError, ModelError
 from edgeprune.progress import step
+from edgeprune.transport import CONNECT_TIMEOUT_S, open_transport
 from edgeprune.validate import check, check_all
 
 FORMAT_RUNTIMES = {".onnx": ("onnxruntime", "tensorrt"), ".tflite": ("litert", "edgetpu")}
@@ -53,8 +54,6 @@ class BenchSettings:
 
 
 def agent_path() -> Path:
-    from edgeprune._paths import data_dir
-
     return data_dir("targets") / AGENT_NAME
 
 
@@ -88,8 +87,6 @@ def bench_target(
     agent: str | Path | None = None,
 ) -> BenchResult:
     """Measure ``model`` on the board ``reach`` describes (see module docstring)."""
-    from edgeprune.transport import CONNECT_TIMEOUT_S, open_transport
-
     if reach.runner == "benchmark_model":
         # a phone without Python: LiteRT's own binary measures
         return bench_phone(reach, model, settings=settings, use_cache=use_cache)
@@ -158,7 +155,6 @@ def bench_target(
                 transport.remove(remote_model)  # the board cannot load it: do not leave it there
             raise
     result.model["name"] = model.name
-    from edgeprune._paths import atomic_write_text
 
     data = result.to_dict()
     data["cached_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import tomllib
+
 from edgeprune._paths import config_file
 from edgeprune.errors import ProfileError
 
@@ -20,7 +22,6 @@ def read_config() -> dict[str, Any]:
     path = config_file()
     if not path.is_file():
         return {}
-    import tomllib
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -25,13 +25,21 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from edgeprune._paths import config_file, data_dir
+from edgeprune.boards.config import read_config
+from edgeprune.boards.probe import probe_local
 from edgeprune.errors import ProfileError, did_you_mean
+
+# Lazy imports: the imports inside functions below load yaml, which importing this module does not;
+# they load only when a function that needs them runs.
 
 PRECISIONS = ("fp32", "fp16", "int8")
 RUNTIMES = ("onnxruntime", "litert", "tensorrt", "edgetpu")
@@ -246,8 +254,6 @@ class Profile:
         key = "int8_gops" if precision == "int8" else f"{precision}_gflops"
         value = self.data["peak"].get(key)
         if value == MEASURE:
-            from edgeprune.boards.probe import probe_local
-
             return probe_local()["fp32_gflops"]
         return None if value is None else float(value)
 
@@ -257,8 +263,6 @@ class Profile:
         if value is None:
             return None
         if value == MEASURE:
-            from edgeprune.boards.probe import probe_local
-
             return probe_local()["copy_gbps"]
         return float(value)
 
@@ -274,12 +278,9 @@ class Profile:
 
     def resolved(self) -> dict[str, Any]:
         """The profile's data with every ``"measure"`` replaced by the measured figure."""
-        import copy
-
         out = copy.deepcopy(self.data)
         if not self.measured:
             return out
-        from edgeprune.boards.probe import probe_local
 
         probe = probe_local()
         fills = {
@@ -305,8 +306,6 @@ def _parse(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
     if path.suffix == ".toml":
-        import tomllib
-
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -373,8 +372,6 @@ def profile_dirs() -> list[Path]:
     dirs = [data_dir("device_profiles")]
     cfg = config_file()
     if cfg.is_file():
-        from edgeprune.boards.config import read_config
-
         dirs += [Path(d).expanduser() for d in read_config().get("profiles_dirs", [])]
     env = os.environ.get("EDGEPRUNE_PROFILES")
     if env:

@@ -59,6 +59,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
+from edgeprune._paths import config_dir, config_file
+from edgeprune.boards.config import read_config
+from edgeprune.boards.profiles import load_profile
 from edgeprune.errors import EdgePruneError, ProfileError, did_you_mean
 from edgeprune.transport import transport_class
 from edgeprune.transport.ssh import parse_host
@@ -125,11 +130,8 @@ def targets_file() -> Path:
     env = os.environ.get("EDGEPRUNE_TARGETS")
     if env:
         return Path(env).expanduser()
-    from edgeprune._paths import config_dir, config_file
 
     if config_file().is_file():
-        from edgeprune.boards.config import read_config
-
         configured = read_config().get("targets_file")
         if configured:
             return Path(configured).expanduser()
@@ -143,7 +145,6 @@ def load_targets(path: Path | None = None) -> dict[str, dict[str, Any]]:
         if os.environ.get("EDGEPRUNE_TARGETS"):
             raise ProfileError(f"{path}: targets file not found (from $EDGEPRUNE_TARGETS)")
         return {}
-    import tomllib
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -244,8 +245,6 @@ def resolve_target(name: str, *, host: str | None = None, board: bool = True, de
         resolve_target("raspberry-pi-5", host="pi@10.0.0.7").address   # 'pi@10.0.0.7:22'
         resolve_target("raspberry-pi-5", board=False).profile.name      # 'raspberry-pi-5'
     """
-    from edgeprune.boards.profiles import load_profile
-
     tfile = targets_file()
     entries = load_targets(tfile)
     entry = entries.get(name, {})

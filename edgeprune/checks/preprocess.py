@@ -29,9 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune.checks.outputs import flatten
 from edgeprune.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, parse_normalize
 from edgeprune.errors import PreprocessError
 from edgeprune.progress import note
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 SAMPLES = 300
 CANDIDATES = ("imagenet", "unit", "0.5/0.5")
@@ -71,8 +75,6 @@ def _label(norm: Any) -> str:
 
 def _top1(module, x: np.ndarray, y: np.ndarray) -> float:
     import torch
-
-    from edgeprune.checks.outputs import flatten
 
     hits = 0
     with torch.no_grad():

@@ -24,10 +24,15 @@ import os
 import signal
 import sys
 import threading
+import traceback
 
 import click
 
 from edgeprune import __version__
+from edgeprune.cli._common import emit_error, json_mode
+from edgeprune.errors import EdgePruneError
+from edgeprune.progress import printable
+from edgeprune.safeload import quiet_libraries
 
 # name -> (module, attribute, one-line help shown by `edgeprune --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -98,9 +103,6 @@ def _wants_json(args: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the CLI and turns every failure into one line (and JSON)."""
-    from edgeprune.cli._common import json_mode
-    from edgeprune.safeload import quiet_libraries
-
     global _debug
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = os.environ.get("EDGEPRUNE_DEBUG", "") not in ("", "0")
@@ -123,8 +125,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: list[str], as_json: bool) -> int:
     """Run the CLI; the exit code, every failure reported by :func:`_fail`."""
-    from edgeprune.errors import EdgePruneError
-
     try:
         # Without standalone mode click returns (not raises) the code of ctx.exit() / Exit(n).
         code = cli.main(args=args, prog_name="edgeprune", standalone_mode=False)
@@ -157,17 +157,11 @@ def _fail(exc: BaseException, kind: str, message: str, code: int, as_json: bool,
 
     The last thing the command says: a Ctrl-C from here on is ignored (as after ``emit``).
     """
-    from edgeprune.progress import printable
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _debug and not isinstance(exc, (click.exceptions.Exit, click.Abort)):
-        import traceback
-
         traceback.print_exception(exc, file=sys.stderr)
     click.echo(f"error: {printable(message)}", err=True)  # names from files and boards: no terminal escapes
     if as_json:
-        from edgeprune.cli._common import emit_error
-
         emit_error(kind, message, details=details, result=result)
     return code

@@ -14,13 +14,20 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import click
 
+from edgeprune._paths import cache_dir
+from edgeprune._threads import DEFAULT_PARALLEL
+from edgeprune.progress import show
 from edgeprune.validate import RANGES, show_value
+
+# Lazy imports: the imports inside functions below load rich, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 class Number(click.ParamType):
@@ -79,8 +86,6 @@ def fleet_options(f: Callable) -> Callable:
     ``edgeprune.boards.reach.expand_targets(targets, targets_from=targets_from)`` and go through
     ``edgeprune._threads.fan_out``.
     """
-    from edgeprune._threads import DEFAULT_PARALLEL
-
     for option in reversed([
         click.option("--targets-from", default=None, metavar="FILE", type=click.Path(dir_okay=False),
                      help="Also the boards named in FILE, one a line (# starts a comment); a group of the "
@@ -324,11 +329,6 @@ def converters_to_log(prefix: str) -> Iterator[str]:
     """Run the body with the converters' output (fds 1 and 2) going to a new log in the cache's
     ``logs/`` folder, and edgeprune's progress to the real stderr (kept open before the redirection).
     Yields the log's path; what becomes of the log afterwards is the caller's choice."""
-    import tempfile
-
-    from edgeprune._paths import cache_dir
-    from edgeprune.progress import show
-
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     fd, log = tempfile.mkstemp(prefix=f"{prefix}-", suffix=".log", dir=logs)

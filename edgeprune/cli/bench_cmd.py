@@ -1,7 +1,14 @@
+from pathlib import Path
+
 import click
 
+from edgeprune._threads import NotStarted
+from edgeprune.bench.delegates import describe_delegate
+from edgeprune.bench.runner import BenchSettings, bench_many
+from edgeprune.boards.reach import expand_targets, resolve_target
 from edgeprune.cli._common import (
     Number,
+    console,
     delegate_option,
     emit,
     fleet_options,
@@ -9,6 +16,11 @@ from edgeprune.cli._common import (
     host_option,
     json_option,
 )
+from edgeprune.errors import EdgePruneError, ProfileError
+from edgeprune.progress import show
+
+# Lazy imports: the imports inside functions below load rich, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 @click.command()
@@ -88,12 +100,6 @@ def bench(
       edgeprune bench --target raspberry-pi-5 --host pi@192.168.1.20 model.tflite
       edgeprune bench -t lab-nano -t lab-pi -t local model.onnx --runs 200 --json
     """
-    from pathlib import Path
-
-    from edgeprune.bench.runner import BenchSettings, bench_many
-    from edgeprune.boards.reach import expand_targets, resolve_target
-    from edgeprune.errors import EdgePruneError, ProfileError
-
     targets = expand_targets(targets, targets_from=targets_from)
     if host and len(targets) > 1:
         raise ProfileError(
@@ -103,7 +109,6 @@ def bench(
     settings = BenchSettings(
         runs=runs, warmup=warmup, threads=threads, profile_ops=profile_ops, timeout_s=timeout
     )
-    from edgeprune.progress import show
 
     with show():
         outcomes = bench_many(
@@ -115,7 +120,6 @@ def bench(
             parallel=parallel,
             canary=canary,
         )
-    from edgeprune._threads import NotStarted
 
     failed = [
         (r.name, o) for r, o in zip(reaches, outcomes, strict=True) if isinstance(o, EdgePruneError)
@@ -150,8 +154,6 @@ def bench(
 def _table(reaches, outcomes, profile_ops) -> None:
     from rich.table import Table
 
-    from edgeprune.cli._common import console
-    from edgeprune.errors import EdgePruneError
 
     ok = [
         (r, o) for r, o in zip(reaches, outcomes, strict=True) if not isinstance(o, EdgePruneError)
@@ -173,8 +175,6 @@ def _table(reaches, outcomes, profile_ops) -> None:
     row("cpu", lambda o: f"{o.board.get('cpu_model')} x{o.board.get('cores')}")
     row("runtime", lambda o: f"{o.runtime} {o.runtime_version}")
     if any(o.delegate for _, o in ok):
-        from edgeprune.bench.delegates import describe_delegate
-
         row("delegate", lambda o: describe_delegate(o.delegate) if o.delegate else "-")
     for k in ("p50", "p90", "p99", "min"):
         row(k, lambda o, k=k: _fig(o.latency_ms.get(k), ".3f"))

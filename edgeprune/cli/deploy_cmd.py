@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 import click
 
+from edgeprune.boards.reach import expand_targets
 from edgeprune.cli._common import (
     Number,
     accept_new_host_key_option,
@@ -21,6 +24,9 @@ from edgeprune.cli._common import (
     normalize_option,
 )
 from edgeprune.cli.prune_cmd import _shape
+
+# Lazy imports: the imports inside functions below load numpy, torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 @click.command()
@@ -97,7 +103,6 @@ def deploy(targets, targets_from, parallel, canary, model, weights, trust_factor
       edgeprune deploy -t jetson-nano -m my.pkg:build --weights w.pt --data images/ --latency-budget 8
       edgeprune deploy -t pi-a -t pi-b -t pi-c -m mobilenetv2-fmnist --speedup 2
     """
-    from edgeprune.boards.reach import expand_targets
     from edgeprune.deploy import deploy_model
 
     targets = expand_targets(targets, targets_from=targets_from)
@@ -111,8 +116,6 @@ def deploy(targets, targets_from, parallel, canary, model, weights, trust_factor
         min_keep=min_keep, threads=threads, host=host, delegate=delegate, accept_new_host_key=accept_new_host_key, keep=keep,
         use_cache=not no_cache, fresh=fresh, nproc_per_node=nproc_per_node,
     )
-    import os
-    import shutil
 
     command = ["edgeprune", *sys.argv[1:]]
     # What TensorFlow, onnx2tf and NNCF print goes to a log (DIR/deploy.log once the run ends);

@@ -16,6 +16,9 @@ import os
 
 import click
 
+from edgeprune._paths import output_dir
+from edgeprune.api import export_model
+from edgeprune.boards.reach import resolve_target
 from edgeprune.cli._common import (
     Number,
     converters_to_log,
@@ -26,7 +29,11 @@ from edgeprune.cli._common import (
     target_option,
 )
 from edgeprune.cli.prune_cmd import _shape
+from edgeprune.errors import ExportError
 from edgeprune.validate import RANGES
+
+# Lazy imports: the imports inside functions below load numpy, rich, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 def _parse_min_agreement(value: str | None):
@@ -119,11 +126,7 @@ def _human(report: dict) -> None:
 
 
 def _run(*, as_json: bool, **kwargs) -> None:
-    from edgeprune._paths import output_dir
-    from edgeprune.api import export_model
-    from edgeprune.boards.reach import resolve_target
     from edgeprune.checks.accuracy import AccuracyDropError
-    from edgeprune.errors import ExportError
     from edgeprune.export.pipeline import AgreementError, resolve
 
     # refusals (jetson-nano INT8, a precision the board lacks) come before anything is written

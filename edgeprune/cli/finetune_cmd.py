@@ -12,8 +12,14 @@ import sys
 import time
 
 import click
+from click.core import ParameterSource
 
+from edgeprune.api import finetune_model
 from edgeprune.cli._common import Number, emit, json_option, json_stdout
+from edgeprune.errors import DistributedError, Interrupted
+
+# Lazy imports: the imports inside functions below load numpy, rich, torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 class _Bar:
@@ -127,8 +133,6 @@ def finetune(ctx, model, data, output, teacher, trust_factory, epochs, steps, ti
       edgeprune finetune -m out/pruned/model.ept --data fashion-mnist -o out/finetuned --epochs 2
       edgeprune finetune -m out/pruned/model.ept --data fashion-mnist -o out/finetuned --nproc-per-node 2
     """
-    from edgeprune.api import finetune_model
-    from edgeprune.errors import DistributedError, Interrupted
     from edgeprune.finetune.distributed import world_from_env
 
     world = world_from_env()
@@ -155,9 +159,6 @@ def finetune(ctx, model, data, output, teacher, trust_factory, epochs, steps, ti
 
 def _launch(ctx: click.Context, world, nproc: int) -> None:
     """Run this same command in ``nproc`` processes under torchrun (a subprocess), and exit with its status."""
-    from click.core import ParameterSource
-
-    from edgeprune.errors import DistributedError
     from edgeprune.finetune.distributed import check_options
     from edgeprune.finetune.launch import launch
 

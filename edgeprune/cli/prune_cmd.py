@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgeprune.api import prune_model
 from edgeprune.cli._common import (
     Number,
     accept_new_host_key_option,
@@ -16,13 +17,14 @@ from edgeprune.cli._common import (
     normalize_option,
     target_option,
 )
+from edgeprune.errors import ModelError
+from edgeprune.models.loading import parse_shape
+from edgeprune.progress import show
 
 
 def _shape(ctx, param, value):
     if value is None:
         return None
-    from edgeprune.errors import ModelError
-    from edgeprune.models.loading import parse_shape
 
     try:
         return parse_shape(value)
@@ -159,9 +161,6 @@ def prune(
       edgeprune prune --target local --model mobilenetv2 --speedup 1.5 --output out/
       edgeprune prune --target lab-pi --model resnet18 --latency-budget 40 --output out/
     """
-    from edgeprune.api import prune_model
-    from edgeprune.progress import show
-
     with show():
         summary = prune_model(
             model,

@@ -3,6 +3,10 @@
 import click
 
 from edgeprune.cli._common import Number, emit, host_option, json_option, target_option
+from edgeprune.progress import show
+
+# Lazy imports: the imports inside functions below load numpy, which importing this module does not;
+# they load only when a function that needs them runs.
 
 accept_option = click.option(
     "--accept-new-host-key",
@@ -25,7 +29,6 @@ def releases(target, host, accept_new_host_key, as_json):
       edgeprune releases --target lab-pi
       edgeprune releases --target jetson-nano --host nvidia@10.0.0.12 --json
     """
-    from edgeprune.progress import show
     from edgeprune.ship import list_releases
 
     with show():
@@ -90,7 +93,6 @@ def rollback(target, host, to, wait, accept_new_host_key, as_json):
       edgeprune rollback --target lab-pi
       edgeprune rollback --target lab-pi --to 20261128-101502-3f2a9c1d --json
     """
-    from edgeprune.progress import show
     from edgeprune.ship import rollback as do_rollback
 
     with show():

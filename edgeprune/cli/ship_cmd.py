@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from edgeprune.boards.reach import expand_targets, resolve_target
 from edgeprune.cli._common import (
     Number,
     accept_new_host_key_option,
@@ -13,6 +16,11 @@ from edgeprune.cli._common import (
     host_option,
     json_option,
 )
+from edgeprune.errors import EdgePruneError, ExportError, ProfileError, ShipError
+from edgeprune.progress import show
+
+# Lazy imports: the imports inside functions below load numpy, which importing this module does not;
+# they load only when a function that needs them runs.
 
 DEFAULT_SAMPLES = 8
 
@@ -48,13 +56,8 @@ def ship(targets, targets_from, parallel, canary, host, artifact, inputs, precis
       edgeprune ship -t lab --parallel 8 --canary 2 out/model.tflite      # a group of the targets file
       edgeprune ship --targets-from boards.txt --parallel 4 --canary 5 m.onnx --json
     """
-    from pathlib import Path
-
     import numpy as np
 
-    from edgeprune.boards.reach import expand_targets, resolve_target
-    from edgeprune.errors import EdgePruneError, ProfileError
-    from edgeprune.progress import show
     from edgeprune.ship import ShipResult, ship_many, summary_lines
 
     names = expand_targets(targets, targets_from=targets_from)
@@ -94,7 +97,6 @@ def _seeded_inputs(artifact):
     """About 8 seeded random inputs shaped and typed as the artifact's one input (whole batches of its batch)."""
     import numpy as np
 
-    from edgeprune.errors import ExportError, ShipError
     from edgeprune.export.runners import host_runner
 
     try:

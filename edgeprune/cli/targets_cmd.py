@@ -1,6 +1,11 @@
 import click
 
+from edgeprune.boards.profiles import list_profiles, load_profile
+from edgeprune.boards.reach import load_targets, targets_file
 from edgeprune.cli._common import console, emit, json_option
+
+# Lazy imports: the imports inside functions below load rich, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 @click.group()
@@ -53,9 +58,6 @@ def list_(as_json: bool) -> None:
     and the README's "How a target is reached"). `--json` gives
     {"profiles": [...], "targets": [...]}.
     """
-    from edgeprune.boards.profiles import list_profiles
-    from edgeprune.boards.reach import load_targets, targets_file
-
     rows = [dict(_summary(p.resolved()), file=str(p.path)) for p in list_profiles()]
     # The user's own boards (targets file): name -> profile and where it is.
     tfile = targets_file()
@@ -110,8 +112,6 @@ def show(name: str, as_json: bool) -> None:
     For `local`, the compute and bandwidth figures are measured on this
     machine the first time (about 2 s) and cached.
     """
-    from edgeprune.boards.profiles import load_profile
-
     profile = load_profile(name)
     data = profile.resolved()
     data["file"] = str(profile.path)

@@ -48,6 +48,7 @@ import numpy as np
 from edgeprune.data.builtin import BUILTIN, available, builtin_split, data_home
 from edgeprune.data.dataset import DataError, Dataset, DataSplit
 from edgeprune.data.preprocess import Preprocess, parse_normalize
+from edgeprune.data.sources import open_source
 from edgeprune.validate import check_all
 
 DEFAULT_VAL_FRACTION = 0.1
@@ -106,8 +107,6 @@ def _described(ds: Dataset, pre: Preprocess) -> str:
 
 
 def _open(spec, *, pre: Preprocess, input_shape, task: str) -> Dataset:
-    from edgeprune.data.sources import open_source
-
     if isinstance(spec, Dataset):
         ds = spec
     else:

@@ -27,10 +27,16 @@ Example::
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from edgeprune._paths import data_home
 from edgeprune.data.dataset import ArrayDataset, DataError, DataSplit
+from edgeprune.errors import require
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 __all__ = ["BUILTIN", "available", "builtin_split", "data_home", "split_indices"]
 
@@ -41,8 +47,6 @@ _CACHE: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
 
 def available(name: str) -> bool:
     if name == "digits":
-        import importlib.util
-
         return importlib.util.find_spec("sklearn") is not None
     if name == "fashion-mnist":
         from edgeprune.data import (
@@ -60,8 +64,6 @@ def available(name: str) -> bool:
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from edgeprune.errors import require
-
     if "digits" not in _CACHE:
         datasets = require("sklearn.datasets", "torch", "the digits data set")
         bunch = datasets.load_digits()

@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.errors import DataError
+from edgeprune.errors import DataError, require
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 AUGMENTS = ("none", "shift", "flip+shift")
 
@@ -213,8 +216,6 @@ class ImageDataset(Dataset):
         return len(self.files)
 
     def _fetch(self, idx: np.ndarray):
-        from edgeprune.errors import require
-
         image_mod = require("PIL.Image", "quantize", "reading image files")
         c = self.preprocess.channels
         h, w = self.preprocess.size

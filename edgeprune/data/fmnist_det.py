@@ -65,6 +65,10 @@ import numpy as np
 from edgeprune._paths import data_home
 from edgeprune.data import fashion_mnist as fm
 from edgeprune.data.dataset import DataError
+from edgeprune.errors import EdgePruneError
+
+# Lazy imports: the imports inside functions below load PIL, which importing this module does not;
+# they load only when a function that needs them runs.
 
 NAME = "fmnist-det"
 VERSION = "v1"
@@ -282,8 +286,6 @@ def builtin_path(name: str = NAME) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from edgeprune.errors import EdgePruneError
-
     try:
         if argv[:1] == ["check"]:
             why = check()

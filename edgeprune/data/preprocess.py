@@ -28,6 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeprune.data.dataset import DataError
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("imagenet", "unit")
@@ -36,8 +41,6 @@ _LUMA = (0.299, 0.587, 0.114)
 
 def parse_normalize(value) -> str | tuple[tuple[float, ...], tuple[float, ...]]:
     """'imagenet' | 'unit' | 'MEAN/STD' ('0.5/0.25' or '0.5,0.5,0.5/0.2,0.2,0.2') | (mean, std)."""
-    from edgeprune.data.dataset import DataError
-
     if value is None or value in NORMALIZATIONS:
         return value
     if isinstance(value, (tuple, list)) and len(value) == 2:
@@ -104,8 +107,6 @@ class Preprocess:
             elif x.shape[1] == 3 and self.channels == 1:
                 x = (x * torch.tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
             else:
-                from edgeprune.data.dataset import DataError
-
                 raise DataError(f"images with {x.shape[1]} channels cannot feed a {self.channels}-channel model")
         if tuple(x.shape[2:]) != self.size:
             shrink = x.shape[2] > self.size[0] or x.shape[3] > self.size[1]

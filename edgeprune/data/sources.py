@@ -30,11 +30,13 @@ Example::
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeprune.data.builtin import BUILTIN
 from edgeprune.data.dataset import (
     ArrayDataset,
     DataError,
@@ -45,6 +47,7 @@ from edgeprune.data.dataset import (
     image_error,
     image_errors,
 )
+from edgeprune.errors import require
 from edgeprune.safeload import np_load
 from edgeprune.userfn import import_function
 
@@ -60,8 +63,6 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _check_headers(files: list[Path]) -> None:
     """Open every file's header (cheap): a file that is not an image fails here, naming it."""
-    from edgeprune.errors import require
-
     image_mod = require("PIL.Image", "quantize", "reading image files")
     for p in files:
         try:
@@ -204,8 +205,6 @@ def open_source(spec: str, *, preprocess, input_shape: tuple[int, ...]) -> Datas
     if _FACTORY.match(text) and not path.exists():
         return _from_factory(text, preprocess, input_shape)
     if not path.exists():
-        from edgeprune.data.builtin import BUILTIN
-
         raise DataError(f"--data {text}: not found (a folder, a .npy/.npz file, a pkg.module:function factory, "
                         f"or a built-in data set: {', '.join(BUILTIN)})")
     raise DataError(f"--data {text}: not a folder of images, a .npy/.npz file or a pkg.module:function factory")
@@ -216,8 +215,6 @@ def common_image_size(spec: Any) -> tuple[tuple[int, int], str] | None:
 
     Reads headers only (at most 64 images): the input size of a model that does not say its own.
     """
-    from collections import Counter
-
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():

@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeprune import __version__
-from edgeprune._paths import atomic_write_text
+from edgeprune._paths import atomic_write_text, sha256_file
 from edgeprune._threads import DEFAULT_PARALLEL, NotStarted, fan_out
 from edgeprune.bench.batch import BatchSession, BatchSettings
 from edgeprune.bench.runner import BenchSettings, bench_target
@@ -50,6 +52,7 @@ from edgeprune.finetune.distributed import World, check_options
 from edgeprune.finetune.launch import launch
 from edgeprune.finetune.run import FinetuneOptions, finetune_model
 from edgeprune.latency.job import BudgetOptions, prune_for_budget
+from edgeprune.latency.judge import judge, round_figures, with_runs
 from edgeprune.latency.loop import WHOLE
 from edgeprune.load import load_model, say_loaded, split_for_model
 from edgeprune.models.loading import parse_shape
@@ -455,7 +458,10 @@ def stage_measure_final(ctx: Ctx) -> StageOut:
     if unpruned.suffix == art.suffix:  # one agent run takes one format
         models["unpruned"] = unpruned
     step(f"{ctx.label}{ctx.target}: measuring the artifact to ship, interleaved with the unpruned one")
-    settings = BatchSettings(**{**WHOLE.__dict__, "threads": o.threads})
+    lat = ctx.result("prune").get("latency") or {}
+    # as many runs a round as the closed loop timed (enough to span several periods of a CPU quota)
+    settings = with_runs(BatchSettings(**{**WHOLE.__dict__, "threads": o.threads}),
+                         (lat.get("quota_runs") or {}).get("runs_per_round") or WHOLE.runs)
     with BatchSession(ctx.reach, settings=settings, accept_new_host_key=o.accept_new_host_key) as board:
         res = board.measure(models, settings=settings)
     bad = [f"{k}: {t.error}" for k, t in res.timings.items() if not t.ok]
@@ -466,15 +472,23 @@ def stage_measure_final(ctx: Ctx) -> StageOut:
     p50 = res.timings["shipped"].p50_ms
     same = res.timings["unpruned"].p50_ms if "unpruned" in res.timings else None
     before = same or ctx.result("measure").get("p50_ms")
-    lat = ctx.result("prune").get("latency") or {}
     budget = lat.get("budget_ms")
-    # judged as the closed loop judges: --speedup is relative, so by the speedup measured in this batch
+    # judged as the closed loop judges (latency.judge): --speedup is relative, so by the speedup measured in
+    # this batch; on a board with a CPU quota from the rounds' means, what the board sustains
+    quota = (res.board or {}).get("cpu_quota")
     relative = bool(same and lat.get("unpruned_ms") and str(lat.get("budget_from", "")).startswith("speedup"))
-    judged = p50 * lat["unpruned_ms"] / same if relative else p50
+    a = round_figures(res.timings["shipped"], quota)
+    b = round_figures(res.timings["unpruned"], quota) if same else a
+    if len(a) != len(b):
+        a, b = [p50], [same or p50]
+    judged = judge(a, b, relative_to=lat["unpruned_ms"] if relative else None)[0]
+    how = "speedup in the same batch" if relative else "measured p50"
+    if quota and getattr(res.timings["shipped"], "rounds_mean_ms", None):
+        how += " (round means: the board has a CPU quota)"
     result = {"p50_ms": round(p50, 5), "unpruned_same_batch_ms": None if same is None else round(same, 5),
               "speedup": round(before / p50, 3) if before and p50 else None, "budget_ms": budget,
               "judged_ms": round(judged, 5),
-              "judged_by": "speedup in the same batch" if relative else "measured p50",
+              "judged_by": how,
               "within_budget": None if budget is None else bool(judged <= budget * (1 + LATENCY_SLACK)),
               "board": _board_facts(res), "throttled": res.throttled, "other_busy_cores": res.other_busy_cores}
     text = f"p50 {p50:.4g} ms" + (f", {result['speedup']:.2f}x the unpruned {before:.4g} ms measured beside it"
@@ -563,7 +577,6 @@ def _file_sha(spec: str | None) -> str | None:
     """A file's sha256 when the spec names a file (an edited model or data file starts the stages over)."""
     if not spec:
         return None
-    from edgeprune._paths import sha256_file
 
     p = Path(str(spec)).expanduser()
     try:
@@ -667,8 +680,6 @@ def _pct(v: Any) -> str:
 
 def _check_inputs(ctx: Ctx):
     """Held-out inputs for the on-board check, in the artifact's own layout and dtype; and where they came from."""
-    import numpy as np
-
     art = Path(ctx.result("export")["artifact"])
     split = ctx.split
     if split is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from edgeprune import __version__
 from edgeprune._paths import atomic_write_text
+from edgeprune.deploy.html import render_html
 from edgeprune.deploy.manifest import STAGES
 from edgeprune.deploy.verdict import ms_text, outcome, x_text
 
@@ -189,8 +190,6 @@ def headline(rep: dict[str, Any]) -> str:
 
 def write_report(ctx, *, seconds: float, error: BaseException | None) -> dict[str, Any]:
     """Build the report and write the three files into ``root/report/`` (atomically, each)."""
-    from edgeprune.deploy.html import render_html
-
     t0 = time.perf_counter()
     rep = build_report(ctx, seconds=seconds, error=error)
     folder = ctx.root / "report"

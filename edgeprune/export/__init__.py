@@ -18,6 +18,7 @@ Importing this package is cheap; the names below load their module on first use:
     from edgeprune.export import export
     report = export("mobilenetv2", target="raspberry-pi-5", output_dir="out/")
 """
+import importlib
 
 _LAZY = {
     "export": "edgeprune.export.pipeline",
@@ -38,8 +39,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'edgeprune.export' has no attribute {name!r}")
 

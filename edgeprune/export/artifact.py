@@ -34,6 +34,9 @@ from typing import Any
 from edgeprune._paths import atomic_file, atomic_write_bytes
 from edgeprune.errors import ExportError
 
+# Lazy imports: the imports inside functions below load ai_edge_litert, flatbuffers, numpy, onnx, which importing this module does not;
+# they load only when a function that needs them runs.
+
 METADATA_NAME = "edgeprune"
 ONNX_PREFIX = "edgeprune."
 

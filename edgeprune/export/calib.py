@@ -47,8 +47,11 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune import data as data_mod
 from edgeprune.data.dataset import check_finite, image_error, image_errors
+from edgeprune.data.preprocess import parse_normalize
 from edgeprune.errors import ExportError, require
+from edgeprune.models import data_info
 from edgeprune.safeload import np_load
 from edgeprune.userfn import import_function
 
@@ -90,7 +93,6 @@ def _normalize(x01: np.ndarray, how: str) -> np.ndarray:
         return ((x01 - IMAGENET_MEAN[None, :, None, None]) / IMAGENET_STD[None, :, None, None]).astype(np.float32)
     if how == "unit":
         return x01.astype(np.float32)
-    from edgeprune.data.preprocess import parse_normalize
 
     try:
         mean, std = parse_normalize(how)
@@ -278,9 +280,6 @@ def model_samples(loaded: Any, *, count: int = DEFAULT_COUNT, verify_count: int 
     built-in photos. The model's own data set, when it has one here, is loaded by the caller and handed
     over as a split (:func:`edgeprune.load.split_for_model`); when it is not here, a warning says how to
     fetch it."""
-    from edgeprune import data as data_mod
-    from edgeprune.models import data_info
-
     shape = tuple(loaded.input_shape)
     info = data_info(loaded)
     norm = normalize or info.normalize or default_normalize(shape, getattr(loaded, "task", "classify"))

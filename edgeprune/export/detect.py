@@ -44,10 +44,14 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune.checks.agreement import detection_agreement, per_output
 from edgeprune.checks.heads import describe as describe_heads
 from edgeprune.checks.heads import shipping_form
 from edgeprune.checks.outputs import flatten
 from edgeprune.errors import ExportError, require
+
+# Lazy imports: the imports inside functions below load onnx, torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 @dataclass(frozen=True)
@@ -364,8 +368,6 @@ class OutputCheck:
 
     def figures(self, reference: list[np.ndarray], got: list[np.ndarray]) -> dict:
         """``{"outputs": per-output agreement, "detection": the detection figure (detectors)}``."""
-        from edgeprune.checks.agreement import detection_agreement, per_output
-
         rows = per_output(reference, got, names=[p.name for p in self.layout], roles=[p.role for p in self.layout])
         fig: dict = {"outputs": [_round(r) for r in rows]}
         ref, cand = decoded(reference, self.layout, self.input_shape), decoded(got, self.layout, self.input_shape)

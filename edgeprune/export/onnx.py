@@ -22,6 +22,7 @@ import numpy as np
 from edgeprune._paths import atomic_file
 from edgeprune.checks.outputs import flatten
 from edgeprune.errors import ExportError, require
+from edgeprune.export.detect import split_onnx_outputs
 
 OPSET = 17
 
@@ -131,8 +132,6 @@ def convert_from_torch(req) -> dict:
     info = {"opset": OPSET}
     layout = req.options.get("output_layout")
     if layout:
-        from edgeprune.export.detect import split_onnx_outputs
-
         split_onnx_outputs(req.dest, layout, req.options["output_shapes"])
         info["outputs_split"] = len(layout)
     return info

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import re
 import shutil
 import sys
@@ -48,11 +49,20 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune import __version__
+from edgeprune import __version__, _paths
 from edgeprune._paths import sha256_file, staged_output
+from edgeprune.checks.accuracy import (
+    LOST_POINTS,
+    AccuracyCheck,
+    AccuracyDropError,
+    label_order_warning,
+    verdict,
+)
+from edgeprune.checks.agreement import agreement
 from edgeprune.checks.heads import same_form
 from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import AgreementError, ExportError, ModelError
+from edgeprune.export import calib as calib_mod
 from edgeprune.export.artifact import Artifact, stamp_metadata
 from edgeprune.export.calib import (
     ACCURACY_COUNT,
@@ -62,8 +72,17 @@ from edgeprune.export.calib import (
     builtin_samples,
     default_normalize,
 )
-from edgeprune.export.detect import OutputCheck, for_shipping, pieces
+from edgeprune.export.detect import (
+    OutputCheck,
+    describe,
+    for_shipping,
+    is_split,
+    needs_own_scales,
+    output_layout,
+    pieces,
+)
 from edgeprune.export.detect_accuracy import DetectAccuracy
+from edgeprune.export.edgetpu import INSTALL_HINT, compile_edgetpu
 from edgeprune.export.formats import (
     FORMAT_RUNTIMES,
     ConvertRequest,
@@ -72,10 +91,15 @@ from edgeprune.export.formats import (
     chain,
     format_spec,
 )
+from edgeprune.export.report import write_export_report
 from edgeprune.export.runners import host_runner
+from edgeprune.export.tflite import tensor_report
 from edgeprune.progress import step
 from edgeprune.tasks import detector_classes
 from edgeprune.validate import check, check_all
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 @dataclass
@@ -223,8 +247,6 @@ def _round(d: dict[str, Any] | None) -> dict[str, Any] | None:
 def _step(spec: FormatSpec, req: ConvertRequest, *, meta: dict[str, Any], verify_x: np.ndarray,
           reference: list[np.ndarray], previous: list[np.ndarray] | None,
           labels: np.ndarray | None, outs: OutputCheck) -> tuple[Artifact, list[np.ndarray]]:
-    from edgeprune.checks.agreement import agreement
-
     step(f"converting to {spec.format} {spec.precision}")
     t0 = time.perf_counter()
     info = spec.load_converter()(req) or {}
@@ -320,7 +342,6 @@ def export(
         raise ModelError("export() takes a LoadedModel (edgeprune.load.load_model); the API's export_model "
                          "takes a --model spec")
     fmt, precision = resolve(profile, options.fmt, options.precision)  # refusals come before anything is written
-    from edgeprune.checks.accuracy import AccuracyDropError
 
     failed: AgreementError | AccuracyDropError | None = None
     with staged_output(output_dir) as stage:
@@ -339,8 +360,6 @@ def export(
 def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, precision: str,
                  options: ExportOptions, split: Any) -> ExportReport:
     """The work of :func:`export`, writing into ``out_dir`` (staging) and recording paths in ``final``."""
-    from edgeprune.export import calib as calib_mod
-
     o = options
     t_start = time.perf_counter()
     loaded = for_shipping(loaded, fmt=fmt, precision=precision)  # a detector's head as its file holds it
@@ -382,8 +401,6 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
     if split is not None:
         report.verification["data"] = split.to_dict()
 
-    from edgeprune.export.detect import describe, is_split, needs_own_scales, output_layout, pieces
-
     whole = _torch_outputs(loaded.module, ver.data)
     layout = output_layout(loaded.module, input_shape, task=task)
     split_outputs = (o.detector_outputs == "split" and any(s.precision == "int8" for s in steps)
@@ -401,8 +418,6 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
         acc_check = _accuracy_check(loaded, ver, reference, original_out, o.max_accuracy_drop)
     report.accuracy = acc_check.figures if acc_check else None
     if acc_check is not None and ver.labels is not None:
-        from edgeprune.checks.accuracy import label_order_warning
-
         order = label_order_warning(acc_check.baseline, reference[0].shape[1], ver.source)
         if order:
             report.warnings.append(order)
@@ -488,8 +503,6 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
     gate = (acc_check.gate(measured.step, str(final / Path(measured.path).name))
             if acc_check and measured else None)
     if gate:
-        from edgeprune.checks.accuracy import AccuracyDropError
-
         report.passed = False
         report.failure = gate
         _write_report(report, out_dir)
@@ -500,8 +513,6 @@ def _export_into(out_dir: Path, final: Path, loaded: Any, *, profile, fmt: str, 
 
 def _relax_hint(agreement: dict[str, float], classifier: bool, precision: str) -> str:
     """How to accept what was measured: the --min-agreement that this artifact would pass."""
-    import math
-
     cos = math.floor(agreement["cosine"] * 1e4) / 1e4
     want = f"top1={math.floor(agreement['top1'] * 100) / 100:g},cosine={cos:g}" if classifier else f"cosine={cos:g}"
     calib = "; or calibrate with inputs like the model's own (--calib)" if precision == "int8" else ""
@@ -510,8 +521,6 @@ def _relax_hint(agreement: dict[str, float], classifier: bool, precision: str) -
 
 
 def _check_full_int8(art: Artifact, io_precision: str) -> None:
-    from edgeprune.export.tflite import tensor_report
-
     rep = tensor_report(art.path)
     allow_io = io_precision == "float32"
     bad = [t["name"] for t in rep["float_tensors"] if not (allow_io and t["io"])]
@@ -523,8 +532,6 @@ def _check_full_int8(art: Artifact, io_precision: str) -> None:
 
 
 def _edgetpu(report: ExportReport, out_dir: Path) -> None:
-    from edgeprune.export.edgetpu import INSTALL_HINT, compile_edgetpu
-
     final = report.final
     result = compile_edgetpu(final.path, out_dir)
     if result is None:
@@ -557,7 +564,6 @@ def _pruning_check(loaded: Any, x: np.ndarray, reference: list[np.ndarray]
     """
     if getattr(loaded, "plan", None) is None:
         return None, None
-    from edgeprune.checks.agreement import agreement
 
     original = getattr(loaded, "original", None)
     base_name = str(loaded.base)
@@ -589,8 +595,6 @@ def _detect_accuracy(loaded: Any, split: Any, layout, max_drop) -> DetectAccurac
 
 def _accuracy_check(loaded: Any, ver: SampleSet, reference: list[np.ndarray], original_out, max_drop):
     """An AccuracyCheck for a classifier (None for other outputs: their agreement is what is checked)."""
-    from edgeprune.checks.accuracy import AccuracyCheck
-
     if not _is_classifier(reference):
         return None
     pruned = getattr(loaded, "plan", None) is not None
@@ -601,8 +605,6 @@ def _accuracy_check(loaded: Any, ver: SampleSet, reference: list[np.ndarray], or
 
 def _model_lost_accuracy(acc: dict[str, Any] | None, base: str | None) -> str | None:
     """The warning for a pruned model below its original on labelled data (before any conversion)."""
-    from edgeprune.checks.accuracy import LOST_POINTS
-
     if not acc or acc.get("metric") not in ("top1", "map50_95") or acc.get("model") is None \
             or acc.get("original") is None:
         return None
@@ -617,9 +619,6 @@ def _model_lost_accuracy(acc: dict[str, Any] | None, base: str | None) -> str | 
 
 def _write_report(report: ExportReport, stage: Path) -> None:
     """Write export.json and report.md into ``stage``; every path they record is in the final folder."""
-    from edgeprune import _paths
-    from edgeprune.checks.accuracy import verdict
-
     final = next((a for a in reversed(report.artifacts) if a.agreement), None)
     report.verdict = verdict(passed=report.passed, failure=report.failure, accuracy=report.accuracy,
                              final_step=final.step if final else None,
@@ -631,7 +630,6 @@ def _write_report(report: ExportReport, stage: Path) -> None:
             art.path = report.output_dir / Path(art.path).name
     text = json.dumps(report.to_dict(), indent=2, default=str)
     _paths.atomic_write_text(stage / "export.json", text + "\n")
-    from edgeprune.export.report import write_export_report
 
     write_export_report(json.loads(text), stage)  # the same plain values as the file
 

@@ -56,6 +56,9 @@ import numpy as np
 from edgeprune._paths import atomic_file
 from edgeprune.errors import ExportError, require
 
+# Lazy imports: the imports inside functions below load onnx, onnxruntime, which importing this module does not;
+# they load only when a function that needs them runs.
+
 QUANTIZERS = ("ort", "nncf")
 SCHEMES = ("tensorrt", "cpu")
 DEFAULT_QUANTIZER = {"tensorrt": "nncf", "cpu": "ort"}

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import ExportError
+from edgeprune.export.onnx import ORT_TYPES, onnx_session, run_onnx
+from edgeprune.export.tflite import TFLiteRunner, interpreter, quantize_input
 
 SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert"}
 
@@ -51,14 +53,10 @@ class OnnxRunner:
     """ONNX Runtime, one CPU thread (``emulate_qdq``: see :func:`edgeprune.export.onnx.onnx_session`)."""
 
     def __init__(self, path: Path, *, like=None, emulate_qdq: bool = False) -> None:
-        from edgeprune.export.onnx import onnx_session
-
         self.path = Path(path)
         self.session = onnx_session(self.path, emulate_qdq=emulate_qdq)
 
     def input_spec(self) -> tuple[str, list, np.dtype]:
-        from edgeprune.export.onnx import ORT_TYPES
-
         ins = self.session.get_inputs()
         if len(ins) != 1:
             raise ExportError(f"{self.path.name}: models with one input are supported; it has {len(ins)}")
@@ -66,8 +64,6 @@ class OnnxRunner:
         return ins[0].name, shape, np.dtype(ORT_TYPES.get(ins[0].type, "float32"))
 
     def model_space(self, x_nchw: np.ndarray) -> list[np.ndarray]:
-        from edgeprune.export.onnx import run_onnx
-
         return run_onnx(self.session, x_nchw)
 
     def inputs(self, x_nchw: np.ndarray) -> np.ndarray:
@@ -82,8 +78,6 @@ class LiteRTRunner:
     """LiteRT (ai-edge-litert), one thread; float views through :class:`edgeprune.export.tflite.TFLiteRunner`."""
 
     def __init__(self, path: Path, *, like=None, emulate_qdq: bool = False) -> None:
-        from edgeprune.export.tflite import TFLiteRunner, interpreter
-
         self.path = Path(path)
         self.float_view = TFLiteRunner(self.path, like=like)
         # raw() has an interpreter of its own: the float view's signature runner keeps
@@ -100,8 +94,6 @@ class LiteRTRunner:
         return self.float_view(x_nchw)
 
     def inputs(self, x_nchw: np.ndarray) -> np.ndarray:
-        from edgeprune.export.tflite import quantize_input
-
         x = np.asarray(x_nchw, dtype=np.float32)
         det = self.it.get_input_details()[0]
         if x.ndim == 4 and tuple(det["shape"][1:]) != tuple(x.shape[1:]):

@@ -59,6 +59,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import io
@@ -72,6 +73,9 @@ import numpy as np
 
 from edgeprune._paths import atomic_write_bytes
 from edgeprune.errors import ExportError, require
+
+# Lazy imports: the imports inside functions below load ai_edge_litert, onnx, which importing this module does not;
+# they load only when a function that needs them runs.
 
 IO_DTYPES = {"int8": np.int8, "uint8": np.uint8, "float32": np.float32}
 _SAVED: dict[str, Path] = {}  # graph digest -> SavedModel folder (this process)
@@ -274,8 +278,6 @@ _CACHE_DIR: list[Path] = []
 def _cache_dir() -> Path:
     """One folder per process for SavedModels: exporting one model for several boards converts it once."""
     if not _CACHE_DIR:
-        import atexit
-
         path = Path(tempfile.mkdtemp(prefix="edgeprune-onnx2tf-"))
         atexit.register(shutil.rmtree, path, True)
         _CACHE_DIR.append(path)

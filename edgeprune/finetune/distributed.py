@@ -51,7 +51,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from edgeprune.errors import DistributedError
 
@@ -118,8 +120,6 @@ def start(world: World, device: str) -> str:
     SIGTERM (how torchrun stops the other ranks when one dies or the launcher
     is interrupted) becomes KeyboardInterrupt, so rank 0 saves its checkpoint.
     """
-    import torch.distributed as dist
-
     cuda = device.startswith("cuda")
     if cuda:
         device = f"cuda:{world.local_rank}"
@@ -152,8 +152,6 @@ def peer_failure(world: World, exc: BaseException) -> bool:
 
 
 def stop(world: World) -> None:
-    import torch.distributed as dist
-
     if world.active:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if dist.is_initialized():
@@ -161,15 +159,11 @@ def stop(world: World) -> None:
 
 
 def backend() -> str | None:
-    import torch.distributed as dist
-
     return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
 
 
 def barrier(world: World) -> None:
     if world.active:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -177,7 +171,6 @@ def broadcast(world: World, obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (a picklable value)."""
     if not world.active:
         return obj
-    import torch.distributed as dist
 
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -188,7 +181,6 @@ def gather(world: World, obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not world.active:
         return [obj]
-    import torch.distributed as dist
 
     out: list[Any] = [None] * world.size
     dist.all_gather_object(out, obj)
@@ -204,7 +196,6 @@ def wrap(student: nn.Module, world: World, *, device: str, sync_bn: bool) -> tup
     """
     if not world.active:
         return student, []
-    from torch.nn.parallel import DistributedDataParallel
 
     swapped: list = []
     if sync_bn:

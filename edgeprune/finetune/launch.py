@@ -20,6 +20,10 @@ import signal
 import subprocess
 import sys
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import get_args_parser, run
+
 
 def command(nproc_per_node: int, finetune_args: list[str]) -> list[str]:
     """The command line that runs ``edgeprune finetune FINETUNE_ARGS`` in ``nproc_per_node`` processes here."""
@@ -43,10 +47,6 @@ def launch(nproc_per_node: int, finetune_args: list[str], *, stdout=None) -> int
 
 
 def main(argv: list[str]) -> int:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
     if "LOGLEVEL" not in os.environ:  # torchrun's own log lines (thread banner, SIGTERMs sent) unless asked for
         for name in list(logging.root.manager.loggerDict):
             if name.startswith("torch.distributed"):

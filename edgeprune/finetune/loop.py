@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -271,7 +272,6 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
     emit = (on_event if world.main else None) or (lambda kind, info: None)
     train_ds, val_ds = split.train, split.val
     if recipe.val_limit and len(val_ds) > recipe.val_limit:  # evenly spread: a class-ordered split keeps every class
-        import numpy as np
 
         val_ds = val_ds.subset(np.linspace(0, len(val_ds) - 1, recipe.val_limit).round().astype(np.int64))
     if not train_ds.labelled and teacher is None:

@@ -34,6 +34,13 @@ import torch
 
 from edgeprune.finetune.loop import ClassifyObjective, Objective
 from edgeprune.tasks import detector_classes
+from edgeprune.tasks.detect_eval import agreement_of, evaluate
+from edgeprune.tasks.detect_loss import (
+    end_epoch,
+    prepare_supervised,
+    supports_supervised,
+    train_step,
+)
 
 
 class DetectObjective(Objective):
@@ -47,20 +54,11 @@ class DetectObjective(Objective):
                      "share of the original's confident detections found at IoU 0.5")
 
     def loss(self, student, teacher, x, y, recipe) -> torch.Tensor:
-        from edgeprune.tasks.detect_loss import (
-            train_step,  # the task's own step (Ultralytics' loss when there)
-        )
-
         loss, _ = train_step(student, (x, y) if y is not None else x, teacher=teacher, num_classes=self.num_classes,
                              supervised=self.supervised)
         return loss
 
     def measure(self, model, ds, *, device: str = "cpu", limit: int | None = None) -> dict[str, Any]:
-        from edgeprune.tasks.detect_eval import (  # pycocotools, NMS: loaded when used
-            agreement_of,
-            evaluate,
-        )
-
         was = model.training
         model.eval()
         try:
@@ -85,8 +83,6 @@ class DetectObjective(Objective):
         return out
 
     def end_epoch(self, student) -> None:
-        from edgeprune.tasks.detect_loss import end_epoch
-
         end_epoch(student)
 
 
@@ -95,8 +91,6 @@ def objective_for(lm, *, teacher=None, labelled: bool, training: bool = True) ->
 
     ``training=False``: for measuring only (the detector's own loss is not set up)."""
     if lm.task == "detect":
-        from edgeprune.tasks.detect_loss import prepare_supervised, supports_supervised
-
         supervised = labelled and training and supports_supervised(lm.module)
         if supervised:
             prepare_supervised(lm.module)

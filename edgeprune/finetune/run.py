@@ -12,17 +12,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from edgeprune._paths import atomic_write_text, output_dir
+from edgeprune.checks.accuracy import (
+    AccuracyDropError,
+    check_drop,
+    drop_points,
+    label_order_warning,
+)
 from edgeprune.errors import EdgePruneError, ModelError
+from edgeprune.export.pipeline import model_sha256
 from edgeprune.finetune import distributed
-from edgeprune.finetune.loop import Recipe
+from edgeprune.finetune.loop import Recipe, load_checkpoint, recalibrate_batchnorm, train
+from edgeprune.finetune.objectives import objective_for
+from edgeprune.finetune.report import write_finetune_report
+from edgeprune.prune.io import save_pruned
 from edgeprune.validate import check, check_all
 
 BN_BATCHES = 50
 
 
 def _device(device: str) -> str:
-    import torch
-
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise EdgePruneError(f"--device {device}: use cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -40,8 +51,6 @@ def _student(lm):
 
 def check_teacher(teacher, lm, name: str | None = None) -> None:
     """One line unless ``teacher`` (a LoadedModel; ``name``: as the user gave it) takes the pruned model's input."""
-    import torch
-
     shape = tuple(lm.input_shape)
     try:
         with torch.no_grad():
@@ -52,8 +61,6 @@ def check_teacher(teacher, lm, name: str | None = None) -> None:
 
 
 def _num_classes(module, input_shape) -> int | None:
-    import torch
-
     with torch.no_grad():
         out = module.eval()(torch.zeros(1, *tuple(input_shape)[1:]))
     first = out[0] if isinstance(out, (tuple, list)) else out
@@ -137,10 +144,6 @@ def finetune_model(
     DistributedDataParallel (:mod:`edgeprune.finetune.distributed`); rank 0
     returns the result, the other ranks ``{"rank": r, "world_size": n}``.
     """
-    import torch
-
-    from edgeprune._paths import output_dir
-
     device = _device(options.device)
     world = distributed.world_from_env()
     emit = (on_event if world.main else None) or (lambda kind, info: None)  # rank 0 speaks for the run
@@ -166,11 +169,6 @@ def finetune_model(
 
 
 def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop, emit, world) -> FinetuneResult:
-    from edgeprune._paths import output_dir
-    from edgeprune.export.pipeline import model_sha256
-    from edgeprune.finetune.loop import load_checkpoint, recalibrate_batchnorm, train
-    from edgeprune.finetune.objectives import objective_for
-
     t_start = time.perf_counter()
     teach = teacher if teacher is not None else lm.original
     if teacher is not None:
@@ -206,7 +204,6 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
                                      device=device)
         recal = objective.measure(student, held, device=device)
         prelude = {"key": key, "original": orig, "pruned": pruned, "bn_recalibrated": recal, "bn_images": seen}
-        from edgeprune._paths import atomic_write_text
 
         ckpt.mkdir(parents=True, exist_ok=True)
         atomic_write_text(prelude_path, json.dumps(prelude) + "\n")
@@ -229,8 +226,6 @@ def _run(lm, *, split, output: Path, teacher, recipe, device, max_accuracy_drop,
 
 def _finish(lm, *, split, out: Path, teach, tmod, teacher_name, source, classes, objective, prelude, result, device,
             max_accuracy_drop, emit, t_start) -> FinetuneResult:
-    from edgeprune.checks.accuracy import check_drop, drop_points
-
     held, student = split.heldout, lm.module
     emit("phase", {"message": f"measuring the fine-tuned model on {len(held):,} held-out images"})
     final = objective.measure(student, held, device=device)
@@ -270,7 +265,6 @@ def _finish(lm, *, split, out: Path, teach, tmod, teacher_name, source, classes,
         "best_epoch": (result["best"] or {}).get("epoch"),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    from edgeprune.checks.accuracy import AccuracyDropError, label_order_warning
 
     where = f"{split.to_dict()['source']} {split.heldout_name} split ({len(held):,} images)"
     order = label_order_warning(acc["original"], classes, where) if metric == "top1" else None
@@ -301,10 +295,6 @@ def _read_json(path: Path) -> dict:
 
 def write_outputs(out: Path, lm, report: dict[str, Any]) -> None:
     """Every file a fine-tune leaves: ``model.ept``, ``finetune.json``, ``report.md`` (one place, to stage it)."""
-    from edgeprune._paths import atomic_write_text
-    from edgeprune.finetune.report import write_finetune_report
-    from edgeprune.prune.io import save_pruned
-
     save_pruned(lm.module.to("cpu"), lm.plan, out / "model.ept", name=lm.name, task=lm.task,
                 earlier=lm.earlier_plans, original=lm.original, normalize=lm.normalize)
     atomic_write_text(out / "finetune.json", json.dumps(report, indent=2, default=str) + "\n")

@@ -42,12 +42,18 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from edgeprune._threads import one_thread
+from edgeprune.errors import PruneError
 from edgeprune.latency.predict import Predictor
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 DEFAULT_LOOKAHEAD = 3
 
@@ -82,10 +88,6 @@ def channel_importance(
     Taylor scores need ``data`` (batches of inputs, or ``(inputs, targets)``);
     the gradients are computed on a copy, so ``model`` is left as it was.
     """
-    import copy
-
-    from edgeprune._threads import one_thread
-    from edgeprune.errors import PruneError
     from edgeprune.prune.groups import analyse
     from edgeprune.prune.importance import accumulate_taylor_grads, group_scores, make_importance
 

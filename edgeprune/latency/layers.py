@@ -33,6 +33,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from edgeprune._threads import one_thread
+
+# Lazy imports: the imports inside functions below load numpy, torch, which importing this module does not;
+# they load only when a function that needs them runs.
+
 DEFAULT_MIN_KEEP = 0.25
 DEFAULT_MAX_STEPS = 48
 
@@ -206,7 +211,6 @@ def layer_inventory(
     import torch
     from torch import nn
 
-    from edgeprune._threads import one_thread
     from edgeprune.prune.groups import analyse
     from edgeprune.prune.rewrite import make_prunable
 

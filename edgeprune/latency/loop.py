@@ -65,8 +65,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune._paths import sha256_file
-from edgeprune.bench.batch import BatchSettings
+from edgeprune.bench.batch import BatchSession, BatchSettings
+from edgeprune.boards.profiles import load_profile
+from edgeprune.boards.reach import resolve_target
+from edgeprune.checks.thresholds import Thresholds
 from edgeprune.errors import AgentError, PruneError
+from edgeprune.export.pipeline import ExportOptions, export, resolve
+from edgeprune.latency.allocate import allocate, channel_importance
+from edgeprune.latency.estimate import RooflineEstimate
 from edgeprune.latency.judge import (
     BUSY_CORES,
     CONFIDENCE,
@@ -77,9 +83,21 @@ from edgeprune.latency.judge import (
     runs_for_quota,
     with_runs,
 )
-from edgeprune.latency.layers import DEFAULT_MAX_STEPS, DEFAULT_MIN_KEEP, candidate_counts
+from edgeprune.latency.layers import (
+    DEFAULT_MAX_STEPS,
+    DEFAULT_MIN_KEEP,
+    candidate_counts,
+    layer_inventory,
+)
+from edgeprune.latency.measure import MICRO, measure_shapes, refine_shapes, shapes_to_measure
+from edgeprune.latency.predict import Calibration, Predictor, StageFit
 from edgeprune.latency.search import KnobSearch, Point
+from edgeprune.latency.table import LatencyTable, cache_path, load_cached
+from edgeprune.models import LoadedModel
 from edgeprune.progress import Counter, note, step
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 DEFAULT_MAX_ROUNDS = 5  # a bracketing search: a step or two to bracket, then a few inside
 DEFAULT_TOLERANCE = 0.10  # "met" = judged within [1 - T, 1] x budget
@@ -119,13 +137,7 @@ def _export(module, lm, profile, fmt: str, precision: str, folder: Path, name: s
     """The artifact the board runs, made by the exporter itself (timing only: no agreement gate).
 
     ``profile``: a Profile (or a profile name, for the benchmarks)."""
-    from edgeprune.checks.thresholds import Thresholds
-    from edgeprune.export.pipeline import ExportOptions, export
-    from edgeprune.models import LoadedModel
-
     if isinstance(profile, str):
-        from edgeprune.boards.profiles import load_profile
-
         profile = load_profile(profile)
     loaded = LoadedModel(module=module, input_shape=tuple(lm.input_shape), name=name, source=name,
                          task=getattr(lm, "task", "classify"), base=getattr(lm, "base", None),
@@ -208,8 +220,6 @@ class _Board:
 
 
 def _open_board(reach, *, threads: int, accept_new_host_key: bool):
-    from edgeprune.bench.batch import BatchSession
-
     return BatchSession(reach, settings=BatchSettings(threads=threads), accept_new_host_key=accept_new_host_key)
 
 
@@ -229,8 +239,6 @@ def _check_args(latency_budget, speedup, max_rounds, min_keep, tolerance) -> Non
 
 
 def _trace(lm, *, multiple, protect, protect_stem, min_keep, max_steps, sensitivity, data) -> _Traced:
-    from edgeprune.latency.allocate import channel_importance
-    from edgeprune.latency.layers import layer_inventory
     from edgeprune.prune import example_input
 
     x = example_input(tuple(lm.input_shape))
@@ -250,10 +258,6 @@ def _trace(lm, *, multiple, protect, protect_stem, min_keep, max_steps, sensitiv
 
 
 def _estimate(tr: _Traced, profile, precision, latency_budget, speedup, base_info) -> LoopResult:
-    from edgeprune.latency.allocate import allocate
-    from edgeprune.latency.estimate import RooflineEstimate
-    from edgeprune.latency.predict import Predictor
-
     est = RooflineEstimate(profile, precision)
     pred = Predictor(tr.inv.layers, est)
     unpruned = pred.predict(tr.full)
@@ -277,9 +281,6 @@ def _estimate(tr: _Traced, profile, precision, latency_budget, speedup, base_inf
 
 def _fill_table(board, tr: _Traced, identity, *, fmt, precision, use_cache, micro, io_precision, scheme, target):
     """The latency table for this board identity: cached entries reused, missing shapes measured now."""
-    from edgeprune.latency.measure import measure_shapes, refine_shapes, shapes_to_measure
-    from edgeprune.latency.table import LatencyTable, cache_path, load_cached
-
     table = load_cached(identity, fmt=fmt, precision=precision) if use_cache else \
         LatencyTable(dict(identity), fmt=fmt, precision=precision)
     reused = len(table.entries)
@@ -308,8 +309,6 @@ def _fill_table(board, tr: _Traced, identity, *, fmt, precision, use_cache, micr
 
 
 def _calibrate(tr: _Traced, table, sf, first, unpruned, base_ms, target):
-    from edgeprune.latency.predict import Calibration, Predictor
-
     pred = Predictor(tr.inv.layers, table, calibration=Calibration(base_ms=base_ms))
     if sf.apply(pred, tr.full, sf.measured(first.timings), unpruned, base_ms):
         note(f"in-graph cost against the table, per stage (1 = the model's mean): {sf.describe()}")
@@ -346,8 +345,6 @@ def _measure_round(b: _Board, tr: _Traced, r: int, plan, *, art: Path | None = N
 
 def _next_alloc(search: KnobSearch, tr: _Traced, pred, seen: dict, knob: float, how: str):
     """(allocation, knob, how) for the next plan not yet measured, or (None, the plan it kept repeating, how)."""
-    from edgeprune.latency.allocate import allocate
-
     alloc = allocate(tr.space, tr.scores, pred, knob)
     tried = 0
     while _key(alloc.keep) in seen:
@@ -422,9 +419,6 @@ def _search(b: _Board, tr: _Traced, pred, *, budget, unpruned, base_ms, max_roun
 
 def _target(target: str, *, host, reach, profile, estimate: bool):
     """(reach, profile): as the caller resolved them, else ``target`` resolved here (no reach to estimate)."""
-    from edgeprune.boards.profiles import load_profile
-    from edgeprune.boards.reach import resolve_target
-
     if reach is None and profile is None:
         reach = None if estimate else resolve_target(target, host=host)
     if profile is None:
@@ -457,6 +451,39 @@ def _keep_measured(chosen: dict | None, keep_dir: Path) -> Path | None:
     artifact = keep_dir / f"measured{src.suffix}"
     shutil.copyfile(src, artifact)
     return artifact
+
+
+def _measure_unpruned(board, tr: _Traced, lm, sf, *, profile, fmt, precision, io_precision, work: Path, align,
+                      protect, protect_stem, settings, target):
+    """Round 0: export the unpruned model and the stage probes, time them in one batch; (the unpruned file,
+    the batch, the unpruned figure: its p50, or on a CPU quota the median of its round means)."""
+    step(f"exporting the unpruned model ({fmt} {precision})")
+    full_art = _export(tr.lm.module, lm, profile, fmt, precision, work, "unpruned", io_precision=io_precision)
+    probe_arts = export_stage_probes(sf, lm, tr.full, tr.groups, profile_name=profile, fmt=fmt,
+                                     precision=precision, folder=work, align=align, protect=protect,
+                                     protect_stem=protect_stem)
+    step(f"{target}: measuring the unpruned model" + (f" and {len(probe_arts)} stage probes" if probe_arts else ""))
+    first = board.measure({"unpruned": full_art, **probe_arts}, settings=settings)
+    t_un = first.timings["unpruned"]
+    if not t_un.ok:
+        raise AgentError(f"{target}: the board cannot run the unpruned model: {t_un.error}")
+    unpruned = t_un.p50_ms
+    on_quota = (first.board or {}).get("cpu_quota")
+    if on_quota and t_un.rounds_mean_ms:  # what a board with a CPU quota sustains (see .judge)
+        unpruned = float(statistics.median(round_figures(t_un, on_quota)))
+    return full_art, first, unpruned
+
+
+def _caveats(rounds: list[dict], first, uncertain: str | None) -> str:
+    """What the status line adds: the board was busy while it measured; the chosen figure is unsure."""
+    out = ""
+    busy = max([r.get("other_busy_cores") or 0.0 for r in rounds] + [first.other_busy_cores or 0.0])
+    if busy > BUSY_CORES:
+        out += (f" [the board was busy: other processes used up to {busy:.1f} cores while it measured; "
+                "these timings are contended]")
+    if uncertain:
+        out += f" [{uncertain}]"
+    return out
 
 
 def plan_for_budget(
@@ -511,9 +538,6 @@ def plan_for_budget(
     fake board here. ``reach``/``profile``: the target as the caller already
     resolved it (else ``target`` and ``host`` are resolved here).
     """
-    from edgeprune.export.pipeline import resolve
-    from edgeprune.latency.predict import StageFit
-
     _check_args(latency_budget, speedup, max_rounds, min_keep, tolerance)
     reach, profile = _target(target, host=host, reach=reach, profile=profile, estimate=estimate)
     fmt, precision = resolve(profile, fmt, precision)
@@ -528,8 +552,6 @@ def plan_for_budget(
     if estimate:
         return _estimate(tr, profile, precision, latency_budget, speedup, base_info)
 
-    from edgeprune.latency.measure import MICRO
-
     board = board if board is not None else _open_board(reach, threads=threads,
                                                          accept_new_host_key=accept_new_host_key)
     io_precision = io_precision or profile.data.get("export", {}).get("io_precision") or "int8"
@@ -538,21 +560,11 @@ def plan_for_budget(
     keep_dir = Path(tempfile.mkdtemp(prefix="edgeprune-measured-"))
     with tempfile.TemporaryDirectory(prefix="edgeprune-loop-") as tmp, board:
         work = Path(tmp)
-        step(f"exporting the unpruned model ({fmt} {precision})")
-        full_art = _export(tr.lm.module, lm, profile, fmt, precision, work, "unpruned", io_precision=io_precision)
         sf = StageFit.plan(tr.inv.layers, tr.space, enabled=probe_stages)
-        probe_arts = export_stage_probes(sf, lm, tr.full, tr.groups, profile_name=profile, fmt=fmt,
-                                         precision=precision, folder=work, align=multiple, protect=protect,
-                                         protect_stem=protect_stem)
-        step(f"{target}: measuring the unpruned model" + (f" and {len(probe_arts)} stage probes" if probe_arts else ""))
-        first = board.measure({"unpruned": full_art, **probe_arts}, settings=whole)
-        t_un = first.timings["unpruned"]
-        if not t_un.ok:
-            raise AgentError(f"{target}: the board cannot run the unpruned model: {t_un.error}")
-        unpruned = t_un.p50_ms
-        on_quota = (first.board or {}).get("cpu_quota")
-        if on_quota and t_un.rounds_mean_ms:  # what a board with a CPU quota sustains (see .judge)
-            unpruned = float(statistics.median(round_figures(t_un, on_quota)))
+        full_art, first, unpruned = _measure_unpruned(board, tr, lm, sf, profile=profile, fmt=fmt,
+                                                      precision=precision, io_precision=io_precision, work=work,
+                                                      align=multiple, protect=protect, protect_stem=protect_stem,
+                                                      settings=whole, target=target)
         base_ms = first.baseline.p50_ms if first.baseline else 0.0
         budget = latency_budget if latency_budget is not None else unpruned / speedup
         identity = board.identity(first)
@@ -574,13 +586,8 @@ def plan_for_budget(
                                       max_rounds=max_rounds, importance=importance, data=data, protect=protect,
                                       protect_stem=protect_stem)
         status, chosen, verdict = _conclude(rounds, budget, target, min_keep, unpruned, tolerance, stopped)
-        busy = max([r.get("other_busy_cores") or 0.0 for r in rounds] + [first.other_busy_cores or 0.0])
-        if busy > BUSY_CORES:
-            status += (f" [the board was busy: other processes used up to {busy:.1f} cores while it measured; "
-                       "these timings are contended]")
         uncertain = _uncertain(chosen, budget, tolerance, quota)
-        if uncertain:
-            status += f" [{uncertain}]"
+        status += _caveats(rounds, first, uncertain)
         artifact = _keep_measured(chosen, keep_dir)
         info = {
             **base_info,

@@ -40,6 +40,9 @@ from edgeprune.errors import AgentError
 from edgeprune.latency.layers import Layer, LayerShape
 from edgeprune.latency.table import CLIFF, LatencyTable
 
+# Lazy imports: the imports inside functions below load numpy, which importing this module does not;
+# they load only when a function that needs them runs.
+
 DEFAULT_CIN_POINTS = 4
 DEFAULT_CHUNK = 64
 MICRO = BatchSettings(rounds=5, runs=5, warmup=3, max_s=60.0, timeout_s=600.0)

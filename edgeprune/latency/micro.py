@@ -46,8 +46,14 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.errors import ExportError, require
+from edgeprune.export.formats import ConvertRequest, format_spec
+from edgeprune.export.onnx import convert_fp16
+from edgeprune.export.quantize import quantize_onnx
 from edgeprune.export.tflite import tflite_bytes
 from edgeprune.latency.layers import LayerShape
+
+# Lazy imports: the imports inside functions below load onnx, which importing this module does not;
+# they load only when a function that needs them runs.
 
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 OPSET = 17
@@ -125,15 +131,10 @@ def _onnx_precision(shape: LayerShape, fp32: Path, precision: str, dest: Path, s
         fp32.replace(dest)
         return dest
     if precision == "fp16":
-        from edgeprune.export.formats import ConvertRequest, format_spec
-        from edgeprune.export.onnx import convert_fp16
-
         convert_fp16(ConvertRequest(spec=format_spec("onnx", "fp16"), source=fp32, dest=dest,
                                     input_shape=input_shape_nchw(shape)))
         return dest
     if precision == "int8":
-        from edgeprune.export.quantize import quantize_onnx
-
         calib = np.random.default_rng(0).standard_normal((2, *input_shape_nchw(shape)[1:])).astype(np.float32)
         quantize_onnx(fp32, dest, calib, scheme=scheme)
         return dest

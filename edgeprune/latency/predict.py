@@ -54,6 +54,9 @@ from typing import Any
 
 from edgeprune.latency.layers import Layer
 
+# Lazy imports: the imports inside functions below load numpy, which importing this module does not;
+# they load only when a function that needs them runs.
+
 MAX_STAGES = 4
 MIN_STAGE_SHARE = 0.10  # of the model's MACs: a smaller stage joins its neighbour
 PRIOR_WEIGHT = 0.03  # a stage scale off by 100 % weighs as a 3 % miss on one whole-model measurement

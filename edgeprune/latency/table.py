@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeprune._paths import atomic_write_text, cache_dir
 from edgeprune.errors import EdgePruneError
 from edgeprune.latency.layers import LayerShape
 
@@ -250,8 +251,6 @@ class LatencyTable:
         return table
 
     def save(self, path: Path) -> Path:
-        from edgeprune._paths import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
         return Path(path)
 
@@ -262,8 +261,6 @@ class LatencyTable:
 
 def cache_path(table_or_key: LatencyTable | Mapping[str, Any]) -> Path:
     """Where the table for this identity lives in edgeprune's cache."""
-    from edgeprune._paths import cache_dir
-
     key = table_or_key.key if isinstance(table_or_key, LatencyTable) else table_or_key
     return cache_dir() / "latency" / f"table-{identity_hash(key)}.json"
 

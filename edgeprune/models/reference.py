@@ -35,8 +35,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgeprune._paths import atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
 from edgeprune.errors import ModelError
 from edgeprune.safeload import torch_load
+
+# Lazy imports: the imports inside functions below load numpy, torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 VERSION = "v1"
 TRAIN_COMMAND = "python benchmarks/train_reference.py --model {name}"
@@ -56,8 +60,6 @@ def resnet18_fmnist():
 
 
 def weights_path(name: str) -> Path:
-    from edgeprune._paths import cache_dir
-
     return cache_dir() / f"{name}-{VERSION}.pt"
 
 
@@ -97,16 +99,12 @@ def load_trained(model, name: str):
 
 
 def save_record(name: str, info: dict[str, Any]) -> None:
-    from edgeprune._paths import atomic_write_text
-
     atomic_write_text(record_path(name), json.dumps(info, indent=2) + "\n")
 
 
 def save_trained(model, name: str, info: dict[str, Any]) -> Path:
     """Cache ``model``'s weights as ``name``'s trained weights, with ``info`` beside them; atomically."""
     import torch
-
-    from edgeprune._paths import atomic_write_bytes, sha256_file
 
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buf)

@@ -7,18 +7,21 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import io
+
+from edgeprune._threads import one_thread
+from edgeprune.errors import require
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
+
 
 def count_macs_params(model, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """``(macs, params)`` of ``model`` on one input of ``input_shape``."""
     import torch
 
-    from edgeprune.errors import require
-
     tp = require("torch_pruning", "torch", "counting MACs")
-    import contextlib
-    import io
-
-    from edgeprune._threads import one_thread
 
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), one_thread():
         macs, params = tp.utils.count_ops_and_params(model, torch.zeros(*input_shape))

@@ -42,6 +42,9 @@ from collections.abc import Iterator
 
 from edgeprune.errors import MissingDependencyError
 
+# Lazy imports: the imports inside functions below load numpy, which importing this module does not;
+# they load only when a function that needs them runs.
+
 TORCHVISION_FOR_TORCH_2_13 = "0.28.0"
 INSTALL = "pip install --no-deps ultralytics==8.4.190 opencv-python-headless"
 

@@ -64,8 +64,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from edgeprune._threads import one_thread
 from edgeprune.checks.outputs import compared, flatten
 from edgeprune.errors import PruneError, did_you_mean, require
+from edgeprune.prune.rewrite import make_prunable
 
 OUTPUT_REASON = "its channels are a model output"
 
@@ -499,9 +501,6 @@ def prunable_groups(
     this on the model you will prune. ``include_protected`` also returns the
     groups that may not shrink (``prunable=False`` with a ``reason``).
     """
-    from edgeprune._threads import one_thread
-    from edgeprune.prune.rewrite import make_prunable
-
     with one_thread():
         make_prunable(model, example_input)
         analysis = analyse(model, example_input, protect=protect, protect_stem=protect_stem)

@@ -110,8 +110,6 @@ def _refuse(path: Path, why: str) -> ModelError:
 
 def _check_meta(meta, state, path: Path) -> None:
     """Types and sizes of everything read from the file, before any of it is used."""
-    import torch
-
     if not isinstance(meta, dict):
         raise _refuse(path, "its meta is not an object")
     for key in ("base", "name", "task"):

@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -289,8 +290,6 @@ def prune_to_plan(
     only when all are complete (:func:`edgeprune._paths.staged_output`).
     ``lm`` itself is not changed.
     """
-    import copy
-
     final = Path(output).expanduser()
     every, groups = groups_of(lm, options, kind)
     shape = tuple(lm.input_shape)

@@ -25,7 +25,11 @@ import json
 import re
 from typing import Any
 
+from edgeprune._paths import cache_dir
+from edgeprune.bench.result import decode_agent_output
+from edgeprune.bench.runner import AGENT_NAME, agent_path
 from edgeprune.errors import AgentError, ShipError
+from edgeprune.transport import transport_class
 
 # Keep in step with the agent's RELEASE_ID.
 RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -37,14 +41,10 @@ def deploy_dir_for(reach) -> str:
     ``default_deploy_dir`` (SSH ``~/edgeprune-deploy``, adb
     ``/data/local/tmp/edgeprune-deploy``; local: ``<cache>/local-deploy``).
     """
-    from edgeprune.transport import transport_class
-
     if reach.deploy_dir:
         return reach.deploy_dir
     default = transport_class(reach.transport).default_deploy_dir
     if default is None:
-        from edgeprune._paths import cache_dir
-
         return str(cache_dir() / "local-deploy")
     return default
 
@@ -74,8 +74,6 @@ class Board:
 
     def prepare(self) -> dict[str, Any]:
         """Workdir and agent in place, deploy folder created; returns the agent's ``init`` answer."""
-        from edgeprune.bench.runner import AGENT_NAME, agent_path
-
         self.t.ensure_workdir()
         self.t.upload(agent_path(), AGENT_NAME)
         doc = self.release("init", timeout=60)
@@ -96,9 +94,6 @@ class Board:
         A failure the agent reports carries its ``kind`` (e.g. ``lock_lost``,
         ``bad_release``, ``os_error``) as the exception's ``kind`` attribute.
         """
-        from edgeprune.bench.result import decode_agent_output
-        from edgeprune.bench.runner import AGENT_NAME
-
         argv = [self.python, AGENT_NAME, *args, "--deadline-s", str(int(timeout) + 5)]
         res = self.t.run(argv, timeout=timeout)
         where = f"agent on {self.name}"

@@ -37,6 +37,7 @@ Example::
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import secrets
@@ -47,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeprune.bench.runner import agent_path
 from edgeprune.boards.reach import Reach
 from edgeprune.errors import EdgePruneError, ShipError
 from edgeprune.ship.board import Board
@@ -60,8 +62,6 @@ _HELD_LOCK = threading.Lock()
 
 def host_id() -> str:
     """This computer: host name and a short hash of its machine id (containers share names)."""
-    import hashlib
-
     try:
         mid = Path("/etc/machine-id").read_text().strip()
     except OSError:
@@ -247,8 +247,6 @@ def folder_lock(folder: str | os.PathLike[str], *, what: str, label: str | None 
         with folder_lock("out/", what="deploy digits-cnn to lab-pi", label="--output out/"):
             ...                     # a second deploy into out/ is refused meanwhile
     """
-    from edgeprune.bench.runner import agent_path  # as Board.prepare does: bench loads numpy
-
     path = str(Path(folder).expanduser().resolve())
     name = label or path
     reach = Reach(name=name, profile=None, transport="local", workdir=str(agent_path().parent),

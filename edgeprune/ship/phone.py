@@ -42,6 +42,8 @@ from edgeprune._paths import sha256_file
 from edgeprune.bench.delegates import describe_delegate, judge_delegate
 from edgeprune.bench.phone import Phone
 from edgeprune.errors import EdgePruneError, ModelError, ShipError, TransportError
+from edgeprune.ship.board import check_release_id
+from edgeprune.ship.check import tolerance
 from edgeprune.ship.lock import STALE_S, BoardLock
 from edgeprune.ship.phone_folder import PhoneFolder
 from edgeprune.ship.releases import ReleaseList, RollbackResult, _info, _stored_check
@@ -60,6 +62,7 @@ from edgeprune.ship.ship import (
     new_release_id,
     switch_current,
 )
+from edgeprune.transport import open_transport
 
 NOT_COMPARED = "outputs not compared: no runner on the phone"
 CHECK_RUNS = 3
@@ -91,9 +94,6 @@ def ship_to_phone(artifact_path, *, reach, manifest: dict[str, Any] | None = Non
     Takes :func:`~edgeprune.ship.ship_artifact`'s options; ``verify_inputs``
     and ``reference_outputs`` are accepted and unused (no runner on the phone).
     """
-    from edgeprune.ship.check import tolerance
-    from edgeprune.transport import open_transport
-
     start = time.monotonic()
     name = reach.name
     artifact = Path(artifact_path)
@@ -177,8 +177,6 @@ def ship_to_phone(artifact_path, *, reach, manifest: dict[str, Any] | None = Non
 
 def list_phone_releases(reach, *, accept_new_host_key: bool = False) -> ReleaseList:
     """The releases in the phone's deploy folder, oldest first, with which is current."""
-    from edgeprune.transport import open_transport
-
     with open_transport(reach, accept_new_host_key=accept_new_host_key) as t:
         t.ensure_workdir()
         listing = PhoneFolder(reach, t).listing()
@@ -192,9 +190,6 @@ def rollback_phone(reach, *, to: str | None = None, lock_wait_s: float = 0.0, lo
                    on_step: StepHook | None = None) -> RollbackResult:
     """Switch the phone back to ``to`` (default: the previous release) after its sha256 matches its
     manifest and benchmark_model loads and runs it (outputs not compared)."""
-    from edgeprune.ship.board import check_release_id
-    from edgeprune.transport import open_transport
-
     start = time.monotonic()
     name = reach.name
     if to is not None:

@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from edgeprune.bench.runner import AGENT_NAME, agent_path, choose_runtime
 from edgeprune.errors import EdgePruneError, ShipError, TransportError
 from edgeprune.ship.board import Board, check_release_id
 from edgeprune.ship.check import TOLERANCES, load_outputs
@@ -41,6 +44,7 @@ from edgeprune.ship.ship import (
     _unchanged_error,
     verify_on_board,
 )
+from edgeprune.transport import open_transport
 from edgeprune.validate import check as check_option
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -121,9 +125,6 @@ def _info(entry: dict[str, Any], current: str | None, previous: str | None) -> R
 
 def list_releases(target, *, host: str | None = None, accept_new_host_key: bool = False) -> ReleaseList:
     """The releases on ``target``'s deploy folder, oldest first, with which is current."""
-    from edgeprune.bench.runner import AGENT_NAME, agent_path
-    from edgeprune.transport import open_transport
-
     reach = _reach(target, host)
     backend = RUNNER_BACKENDS.get(reach.runner)
     if backend is not None:  # a phone without Python: its deploy folder through shell scripts
@@ -155,9 +156,6 @@ def why_not_current(target, *, release: str, sha256: str, host: str | None = Non
         why_not_current("lab-pi", release="20261128-101502-3f2a9c1d", sha256=sha)
         # 'lab-pi has no current release' or None
     """
-    from edgeprune.bench.runner import AGENT_NAME, agent_path
-    from edgeprune.transport import open_transport
-
     reach = _reach(target, host)
     name = reach.name
     backend = RUNNER_BACKENDS.get(reach.runner)
@@ -214,11 +212,6 @@ def rollback(
     on_step: StepHook | None = None,
 ) -> RollbackResult:
     """Switch ``target`` back to ``to`` (default: the previous release), after the checks above."""
-    import numpy as np
-
-    from edgeprune.bench.runner import choose_runtime
-    from edgeprune.transport import open_transport
-
     check_option("wait", lock_wait_s, option="--wait")
     start = time.monotonic()
     reach = _reach(target, host)

@@ -49,8 +49,11 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune import __version__
 from edgeprune._paths import sha256_file
 from edgeprune._threads import DEFAULT_PARALLEL, NotStarted, fan_out
+from edgeprune.bench.runner import choose_runtime
+from edgeprune.boards.reach import resolve_target
 from edgeprune.errors import (
     AgentError,
     EdgePruneError,
@@ -59,6 +62,7 @@ from edgeprune.errors import (
     ShipError,
     TransportError,
 )
+from edgeprune.progress import step as progress
 from edgeprune.ship.board import Board
 from edgeprune.ship.check import (
     compare_outputs,
@@ -68,6 +72,7 @@ from edgeprune.ship.check import (
     tolerance,
 )
 from edgeprune.ship.lock import STALE_S, BoardLock
+from edgeprune.transport import open_transport
 from edgeprune.validate import check as check_option
 
 DEFAULT_KEEP = 3
@@ -126,15 +131,11 @@ def new_release_id(sha256: str, *, now: float | None = None) -> str:
 
 def _reach(target, host: str | None):
     if isinstance(target, str):
-        from edgeprune.boards.reach import resolve_target
-
         return resolve_target(target, host=host)
     return target
 
 
 def _stepper(name: str, on_step: StepHook | None) -> Callable[[str, str], None]:
-    from edgeprune.progress import step as progress
-
     def step(what: str, say: str) -> None:
         progress(f"{name}: {say}")
         if on_step is not None:
@@ -249,7 +250,6 @@ def ship_artifact(
         raise ShipError(f"{artifact}: ships .onnx or .tflite files, got '{ext or 'no extension'}'")
     if keep < 1:
         raise ShipError(f"keep={keep}: keep at least 1 release")
-    from edgeprune.bench.runner import choose_runtime
 
     runtime = choose_runtime(reach.profile, artifact)
     info = dict(manifest or {})
@@ -275,8 +275,6 @@ def ship_artifact(
     sha, size = sha256_file(artifact), artifact.stat().st_size
     model_file = MODEL_FILE[ext]
     step = _stepper(name, on_step)
-
-    from edgeprune.transport import open_transport
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-ship-") as tmpd:
         tmp = Path(tmpd)
@@ -409,8 +407,6 @@ def _unchanged_error(exc: EdgePruneError, name: str, current: str | None) -> Shi
 def _manifest(info: dict[str, Any], *, reach, rid: str, artifact: Path, model_file: str, sha: str,
               size: int, precision: str, runtime: str, check: dict[str, Any],
               previous: str | None) -> dict[str, Any]:
-    from edgeprune import __version__
-
     full = dict(info)
     full.update(
         release=rid,

@@ -45,6 +45,9 @@ from edgeprune.tasks.base import Ref, Task
 from edgeprune.tasks.classify import CLASSIFY
 from edgeprune.tasks.detect import DETECT
 
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
+
 TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFY, DETECT)}
 PLANNED = ("segment",)  # named so that --task segment says "not built yet", not "unknown"
 

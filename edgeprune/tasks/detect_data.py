@@ -62,7 +62,9 @@ from typing import Any
 import numpy as np
 
 from edgeprune.data import load_data
+from edgeprune.data.builtin import BUILTIN
 from edgeprune.data.dataset import DataError, Dataset, DataSplit
+from edgeprune.data.fmnist_det import builtin_path
 from edgeprune.tasks.detect_dataset import DetectionDataset, augment_batch
 from edgeprune.tasks.detect_formats import (
     _from_coco,
@@ -94,8 +96,6 @@ def open_detection(spec: str | Path, *, input_shape: tuple[int, ...], num_classe
     ``val_data`` (``--val-data``) is the validation set instead of a seeded
     share of ``spec`` (its own val split when it is a data.yaml, else all of it).
     """
-    from edgeprune.data.builtin import BUILTIN
-
     if val_data is not None:
         kw = {"input_shape": input_shape, "num_classes": num_classes, "val_fraction": val_fraction, "seed": seed}
         main, other = open_detection(spec, **kw), open_detection(val_data, **kw)
@@ -118,8 +118,6 @@ def open_detection(spec: str | Path, *, input_shape: tuple[int, ...], num_classe
     info: dict[str, Any] = {"source": text, "preprocess": f"letterbox {input_size[0]}x{input_size[1]} "
                                                          f"(pad {PAD_VALUE}), RGB/255"}
     if text in DETECT_BUILTIN:
-        from edgeprune.data.fmnist_det import builtin_path
-
         path = builtin_path(text)
         info["kind"] = "builtin"
     yaml_file = path if path.suffix in (".yaml", ".yml") else (path / "data.yaml" if path.is_dir() else None)

@@ -32,7 +32,11 @@ from typing import Any
 import numpy as np
 
 from edgeprune.data.dataset import AUGMENTS, DataError, Dataset, shard_bounds
+from edgeprune.errors import require
 from edgeprune.tasks.letterbox import PAD_VALUE, Letterbox, xywh_to_xyxy, xyxy_to_xywh
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 
 class DetectionDataset(Dataset):
@@ -71,8 +75,6 @@ class DetectionDataset(Dataset):
 
     def _pixels(self, i: int) -> np.ndarray:
         """Image ``i`` decoded, RGB (or grey) uint8 (h, w, C)."""
-        from edgeprune.errors import require
-
         image_mod = require("PIL.Image", "detect", "reading image files")
         ops = require("PIL.ImageOps", "detect", "reading image files")
         path = self.files[i]

@@ -44,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import EdgePruneError, require
+from edgeprune.export.detect import OutputPiece, decoded
+from edgeprune.models.ultra import available, import_ultralytics
+
+# Lazy imports: the imports inside functions below load torch, which importing this module does not;
+# they load only when a function that needs them runs.
 
 EVAL_CONF, EVAL_IOU, MAX_DET = 0.001, 0.7, 300  # Ultralytics' validator
 AGREE_CONF, AGREE_IOU = 0.25, 0.5
@@ -101,8 +107,6 @@ def dense_outputs(outputs, *, num_classes: int | None = None, input_shape: tuple
     ``layout``: an artifact's :class:`edgeprune.export.detect.OutputPiece`
     list (its outputs are those pieces, boxes and scores apart).
     """
-    from edgeprune.export.detect import OutputPiece, decoded
-
     arrays = [_np(t) for t in _flat(outputs) if hasattr(t, "shape")]
     if layout is not None and any(p.role in ("boxes", "scores") for p in layout):
         got = decoded(arrays, layout, tuple(input_shape))
@@ -140,15 +144,11 @@ def dense_outputs(outputs, *, num_classes: int | None = None, input_shape: tuple
 
 def nms_backend() -> str:
     """'ultralytics' when it is installed, else 'opencv' (see the module docstring)."""
-    from edgeprune.models.ultra import available
-
     return "ultralytics" if available() else "opencv"
 
 
 def _nms_ultralytics(dense: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool):
     import torch
-
-    from edgeprune.models.ultra import import_ultralytics
 
     nms = import_ultralytics("ultralytics.utils.nms")  # heavy: ultralytics
     # max_time_img: Ultralytics stops NMS after 2 s + 0.05 s per image and drops the rest of the batch; on a
@@ -258,8 +258,6 @@ def coco_map(ground_truth: Sequence[np.ndarray], predictions: Sequence[Detection
 
 
 def _version(pkg: str) -> str:
-    import importlib.metadata
-
     try:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:

@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.data.dataset import DataError
+from edgeprune.errors import require
 from edgeprune.tasks.detect_dataset import DetectionDataset
+
+# Lazy imports: the imports inside functions below load yaml, which importing this module does not;
+# they load only when a function that needs them runs.
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 EDGE_TOLERANCE = 0.01  # a box corner may pass the image edge by 1 % of its side (annotation tools round)
@@ -44,8 +48,6 @@ class _Problems:
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(h, w) of the image as shown (EXIF orientation applied), from its header."""
-    from edgeprune.errors import require
-
     image_mod = require("PIL.Image", "detect", "reading image files")
     try:
         with image_mod.open(path) as im:

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgePruneError
+from edgeprune.models.ultra import import_ultralytics, is_ultralytics_model
 
 TEMPERATURE = 1.0
 
@@ -111,8 +112,6 @@ def distill_loss(student_out, teacher_out, *, num_classes: int | None = None, te
 
 def supports_supervised(model) -> bool:
     """Does the model's library give its own detection loss (an Ultralytics model with ``init_criterion``)?"""
-    from edgeprune.models.ultra import is_ultralytics_model
-
     return is_ultralytics_model(model) and hasattr(model, "init_criterion") and hasattr(model, "loss")
 
 
@@ -122,8 +121,6 @@ def prepare_supervised(model, *, epochs: int | None = None) -> None:
     Call again after pruning (the criterion reads the head's strides and
     class count). ``epochs`` sets the schedule of YOLO26's one-to-many weight.
     """
-    from edgeprune.models.ultra import import_ultralytics
-
     cfg = import_ultralytics("ultralytics.cfg")  # heavy: ultralytics
     args = getattr(model, "args", None)
     base = dict(vars(cfg.get_cfg()))

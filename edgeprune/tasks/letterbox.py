@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeprune.errors import require
+
 PAD_VALUE = 114  # Ultralytics' letterbox grey
 
 
@@ -59,8 +61,6 @@ class Letterbox:
 
     def image(self, img: np.ndarray) -> np.ndarray:
         """``img`` (h, w, C) uint8 -> (H, W, C) uint8, letterboxed."""
-        from edgeprune.errors import require
-
         cv2 = require("cv2", "detect", "letterboxing images (OpenCV, as Ultralytics)")  # heavy: OpenCV
         if tuple(img.shape[:2]) != self.src:
             raise ValueError(f"image is {img.shape[:2]}, this letterbox is for {self.src}")

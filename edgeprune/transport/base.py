@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeprune._paths import sha256_file
+from edgeprune._paths import atomic_file, sha256_file
 from edgeprune.errors import ProfileError, TransportError
 
 MAX_OUTPUT = 16 * 1024 * 1024
@@ -271,7 +271,6 @@ class Transport(ABC):
                 f"{self.reach.name}: {remote} is {size} bytes, more than the {max_bytes} "
                 "allowed; refused"
             )
-        from edgeprune._paths import atomic_file
 
         with atomic_file(local) as tmp:
             self._get(remote, tmp, max_bytes)

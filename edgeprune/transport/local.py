@@ -13,7 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
-from edgeprune._paths import sha256_file
+from edgeprune._paths import cache_dir, sha256_file
 from edgeprune.errors import ProfileError, TransportError
 from edgeprune.transport._proc import run_process
 from edgeprune.transport.base import MAX_OUTPUT, RunResult, Transport
@@ -49,8 +49,6 @@ class LocalTransport(Transport):
             if self.reach.workdir:
                 path = Path(self.reach.workdir).expanduser()
             else:
-                from edgeprune._paths import cache_dir
-
                 path = cache_dir() / "local-board"
             path.mkdir(parents=True, exist_ok=True)
             self.workdir = str(path.resolve())

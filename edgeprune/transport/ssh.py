@@ -28,6 +28,7 @@ import base64
 import fnmatch
 import getpass
 import hashlib
+import logging
 import posixpath
 import re
 import shlex
@@ -44,6 +45,9 @@ from edgeprune.transport.base import (
     Transport,
     Watchdog,
 )
+
+# Lazy imports: the imports inside functions below load paramiko, which importing this module does not;
+# they load only when a function that needs them runs.
 
 DEAD_LINK_S = 10  # TCP_USER_TIMEOUT, and the upload stall watchdog
 KEEPALIVE_S = 3
@@ -125,8 +129,6 @@ def _quiet_paramiko() -> None:
     A NullHandler on the "paramiko" logger stops that (a handler the user
     configures still receives the records); our errors say what happened in one line.
     """
-    import logging
-
     log = logging.getLogger("paramiko")
     if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
         log.addHandler(logging.NullHandler())
