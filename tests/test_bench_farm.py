@@ -74,6 +74,25 @@ def test_same_model_measures_differently_on_each_quota(farm_env, root_farm, mode
 
 
 @pytest.mark.farm
+def test_bench_on_a_quota_board_says_which_figure_the_board_sustains(farm_env, root_farm, models):
+    """Issue 20: on a 0.25-core board `bench` says that back to back the mean is what the board sustains
+    (the figure prune and deploy judge a budget by) and the p50 is nearer one unthrottled run."""
+    if root_farm.cgroup_root is None:
+        pytest.skip("no writable cgroup cpu controller here: boards have no CPU quota")
+    doc = json.loads(cli("bench", "-t", "farm-b3", str(models["medium"]), "--runs", "40", "--threads", "1",
+                         "--json", "--no-cache").stdout)
+    mean, p50 = doc["latency_ms"]["mean"], doc["latency_ms"]["p50"]
+    assert doc["board"]["cpu_quota"] == 0.25
+    res = cli("bench", "-t", "farm-b3", str(models["medium"]), "--runs", "40", "--threads", "1")  # the same, cached
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())  # the terminal wraps the note
+    assert text.count("CPU quota") == 1 and "note: farm-b3 runs under a CPU quota of 0.25 CPU" in text, text
+    assert f"sustains the mean, {mean:.3f} ms" in text and "by the sustained figure" in text, text
+    # the p50 is called nearer one unthrottled run only when it is well under the mean
+    assert (f"the p50, {p50:.3f} ms, is nearer one unthrottled run" in text) == (p50 < 0.8 * mean), text
+
+
+@pytest.mark.farm
 def test_bench_over_a_lossy_slow_link(farm_env, farm, models):
     r = bench_target(resolve_target("farm-lossy"), models["tiny"], settings=QUICK, use_cache=False)
     board = farm.boards.get("lossy") or next(iter(farm.boards.values()))

@@ -202,6 +202,9 @@ def _table(reaches, outcomes, profile_ops) -> None:
                 f"note: other processes kept {o.other_busy_cores:.1f} CPU cores busy on {r.name} "
                 "while it was measured: its timings are contended"
             )
+    for r, o in ok:
+        if quota_note(r.name, o):
+            con.print(quota_note(r.name, o))
     if profile_ops:
         for r, o in ok:
             ops = (o.op_profile or {}).get("by_op_type") or []
@@ -226,3 +229,17 @@ def _table(reaches, outcomes, profile_ops) -> None:
 def _fig(value, fmt: str) -> str:
     """A figure, or 'missing' where the board's runner did not give it (phones: benchmark_model)."""
     return "missing" if value is None else format(value, fmt)
+
+
+def quota_note(name: str, o) -> str | None:
+    """On a board with a CPU quota, which figure is which (see edgeprune.latency.judge): run back to back,
+    runs that straddle a throttled period wait for the next one, so the mean is what the board sustains and
+    the p50 sits nearer one unthrottled run."""
+    quota = (o.board or {}).get("cpu_quota")
+    mean, p50 = o.latency_ms.get("mean"), o.latency_ms.get("p50")
+    if not isinstance(quota, (int, float)) or quota <= 0 or mean is None or p50 is None:
+        return None
+    text = f"note: {name} runs under a CPU quota of {quota:g} CPU: back to back it sustains the mean, {mean:.3f} ms"
+    if p50 < 0.8 * mean:
+        text += f"; the p50, {p50:.3f} ms, is nearer one unthrottled run"
+    return text + ". edgeprune prune and deploy judge a budget on this board by the sustained figure."
