@@ -41,6 +41,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgeprune.checks.nms import box_iou, non_max_suppression
 from edgeprune.checks.outputs import flatten_numpy
 from edgeprune.errors import ExportError
 
@@ -131,39 +132,17 @@ def per_output(
     return rows
 
 
-def _xyxy(boxes: np.ndarray) -> np.ndarray:
-    """``(4, A)`` centre-x, centre-y, width, height -> ``(A, 4)`` corners."""
-    x, y, w, h = boxes
-    return np.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], axis=1)
-
-
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    lt = np.maximum(box[:2], others[:, :2])
-    rb = np.minimum(box[2:], others[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda b: np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)  # noqa: E731
-    return inter / np.maximum(area(box) + area(others) - inter, 1e-9)
-
-
 def detect(boxes: np.ndarray, scores: np.ndarray, conf: float, *, max_det: int = MAX_DET, iou: float = IOU):
     """One sample's detections: ``(corners (K, 4), classes (K,), scores (K,))`` after class-wise NMS.
 
-    ``boxes`` is ``(4, A)`` centre/size, ``scores`` ``(classes, A)``; one
-    class per anchor (its best), as Ultralytics' non-multi-label NMS.
+    ``boxes`` is ``(4, A)`` centre/size, ``scores`` ``(classes, A)``; one class per anchor (its best), as
+    Ultralytics' non-multi-label NMS; scores at or above ``conf`` count. The NMS is
+    :func:`edgeprune.checks.nms.non_max_suppression`, the one the mAP evaluation uses.
     """
-    best, cls = scores.max(0), scores.argmax(0)
-    order = np.where(best >= conf)[0]
-    order = order[np.argsort(-best[order], kind="stable")][: max_det * 30]
-    corners = _xyxy(boxes)
-    keep: list[int] = []
-    for i in order:
-        same = [k for k in keep if cls[k] == cls[i]]
-        if same and _iou(corners[i], corners[same]).max() > iou:
-            continue
-        keep.append(int(i))
-        if len(keep) == max_det:
-            break
-    return corners[keep], cls[keep], best[keep]
+    dense = np.concatenate([boxes, scores], axis=0)[None]
+    d = non_max_suppression(dense, conf=float(np.nextafter(conf, -np.inf)), iou=iou, max_det=max_det,
+                            multi_label=False)[0]
+    return d.boxes, d.classes, d.scores
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -216,7 +195,7 @@ def detection_agreement(
             total += 1
             cand = np.where(~used)[0]
             if cand.size:
-                overlaps = _iou(box, c_box[cand])
+                overlaps = box_iou(box[None], c_box[cand])[0]
                 j = int(overlaps.argmax())
                 if overlaps[j] >= iou:
                     used[cand[j]] = True

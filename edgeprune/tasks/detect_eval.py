@@ -13,7 +13,7 @@ Decoding (:func:`dense_outputs`), by the outputs' structure, never by model name
   by :func:`edgeprune.export.detect.decoded` (distribution-focal-loss
   expectation, anchors at cell centres).
 
-NMS (:func:`non_max_suppression`) is a library's, the same one for the
+NMS (:func:`edgeprune.checks.nms.non_max_suppression`) is a library's, the same one for the
 original, the pruned model and every artifact in one run:
 Ultralytics' own ``ultralytics.utils.nms.non_max_suppression`` (its
 ``TorchNMS``, without its time limit, which drops detections on a busy
@@ -47,41 +47,26 @@ import contextlib
 import importlib.metadata
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from edgeprune.checks.nms import (
+    EVAL_CONF,
+    EVAL_IOU,
+    MAX_DET,
+    Detections,
+    box_iou,
+    nms_backend,
+    non_max_suppression,
+)
 from edgeprune.errors import EdgePruneError, require
 from edgeprune.export.detect import OutputPiece, decoded
-from edgeprune.models.ultra import available, import_ultralytics
 
 # Lazy imports: the imports inside functions below load torch, which importing this module does not;
 # they load only when a function that needs them runs.
 
-EVAL_CONF, EVAL_IOU, MAX_DET = 0.001, 0.7, 300  # Ultralytics' validator
 AGREE_CONF, AGREE_IOU = 0.25, 0.5
-MAX_NMS = 30_000  # candidates per image before NMS (Ultralytics' max_nms)
-
-
-@dataclass
-class Detections:
-    """One image's detections: ``boxes`` (K, 4) x1, y1, x2, y2; ``scores`` (K,); ``classes`` (K,) int."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-
-    @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def above(self, conf: float) -> Detections:
-        keep = self.scores >= conf
-        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
 
 
 def _flat(out) -> list:
@@ -140,62 +125,6 @@ def dense_outputs(outputs, *, num_classes: int | None = None, input_shape: tuple
     raise EdgePruneError(f"cannot read detections from outputs shaped {shapes}: expected [B, 4+classes, anchors], "
                          f"[B, N, 6] (end-to-end) or per-level head maps [B, 4*reg_max+classes, H, W]"
                          + ("" if num_classes else " (say how many classes the model detects)"))
-
-
-def nms_backend() -> str:
-    """'ultralytics' when it is installed, else 'opencv' (see the module docstring)."""
-    return "ultralytics" if available() else "opencv"
-
-
-def _nms_ultralytics(dense: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool):
-    import torch
-
-    nms = import_ultralytics("ultralytics.utils.nms")  # heavy: ultralytics
-    # max_time_img: Ultralytics stops NMS after 2 s + 0.05 s per image and drops the rest of the batch; on a
-    # loaded machine that changed mAP by 2.6 points between two runs of the same model. No time limit here.
-    out = nms.non_max_suppression(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)), conf, iou,
-                                  multi_label=multi_label, max_det=max_det, max_nms=MAX_NMS, max_time_img=1e9)
-    return [Detections(o[:, :4].numpy().astype(np.float64), o[:, 4].numpy().astype(np.float64),
-                       o[:, 5].numpy().astype(np.int64)) for o in out]
-
-
-def _nms_opencv(dense: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool):
-    cv2 = require("cv2", "detect", "NMS for detectors (OpenCV)")  # heavy: OpenCV
-    result = []
-    for p in dense.astype(np.float64):
-        boxes, scores = p[:4].T, p[4:].T  # (A, 4) xywh, (A, nc)
-        if multi_label:
-            i, j = np.nonzero(scores > conf)
-            s = scores[i, j]
-        else:
-            j = scores.argmax(1)
-            s = scores[np.arange(len(j)), j]
-            i = np.nonzero(s > conf)[0]
-            j, s = j[i], s[i]
-        if len(s) > MAX_NMS:
-            top = np.argsort(-s, kind="stable")[:MAX_NMS]
-            i, j, s = i[top], j[top], s[top]
-        if not len(s):
-            result.append(Detections.empty())
-            continue
-        xywh = boxes[i]
-        rects = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, 2:]], axis=1)
-        keep = np.asarray(cv2.dnn.NMSBoxesBatched(rects.tolist(), s.tolist(), j.tolist(), conf, iou), dtype=np.int64)
-        keep = keep.reshape(-1)[np.argsort(-s[keep.reshape(-1)], kind="stable")][:max_det]
-        x1y1 = rects[keep, :2]
-        result.append(Detections(np.concatenate([x1y1, x1y1 + rects[keep, 2:]], axis=1), s[keep], j[keep]))
-    return result
-
-
-def non_max_suppression(dense: np.ndarray, *, conf: float = EVAL_CONF, iou: float = EVAL_IOU,
-                        max_det: int = MAX_DET, multi_label: bool = True, backend: str | None = None
-                        ) -> list[Detections]:
-    """Per image of ``dense`` ``[B, 4+nc, A]`` (xywh px, probabilities): detections after class-wise NMS."""
-    backend = backend or nms_backend()
-    fn = {"ultralytics": _nms_ultralytics, "opencv": _nms_opencv}.get(backend)
-    if fn is None:
-        raise EdgePruneError(f"NMS backend '{backend}': choose ultralytics or opencv")
-    return fn(dense, conf, iou, max_det, multi_label)
 
 
 def _e2e(rows: np.ndarray, conf: float, max_det: int) -> list[Detections]:
@@ -264,15 +193,6 @@ def _version(pkg: str) -> str:
         return "?"
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (K, 4) with every box in ``b`` (L, 4), corners."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
-
-
 def agreement(reference: Sequence[Detections], candidate: Sequence[Detections], *, conf: float = AGREE_CONF,
               iou: float = AGREE_IOU, found_conf: float | None = None) -> dict[str, Any]:
     """The share of ``reference``'s confident detections that ``candidate`` still finds (module docstring)."""
@@ -284,7 +204,7 @@ def agreement(reference: Sequence[Detections], candidate: Sequence[Detections], 
         total += len(order)
         if not len(order) or not len(cand):
             continue
-        overlaps = _iou(ref.boxes[order], cand.boxes)
+        overlaps = box_iou(ref.boxes[order], cand.boxes)
         overlaps[ref.classes[order][:, None] != cand.classes[None, :]] = 0.0
         used = np.zeros(len(cand), dtype=bool)
         for row in overlaps:
