@@ -14,11 +14,9 @@ Decoding (:func:`dense_outputs`), by the outputs' structure, never by model name
   expectation, anchors at cell centres).
 
 NMS (:func:`edgeprune.checks.nms.non_max_suppression`) is a library's, the same one for the
-original, the pruned model and every artifact in one run:
-Ultralytics' own ``ultralytics.utils.nms.non_max_suppression`` (its
-``TorchNMS``, without its time limit, which drops detections on a busy
-machine) when ultralytics is installed, else OpenCV's
-``cv2.dnn.NMSBoxesBatched``. Evaluation settings are Ultralytics'
+original, the pruned model and every artifact in one run: Ultralytics'
+own with torchvision's NMS kernel, else OpenCV's ``cv2.dnn.NMSBoxesBatched``
+(see :mod:`edgeprune.checks.nms` for the choice). Evaluation settings are Ultralytics'
 validator's: score >= 0.001, IoU 0.7, at most 300 per image, every class
 above the threshold a box may have (``multi_label``). Which one ran is in
 every result (``nms``).
