@@ -299,3 +299,36 @@ def test_deploy_cli_of_a_user_checkpoint_at_320(cfg, tmp_path):
     sess = ort.InferenceSession(str(shipped), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: np.zeros(SHAPE, np.float32)})
     assert out[0].shape == ((1, 300, 6) if cfg == "yolo26n.yaml" else (1, 84, 2100))
+
+
+def test_the_surgery_check_compares_a_pruned_yolo26_in_float64(user_module, monkeypatch, tmp_path):
+    """Issue 19: a deploy of YOLO26n at 320 px stopped at the surgery check with 'relative 0.00012 > 0.0001':
+    float32 rounding alone (summing fewer channels in another order, boxes in pixels). In float64 the same
+    comparison of a correct cut is near 1e-12, far under the tolerance, and a wrong cut still fails."""
+    import copy
+
+    import edgeprune.prune.apply as apply_mod
+    from edgeprune.errors import PruneError
+    from edgeprune.prune.check import TOL, check_surgery
+
+    seen: dict = {}
+
+    def spy(reference, pruned, removed, x, **kw):
+        seen.update(reference=copy.deepcopy(reference), removed=removed, x=x, kw=kw)
+        seen["err"] = check_surgery(reference, pruned, removed, x, **kw)
+        return seen["err"]
+
+    monkeypatch.setattr(apply_mod, "check_surgery", spy)
+    from edgeprune.api import prune_model
+
+    spec = user_module("from tests.zoo import ultralytics_real\n\n\ndef build():\n"
+                       "    return ultralytics_real.trained_like(ultralytics_real.yolo26n(), (1, 3, 320, 320))\n")
+    summary = prune_model(spec, target="local", ratio=0.5, input_shape=SHAPE, output=tmp_path / "p")
+    assert summary["groups_pruned"] > 0
+    assert seen["err"] < 1e-3 * TOL, seen["err"]  # float64: rounding is no longer near the tolerance
+    pruned = load_model(summary["model"], trust_factory=spec).module
+    with torch.no_grad():  # a wrong cut: one kept conv row of a pruned group scaled
+        conv = next(m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels > 8)
+        conv.weight[0] *= 1.5
+    with pytest.raises(PruneError, match="differs from the original"):
+        check_surgery(seen["reference"], pruned, seen["removed"], seen["x"], **seen["kw"])
