@@ -257,10 +257,7 @@ LONG = "EDGEPRUNE_LONG_TESTS"
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get(LONG) != "1", reason=f"opt-in ({LONG}=1): about 15 minutes a model on 2 cores")
-@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", pytest.param("yolo26n.yaml", marks=pytest.mark.xfail(
-    strict=True, reason="known bug, open in issue 19: from trained-like weights, BN recalibration and 2 fine-tuning "
-    "steps leave YOLO26n's boxes near 1e9 px (the pruned model's are within 317 px); the export check refuses the "
-    "file, exit 2 'finds 0% of the float model's confident detections'"))])
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
 def test_deploy_cli_of_a_user_checkpoint_at_320(cfg, tmp_path):
     """Issue 19: `edgeprune deploy --target local` on the real YOLOv8n / YOLO11n / YOLO26n at 320 px, as a
     user runs it (a subprocess, their `best.pt` loaded by `YOLO("best.pt").model` in their factory), with a

@@ -205,6 +205,7 @@ class Objective:
 
     metric: str = ""
     name: str = ""
+    clip_grad_norm: float | None = None  # the gradient's norm is clipped to this before each step (None: not)
 
     def loss(self, student, teacher, x: torch.Tensor, y: Any, recipe) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -393,6 +394,9 @@ def train(student: nn.Module, split, *, recipe: Recipe, teacher: nn.Module | Non
                     loss = loss * (world.size * (hi - lo) / n_batch)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if objective.clip_grad_norm:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), objective.clip_grad_norm)
                 scaler.step(opt)
                 scaler.update()
                 st["step"] += 1

@@ -44,6 +44,10 @@ from edgeprune.tasks.detect_loss import (
 
 
 class DetectObjective(Objective):
+    # Ultralytics' trainer clips the gradient's norm at 10 before every step. Without it, YOLO26n's first
+    # step from trained-like weights (its E2E class loss 6211, gradient norm 2186) sent its boxes to 1e9 px.
+    clip_grad_norm = 10.0
+
     def __init__(self, *, teacher=None, labelled: bool, num_classes: int | None, supervised: bool = True) -> None:
         self.teacher = teacher
         self.labelled = labelled
