@@ -203,8 +203,8 @@ def _table(reaches, outcomes, profile_ops) -> None:
                 "while it was measured: its timings are contended"
             )
     for r, o in ok:
-        if quota_note(r.name, o):
-            con.print(quota_note(r.name, o))
+        if text := quota_note(r.name, o):
+            con.print(text)
     if profile_ops:
         for r, o in ok:
             ops = (o.op_profile or {}).get("by_op_type") or []
