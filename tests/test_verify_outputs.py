@@ -49,3 +49,38 @@ def test_detection_figure_uses_the_best_detections_of_an_untrained_model():
     tiny = scores * 1e-3  # a random-weight detector: nothing above 0.25
     fig = detection_agreement(boxes, tiny, boxes, tiny)
     assert fig["relative_threshold"] and fig["detections"] > 0 and fig["recall"] == 1.0
+
+
+def _end2end_rows(n=2, k=300, seed=0):
+    """YOLO26-style rows (x1, y1, x2, y2, score, class), sorted by score; a third of the boxes inverted
+    (x2 < x1 or y2 < y1), as a head two steps from trained-like weights gave them."""
+    g = np.random.default_rng(seed)
+    x1y1 = g.uniform(0, 320, (n, k, 2))
+    wh = g.uniform(20, 150, (n, k, 2)) * np.where(g.random((n, k, 1)) < 0.33, -1, 1)
+    scores = np.sort(g.uniform(0.3, 1.0, (n, k)), axis=1)[:, ::-1]
+    cls = g.integers(0, 80, (n, k)).astype(np.float64)
+    return np.concatenate([x1y1, x1y1 + wh, scores[..., None], cls[..., None]], axis=2).astype(np.float32)
+
+
+def test_an_exact_end_to_end_file_is_not_refused_for_the_empty_boxes_of_its_head():
+    """Issue 19: the export check refused an exact ONNX file of a fine-tuned YOLO26n at 320 px (recall 0.96,
+    rows 4e-5 and 0.05 px from PyTorch's): a third of its boxes were inverted, with no area to overlap.
+    Through the export's own check (OutputCheck, match_rows): an empty box is not counted, a moved one is."""
+    from edgeprune.export.detect import OutputCheck, OutputPiece
+
+    rows = _end2end_rows()
+    g = np.random.default_rng(1)
+    exact = rows.copy()
+    exact[..., :4] += g.normal(0, 0.05, exact[..., :4].shape)
+    exact[..., 4] += g.normal(0, 4e-5, exact[..., 4].shape)
+    order = np.argsort(-exact[..., 4], axis=1, kind="stable")  # near-equal scores come out in another order
+    exact = np.take_along_axis(exact, order[..., None], axis=1)
+    check = OutputCheck([OutputPiece(0, None, None, "detections", "output0 detections", classes=80)],
+                        [(1, 300, 6)], split=False, input_shape=(1, 3, 320, 320))
+    fig = check.figures([rows], check.pieces([exact], like=[rows]))["detection"]
+    assert fig["recall"] == 1.0 and fig["empty_boxes"] > 0 and fig["detections"] > 0, fig
+
+    moved = exact.copy()
+    moved[..., [0, 2]] += 200.0  # every box 200 px to the right: a wrong conversion
+    bad = check.figures([rows], check.pieces([moved], like=[rows]))["detection"]
+    assert bad["recall"] < 0.2, bad

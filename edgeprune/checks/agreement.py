@@ -145,6 +145,15 @@ def detect(boxes: np.ndarray, scores: np.ndarray, conf: float, *, max_det: int =
     return d.boxes, d.classes, d.scores
 
 
+def _rows(boxes: np.ndarray, scores: np.ndarray, conf: float, max_det: int) -> np.ndarray:
+    """An NMS-free head's rows scoring at least ``conf`` (the ``max_det`` best, ties in row order) as corners."""
+    best = scores.max(0)
+    keep = np.where(best >= conf)[0]
+    keep = keep[np.argsort(-best[keep], kind="stable")][:max_det]
+    cx, cy, w, h = boxes[:, keep]
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     sa, sb = a.std(), b.std()
     if sa == 0 or sb == 0:
@@ -161,6 +170,7 @@ def detection_agreement(
     conf: float = CONF,
     iou: float = IOU,
     max_det: int = MAX_DET,
+    end2end: bool = False,
 ) -> dict:
     """How many of the float model's confident detections the converted model still finds.
 
@@ -179,8 +189,22 @@ def detection_agreement(
     ``score_corr``: Pearson correlation of each anchor's best class score,
     over all anchors and samples (0 when the candidate's scores are constant,
     e.g. collapsed to 0 by a shared INT8 scale).
+
+    ``end2end``: the anchors are an NMS-free head's final rows (YOLO26's
+    top-k, already in the reference's row order, :func:`edgeprune.export.detect.match_rows`),
+    read as the model means them and as the mAP evaluation reads them
+    (:mod:`edgeprune.tasks.detect_eval`), with no NMS: the reference's
+    detections are its rows at or above the threshold (the ``max_det``
+    best), the candidate's every row at or above half of it.
+
+    A reference detection whose box is empty (x2 <= x1 or y2 <= y1: a
+    diverged or barely trained head inverts boxes) is not counted
+    (``empty_boxes``): it has no area to overlap, so no conversion, however
+    exact, could be said to find it. An exact ONNX file of a YOLO26n at 320 px,
+    two fine-tuning steps from trained-like weights (scores 4e-5 apart, boxes
+    0.05 px), was refused at recall 0.96 because of them.
     """
-    found = total = 0
+    found = total = empty = 0
     relative = False
     for rb, rs, cb, cs in zip(ref_boxes, ref_scores, cand_boxes, cand_scores, strict=True):
         best = rs.max(0)
@@ -188,9 +212,15 @@ def detection_agreement(
         if int((best >= conf).sum()) < MIN_CONFIDENT:
             threshold = min(conf, float(np.sort(best)[-min(max_det, best.size)]))
             relative = relative or threshold < conf
-        r_box, r_cls, _ = detect(rb, rs, threshold, max_det=max_det, iou=iou)
-        c_box, c_cls, _ = detect(cb, cs, threshold / 2, max_det=max_det * 2, iou=iou)
-        used = np.zeros(len(c_cls), dtype=bool)
+        if end2end:
+            r_box, c_box = _rows(rb, rs, threshold, max_det), _rows(cb, cs, threshold / 2, cb.shape[-1])
+        else:
+            r_box = detect(rb, rs, threshold, max_det=max_det, iou=iou)[0]
+            c_box = detect(cb, cs, threshold / 2, max_det=max_det * 2, iou=iou)[0]
+        valid = (r_box[:, 2] > r_box[:, 0]) & (r_box[:, 3] > r_box[:, 1])
+        empty += int((~valid).sum())
+        r_box = r_box[valid]  # an empty box (x2 <= x1 or y2 <= y1) is no detection: nothing to find
+        used = np.zeros(len(c_box), dtype=bool)
         for box in r_box:
             total += 1
             cand = np.where(~used)[0]
@@ -206,5 +236,6 @@ def detection_agreement(
         "score_corr": _corr(ref_scores.max(1).ravel(), cand_scores.max(1).ravel()),
         "conf": conf,
         "relative_threshold": relative,  # the float model had fewer than max_det above conf
+        "empty_boxes": empty,  # the float model's detections with an empty box, not counted
         "iou": iou,
     }

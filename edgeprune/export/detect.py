@@ -372,7 +372,8 @@ class OutputCheck:
         fig: dict = {"outputs": [_round(r) for r in rows]}
         ref, cand = decoded(reference, self.layout, self.input_shape), decoded(got, self.layout, self.input_shape)
         if ref is not None and cand is not None:
-            fig["detection"] = _round(detection_agreement(*ref, *cand))
+            e2e = any(p.role == "detections" for p in self.layout)  # NMS-free rows: no NMS over them
+            fig["detection"] = _round(detection_agreement(*ref, *cand, end2end=e2e))
         for piece, r in zip(self.layout, reference, strict=True):
             if piece.role == "detections":  # how much of the top-k is a tie at its cut (an untrained head: all)
                 tied = np.abs(r[..., 4] - r[:, -1:, 4]) <= TIE * np.abs(r[:, -1:, 4]) + 1e-6
