@@ -202,7 +202,7 @@ def prune_model(
     from edgeprune.prune.pipeline import importance_batches
 
     batches = importance_batches(split, importance=importance, budget=False, given=batches, name=lm.name,
-                                 task=lm.task)
+                                 task=lm.task, module=lm.module)
     return prune_to_plan(lm, plan, profile=reach.profile, target=target, output=output, options=options,
                          kind=kind, split=split, batches=batches, ratio=ratio).to_dict()
 

@@ -123,6 +123,9 @@ def test_a_user_detector_deploys_with_an_map_gate_and_the_board_holds_what_was_m
     assert gate["samples"] == 80 and gate["passed"]
     ft = json.loads((out / "finetune" / "finetune.json").read_text())
     assert ft["task"] == "detect" and ft["metric_name"] == "mAP50-95" and ft["steps"] >= 1
+    # the budget's allocation compared the groups by the loss of the labelled boxes (Taylor), not by magnitude
+    lat = json.loads((out / "prune" / "summary.json").read_text())["latency"]
+    assert lat["sensitivity"] == "taylor" and lat["importance"] == "l1", lat
 
     # the file the board runs now, run by this test's own ONNX Runtime loop on the held-out images
     import onnxruntime as ort
@@ -167,6 +170,43 @@ def test_bad_detection_labels_are_one_line_before_any_work(user, tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and label.name in lines[0] and "internal error" not in lines[0], p.stderr
     assert not (tmp_path / "out" / "measure").exists()  # refused before the board was asked anything
+
+
+def test_a_detectors_taylor_scores_are_the_loss_of_its_labelled_boxes(user, tmp_path):
+    """`prune --importance taylor` on the user's detector: channels scored by Ultralytics' own loss on the
+    labelled boxes of the train split (was: refused as a classifier-only score). A dead channel (its conv's
+    weights zeroed) carries no loss, so it is the first to go; without labels it is one line."""
+    import shutil
+
+    from edgeprune.prune.importance import TAYLOR_ATTR, accumulate_taylor_grads
+    from edgeprune.prune.pipeline import importance_batches
+    from edgeprune.tasks.detect_loss import DetectionTaylorBatches
+
+    module = _user_module(user["root"]).build()
+    module.load_state_dict(torch.load(user["root"] / "weights.pt", weights_only=True))
+    batches = importance_batches(user["split"], importance="taylor", budget=False, task="detect", module=module)
+    assert isinstance(batches, DetectionTaylorBatches) and len(batches) >= 1
+    conv = module.model[2].cv2.conv  # a neck conv of the real YOLOv8n
+    with torch.no_grad():
+        conv.weight[3].zero_()
+    accumulate_taylor_grads(module, batches)
+    scores = getattr(conv, TAYLOR_ATTR)
+    assert scores[3] == 0 and (scores > 0).sum() == len(scores) - 1, scores
+
+    p = _cli(user, "prune", "-t", "local", "-m", "userdet:build", "--weights", str(user["root"] / "weights.pt"),
+             "--data", str(user["root"] / "data" / "data.yaml"), "--input-shape", f"1,3,{SIZE},{SIZE}",
+             "--ratio", "0.25", "--importance", "taylor", "-o", str(tmp_path / "pruned"), "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((tmp_path / "pruned" / "summary.json").read_text())["importance"] == "taylor"
+
+    photos = tmp_path / "photos"  # the same images, no labels
+    shutil.copytree(user["root"] / "data" / "images" / "train", photos)
+    p = _cli(user, "prune", "-t", "local", "-m", "userdet:build", "--weights", str(user["root"] / "weights.pt"),
+             "--data", str(photos), "--input-shape", f"1,3,{SIZE},{SIZE}", "--ratio", "0.25", "--importance",
+             "taylor", "--task", "detect", "-o", str(tmp_path / "no-labels"))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(lines) == 1 and "labelled boxes" in lines[0], p.stderr
+    assert not (tmp_path / "no-labels").exists()
 
 
 def test_a_user_detector_deploys_to_a_farm_board(user, farm, tmp_path):

@@ -295,7 +295,8 @@ def stage_prune(ctx: Ctx) -> StageOut:
         if o.budget is None:
             plan = uniform_plan(ctx.original, o.ratio, profile=ctx.profile, options=o.prune)
             batches = importance_batches(ctx.split, importance=o.prune.importance, budget=False,
-                                         name=ctx.original.name, task=ctx.original.task)
+                                         name=ctx.original.name, task=ctx.original.task,
+                                         module=ctx.original.module)
             pr = prune_to_plan(ctx.original, plan, profile=ctx.profile, target=ctx.target, output=folder,
                                options=o.prune, kind="ratio", split=ctx.split, batches=batches, ratio=o.ratio)
         else:

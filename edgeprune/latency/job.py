@@ -103,7 +103,7 @@ def prune_for_budget(
     """
     profile = profile or reach.profile
     batches = importance_batches(split, importance=options.importance, budget=split is not None, given=batches,
-                                 name=lm.name, task=lm.task)
+                                 name=lm.name, task=lm.task, module=lm.module)
     loop = plan_to_budget(lm, reach=reach, profile=profile, budget=budget, options=options, batches=batches,
                           accept_new_host_key=accept_new_host_key, board=board)
     plan = loop.plan

@@ -94,7 +94,9 @@ def accumulate_taylor_grads(
     """Backpropagate over ``data`` and leave, on every layer, per-channel Taylor sums for scoring.
 
     ``data`` yields inputs or ``(inputs, targets)``; with targets the loss is
-    cross-entropy (or ``loss_fn(outputs, targets)``). Without targets, a
+    cross-entropy (or ``loss_fn(outputs, targets)``), or, when ``data`` has a
+    ``loss(model, outputs, x, targets)`` method, that (a detector's own loss on
+    its boxes: :class:`edgeprune.tasks.detect_loss.DetectionTaylorBatches`). Without targets, a
     classifier's loss is cross-entropy against its own top-1 (the empirical
     Fisher: how much removing a channel would change what the model says),
     any other model's the mean of its squared outputs. After each batch every
@@ -119,13 +121,16 @@ def accumulate_taylor_grads(
         if hasattr(m, TAYLOR_ATTR):
             delattr(m, TAYLOR_ATTR)
     seen = 0
+    model_loss = getattr(data, "loss", None)
     with torch.enable_grad():
         for batch in data:
             model.zero_grad(set_to_none=True)
             x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
             out = model(x)
             outs = flatten(out)  # nested outputs (a detector's), edgeprune.checks.outputs
-            if y is not None:
+            if y is not None and model_loss is not None:
+                loss = model_loss(model, out, x, y)
+            elif y is not None:
                 loss = (loss_fn or nn.functional.cross_entropy)(outs[0], y)
             elif outs[0].ndim == 2 and outs[0].shape[1] > 1:
                 loss = nn.functional.cross_entropy(outs[0], outs[0].detach().argmax(1))

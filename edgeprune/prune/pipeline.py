@@ -54,6 +54,7 @@ from edgeprune.prune.apply import example_input, prune_
 from edgeprune.prune.groups import kept_whole, protected_note, prunable_groups
 from edgeprune.prune.io import save_pruned
 from edgeprune.prune.plan import ChannelPlan
+from edgeprune.tasks.detect_loss import DetectionTaylorBatches, supports_supervised
 
 ONNX_TOL = 1e-4
 CHECK_SAMPLES = 4
@@ -205,16 +206,30 @@ def read_plan(path: str | os.PathLike[str], lm: LoadedModel) -> ChannelPlan:
     return plan
 
 
+# a detector's Taylor scores: images at 224 px and below, fewer above (the backward pass grows with the pixels)
+DETECT_TAYLOR_IMAGES, DETECT_TAYLOR_BATCH = 256, 32
+
+
 def importance_batches(split, *, importance: str, budget: bool, given: Any = None, name: str = "the model",
-                       task: str = "classify"):
+                       task: str = "classify", module: Any = None):
     """Batches for channel importance: ``given`` (the API's iterable of batches), else the data's train
     split when Taylor scores need it (``--importance taylor``, or a budget with ``--data``, whose
-    sensitivity compares groups); None otherwise. One line when Taylor has no data. Taylor scores are a
-    classifier's (the loss of its labels): a detector's channels are scored by magnitude."""
+    sensitivity compares groups); None otherwise. One line when Taylor has no data.
+
+    A classifier's Taylor scores are the loss of its labels. A detector's
+    (``module``: an Ultralytics model, whose library has the loss) are the
+    loss of its labelled boxes (:class:`edgeprune.tasks.detect_loss.DetectionTaylorBatches`),
+    from :data:`DETECT_TAYLOR_IMAGES` training images: with labelled
+    ``--data`` its budget's allocation compares groups by them, as a
+    classifier's does. Without labels, or without the library's loss, a
+    detector's channels are scored by magnitude."""
+    if task == "detect":
+        return _detection_batches(split, importance=importance, budget=budget, given=given, name=name,
+                                  module=module)
     if task != "classify":
         if importance == "taylor":
-            raise PruneError(f"--importance taylor scores channels by a classifier's loss; '{name}' is a {task} "
-                             "model: use --importance l1 (the default), l2 or bn")
+            raise PruneError(f"--importance taylor scores channels by a classifier's or a detector's loss; '{name}' "
+                             f"is a {task} model: use --importance l1 (the default), l2 or bn")
         return None
     batches = list(given) if given is not None else None
     if batches is None and split is not None and split.train.labelled and (importance == "taylor" or budget):
@@ -225,6 +240,25 @@ def importance_batches(split, *, importance: str, budget: bool, given: Any = Non
             f"pkg.mod:fn, or a built-in data set); '{name}' has none of its own here"
         )
     return batches
+
+
+def _detection_batches(split, *, importance: str, budget: bool, given: Any, name: str, module: Any):
+    own_loss = module is not None and supports_supervised(module)
+    labelled = split is not None and split.train.labelled
+    if importance == "taylor" and not (own_loss and (labelled or given is not None)):
+        why = ("its library has no detection loss here (an Ultralytics model has one)" if not own_loss else
+               "it needs labelled boxes: give --data with labels (a YOLO folder's data.yaml, or COCO JSON)")
+        raise PruneError(f"--importance taylor scores a detector's channels by its own loss on labelled boxes; for "
+                         f"'{name}' {why}; or use --importance l1 (the default), l2 or bn")
+    if not own_loss:
+        return None
+    if given is not None:
+        return DetectionTaylorBatches(given)
+    if not labelled or not (importance == "taylor" or budget):
+        return None
+    h, w = split.train.input_size
+    images = int(max(DETECT_TAYLOR_BATCH, min(DETECT_TAYLOR_IMAGES, DETECT_TAYLOR_IMAGES * 224 * 224 / (h * w))))
+    return DetectionTaylorBatches(split.train.batches(DETECT_TAYLOR_BATCH, limit=images))
 
 
 # -- the stage -------------------------------------------------------------------------------

@@ -154,6 +154,33 @@ def supervised_loss(model, outputs, x: torch.Tensor, targets: torch.Tensor
     return per_image, {str(k): float(v) for k, v in zip(names, vals, strict=False)}
 
 
+class DetectionTaylorBatches:
+    """Labelled detection batches ``(x, targets)`` for Taylor channel scores, scored by the model's own loss.
+
+    :func:`edgeprune.prune.importance.accumulate_taylor_grads` calls
+    :meth:`loss` on each batch's eval-mode outputs (Ultralytics' loss reads
+    them as it reads the training ones): box, class and DFL terms of the
+    labels, so a channel's score is the loss change its removal would make
+    to the boxes, in one unit across the backbone, the neck and the head.
+    """
+
+    def __init__(self, batches: list) -> None:
+        self.batches = list(batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    @staticmethod
+    def loss(model, outputs, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        got = supervised_loss(model, outputs, x, targets)
+        if got is None:
+            raise EdgePruneError("Taylor scores of a detector need its library's loss (an Ultralytics model)")
+        return got[0]
+
+
 def end_epoch(model) -> None:
     """What Ultralytics' trainer does after each epoch to the loss (YOLO26: decay the one-to-many weight)."""
     crit = getattr(model, "criterion", None)
@@ -191,5 +218,5 @@ def train_step(student, batch, *, teacher=None, num_classes: int | None = None, 
     return loss, items
 
 
-__all__ = ["distill_loss", "end_epoch", "prepare_supervised", "raw_head", "supervised_loss", "supports_supervised",
+__all__ = ["DetectionTaylorBatches", "distill_loss", "end_epoch", "prepare_supervised", "raw_head", "supervised_loss", "supports_supervised",
            "train_step", "ultralytics_batch"]
