@@ -332,3 +332,24 @@ def test_the_surgery_check_compares_a_pruned_yolo26_in_float64(user_module, monk
         conv.weight[0] *= 1.5
     with pytest.raises(PruneError, match="differs from the original"):
         check_surgery(seen["reference"], pruned, seen["removed"], seen["x"], **seen["kw"])
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_the_original_in_the_shipping_form_of_a_model_that_has_run_builds_its_own_anchors(cfg):
+    """Issue 19: the export of a pruned, fine-tuned YOLOv8n stopped in Ultralytics' decode ('size of tensor a (0)
+    must match ... 525'): the unpruned original, put in the shipping form of the pruned model after that one had
+    run, was given its ``shape`` (anchors built) while its own anchors were empty. It now builds its own."""
+    import torch
+
+    from edgeprune.checks.heads import same_form, shipping_form
+    from edgeprune.checks.outputs import flatten
+
+    x = torch.zeros(1, 3, 160, 160)
+    original, pruned = _build(cfg).eval(), _build(cfg).eval()
+    ship = shipping_form(pruned, fmt="onnx", precision="fp32", input_shape=tuple(x.shape))
+    with torch.no_grad():
+        want = flatten(shipping_form(original, fmt="onnx", precision="fp32", input_shape=tuple(x.shape))(x))
+        ship(x)  # the pruned model's shipping form has run: its head says its anchors are built for 160 px
+        got = flatten(same_form(original, ship)(x))
+    assert [t.shape for t in got] == [t.shape for t in want]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

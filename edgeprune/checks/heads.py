@@ -93,9 +93,12 @@ def same_form(model: Any, like: Any) -> Any:
         return model
     ship = copy.deepcopy(model).eval()
     for head, ref in zip(detection_heads(ship), theirs, strict=True):
-        for name in ("export", "format", "dynamic", "shape", "max_det"):
+        for name in ("export", "format", "dynamic", "max_det"):
             if hasattr(ref, name):
                 setattr(head, name, getattr(ref, name))
+        # not ``like``'s ``shape``: once ``like`` has run, it says its anchors are built for that input, and
+        # this head's (empty, or built for another size) would be taken as built: 0 anchors, a RuntimeError
+        head.shape = None
         if has_end2end(head) and has_end2end(ref):
             head.end2end = ref.end2end
     return ship
