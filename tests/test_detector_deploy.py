@@ -174,22 +174,32 @@ def test_bad_detection_labels_are_one_line_before_any_work(user, tmp_path):
 
 def test_a_detectors_taylor_scores_are_the_loss_of_its_labelled_boxes(user, tmp_path):
     """`prune --importance taylor` on the user's detector: channels scored by Ultralytics' own loss on the
-    labelled boxes of the train split (was: refused as a classifier-only score). A dead channel (its conv's
-    weights zeroed) carries no loss, so it is the first to go; without labels it is one line."""
+    labelled boxes of the train split (was: refused as a classifier-only score), on the model as
+    `YOLO("best.pt").model` loads it (its trainer's checkpoint has requires_grad off: "no gradient reached
+    group model.2.cv2.conv" in a deploy). A dead channel (its conv's weights zeroed) carries no loss, so it is
+    the first to go; without labels it is one line."""
     import shutil
 
     from edgeprune.prune.importance import TAYLOR_ATTR, accumulate_taylor_grads
     from edgeprune.prune.pipeline import importance_batches
     from edgeprune.tasks.detect_loss import DetectionTaylorBatches
 
-    module = _user_module(user["root"]).build()
-    module.load_state_dict(torch.load(user["root"] / "weights.pt", weights_only=True))
+    from tests.zoo.ultralytics_real import save_checkpoint
+
+    trained = _user_module(user["root"]).build()
+    trained.load_state_dict(torch.load(user["root"] / "weights.pt", weights_only=True))
+    save_checkpoint(trained, tmp_path / "best.pt", cfg="yolov8n.yaml", imgsz=SIZE)
+    from ultralytics import YOLO
+
+    module = YOLO(str(tmp_path / "best.pt")).model  # as the user loads it: every requires_grad is False
+    assert not any(p.requires_grad for p in module.parameters())
     batches = importance_batches(user["split"], importance="taylor", budget=False, task="detect", module=module)
     assert isinstance(batches, DetectionTaylorBatches) and len(batches) >= 1
     conv = module.model[2].cv2.conv  # a neck conv of the real YOLOv8n
     with torch.no_grad():
         conv.weight[3].zero_()
     accumulate_taylor_grads(module, batches)
+    assert not any(p.requires_grad for p in module.parameters())  # left as it was
     scores = getattr(conv, TAYLOR_ATTR)
     assert scores[3] == 0 and (scores > 0).sum() == len(scores) - 1, scores
 

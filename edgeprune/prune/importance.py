@@ -120,8 +120,25 @@ def accumulate_taylor_grads(
     for m in layers:
         if hasattr(m, TAYLOR_ATTR):
             delattr(m, TAYLOR_ATTR)
-    seen = 0
     model_loss = getattr(data, "loss", None)
+    # a checkpoint as Ultralytics' trainer writes it (strip_optimizer) has requires_grad False everywhere:
+    # no gradient would reach a weight. Turned on here and back as it was at the end.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        seen = _backward_batches(model, data, layers, loss_fn=loss_fn, model_loss=model_loss)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    if not seen:
+        raise PruneError("importance 'taylor' needs data: no batches were given")
+    return seen
+
+
+def _backward_batches(model: nn.Module, data: Iterable, layers: list, *, loss_fn, model_loss) -> int:
+    seen = 0
     with torch.enable_grad():
         for batch in data:
             model.zero_grad(set_to_none=True)
@@ -143,9 +160,6 @@ def accumulate_taylor_grads(
                     prev = getattr(m, TAYLOR_ATTR, None)
                     setattr(m, TAYLOR_ATTR, t * t if prev is None else prev + t * t)
             seen += int(x.shape[0])
-    model.zero_grad(set_to_none=True)
-    if not seen:
-        raise PruneError("importance 'taylor' needs data: no batches were given")
     return seen
 
 
