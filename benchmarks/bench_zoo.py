@@ -307,9 +307,16 @@ def commands(out: Path, sizes: dict[str, list[int]]) -> list[dict]:
     return rows
 
 
-def deploys(out: Path, sizes: list[int]) -> list[dict]:
+DATA_COUNTS = {"train": 64, "val": 16, "test": 32}  # --deploy-data: enough to run every stage, not to train
+DATA_STEPS = 10
+
+
+def deploys(out: Path, sizes: list[int], *, data: bool = False) -> list[dict]:
     """YOLO26n as a user gives it (a best.pt through their factory) through ``edgeprune deploy -t local`` to
-    TFLite full INT8 at each input size: exit, wall time, peak RSS of the deploy process and its children."""
+    TFLite full INT8 at each input size: exit, wall time, peak RSS of the deploy process and its children.
+    ``data``: with a small YOLO folder (fmnist-det's generator, :data:`DATA_COUNTS`), so that the deploy also
+    fine-tunes (:data:`DATA_STEPS` steps of deploy's batch 64), gates and ships."""
+    from edgeprune.data.fmnist_det import generate
     from tests.zoo import ultralytics_real
 
     rows = []
@@ -317,10 +324,14 @@ def deploys(out: Path, sizes: list[int]) -> list[dict]:
     for imgsz in sizes:
         root = out / f"deploy-yolo26n-{imgsz}"
         env = _user_project(root, tasks, "yolo26n", imgsz)
+        extra = []
+        if data:
+            generate(root / "data", counts=DATA_COUNTS)
+            extra = ["--data", str(root / "data" / "data.yaml"), "--steps", str(DATA_STEPS)]
         row = {"model": "yolo26n", "imgsz": imgsz, "load": _load_avg()}
         row["deploy"] = _timed(["deploy", "-t", "local", "-m", "userdet:build", "--input-shape",
                                 f"1,3,{imgsz},{imgsz}", "--ratio", "0.3", "--format", "tflite", "--precision", "int8",
-                                "-o", "deploy"], root, env)
+                                *extra, "-o", "deploy"], root, env)
         rep = root / "deploy" / "report" / "deploy.json"
         if rep.is_file():
             from edgeprune.deploy.report import headline
@@ -331,14 +342,17 @@ def deploys(out: Path, sizes: list[int]) -> list[dict]:
     return rows
 
 
-def deploys_table(rows: list[dict], cmd: str) -> str:
+def deploys_table(rows: list[dict], cmd: str, *, data: bool = False) -> str:
     from benchmarks._results import machine_line
 
-    lines = ["## YOLO26n through `edgeprune deploy` (TFLite full INT8, target `local`; issue 19)", "",
+    given = (f"a YOLO folder of {DATA_COUNTS} images (fmnist-det's generator) with `--data data.yaml --steps "
+             f"{DATA_STEPS}`: every stage runs (fine-tuning at deploy's batch 64, the gate on the test images, ship)"
+             if data else "no data (no fine-tuning)")
+    lines = ["## YOLO26n through `edgeprune deploy` (TFLite full INT8, target `local`; issue 19)"
+             + (", with data" if data else ""), "",
              f"`{cmd}` ({machine_line()}). `edgeprune deploy -t local -m userdet:build --input-shape 1,3,S,S "
              "--ratio 0.3 --format tflite --precision int8` on a YOLO26n checkpoint written as Ultralytics' trainer "
-             "writes one (weights trained-like, not trained: tests/zoo/ultralytics_real.py), no data (no "
-             "fine-tuning). Peak RSS: the largest `ru_maxrss` of the deploy process and its children. Goal: under "
+             f"writes one (weights trained-like, not trained: tests/zoo/ultralytics_real.py), {given}. Peak RSS: the largest `ru_maxrss` of the deploy process and its children. Goal: under "
              "6 GiB at 640.", "",
              "| input | load (1/5/15 min) | exit | wall | peak RSS | headline |", "|---:|---|---|---:|---:|---|"]
     for r in rows:
@@ -454,16 +468,22 @@ def main() -> None:
                     help="only the real Ultralytics detectors through the CLI (its own RESULTS section)")
     ap.add_argument("--deploy", action="store_true",
                     help="only YOLO26n at 320 and 640 px through deploy (its own RESULTS section)")
+    ap.add_argument("--deploy-data", action="store_true",
+                    help="with --deploy: give the deploy a small YOLO folder, so it fine-tunes, gates and ships")
+    ap.add_argument("--sizes", default="320,640", help="with --deploy: input sizes (default 320,640)")
     args = ap.parse_args()
     if args.deploy:
+        sizes = [int(v) for v in args.sizes.split(",")]
         with tempfile.TemporaryDirectory(prefix="bench-zoo-deploy-") as tmp:
-            rows = deploys(Path(tmp), [320, 640])
-        body = deploys_table(rows, "nice python benchmarks/bench_zoo.py --deploy")
+            rows = deploys(Path(tmp), sizes, data=args.deploy_data)
+        cmd = "nice python benchmarks/bench_zoo.py --deploy" + (" --deploy-data" if args.deploy_data else "") + \
+            (f" --sizes {args.sizes}" if args.sizes != "320,640" else "")
+        body = deploys_table(rows, cmd, data=args.deploy_data)
         print(body)
         if not args.no_write:
             from benchmarks._results import write_section
 
-            write_section("zoo-deploy", body)
+            write_section("zoo-deploy-data" if args.deploy_data else "zoo-deploy", body)
         return
     if args.commands:
         t0 = time.time()
