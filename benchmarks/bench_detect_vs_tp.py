@@ -382,9 +382,7 @@ def finetuned(method: str, f: float, ref, work: Path):
 
 
 def stage_export(work: Path, ref, factors, methods, int8_factors) -> None:
-    base = stage_base(work, ref)
-    if int8_factors:
-        base = stage_base_int8(work, ref)
+    stage_base_int8(work, ref) if int8_factors else stage_base(work, ref)  # the unpruned files to time against
     for f in factors:
         for method in methods:
             out = work / f"{method}-{f}"

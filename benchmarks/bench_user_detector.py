@@ -23,17 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine_line, write_section  # noqa: E402
+
+from edgeprune._paths import sha256_file  # noqa: E402
 
 NAME = "yolov8n-fmnist-det"
 SIZE = 160
@@ -75,30 +74,29 @@ def shipped_map(path: Path, data: Path) -> dict:
 
 
 def deploy(root: Path, data: Path, target: str, env: dict, speedup: float, steps: int) -> dict:
+    """One deploy as a child process (:func:`bench_zoo._timed`: exit, wall, the child's own peak RSS)."""
+    from bench_zoo import _timed
+
     out = root / f"out-{target}"
     args = ["deploy", "-t", target, "-m", "userdet:build", "--data", str(data), "--input-shape",
             f"1,3,{SIZE},{SIZE}", "--speedup", str(speedup), "--steps", str(steps), "--format", "onnx",
-            "--precision", "fp32", "--threads", "1", "-o", str(out), "--json"]
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "edgeprune", *args], cwd=root, env=env, capture_output=True,
-                       text=True)
-    wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    if p.returncode != 0:
-        print(p.stderr[-3000:])
-    rep = json.loads(p.stdout) if p.stdout.strip().startswith("{") else {}
-    row = {"target": target, "rc": p.returncode, "wall_s": round(wall), "peak_rss_gib": round(rss, 2),
-           "command": "edgeprune " + " ".join(a if a != str(data) else "data.yaml" for a in args[:-3]),
-           "headline": (p.stderr.strip().splitlines() or [""])[-1][:300]}
+            "--precision", "fp32", "--threads", "1", "-o", str(out)]
+    run = _timed(args, root, env)
+    if run["code"] != 0:
+        print((root / "log.txt").read_text()[-3000:])
+    row = {"target": target, "rc": run["code"], "wall_s": round(run["seconds"]),
+           "peak_rss_gib": round(run["rss_mib"] / 1024, 2),
+           "command": "edgeprune " + " ".join(a if a != str(data) else "data.yaml" for a in args[:-2]),
+           "headline": run["error"][:300]}
+    report = out / "report" / "deploy.json"
+    rep = json.loads(report.read_text()) if report.is_file() else {}
     if rep.get("shipped"):
         gate, rel = rep["gate"], rep["release"]
-        from edgeprune._paths import sha256_file
-
         # the file shipped is the export stage's (a farm board's folder is in the board's own /tmp)
         shipped = next(p for p in (out / "export").glob("*.onnx") if sha256_file(p) == rel["sha256"])
-        final = json.loads((out / "report" / "deploy.json").read_text()).get("latency") or {}
         row.update(gate={k: gate.get(k) for k in ("original", "final", "drop", "samples", "passed", "metric")},
-                   speedup=final.get("speedup"), own=shipped_map(shipped, data), shipped_file=shipped.name)
+                   speedup=(rep.get("latency") or {}).get("speedup"), own=shipped_map(shipped, data),
+                   shipped_file=shipped.name)
     return row
 
 

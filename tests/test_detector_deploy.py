@@ -183,7 +183,6 @@ def test_a_detectors_taylor_scores_are_the_loss_of_its_labelled_boxes(user, tmp_
     from edgeprune.prune.importance import TAYLOR_ATTR, accumulate_taylor_grads
     from edgeprune.prune.pipeline import importance_batches
     from edgeprune.tasks.detect_loss import DetectionTaylorBatches
-
     from tests.zoo.ultralytics_real import save_checkpoint
 
     trained = _user_module(user["root"]).build()
